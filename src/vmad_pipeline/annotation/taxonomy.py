@@ -1,0 +1,131 @@
+"""The 15-type defect taxonomy of RIAD (``conf/base/taxonomy.yml``): ids, names, synonyms."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["DefectType", "Taxonomy", "normalise_name"]
+
+
+def normalise_name(text: str) -> str:
+    """Lower case, ``_``/``-``/runs of whitespace collapsed to single spaces, stripped."""
+    return re.sub(r"[\s_\-]+", " ", text.strip().lower()).strip()
+
+
+@dataclass(frozen=True)
+class DefectType:
+    id: int
+    name: str  # canonical, snake_case ("missing_part")
+    synonyms: tuple[str, ...] = ()
+
+    @property
+    def phrase(self) -> str:
+        """The name as words ("missing part")."""
+        return normalise_name(self.name)
+
+
+class Taxonomy:
+    """Defect types with ids 0..N-1; name/synonym lookup, case- and separator-insensitive."""
+
+    def __init__(self, types: list[DefectType]) -> None:
+        self._types = tuple(sorted(types, key=lambda t: t.id))
+        self._by_id = {t.id: t for t in self._types}
+        self._lookup: dict[str, DefectType] = {}
+        for t in self._types:  # names first: a name always wins over another type's synonym
+            self._lookup[normalise_name(t.name)] = t
+        for t in self._types:
+            for s in t.synonyms:
+                self._lookup.setdefault(normalise_name(s), t)
+        # Longest phrases first so "broken part" matches before "broken".
+        phrases = sorted(self._lookup, key=len, reverse=True)
+        self._phrase_re = re.compile(
+            r"\b(" + "|".join(re.escape(p).replace(r"\ ", r"[\s_\-]+") for p in phrases) + r")\b"
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Taxonomy:
+        """Load ``{defect_types: [{id, name, synonyms}, ...]}``."""
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ValueError(f"taxonomy file {path} is not valid YAML: {err}") from err
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"taxonomy file {path}: {err}") from err
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Taxonomy:
+        """Validate and build: ids are exactly 0..N-1 (unique), names unique; errors name the entry."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("defect_types"), list):
+            raise ValueError("taxonomy must be a mapping with a list under 'defect_types'")
+        types: list[DefectType] = []
+        seen_ids: dict[int, str] = {}
+        seen_names: dict[str, int] = {}
+        for i, entry in enumerate(data["defect_types"]):
+            if not isinstance(entry, Mapping) or "id" not in entry or "name" not in entry:
+                raise ValueError(f"defect_types[{i}] ({entry!r}) needs 'id' and 'name'")
+            tid, name = entry["id"], entry["name"]
+            if not isinstance(tid, int) or isinstance(tid, bool):
+                raise ValueError(f"defect_types[{i}] ({entry!r}): id must be an integer")
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"defect_types[{i}] ({entry!r}): name must be a non-empty string")
+            if tid in seen_ids:
+                raise ValueError(
+                    f"defect_types[{i}] ({name!r}): duplicate id {tid} (also {seen_ids[tid]!r})"
+                )
+            key = normalise_name(name)
+            if key in seen_names:
+                raise ValueError(
+                    f"defect_types[{i}] ({name!r}): duplicate name (also id {seen_names[key]})"
+                )
+            synonyms = entry.get("synonyms") or []
+            if not isinstance(synonyms, list) or not all(isinstance(s, str) for s in synonyms):
+                raise ValueError(
+                    f"defect_types[{i}] ({name!r}): synonyms must be a list of strings"
+                )
+            seen_ids[tid], seen_names[key] = name, tid
+            types.append(DefectType(id=tid, name=name, synonyms=tuple(synonyms)))
+        expected = set(range(len(types)))
+        if set(seen_ids) != expected:
+            bad = sorted(set(seen_ids) - expected)
+            raise ValueError(
+                f"defect ids must be 0..{len(types) - 1}; out of range: {bad} ({[seen_ids[b] for b in bad]})"
+            )
+        return cls(types)
+
+    @property
+    def types(self) -> tuple[DefectType, ...]:
+        """All types, ordered by id."""
+        return self._types
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def by_id(self, defect_id: int) -> DefectType:
+        """The type with this id; KeyError naming the id and the valid range."""
+        try:
+            return self._by_id[int(defect_id)]
+        except KeyError:
+            raise KeyError(
+                f"no defect type with id {defect_id}; ids are 0..{len(self._types) - 1}"
+            ) from None
+
+    def lookup(self, name: str) -> DefectType | None:
+        """Type whose name or synonym equals ``name`` (case/``_``/``-``/space-insensitive), else None."""
+        return self._lookup.get(normalise_name(name))
+
+    def names_in(self, text: str) -> list[DefectType]:
+        """Types whose name or a synonym occurs in ``text`` as a whole word/phrase, by first occurrence."""
+        found: list[DefectType] = []
+        for match in self._phrase_re.finditer(text.lower()):
+            t = self._lookup[normalise_name(match.group(1))]
+            if t not in found:
+                found.append(t)
+        return found

@@ -1,0 +1,57 @@
+"""CLIP vision tower (transformers), returning per-layer patch features without CLS."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from vmad_pipeline.configs import VisionConfig
+
+
+def clip_config(cfg: VisionConfig) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        projection_dim=cfg.hidden_size,
+    )
+
+
+class VisionTower(nn.Module):
+    """Wraps ``CLIPVisionModel``; keeps every hidden state because LTC reads several layers."""
+
+    # CLIP's normalisation constants (OpenAI CLIP preprocessing).
+    MEAN = (0.48145466, 0.4578275, 0.40821073)
+    STD = (0.26862954, 0.26130258, 0.27577711)
+
+    def __init__(self, *, clip: CLIPVisionModel, select_layer: int = -2) -> None:
+        super().__init__()
+        self.clip = clip
+        self.select_layer = select_layer
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.clip.config.hidden_size
+
+    @property
+    def grid(self) -> int:
+        return self.clip.config.image_size // self.clip.config.patch_size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """images: B x 3 x S x S in [0, 1] -> every hidden state, each B x N x C (CLS dropped)."""
+        pixels = (images - self.mean) / self.std
+        out = self.clip(pixel_values=pixels, output_hidden_states=True)
+        return tuple(h[:, 1:] for h in out.hidden_states)
+
+    def select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return hidden_states[self.select_layer]
+
+
+def build_vision_tower(cfg: VisionConfig) -> VisionTower:
+    return VisionTower(clip=CLIPVisionModel(clip_config(cfg)), select_layer=cfg.select_layer)

@@ -1,0 +1,31 @@
+from kedro.pipeline import Pipeline, node, pipeline
+
+from vmad_pipeline.pipelines.annotate.pipeline import create_pipeline as annotate
+from vmad_pipeline.pipelines.ingest.pipeline import create_pipeline as ingest
+from vmad_pipeline.pipelines.split.pipeline import create_pipeline as split
+
+from .nodes import fit_tokenizer, package_model, train_model
+
+
+def training_nodes() -> Pipeline:
+    return pipeline(
+        [
+            node(fit_tokenizer, ["manifest", "splits", "riad_qa", "params:train"], "tokenizer", name="fit_tokenizer"),
+            node(
+                train_model,
+                ["manifest", "splits", "dataset_roots", "riad_qa", "tokenizer", "params:train"],
+                ["vmad_model", "training_curves", "training_summary"],
+                name="train_model",
+            ),
+            node(package_model, "vmad_model", "vmad_registered", name="register_model"),
+        ],
+        tags="train",
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Training with its upstream data nodes, so it runs on a fresh checkout.
+
+    `dvc repro` runs only this pipeline's own nodes (``--tags train``).
+    """
+    return ingest() + annotate() + split() + training_nodes()

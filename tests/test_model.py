@@ -1,0 +1,165 @@
+"""Model shapes, which parameters learn, and the checkpoint / adapter round trip."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vmad_pipeline.configs import ConfigError, LLMConfig, ModelConfig, ProjectorConfig, SamConfig, VisionConfig
+from vmad_pipeline.losses.segmentation import mask_bce, mask_dice
+from vmad_pipeline.models.build import build_vmad, load_checkpoint, save_checkpoint
+from vmad_pipeline.models.projectors import build_projector
+from vmad_pipeline.training import prompts
+from vmad_pipeline.training.data import encode_conversation, encode_prompt, pad_batch
+from vmad_pipeline.training.tokenizer import train_tokenizer
+
+# Tiny sizes so every test runs in a second on a CPU.
+CFG = ModelConfig(
+    vision=VisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
+    llm=LLMConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_positions=256),
+    sam=SamConfig(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, prompt_dim=16, decoder_depth=1, decoder_mlp_dim=32, decoder_heads=2),
+)
+B = 2
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [prompts.seg_prompt(c) + " " + prompts.SEG_ANSWER for c in ("screw", "carpet")] * 5
+    texts += ["Yes. A scratch on the top left.", "No. The part looks normal."] * 5
+    return train_tokenizer(texts, vocab_size=300)
+
+
+def batch(model, tokenizer, *, seg=True):
+    answer = prompts.SEG_ANSWER if seg else "No. The part looks normal."
+    ids, labels = zip(*[encode_conversation(tokenizer, prompts.seg_prompt(c), answer, model.num_image_tokens) for c in ("screw", "carpet")], strict=True)
+    input_ids, att = pad_batch(ids, tokenizer.pad_token_id)
+    label_ids, _ = pad_batch(labels, -100)
+    torch.manual_seed(0)
+    return dict(
+        images_clip=torch.rand(B, 3, 32, 32),
+        images_sam=torch.rand(B, 3, 32, 32),
+        input_ids=input_ids,
+        attention_mask=att,
+        labels=label_ids,
+        masks=(torch.rand(B, 32, 32) > 0.9).float(),
+    )
+
+
+def test_shapes_and_losses(tokenizer):
+    model = build_vmad(CFG, tokenizer)
+    out = model(**batch(model, tokenizer))
+    assert model.num_image_tokens == (32 // 8 // 2) ** 2
+    assert out.mask_logits.shape == (B, 32, 32)
+    assert out.logits.shape[:2] == batch(model, tokenizer)["input_ids"].shape
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.bce > 0 and out.dice > 0
+
+
+def test_no_seg_token_means_no_mask_loss(tokenizer):
+    model = build_vmad(CFG, tokenizer)
+    out = model(**batch(model, tokenizer, seg=False))
+    assert out.mask_logits is None and out.bce is None and torch.isfinite(out.loss)
+
+
+def test_wrong_image_token_count_is_an_error(tokenizer):
+    model = build_vmad(CFG, tokenizer)
+    b = batch(model, tokenizer)
+    b["input_ids"] = b["input_ids"].masked_fill(b["input_ids"] == model.image_token_id, tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="image tokens"):
+        model(**b)
+
+
+def test_gradients_reach_only_trainable_parameters(tokenizer):
+    cfg = ModelConfig(**{**CFG.__dict__, "frozen": ("vision", "sam_encoder")})
+    model = build_vmad(cfg, tokenizer)
+    model(**batch(model, tokenizer)).loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            continue
+        assert p.grad is None, f"frozen parameter {name} received a gradient"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("vision.", "sam.image_encoder.")) for n in trainable)
+    # LLM: only LoRA matrices and the fully trained copies of embeddings and head.
+    llm = [n for n in trainable if n.startswith("llm.")]
+    assert llm and all("lora_" in n or "modules_to_save" in n for n in llm)
+    assert any("lora_A" in n for n in llm) and any("embed_tokens" in n for n in llm)
+    # ... and they do get gradients.
+    assert model.seg_head.net[0].weight.grad is not None
+    assert next(p for n, p in model.named_parameters() if "lora_B" in n).grad is not None
+
+
+def test_checkpoint_round_trip(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = build_vmad(CFG, tokenizer)
+    # Make LoRA non-zero so the round trip really tests the adapter.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    model.eval()
+    b = batch(model, tokenizer)
+    ref = model(**b)
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    files = {p.name for p in (tmp_path / "ckpt").rglob("*")}
+    assert {"adapter_config.json", "adapter_model.safetensors", "weights.safetensors", "config.json"} <= files
+    adapter = load_file(tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter) and any("embed_tokens" in k for k in adapter)
+    assert json.loads((tmp_path / "ckpt" / "adapter" / "adapter_config.json").read_text())["r"] == CFG.lora.r
+    loaded, tok = load_checkpoint(tmp_path / "ckpt")
+    got = loaded(**b)
+    assert len(tok) == len(tokenizer)
+    torch.testing.assert_close(got.logits, ref.logits)
+    torch.testing.assert_close(got.mask_logits, ref.mask_logits)
+
+
+def test_failed_save_leaves_no_partial_checkpoint(tokenizer, tmp_path, monkeypatch):
+    model = build_vmad(CFG, tokenizer)
+    target = tmp_path / "ckpt"
+    save_checkpoint(model, tokenizer, target)
+    before = sorted(p.name for p in target.rglob("*"))
+    import vmad_pipeline.models.build as build
+
+    monkeypatch.setattr(build, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(model, tokenizer, target)
+    assert sorted(p.name for p in target.rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_missing_checkpoint_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="kedro run --pipeline train"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_predict_returns_maps_and_answers(tokenizer):
+    model = build_vmad(CFG, tokenizer).eval()
+    seqs = [encode_prompt(tokenizer, prompts.seg_prompt(c), model.num_image_tokens) for c in ("screw", "hex_nut")]
+    ids, att = pad_batch(seqs, tokenizer.pad_token_id, left=True)
+    pred = model.predict(images_clip=torch.rand(B, 3, 32, 32), images_sam=torch.rand(B, 3, 32, 32), input_ids=ids, attention_mask=att, output_size=(48, 48), max_new_tokens=4)
+    assert pred.mask_logits.shape == (B, 48, 48)
+    assert len(pred.answer_ids) == B and pred.seg_found.dtype == torch.bool
+
+
+@pytest.mark.parametrize("name,tokens", [("mlp", 16), ("avgpool", 4)])
+def test_projector_token_counts(name, tokens):
+    proj = build_projector(ProjectorConfig(name=name), in_dim=8, out_dim=12, grid=4)
+    out = proj(torch.randn(3, 16, 8))
+    assert proj.num_tokens == tokens and out.shape == (3, tokens, 12)
+
+
+def test_projector_pool_must_divide_grid():
+    with pytest.raises(ConfigError, match="pool"):
+        build_projector(ProjectorConfig(name="avgpool", pool=3), in_dim=8, out_dim=8, grid=4)
+
+
+def test_dice_and_bce_reference_values():
+    logits = torch.tensor([[[0.0, 10.0], [-10.0, 0.0]]])
+    target = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])
+    p = logits.sigmoid()
+    expected_dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    torch.testing.assert_close(mask_dice(logits, target), expected_dice)
+    expected_bce = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    torch.testing.assert_close(mask_bce(logits, target), expected_bce, atol=1e-4, rtol=1e-4)
+    # An empty ground truth pushes toward an empty prediction.
+    empty = torch.zeros(1, 2, 2)
+    assert mask_dice(torch.full((1, 2, 2), -5.0), empty) < mask_dice(torch.full((1, 2, 2), 5.0), empty)

@@ -1,0 +1,172 @@
+"""The synthetic dataset: deterministic, MVTec-layout, exact masks, validated config, atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vmad_pipeline.datasets import synthetic
+from vmad_pipeline.datasets.synthetic import (
+    AVAILABLE_CLASSES,
+    AVAILABLE_DEFECTS,
+    CLASS_FAMILIES,
+    SyntheticConfig,
+    class_defects,
+    generate_synthetic,
+    write_tree,
+)
+
+SIZE = 48
+TINY = dict(image_size=SIZE, n_train_good=2, n_test_good=1, n_test_defect=2, defects_per_class=2)
+
+
+def test_same_seed_identical_and_different_seed_differs() -> None:
+    config = SyntheticConfig(seed=3, classes=("washer", "carpet"), **TINY)
+    first, second = (
+        generate_synthetic(config, progress=False),
+        generate_synthetic(config, progress=False),
+    )
+    assert first.keys() == second.keys()
+    assert all(first[k].tobytes() == second[k].tobytes() for k in first)
+    other = generate_synthetic(
+        SyntheticConfig(seed=4, classes=("washer", "carpet"), **TINY), progress=False
+    )
+    common = first.keys() & other.keys()
+    assert any(first[k].tobytes() != other[k].tobytes() for k in common)
+
+
+def test_changing_one_class_counts_leaves_other_classes_unchanged() -> None:
+    base = generate_synthetic(SyntheticConfig(classes=("screw", "wood"), **TINY), progress=False)
+    more = generate_synthetic(
+        SyntheticConfig(classes=("wood",), **{**TINY, "n_train_good": 3}), progress=False
+    )
+    assert np.array_equal(base["wood/train/good/001.png"], more["wood/train/good/001.png"])
+    assert np.array_equal(base["wood/test/good/000.png"], more["wood/test/good/000.png"])
+
+
+def test_layout_counts_and_masks() -> None:
+    config = SyntheticConfig(classes=AVAILABLE_CLASSES, **TINY)
+    images = generate_synthetic(config, progress=False)
+    for cls in config.classes:
+        defects = class_defects(config, cls)
+        assert len(defects) == config.defects_per_class
+        assert len([k for k in images if k.startswith(f"{cls}/train/good/")]) == config.n_train_good
+        assert len([k for k in images if k.startswith(f"{cls}/test/good/")]) == config.n_test_good
+        for defect in defects:
+            for i in range(config.n_test_defect):
+                image = images[f"{cls}/test/{defect}/{i:03d}.png"]
+                mask = images[f"{cls}/ground_truth/{defect}/{i:03d}_mask.png"]
+                assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8
+                assert mask.shape == (SIZE, SIZE) and mask.dtype == np.uint8
+                assert set(np.unique(mask)) <= {0, 255}
+                assert (mask > 0).sum() > 0, f"{cls}/{defect}/{i} has an empty mask"
+    n_images = sum(1 for k in images if not k.endswith("_mask.png"))
+    per_class = (
+        config.n_train_good + config.n_test_good + config.defects_per_class * config.n_test_defect
+    )
+    assert n_images == per_class * len(config.classes)
+
+
+@pytest.mark.parametrize("defect", AVAILABLE_DEFECTS)
+def test_defect_changes_only_masked_pixels(defect: str) -> None:
+    # Each defect image is its normal twin plus the defect: every changed pixel lies in the mask, and the
+    # defect is visible (a clear change somewhere in the mask).
+    config = SyntheticConfig(image_size=64, defect_types=(defect,), defects_per_class=1)
+    for cls in ("washer", "woven_cloth", "screw", "pcb"):
+        damaged, mask = synthetic._render(config, cls, "test", defect, 0)
+        clean, same_mask = synthetic._render(config, cls, "test", defect, 0, apply_defect=False)
+        assert np.array_equal(mask, same_mask)
+        changed = np.abs(damaged.astype(int) - clean.astype(int)).max(axis=-1)
+        assert not (changed[mask == 0] > 0).any(), (
+            f"{defect} on {cls} changed pixels outside its mask"
+        )
+        assert changed[mask > 0].max() >= 40, f"{defect} on {cls} is barely visible"
+
+
+def test_defects_on_objects_lie_inside_the_object() -> None:
+    config = SyntheticConfig(image_size=64)
+    for cls in ("washer", "capsule", "cable", "hex_nut"):
+        for defect in AVAILABLE_DEFECTS:
+            _, mask = synthetic._render(config, cls, "test", defect, 1)
+            class_rng = np.random.default_rng(synthetic._key(config.seed, cls, "class"))
+            appearance = synthetic._key(config.seed, cls, "test", defect, 1).spawn(3)[0]
+            _, footprint, _ = synthetic._CLASSES[cls][1](
+                64, class_rng, np.random.default_rng(appearance)
+            )
+            assert not ((mask > 0) & ~footprint).any(), f"{defect} on {cls} leaves the object"
+
+
+def test_catalogue_is_broad_enough() -> None:
+    assert len(AVAILABLE_CLASSES) >= 10
+    assert len(set(CLASS_FAMILIES.values())) >= 4
+    assert set(AVAILABLE_DEFECTS) >= {
+        "scratch",
+        "crack",
+        "hole",
+        "stain",
+        "contamination",
+        "missing_part",
+        "deformation",
+        "discoloration",
+    }
+    assert len(SyntheticConfig().classes) >= 12
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"classes": ("washer", "spaceship")}, "classes"),
+        ({"defect_types": ("scratch", "rust_bloom")}, "defect_types"),
+        ({"image_size": 16}, "image_size"),
+        ({"n_train_good": 0}, "n_train_good"),
+        ({"defect_types": ("scratch",), "defects_per_class": 2}, "defects_per_class"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SyntheticConfig(**kwargs)
+
+
+def test_config_lists_become_tuples_and_unknown_names_are_listed() -> None:
+    assert SyntheticConfig(classes=["tile"]).classes == ("tile",)
+    with pytest.raises(ValueError, match="washer"):  # the valid names are listed
+        SyntheticConfig(classes=["nope"])
+
+
+def test_write_tree_writes_pngs(tmp_path: Path) -> None:
+    images = generate_synthetic(SyntheticConfig(classes=("tile",), **TINY), progress=False)
+    write_tree(images, tmp_path / "data")
+    from PIL import Image
+
+    for rel, array in images.items():
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "data" / rel)), array)
+
+
+def test_write_tree_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "old.txt").write_text("previous tree")
+    images = generate_synthetic(SyntheticConfig(classes=("tile",), **TINY), progress=False)
+    real_write, calls = synthetic._write_png, []
+
+    def failing_write(array: np.ndarray, path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_write(array, path)
+
+    monkeypatch.setattr(synthetic, "_write_png", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        write_tree(images, root)
+    assert sorted(p.name for p in root.iterdir()) == ["old.txt"]
+    assert (root / "old.txt").read_text() == "previous tree"
+    # No temporary directory is left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+    monkeypatch.setattr(synthetic, "_write_png", real_write)
+    write_tree(images, root)  # a complete write replaces the old tree
+    assert not (root / "old.txt").exists()
+    assert len(list(root.rglob("*.png"))) == len(images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
