@@ -20,7 +20,9 @@ def test_unknown_preset_is_named():
 
 
 def test_unknown_projector_lists_known_names():
-    with pytest.raises(ConfigError, match=r"train\.model\.projector\.name.*'qformer'.*mlp, avgpool"):
+    with pytest.raises(
+        ConfigError, match=r"train\.model\.projector\.name.*'qformer'.*mlp, avgpool"
+    ):
         parse_train_params({"model": {"projector": {"name": "qformer"}}})
 
 

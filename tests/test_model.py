@@ -6,7 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vmad_pipeline.configs import ConfigError, LLMConfig, ModelConfig, ProjectorConfig, SamConfig, VisionConfig
+from vmad_pipeline.configs import (
+    ConfigError,
+    LLMConfig,
+    ModelConfig,
+    ProjectorConfig,
+    SamConfig,
+    VisionConfig,
+)
 from vmad_pipeline.losses.segmentation import mask_bce, mask_dice
 from vmad_pipeline.models.build import build_vmad, load_checkpoint, save_checkpoint
 from vmad_pipeline.models.projectors import build_projector
@@ -16,9 +23,23 @@ from vmad_pipeline.training.tokenizer import train_tokenizer
 
 # Tiny sizes so every test runs in a second on a CPU.
 CFG = ModelConfig(
-    vision=VisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
-    llm=LLMConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_positions=256),
-    sam=SamConfig(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, prompt_dim=16, decoder_depth=1, decoder_mlp_dim=32, decoder_heads=2),
+    vision=VisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2
+    ),
+    llm=LLMConfig(
+        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_positions=256
+    ),
+    sam=SamConfig(
+        image_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        prompt_dim=16,
+        decoder_depth=1,
+        decoder_mlp_dim=32,
+        decoder_heads=2,
+    ),
 )
 B = 2
 
@@ -32,7 +53,13 @@ def tokenizer():
 
 def batch(model, tokenizer, *, seg=True):
     answer = prompts.SEG_ANSWER if seg else "No. The part looks normal."
-    ids, labels = zip(*[encode_conversation(tokenizer, prompts.seg_prompt(c), answer, model.num_image_tokens) for c in ("screw", "carpet")], strict=True)
+    ids, labels = zip(
+        *[
+            encode_conversation(tokenizer, prompts.seg_prompt(c), answer, model.num_image_tokens)
+            for c in ("screw", "carpet")
+        ],
+        strict=True,
+    )
     input_ids, att = pad_batch(ids, tokenizer.pad_token_id)
     label_ids, _ = pad_batch(labels, -100)
     torch.manual_seed(0)
@@ -64,7 +91,9 @@ def test_no_seg_token_means_no_mask_loss(tokenizer):
 def test_wrong_image_token_count_is_an_error(tokenizer):
     model = build_vmad(CFG, tokenizer)
     b = batch(model, tokenizer)
-    b["input_ids"] = b["input_ids"].masked_fill(b["input_ids"] == model.image_token_id, tokenizer.pad_token_id)
+    b["input_ids"] = b["input_ids"].masked_fill(
+        b["input_ids"] == model.image_token_id, tokenizer.pad_token_id
+    )
     with pytest.raises(ValueError, match="image tokens"):
         model(**b)
 
@@ -101,10 +130,18 @@ def test_checkpoint_round_trip(tokenizer, tmp_path):
     ref = model(**b)
     save_checkpoint(model, tokenizer, tmp_path / "ckpt")
     files = {p.name for p in (tmp_path / "ckpt").rglob("*")}
-    assert {"adapter_config.json", "adapter_model.safetensors", "weights.safetensors", "config.json"} <= files
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "weights.safetensors",
+        "config.json",
+    } <= files
     adapter = load_file(tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors")
     assert any("lora_A" in k for k in adapter) and any("embed_tokens" in k for k in adapter)
-    assert json.loads((tmp_path / "ckpt" / "adapter" / "adapter_config.json").read_text())["r"] == CFG.lora.r
+    assert (
+        json.loads((tmp_path / "ckpt" / "adapter" / "adapter_config.json").read_text())["r"]
+        == CFG.lora.r
+    )
     loaded, tok = load_checkpoint(tmp_path / "ckpt")
     got = loaded(**b)
     assert len(tok) == len(tokenizer)
@@ -119,7 +156,9 @@ def test_failed_save_leaves_no_partial_checkpoint(tokenizer, tmp_path, monkeypat
     before = sorted(p.name for p in target.rglob("*"))
     import vmad_pipeline.models.build as build
 
-    monkeypatch.setattr(build, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(
+        build, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+    )
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(model, tokenizer, target)
     assert sorted(p.name for p in target.rglob("*")) == before
@@ -133,9 +172,19 @@ def test_missing_checkpoint_is_clear(tmp_path):
 
 def test_predict_returns_maps_and_answers(tokenizer):
     model = build_vmad(CFG, tokenizer).eval()
-    seqs = [encode_prompt(tokenizer, prompts.seg_prompt(c), model.num_image_tokens) for c in ("screw", "hex_nut")]
+    seqs = [
+        encode_prompt(tokenizer, prompts.seg_prompt(c), model.num_image_tokens)
+        for c in ("screw", "hex_nut")
+    ]
     ids, att = pad_batch(seqs, tokenizer.pad_token_id, left=True)
-    pred = model.predict(images_clip=torch.rand(B, 3, 32, 32), images_sam=torch.rand(B, 3, 32, 32), input_ids=ids, attention_mask=att, output_size=(48, 48), max_new_tokens=4)
+    pred = model.predict(
+        images_clip=torch.rand(B, 3, 32, 32),
+        images_sam=torch.rand(B, 3, 32, 32),
+        input_ids=ids,
+        attention_mask=att,
+        output_size=(48, 48),
+        max_new_tokens=4,
+    )
     assert pred.mask_logits.shape == (B, 48, 48)
     assert len(pred.answer_ids) == B and pred.seg_found.dtype == torch.bool
 
@@ -162,4 +211,6 @@ def test_dice_and_bce_reference_values():
     torch.testing.assert_close(mask_bce(logits, target), expected_bce, atol=1e-4, rtol=1e-4)
     # An empty ground truth pushes toward an empty prediction.
     empty = torch.zeros(1, 2, 2)
-    assert mask_dice(torch.full((1, 2, 2), -5.0), empty) < mask_dice(torch.full((1, 2, 2), 5.0), empty)
+    assert mask_dice(torch.full((1, 2, 2), -5.0), empty) < mask_dice(
+        torch.full((1, 2, 2), 5.0), empty
+    )

@@ -9,7 +9,9 @@ CLASSES = [f"c{i}" for i in range(10)]
 
 
 def manifest():
-    return pd.DataFrame({"category": [c for c in CLASSES for _ in range(3)], "split": "test", "label": 0})
+    return pd.DataFrame(
+        {"category": [c for c in CLASSES for _ in range(3)], "split": "test", "label": 0}
+    )
 
 
 def test_seeded_and_disjoint():
@@ -28,7 +30,9 @@ def test_explicit_lists():
 
 def test_leak_fails_loudly():
     with pytest.raises(SplitLeakError, match="c1"):
-        cross_category_split(manifest(), {"test_classes": ["c0", "c1"], "train_classes": ["c1", "c2"]})
+        cross_category_split(
+            manifest(), {"test_classes": ["c0", "c1"], "train_classes": ["c1", "c2"]}
+        )
     with pytest.raises(SplitLeakError):
         check_no_leak({"train_classes": ["a"], "test_classes": ["a"]})
 

@@ -69,11 +69,18 @@ def test_layout_counts_and_masks() -> None:
     assert n_images == per_class * len(config.classes)
 
 
+@pytest.mark.parametrize(("scale", "contrast"), [(1.0, 1.0), (4.0, 2.0)])
 @pytest.mark.parametrize("defect", AVAILABLE_DEFECTS)
-def test_defect_changes_only_masked_pixels(defect: str) -> None:
+def test_defect_changes_only_masked_pixels(defect: str, scale: float, contrast: float) -> None:
     # Each defect image is its normal twin plus the defect: every changed pixel lies in the mask, and the
     # defect is visible (a clear change somewhere in the mask).
-    config = SyntheticConfig(image_size=64, defect_types=(defect,), defects_per_class=1)
+    config = SyntheticConfig(
+        image_size=64,
+        defect_types=(defect,),
+        defects_per_class=1,
+        defect_scale=scale,
+        defect_contrast=contrast,
+    )
     for cls in ("washer", "woven_cloth", "screw", "pcb"):
         damaged, mask = synthetic._render(config, cls, "test", defect, 0)
         clean, same_mask = synthetic._render(config, cls, "test", defect, 0, apply_defect=False)
@@ -96,6 +103,45 @@ def test_defects_on_objects_lie_inside_the_object() -> None:
                 64, class_rng, np.random.default_rng(appearance)
             )
             assert not ((mask > 0) & ~footprint).any(), f"{defect} on {cls} leaves the object"
+
+
+def _mask_areas(**kwargs: float) -> list[float]:
+    config = SyntheticConfig(
+        classes=("washer", "wood", "screw", "pcb"),
+        defects_per_class=8,
+        n_test_defect=2,
+        image_size=64,
+        **kwargs,
+    )
+    return [
+        float((synthetic._render(config, cls, "test", defect, i)[1] > 0).mean())
+        for cls in config.classes
+        for defect in class_defects(config, cls)
+        for i in range(config.n_test_defect)
+    ]
+
+
+def test_defect_scale_grows_the_masks() -> None:
+    base, big = np.mean(_mask_areas()), np.mean(_mask_areas(defect_scale=4.0))
+    assert big >= 2.5 * base, f"mean mask area {base:.4f} at scale 1 vs {big:.4f} at scale 4"
+
+
+def test_defect_contrast_strengthens_the_change_inside_the_same_mask() -> None:
+    def change(contrast: float) -> tuple[float, np.ndarray]:
+        config = SyntheticConfig(image_size=64, defect_contrast=contrast)
+        damaged, mask = synthetic._render(config, "wood", "test", "stain", 0)
+        clean, _ = synthetic._render(config, "wood", "test", "stain", 0, apply_defect=False)
+        return float(np.abs(damaged.astype(int) - clean.astype(int))[mask > 0].mean()), mask
+
+    (weak, m1), (normal, m2), (strong, m3) = change(0.5), change(1.0), change(2.0)
+    assert np.array_equal(m1, m2) and np.array_equal(m2, m3)
+    assert weak < normal < strong
+
+
+def test_defaults_leave_defect_scale_and_contrast_at_one() -> None:
+    config = SyntheticConfig(defect_scale=2, defect_contrast=1)
+    assert (config.defect_scale, config.defect_contrast) == (2.0, 1.0)
+    assert (SyntheticConfig().defect_scale, SyntheticConfig().defect_contrast) == (1.0, 1.0)
 
 
 def test_catalogue_is_broad_enough() -> None:
@@ -122,6 +168,13 @@ def test_catalogue_is_broad_enough() -> None:
         ({"image_size": 16}, "image_size"),
         ({"n_train_good": 0}, "n_train_good"),
         ({"defect_types": ("scratch",), "defects_per_class": 2}, "defects_per_class"),
+        ({"defect_scale": 0}, "defect_scale"),
+        ({"defect_scale": 17}, "defect_scale"),
+        ({"defect_scale": float("nan")}, "defect_scale"),
+        ({"defect_scale": "big"}, "defect_scale"),
+        ({"defect_contrast": 0.0}, "defect_contrast"),
+        ({"defect_contrast": 3.5}, "defect_contrast"),
+        ({"defect_contrast": -1}, "defect_contrast"),
     ],
 )
 def test_config_errors_name_the_field(kwargs: dict, field: str) -> None:

@@ -47,10 +47,18 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
-        _check(isinstance(value, int | float) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            key,
+            f"expected a number, got {value!r}",
+        )
         return float(value)
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool),
+            key,
+            f"expected an integer, got {value!r}",
+        )
         return value
     if tp is bool:
         _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
@@ -68,8 +76,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, key: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
-    _check(not unknown, f"{key}.{unknown[0]}" if key and unknown else (unknown or [""])[0],
-           f"unknown parameter; valid keys here: {', '.join(sorted(names))}")
+    _check(
+        not unknown,
+        f"{key}.{unknown[0]}" if key and unknown else (unknown or [""])[0],
+        f"unknown parameter; valid keys here: {', '.join(sorted(names))}",
+    )
     kwargs = {k: _convert(hints[k], v, f"{key}.{k}" if key else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -110,8 +121,12 @@ class VisionConfig:
     select_layer: int = -1  # hidden state fed to the projector (LLaVA: -2, the penultimate layer)
 
     def __post_init__(self) -> None:
-        _check(self.image_size % self.patch_size == 0, "image_size", "must be a multiple of patch_size")
-        _check(self.hidden_size % self.num_heads == 0, "hidden_size", "must be divisible by num_heads")
+        _check(
+            self.image_size % self.patch_size == 0, "image_size", "must be a multiple of patch_size"
+        )
+        _check(
+            self.hidden_size % self.num_heads == 0, "hidden_size", "must be divisible by num_heads"
+        )
 
     @property
     def grid(self) -> int:
@@ -124,7 +139,11 @@ class ProjectorConfig:
     pool: int = 2  # avgpool: r x r average pooling (576 -> 144 tokens at r=2)
 
     def __post_init__(self) -> None:
-        _check(self.name in PROJECTORS, "name", f"unknown projector {self.name!r}; known: {', '.join(PROJECTORS)}")
+        _check(
+            self.name in PROJECTORS,
+            "name",
+            f"unknown projector {self.name!r}; known: {', '.join(PROJECTORS)}",
+        )
         _check(self.pool >= 1, "pool", "must be >= 1")
 
 
@@ -137,7 +156,9 @@ class LLMConfig:
     max_positions: int = 512
 
     def __post_init__(self) -> None:
-        _check(self.hidden_size % self.num_heads == 0, "hidden_size", "must be divisible by num_heads")
+        _check(
+            self.hidden_size % self.num_heads == 0, "hidden_size", "must be divisible by num_heads"
+        )
 
 
 @dataclass(frozen=True)
@@ -167,7 +188,9 @@ class SamConfig:
     decoder_heads: int = 4
 
     def __post_init__(self) -> None:
-        _check(self.image_size % self.patch_size == 0, "image_size", "must be a multiple of patch_size")
+        _check(
+            self.image_size % self.patch_size == 0, "image_size", "must be a multiple of patch_size"
+        )
 
     @property
     def grid(self) -> int:
@@ -184,11 +207,17 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     sam: SamConfig = field(default_factory=SamConfig)
-    frozen: tuple[str, ...] = ()  # parts of MODEL_PARTS kept frozen (real preset: vision, sam_encoder)
+    frozen: tuple[
+        str, ...
+    ] = ()  # parts of MODEL_PARTS kept frozen (real preset: vision, sam_encoder)
     vocab_size: int = 0  # set from the tokenizer at build time
 
     def __post_init__(self) -> None:
-        _check(self.preset in PRESETS, "preset", f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        _check(
+            self.preset in PRESETS,
+            "preset",
+            f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}",
+        )
         bad = [p for p in self.frozen if p not in MODEL_PARTS]
         _check(not bad, "frozen", f"unknown part(s) {bad}; known: {', '.join(MODEL_PARTS)}")
 
@@ -213,7 +242,11 @@ class TaskMix:
 
     def __post_init__(self) -> None:
         total = self.seg + self.seg_answer + self.vqa
-        _check(min(self.seg, self.seg_answer, self.vqa) >= 0 and total > 0, "task_mix", "weights must be >= 0 and not all zero")
+        _check(
+            min(self.seg, self.seg_answer, self.vqa) >= 0 and total > 0,
+            "task_mix",
+            "weights must be >= 0 and not all zero",
+        )
 
 
 @dataclass(frozen=True)
@@ -229,6 +262,7 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     task_mix: TaskMix = field(default_factory=TaskMix)
     augment: bool = True  # flips, rotations, channel permutation, brightness/contrast
+    paste_prob: float = 0.0  # share of mask-only samples given a pasted synthetic anomaly
     tokenizer_vocab: int = 600  # byte-level BPE vocabulary of the tiny preset's tokenizer
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
     progress: bool = True
@@ -239,6 +273,7 @@ class TrainConfig:
         _check(self.lr > 0, "lr", "must be > 0")
         _check(len(self.betas) == 2, "betas", "must be two numbers")
         _check(0 <= self.warmup_steps, "warmup_steps", "must be >= 0")
+        _check(0.0 <= self.paste_prob <= 1.0, "paste_prob", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)

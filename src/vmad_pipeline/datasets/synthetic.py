@@ -12,6 +12,7 @@ therefore exactly its normal twin plus the defect, and its mask covers every pix
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,7 +35,24 @@ Array = np.ndarray
 Renderer = Callable[
     [int, np.random.Generator, np.random.Generator], tuple[Array, Array, Array | None]
 ]
-DefectFn = Callable[[Array, Array, Array | None, np.random.Generator], tuple[Array, Array]]
+
+
+class DefectFn(Protocol):
+    """A defect: (image, footprint, background or None, rng, *, scale) -> (damaged image, mask).
+
+    ``scale`` multiplies the defect's area (lengths, widths and radii by ``sqrt(scale)``); it is
+    applied after the random draws, so the draws are the same at every scale.
+    """
+
+    def __call__(
+        self,
+        img: Array,
+        fp: Array,
+        bg: Array | None,
+        rng: np.random.Generator,
+        *,
+        scale: float = 1.0,
+    ) -> tuple[Array, Array]: ...
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -454,9 +473,49 @@ def _pick_edge(footprint: Array, dist: Array, rng: np.random.Generator) -> tuple
     return float(x), float(y)
 
 
-def _radius(size: int, rng: np.random.Generator, lo: float, hi: float) -> float:
-    """Radius of a disc covering a random fraction in [lo, hi] of the image area."""
-    return float(np.sqrt(rng.uniform(lo, hi) * size * size / np.pi))
+def _radius(
+    size: int,
+    rng: np.random.Generator,
+    lo: float,
+    hi: float,
+    scale: float = 1.0,
+    fits: float = math.inf,
+) -> float:
+    """Radius of a disc covering a random fraction in [lo, hi] of the image area, times ``scale``.
+
+    ``scale`` multiplies the area (the radius by ``sqrt(scale)``); the scaled radius is clipped to
+    ``fits`` (what the footprint allows), but never below the unscaled radius, so scale 1 is unchanged.
+    """
+    radius = float(np.sqrt(rng.uniform(lo, hi) * size * size / np.pi))
+    return _grow(radius, scale, fits)
+
+
+def _grow(length: float, scale: float, fits: float = math.inf) -> float:
+    """A length for a defect whose area is multiplied by ``scale``: ``length * sqrt(scale)``, clipped
+    to ``fits`` but never below ``length`` (so scale 1 returns ``length`` exactly)."""
+    return float(min(length * math.sqrt(scale), max(length, fits)))
+
+
+def _stroke(width: int, scale: float) -> int:
+    """A line width for a defect whose area is multiplied by ``scale``: rounded, at least 1 px."""
+    return max(1, int(round(width * math.sqrt(scale))))
+
+
+def _grow_about(
+    polylines: list[list[tuple[float, float]]], centre: Array, scale: float
+) -> list[list[tuple[float, float]]]:
+    """Polylines stretched about ``centre`` by ``sqrt(scale)`` (exactly unchanged at scale 1)."""
+    k = math.sqrt(scale) - 1.0
+    cx, cy = float(centre[0]), float(centre[1])
+    return [[(x + k * (x - cx), y + k * (y - cy)) for x, y in line] for line in polylines]
+
+
+def _apply_contrast(img: Array, damaged: Array, mask: Array, contrast: float) -> Array:
+    """Multiply a defect's change to the normal image by ``contrast``, inside its mask, clipped to [0, 1]."""
+    if contrast == 1.0:
+        return damaged
+    amplified = np.clip(img + contrast * (damaged - img), 0.0, 1.0)
+    return np.where(mask[..., None], amplified, img).astype(np.float32)
 
 
 def _contrast(local: Array, rng: np.random.Generator, lo: float = 0.3, hi: float = 0.55) -> Array:
@@ -494,26 +553,30 @@ def _soft_blob(size: int, rng: np.random.Generator, cx: float, cy: float, radius
 
 
 def _scratch(
-    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator
+    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
     size = img.shape[0]
-    cx, cy = _pick(_inner_distance(fp), rng, 3)
+    dist = _inner_distance(fp)
+    cx, cy = _pick(dist, rng, _grow(3.0, scale, float(dist.max())))  # deeper when larger
     length, theta, bend = rng.uniform(0.25, 0.5) * size, rng.uniform(0, np.pi), rng.normal(0, 0.25)
+    length = _grow(length, scale)
     d, n = np.array([np.cos(theta), np.sin(theta)]), np.array([-np.sin(theta), np.cos(theta)])
     points = [
         tuple(np.array([cx, cy]) + t * length * d + bend * (t * t - 0.25) * length * n)
         for t in np.linspace(-0.5, 0.5, 9)
     ]
-    mask = _draw_lines(size, [points], int(rng.integers(1, 3)) * max(1, size // 128)) & fp
+    width = _stroke(int(rng.integers(1, 3)) * max(1, size // 128), scale)
+    mask = _draw_lines(size, [points], width) & fp
     local = img[mask].mean(axis=0) if mask.any() else img.mean(axis=(0, 1))
     return _blend(img, mask, _contrast(local, rng), rng.uniform(0.75, 0.95)), mask
 
 
 def _crack(
-    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator
+    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
     size = img.shape[0]
-    x, y = _pick(_inner_distance(fp), rng, 4)
+    dist = _inner_distance(fp)
+    x, y = _pick(dist, rng, _grow(4.0, scale, float(dist.max())))  # deeper when larger
     step, heading = max(2.0, size / 40), rng.uniform(0, 2 * np.pi)
     trunk = [(x, y)]
     for _ in range(int(rng.uniform(0.2, 0.4) * size / step)):  # a jagged random walk
@@ -530,15 +593,20 @@ def _crack(
             bx, by = bx + step * np.cos(h), by + step * np.sin(h)
             branch.append((bx, by))
         lines.append(branch)
-    mask = _draw_lines(size, lines, max(1, size // 128) * int(rng.integers(1, 3))) & fp
+    lines = _grow_about(lines, np.mean(trunk, axis=0), scale)
+    mask = (
+        _draw_lines(size, lines, _stroke(max(1, size // 128) * int(rng.integers(1, 3)), scale)) & fp
+    )
     local = img[mask].mean(axis=0) if mask.any() else img.mean(axis=(0, 1))
     return _blend(img, mask, local * rng.uniform(0.1, 0.3), 0.9), mask
 
 
-def _hole(img: Array, fp: Array, bg: Array | None, rng: np.random.Generator) -> tuple[Array, Array]:
+def _hole(
+    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
+) -> tuple[Array, Array]:
     size = img.shape[0]
     dist = _inner_distance(fp)
-    radius = min(_radius(size, rng, 0.003, 0.02), max(2.0, float(dist.max()) - 1.5))
+    radius = min(_radius(size, rng, 0.003, 0.02, scale), max(2.0, float(dist.max()) - 1.5))
     cx, cy = _pick(dist, rng, radius + 1)
     yy, xx = _grid(size)
     d, theta = np.hypot(xx - cx, yy - cy), np.arctan2(yy - cy, xx - cx)
@@ -547,16 +615,18 @@ def _hole(img: Array, fp: Array, bg: Array | None, rng: np.random.Generator) -> 
     interior = np.full(3, rng.uniform(0.02, 0.12), np.float32)
     local = img[mask].mean(axis=0) if mask.any() else img.mean(axis=(0, 1))
     # Torn rim.
-    colour = np.where((d > edge - max(1.0, size / 128))[..., None], local * 0.45, interior)
+    rim = _grow(max(1.0, size / 128), scale)
+    colour = np.where((d > edge - rim)[..., None], local * 0.45, interior)
     return _blend(img, mask, colour, 1.0), mask
 
 
 def _stain(
-    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator
+    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
     size = img.shape[0]
-    radius = _radius(size, rng, 0.005, 0.04)
-    cx, cy = _pick(_inner_distance(fp), rng, radius * 0.7)
+    dist = _inner_distance(fp)
+    radius = _radius(size, rng, 0.005, 0.04, scale, float(dist.max()))
+    cx, cy = _pick(dist, rng, radius * 0.7)
     alpha = _soft_blob(size, rng, cx, cy, radius) * rng.uniform(0.7, 0.95)
     mask = (alpha > 0.25) & fp
     local = img[mask].mean(axis=0) if mask.any() else img.mean(axis=(0, 1))
@@ -568,28 +638,34 @@ def _stain(
 
 
 def _contamination(
-    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator
+    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
     size = img.shape[0]
-    cx, cy = _pick(_inner_distance(fp), rng, 3)
+    dist = _inner_distance(fp)
+    cx, cy = _pick(dist, rng, _grow(3.0, scale, float(dist.max())))  # deeper when larger
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    scale = size / 128
+    px_scale = size / 128
     if rng.random() < 0.35:  # a fibre or hair
         heading, points = rng.uniform(0, 2 * np.pi), [(cx, cy)]
         for _ in range(int(rng.integers(6, 12))):
             heading += rng.normal(0, 0.35)
             points.append(
                 (
-                    points[-1][0] + 3 * scale * np.cos(heading),
-                    points[-1][1] + 3 * scale * np.sin(heading),
+                    points[-1][0] + 3 * px_scale * np.cos(heading),
+                    points[-1][1] + 3 * px_scale * np.sin(heading),
                 )
             )
-        draw.line(points, fill=255, width=max(1, int(round(scale))), joint="curve")
+        (points,) = _grow_about([points], np.mean(points, axis=0), scale)
+        width = _stroke(max(1, int(round(px_scale))), scale)
+        draw.line(points, fill=255, width=width, joint="curve")
     else:  # a cluster of particles
+        # The spread grows with the scale as far as the footprint allows (exactly 1 at scale 1).
+        spread = _grow(6 * px_scale, scale, float(dist.max())) / (6 * px_scale)
         for _ in range(int(rng.integers(2, 8))):
-            px, py = cx + rng.normal(0, 6 * scale), cy + rng.normal(0, 6 * scale)
-            r = rng.uniform(1.0, 3.5) * scale
+            dx, dy = rng.normal(0, 6 * px_scale), rng.normal(0, 6 * px_scale)
+            px, py = cx + dx * spread, cy + dy * spread
+            r = _grow(rng.uniform(1.0, 3.5) * px_scale, scale)
             draw.ellipse([px - r, py - r, px + r, py + r], fill=255)
     mask = (np.asarray(canvas) > 0) & fp
     local = img[mask].mean(axis=0) if mask.any() else img.mean(axis=(0, 1))
@@ -600,12 +676,12 @@ def _contamination(
 
 
 def _missing_part(
-    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator
+    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
     size = img.shape[0]
     dist = _inner_distance(fp)
     yy, xx = _grid(size)
-    radius = _radius(size, rng, 0.006, 0.035)
+    radius = _radius(size, rng, 0.006, 0.035, scale, float(dist.max()))
     if bg is not None:  # a bite out of the object's outline, showing the background
         cx, cy = _pick_edge(fp, dist, rng)
         mask = (np.hypot(xx - cx, yy - cy) <= radius) & fp
@@ -628,12 +704,12 @@ def _missing_part(
 
 
 def _deformation(
-    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator
+    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
     size = img.shape[0]
     dist = _inner_distance(fp)
     yy, xx = _grid(size)
-    radius = _radius(size, rng, 0.01, 0.04)
+    radius = _radius(size, rng, 0.01, 0.04, scale, float(dist.max()))
     if bg is not None:  # a dent: the outline is pushed into the object
         cx, cy = _pick_edge(fp, dist, rng)
         smooth = ndimage.gaussian_filter(fp.astype(np.float32), 2.0)
@@ -658,11 +734,12 @@ def _deformation(
 
 
 def _discoloration(
-    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator
+    img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
     size = img.shape[0]
-    radius = _radius(size, rng, 0.012, 0.05)
-    cx, cy = _pick(_inner_distance(fp), rng, radius * 0.7)
+    dist = _inner_distance(fp)
+    radius = _radius(size, rng, 0.012, 0.05, scale, float(dist.max()))
+    cx, cy = _pick(dist, rng, radius * 0.7)
     alpha = _soft_blob(size, rng, cx, cy, radius) * rng.uniform(0.75, 1.0)
     mask = (alpha > 0.25) & fp
     shift = rng.normal(0, 1, 3)
@@ -703,6 +780,10 @@ class SyntheticConfig:
     n_train_good: int = 20  # normal training images per class
     n_test_good: int = 10  # normal test images per class
     n_test_defect: int = 4  # test images per class and per defect type
+    # Multiplies every defect's area (radii, lengths, stroke widths, cluster spread by sqrt), in (0, 16].
+    defect_scale: float = 1.0
+    # Multiplies every defect's intensity change relative to the normal image, in (0, 3].
+    defect_contrast: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("classes", "defect_types"):
@@ -728,6 +809,17 @@ class SyntheticConfig:
                 raise ValueError(
                     f"SyntheticConfig.{name} must be positive, got {getattr(self, name)}"
                 )
+        for name, hi in (("defect_scale", 16.0), ("defect_contrast", 3.0)):
+            value = getattr(self, name)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(value, bool) or not 0.0 < number <= hi:
+                raise ValueError(
+                    f"SyntheticConfig.{name} must be a number in (0, {hi:g}], got {value!r}"
+                )
+            object.__setattr__(self, name, number)
         if self.image_size < 32:
             raise ValueError(f"SyntheticConfig.image_size must be >= 32, got {self.image_size}")
         if self.defects_per_class > len(self.defect_types):
@@ -788,7 +880,9 @@ def _render(
         rng = np.random.default_rng(damage)
         min_pixels = max(8, int(0.002 * config.image_size**2))
         for _ in range(50):
-            damaged, mask = _DEFECTS[defect](img, footprint, background, rng)
+            damaged, mask = _DEFECTS[defect](
+                img, footprint, background, rng, scale=config.defect_scale
+            )
             if int(mask.sum()) >= min_pixels:
                 break
         else:
@@ -796,7 +890,7 @@ def _render(
                 f"could not place a {defect!r} defect of >= {min_pixels} px on {cls}/{split}/{index}"
             )
         if apply_defect:
-            img = damaged
+            img = _apply_contrast(img, damaged, mask, config.defect_contrast)
         mask = mask.astype(np.uint8) * 255
     return _finish(img, np.random.default_rng(camera)), mask
 

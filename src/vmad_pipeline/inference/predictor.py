@@ -23,7 +23,9 @@ class Predictions:
 
 
 class Predictor:
-    def __init__(self, model: VmadModel, tokenizer: PreTrainedTokenizerFast, *, max_new_tokens: int = 8) -> None:
+    def __init__(
+        self, model: VmadModel, tokenizer: PreTrainedTokenizerFast, *, max_new_tokens: int = 8
+    ) -> None:
         self.model, self.tokenizer, self.max_new_tokens = model.eval(), tokenizer, max_new_tokens
 
     @torch.no_grad()
@@ -59,7 +61,9 @@ class Predictor:
             maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
             answers += self.tokenizer.batch_decode(pred.answer_ids, skip_special_tokens=False)
             found.append(pred.seg_found.cpu().numpy())
-        maps_arr = np.concatenate(maps) if maps else np.zeros((0, output_size, output_size), np.float32)
+        maps_arr = (
+            np.concatenate(maps) if maps else np.zeros((0, output_size, output_size), np.float32)
+        )
         return Predictions(
             maps=maps_arr.astype(np.float32),
             scores=maps_arr.reshape(len(maps_arr), -1).max(1) if len(maps_arr) else np.zeros(0),

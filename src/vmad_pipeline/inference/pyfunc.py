@@ -42,12 +42,20 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor(model, tokenizer)
         self.size = model.config.sam.image_size
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
         if "image" not in model_input.columns:
             raise ValueError("model input needs a column 'image' (file path or base64 bytes)")
         images = np.stack([_read_image(v, self.size) for v in model_input["image"]])
-        cats = list(model_input["category"]) if "category" in model_input.columns else ["object"] * len(images)
-        pred = self.predictor.predict(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), cats, output_size=self.size)
+        cats = (
+            list(model_input["category"])
+            if "category" in model_input.columns
+            else ["object"] * len(images)
+        )
+        pred = self.predictor.predict(
+            torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), cats, output_size=self.size
+        )
         return pd.DataFrame(
             {
                 "score": pred.scores.astype(float),

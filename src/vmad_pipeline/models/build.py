@@ -49,7 +49,10 @@ def _token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
 def _assemble(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, llm) -> VmadModel:
     vision = build_vision_tower(cfg.vision)
     projector = build_projector(
-        cfg.projector, in_dim=cfg.vision.hidden_size, out_dim=cfg.llm.hidden_size, grid=cfg.vision.grid
+        cfg.projector,
+        in_dim=cfg.vision.hidden_size,
+        out_dim=cfg.llm.hidden_size,
+        grid=cfg.vision.grid,
     )
     model = VmadModel(
         config=cfg,
@@ -128,7 +131,9 @@ def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerFast, path: 
         )
         tokenizer.save_pretrained(tmp / "tokenizer")
         if model.config.preset == "tiny":
-            model.llm.get_base_model().save_pretrained(tmp / "llm_base", state_dict=_base_llm_state(model.llm))
+            model.llm.get_base_model().save_pretrained(
+                tmp / "llm_base", state_dict=_base_llm_state(model.llm)
+            )
         model.llm.save_pretrained(tmp / "adapter")
         save_file(_non_llm_state(model), tmp / "weights.safetensors")
 
@@ -136,7 +141,9 @@ def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerFast, path: 
 def read_model_config(path: str | Path) -> ModelConfig:
     meta = json.loads((Path(path) / "config.json").read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
+        raise ConfigError(
+            f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}"
+        )
     return from_dict(ModelConfig, meta["model"], "model")
 
 
@@ -159,6 +166,6 @@ def load_checkpoint(path: str | Path) -> tuple[VmadModel, PreTrainedTokenizerFas
         if name == "llm":
             continue
         prefix = f"{name}."
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         part.load_state_dict(sub, strict=cfg.preset == "tiny")
     return model.eval(), tokenizer

@@ -12,7 +12,9 @@ from vmad_pipeline.configs import LLMConfig, LoraConfig
 FULLY_TRAINED_LLM_MODULES = ["embed_tokens", "lm_head"]
 
 
-def build_tiny_llm(cfg: LLMConfig, *, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int) -> LlamaForCausalLM:
+def build_tiny_llm(
+    cfg: LLMConfig, *, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int
+) -> LlamaForCausalLM:
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,

@@ -71,4 +71,6 @@ def build_projector(cfg: ProjectorConfig, *, in_dim: int, out_dim: int, grid: in
         return MlpProjector(in_dim=in_dim, out_dim=out_dim, grid=grid)
     if cfg.name == "avgpool":
         return AvgPoolProjector(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=cfg.pool)
-    raise ConfigError(f"projector.name: unknown projector {cfg.name!r}; known: {', '.join(PROJECTORS)}")
+    raise ConfigError(
+        f"projector.name: unknown projector {cfg.name!r}; known: {', '.join(PROJECTORS)}"
+    )

@@ -101,7 +101,9 @@ def decode_masks(
         )  # (1, 1, 4h, 4w)
         logits.append(low_res)
     low = torch.cat(logits)  # (B, 1, 4h, 4w)
-    masks = F.interpolate(low, (sam.image_encoder.img_size,) * 2, mode="bilinear", align_corners=False)
+    masks = F.interpolate(
+        low, (sam.image_encoder.img_size,) * 2, mode="bilinear", align_corners=False
+    )
     masks = masks[..., : input_size[0], : input_size[1]]
     masks = F.interpolate(masks, output_size, mode="bilinear", align_corners=False)
     return masks[:, 0]  # (B, H_out, W_out)

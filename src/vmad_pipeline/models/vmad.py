@@ -35,7 +35,9 @@ class VmadOutput:
 class Prediction:
     mask_logits: torch.Tensor  # B x H x W
     answer_ids: list[list[int]]  # generated tokens per image
-    seg_found: torch.Tensor  # B bool: the model emitted [SEG] (else the last token's state was used)
+    seg_found: (
+        torch.Tensor
+    )  # B bool: the model emitted [SEG] (else the last token's state was used)
 
 
 class SegHead(nn.Module):
@@ -43,7 +45,9 @@ class SegHead(nn.Module):
 
     def __init__(self, *, d_llm: int, d_sam: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_llm, d_llm), nn.ReLU(inplace=True), nn.Linear(d_llm, d_sam))
+        self.net = nn.Sequential(
+            nn.Linear(d_llm, d_llm), nn.ReLU(inplace=True), nn.Linear(d_llm, d_sam)
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)
@@ -66,7 +70,13 @@ class VmadModel(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.vision, self.projector, self.llm, self.sam, self.seg_head = vision, projector, llm, sam, seg_head
+        self.vision, self.projector, self.llm, self.sam, self.seg_head = (
+            vision,
+            projector,
+            llm,
+            sam,
+            seg_head,
+        )
         self.image_token_id, self.seg_token_id = image_token_id, seg_token_id
         self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
 
@@ -131,7 +141,10 @@ class VmadModel(nn.Module):
         """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W."""
         embeds = self.embed_inputs(input_ids, images_clip)
         out = self.llm(
-            inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, output_hidden_states=True
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            output_hidden_states=True,
         )
         last = out.hidden_states[-1]  # (B, T, d)
         # The [SEG] state is read at the [SEG] token's own input position (positions come from
@@ -142,7 +155,9 @@ class VmadModel(nn.Module):
         if len(seg_index):
             first = is_seg[seg_index].float().argmax(1)
             states = last[seg_index, first]  # (B_seg, d)
-            out_size = tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
+            out_size = (
+                tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
+            )
             mask_logits = self.masks_from_states(states, images_sam[seg_index], out_size)
             if masks is not None:
                 target = masks[seg_index].float()
@@ -151,8 +166,20 @@ class VmadModel(nn.Module):
         if labels is not None:
             w = weights or LossWeights()
             zero = out.logits.new_zeros(())
-            loss = w.txt * out.loss + w.bce * (bce if bce is not None else zero) + w.dice * (dice if dice is not None else zero)
-        return VmadOutput(loss=loss, ce=out.loss, bce=bce, dice=dice, logits=out.logits, mask_logits=mask_logits, seg_index=seg_index)
+            loss = (
+                w.txt * out.loss
+                + w.bce * (bce if bce is not None else zero)
+                + w.dice * (dice if dice is not None else zero)
+            )
+        return VmadOutput(
+            loss=loss,
+            ce=out.loss,
+            bce=bce,
+            dice=dice,
+            logits=out.logits,
+            mask_logits=mask_logits,
+            seg_index=seg_index,
+        )
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -177,12 +204,17 @@ class VmadModel(nn.Module):
             eos_token_id=self.eos_token_id,
         )  # (B, G): only new tokens when generating from embeddings
         gen_mask = torch.ones_like(generated)
-        ended = torch.cumsum((generated == self.eos_token_id).long(), 1) - (generated == self.eos_token_id).long()
+        ended = (
+            torch.cumsum((generated == self.eos_token_id).long(), 1)
+            - (generated == self.eos_token_id).long()
+        )
         gen_mask[ended > 0] = 0  # tokens after the first EOS are padding
         full_embeds = torch.cat([embeds, self.llm.get_input_embeddings()(generated)], 1)
         full_mask = torch.cat([attention_mask, gen_mask], 1)
-        out = self.llm(inputs_embeds=full_embeds, attention_mask=full_mask, output_hidden_states=True)
-        last = out.hidden_states[-1][:, input_ids.shape[1]:]  # states of the generated tokens
+        out = self.llm(
+            inputs_embeds=full_embeds, attention_mask=full_mask, output_hidden_states=True
+        )
+        last = out.hidden_states[-1][:, input_ids.shape[1] :]  # states of the generated tokens
         is_seg = (generated == self.seg_token_id) & gen_mask.bool()
         seg_found = is_seg.any(1)
         last_valid = gen_mask.sum(1).clamp(min=1) - 1

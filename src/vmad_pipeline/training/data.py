@@ -36,7 +36,9 @@ def load_mask(path: str | Path | None, size: int) -> np.ndarray:
         return np.zeros((size, size), dtype=np.uint8)
     try:
         with Image.open(path) as im:
-            return (np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 0).astype(np.uint8)
+            return (np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 0).astype(
+                np.uint8
+            )
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read mask {path}: {err}") from err
 
@@ -54,7 +56,9 @@ class ImageTable:
     masks: torch.Tensor  # N x S x S uint8 (0/1)
 
     @classmethod
-    def load(cls, rows: pd.DataFrame, roots: dict[str, str], size: int, *, progress: bool = True) -> ImageTable:
+    def load(
+        cls, rows: pd.DataFrame, roots: dict[str, str], size: int, *, progress: bool = True
+    ) -> ImageTable:
         rows = rows.reset_index(drop=True)
         n = len(rows)
         images = torch.empty((n, 3, size, size), dtype=torch.uint8)
@@ -62,7 +66,9 @@ class ImageTable:
         it = tqdm(rows.itertuples(), total=n, desc="load images", disable=not progress, leave=False)
         for i, r in enumerate(it):
             root = roots[r.source]
-            images[i] = torch.from_numpy(load_rgb(absolute(root, r.image_path), size)).permute(2, 0, 1)
+            images[i] = torch.from_numpy(load_rgb(absolute(root, r.image_path), size)).permute(
+                2, 0, 1
+            )
             masks[i] = torch.from_numpy(load_mask(absolute(root, r.mask_path), size))
         return cls(rows=rows, images=images, masks=masks)
 
@@ -70,7 +76,9 @@ class ImageTable:
 def to_model_inputs(images: torch.Tensor, clip_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 B x 3 x S x S -> (CLIP input B x 3 x c x c, SAM input B x 3 x S x S), both in [0, 1]."""
     sam = images.float() / 255.0
-    clip = F.interpolate(sam, (clip_size, clip_size), mode="bilinear", align_corners=False, antialias=True)
+    clip = F.interpolate(
+        sam, (clip_size, clip_size), mode="bilinear", align_corners=False, antialias=True
+    )
     return clip, sam
 
 
@@ -82,16 +90,24 @@ def encode_conversation(
     tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str, num_image_tokens: int
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels: loss only on the answer (and its end-of-sequence token)."""
-    p = [tokenizer.bos_token_id] + tokenizer.encode(expand_image(prompt, num_image_tokens), add_special_tokens=False)
+    p = [tokenizer.bos_token_id] + tokenizer.encode(
+        expand_image(prompt, num_image_tokens), add_special_tokens=False
+    )
     a = tokenizer.encode(" " + answer, add_special_tokens=False) + [tokenizer.eos_token_id]
     return p + a, [IGNORE] * len(p) + a
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerFast, prompt: str, num_image_tokens: int) -> list[int]:
-    return [tokenizer.bos_token_id] + tokenizer.encode(expand_image(prompt, num_image_tokens), add_special_tokens=False)
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerFast, prompt: str, num_image_tokens: int
+) -> list[int]:
+    return [tokenizer.bos_token_id] + tokenizer.encode(
+        expand_image(prompt, num_image_tokens), add_special_tokens=False
+    )
 
 
-def pad_batch(seqs: Sequence[list[int]], pad_id: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    seqs: Sequence[list[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad to the longest sequence; returns (ids, attention_mask)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -103,7 +119,9 @@ def pad_batch(seqs: Sequence[list[int]], pad_id: int, *, left: bool = False) -> 
     return ids, att
 
 
-def conversation_texts(category: str, qa: dict | None, anomalous: bool, normal_text: str) -> list[str]:
+def conversation_texts(
+    category: str, qa: dict | None, anomalous: bool, normal_text: str
+) -> list[str]:
     """Every prompt and answer the trainer can produce for one image (tokenizer corpus)."""
     texts = [prompts.seg_prompt(category), prompts.vqa_prompt(category), prompts.SEG_ANSWER]
     for kind in prompts.ANSWER_KINDS:

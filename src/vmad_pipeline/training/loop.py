@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 
@@ -14,7 +15,13 @@ from transformers import PreTrainedTokenizerFast, get_cosine_schedule_with_warmu
 from vmad_pipeline.configs import TrainConfig
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.training import prompts
-from vmad_pipeline.training.data import IGNORE, ImageTable, encode_conversation, pad_batch, to_model_inputs
+from vmad_pipeline.training.data import (
+    IGNORE,
+    ImageTable,
+    encode_conversation,
+    pad_batch,
+    to_model_inputs,
+)
 
 log = logging.getLogger(__name__)
 TASKS = ("seg", "seg_answer", "vqa")
@@ -26,7 +33,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_conversation(task: str, category: str, anomalous: bool, qa: dict | None, normal_text: str, rng: random.Random) -> tuple[str, str]:
+def make_conversation(
+    task: str, category: str, anomalous: bool, qa: dict | None, normal_text: str, rng: random.Random
+) -> tuple[str, str]:
     """(prompt, answer) of one training sample for a task type (method.md section 1)."""
     if task == "seg":
         return prompts.seg_prompt(category), prompts.SEG_ANSWER
@@ -47,7 +56,9 @@ def batch_sampler(n: int, batch_size: int, rng: random.Random):
             yield order[i : i + batch_size]
 
 
-def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Geometric and colour augmentation of a uint8 batch (B x 3 x S x S, masks B x S x S).
 
     Flips, 90-degree rotations, a channel permutation and brightness/contrast jitter: a defect
@@ -70,6 +81,36 @@ def augment(images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator) -> 
     return images, masks
 
 
+def paste_anomalies(
+    images: torch.Tensor, masks: torch.Tensor, which: list[int], gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste an elliptical patch of another image of the batch (shifted) into each sample in
+    ``which`` and add it to its mask: self-supervised anomaly synthesis in the spirit of
+    CutPaste (Li et al., CVPR 2021) and DRAEM (Zavrtanik et al., ICCV 2021). It teaches the
+    model "a region that does not belong here" rather than the training classes' defects,
+    which is what transfers to unseen classes. Written here because no library offers it for
+    tensors with masks.
+    """
+    if len(images) < 2 or not which:
+        return images, masks
+    images, masks = images.clone(), masks.clone()
+    size = images.shape[-1]
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for i in which:
+        j = (i + 1 + int(torch.randint(len(images) - 1, (1,), generator=gen))) % len(images)
+        r1, r2 = (size * (0.03 + 0.11 * torch.rand(2, generator=gen))).tolist()
+        cx, cy = (size * (0.15 + 0.7 * torch.rand(2, generator=gen))).tolist()
+        theta = float(torch.rand((), generator=gen)) * math.pi
+        u = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
+        v = -(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)
+        blob = (u / r1) ** 2 + (v / r2) ** 2 <= 1  # (S, S)
+        shift = [int(t) for t in torch.randint(-size // 2, size // 2, (2,), generator=gen)]
+        source = torch.roll(images[j], shift, (1, 2))
+        images[i][:, blob] = source[:, blob]
+        masks[i][blob] = 1
+    return images, masks
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -88,7 +129,9 @@ def train(
         torch.set_num_threads(cfg.num_threads)
     rng = random.Random(cfg.seed)
     params = trainable_parameters(model)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    )
     sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps)
     weights = [cfg.task_mix.seg, cfg.task_mix.seg_answer, cfg.task_mix.vqa]
     clip_size = model.config.vision.image_size
@@ -99,12 +142,19 @@ def train(
     bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.progress)
     for _step in bar:
         idx = next(sampler)
-        ids, labels = [], []
-        for i in idx:
+        ids, labels, pasted = [], [], []
+        for k, i in enumerate(idx):
             r = table.rows.iloc[i]
             task = rng.choices(TASKS, weights)[0]
+            if task == "seg" and rng.random() < cfg.paste_prob:
+                pasted.append(k)  # only mask-only answers: the text stays true
             prompt, answer = make_conversation(
-                task, r.category, bool(r.label), qa.get((r.source, r.image_path)), normal_text(r.category), rng
+                task,
+                r.category,
+                bool(r.label),
+                qa.get((r.source, r.image_path)),
+                normal_text(r.category),
+                rng,
             )
             a, b = encode_conversation(tokenizer, prompt, answer, model.num_image_tokens)
             ids.append(a)
@@ -114,6 +164,7 @@ def train(
         images, masks = table.images[idx], table.masks[idx]
         if cfg.augment:
             images, masks = augment(images, masks, gen)
+        images, masks = paste_anomalies(images, masks, pasted, gen)
         images_clip, images_sam = to_model_inputs(images, clip_size)
         out = model(
             images_clip=images_clip,
@@ -129,7 +180,12 @@ def train(
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        for key, value in (("loss", out.loss), ("ce", out.ce), ("bce", out.bce), ("dice", out.dice)):
+        for key, value in (
+            ("loss", out.loss),
+            ("ce", out.ce),
+            ("bce", out.bce),
+            ("dice", out.dice),
+        ):
             history[key].append(float(value) if value is not None else float("nan"))
         history["lr"].append(sched.get_last_lr()[0])
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")

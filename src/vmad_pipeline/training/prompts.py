@@ -34,7 +34,9 @@ def seg_prompt(category: str) -> str:
 
 
 def seg_answer_prompt(category: str, kind: str) -> str:
-    return user_turn(SEG_ANSWER_QUESTION.format(object=object_name(category), kind=ANSWER_KINDS[kind]))
+    return user_turn(
+        SEG_ANSWER_QUESTION.format(object=object_name(category), kind=ANSWER_KINDS[kind])
+    )
 
 
 def vqa_prompt(category: str) -> str:

@@ -9,7 +9,12 @@ from transformers import PreTrainedTokenizerFast
 
 from vmad_pipeline.training.prompts import IMAGE_TOKEN, SEG_TOKEN
 
-SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+}
 EXTRA_TOKENS = [IMAGE_TOKEN, SEG_TOKEN]
 
 
@@ -26,5 +31,8 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int) -> PreTrainedToken
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, additional_special_tokens=EXTRA_TOKENS, padding_side="right", **SPECIAL_TOKENS
+        tokenizer_object=tok,
+        additional_special_tokens=EXTRA_TOKENS,
+        padding_side="right",
+        **SPECIAL_TOKENS,
     )

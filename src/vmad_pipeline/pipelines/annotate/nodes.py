@@ -17,6 +17,10 @@ def assemble_riad(
     if backend != "template":
         raise ValueError(f"annotate.backend: unknown backend {backend!r}; known: template")
     coco, qa = assemble(
-        manifest, roots, Taxonomy.from_dict(taxonomy), seed=params.get("seed", 0), progress=params.get("progress", True)
+        manifest,
+        roots,
+        Taxonomy.from_dict(taxonomy),
+        seed=params.get("seed", 0),
+        progress=params.get("progress", True),
     )
     return coco, pd.DataFrame.from_records(qa)

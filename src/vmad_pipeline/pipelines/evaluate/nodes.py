@@ -19,28 +19,37 @@ def parse_eval_params(params: dict[str, Any]) -> EvalConfig:
 
 
 def select_eval_set(
-    manifest: pd.DataFrame, splits: dict[str, Any], roots: dict[str, str], params: dict[str, Any]
+    manifest: pd.DataFrame,
+    splits: dict[str, Any],
+    roots: dict[str, str],
+    taxonomy: dict[str, Any],
+    params: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """The test images: the split's unseen classes (source test folders), or every class of
     ``evaluate.dataset.root`` when that parameter is set (any MVTec-layout tree)."""
     dataset = params.get("dataset") or {}
     if dataset.get("root"):
         from vmad_pipeline.datasets.mvtec import read_mvtec
+        from vmad_pipeline.pipelines.ingest.nodes import apply_taxonomy
 
         name = dataset.get("name") or "external"
         rows = read_mvtec(dataset["root"], source=name, progress=params.get("progress", True))
-        rows = rows[rows["split"] == "test"].reset_index(drop=True)
+        rows = apply_taxonomy(rows[rows["split"] == "test"].reset_index(drop=True), taxonomy)
         return rows, {name: str(dataset["root"])}
     from vmad_pipeline.pipelines.split.nodes import check_no_leak
 
     check_no_leak(splits)
-    rows = manifest[manifest["category"].isin(splits["test_classes"]) & (manifest["split"] == "test")]
+    rows = manifest[
+        manifest["category"].isin(splits["test_classes"]) & (manifest["split"] == "test")
+    ]
     if rows.empty:
         raise ValueError("no test images for the split's test classes")
     return rows.reset_index(drop=True), roots
 
 
-def predict_eval_set(trained: tuple, eval_set: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]) -> dict[str, Any]:
+def predict_eval_set(
+    trained: tuple, eval_set: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
+) -> dict[str, Any]:
     from vmad_pipeline.inference.predictor import Predictor
     from vmad_pipeline.training.data import ImageTable
 
@@ -48,11 +57,24 @@ def predict_eval_set(trained: tuple, eval_set: pd.DataFrame, roots: dict[str, st
     model, tokenizer = trained
     table = ImageTable.load(eval_set, roots, model.config.sam.image_size, progress=cfg.progress)
     pred = Predictor(model, tokenizer, max_new_tokens=cfg.max_new_tokens).predict(
-        table.images, list(eval_set["category"]), output_size=cfg.eval_size, batch_size=cfg.batch_size, progress=cfg.progress
+        table.images,
+        list(eval_set["category"]),
+        output_size=cfg.eval_size,
+        batch_size=cfg.batch_size,
+        progress=cfg.progress,
     )
     if not pred.seg_found.all():
-        log.warning("%d of %d answers had no [SEG]; the last token's state was used", int((~pred.seg_found).sum()), len(pred.seg_found))
-    return {"maps": pred.maps, "scores": pred.scores, "answers": pred.answers, "seg_found": pred.seg_found}
+        log.warning(
+            "%d of %d answers had no [SEG]; the last token's state was used",
+            int((~pred.seg_found).sum()),
+            len(pred.seg_found),
+        )
+    return {
+        "maps": pred.maps,
+        "scores": pred.scores,
+        "answers": pred.answers,
+        "seg_found": pred.seg_found,
+    }
 
 
 def _ground_truth(eval_set: pd.DataFrame, roots: dict[str, str], size: int) -> list[np.ndarray]:
@@ -66,7 +88,10 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def compute_metrics(
-    eval_set: pd.DataFrame, predictions: dict[str, Any], roots: dict[str, str], params: dict[str, Any]
+    eval_set: pd.DataFrame,
+    predictions: dict[str, Any],
+    roots: dict[str, str],
+    params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
     """Image AUROC, pixel AUROC and AUPRO per class and their unweighted class mean."""
     from vmad_pipeline.metrics import aupro, image_auroc, pixel_auroc
@@ -84,9 +109,13 @@ def compute_metrics(
                 "category": cls,
                 "n_images": len(idx),
                 "n_anomalous": int(labels[idx].sum()),
-                "image_auroc": image_auroc(labels[idx], predictions["scores"][idx]) if has_both else float("nan"),
+                "image_auroc": image_auroc(labels[idx], predictions["scores"][idx])
+                if has_both
+                else float("nan"),
                 "pixel_auroc": pixel_auroc(m, p) if labels[idx].sum() else float("nan"),
-                "aupro": aupro(m, p, fpr_limit=cfg.fpr_limit) if labels[idx].sum() else float("nan"),
+                "aupro": aupro(m, p, fpr_limit=cfg.fpr_limit)
+                if labels[idx].sum()
+                else float("nan"),
                 "seg_found_rate": float(np.mean(predictions["seg_found"][idx])),
             }
         )
@@ -94,19 +123,42 @@ def compute_metrics(
     means = {k: float(table[k].mean(skipna=True)) for k in ("image_auroc", "pixel_auroc", "aupro")}
     report = {
         "mean": {k: _nan_to_none(v) for k, v in means.items()},
-        "per_class": {r["category"]: {k: _nan_to_none(v) if isinstance(v, float) else v for k, v in r.items() if k != "category"} for r in rows},
-        "settings": {"eval_size": cfg.eval_size, "score_source": "map_max", "aupro_fpr_limit": cfg.fpr_limit, "aupro": "exact (MVTec AD 2021)", "n_images": len(eval_set)},
+        "per_class": {
+            r["category"]: {
+                k: _nan_to_none(v) if isinstance(v, float) else v
+                for k, v in r.items()
+                if k != "category"
+            }
+            for r in rows
+        },
+        "settings": {
+            "eval_size": cfg.eval_size,
+            "score_source": "map_max",
+            "aupro_fpr_limit": cfg.fpr_limit,
+            "aupro": "exact (MVTec AD 2021)",
+            "n_images": len(eval_set),
+        },
     }
     flat = {k: v for k, v in means.items() if not math.isnan(v)}
     for r in rows:
         for k in ("image_auroc", "pixel_auroc", "aupro"):
             if not math.isnan(r[k]):
                 flat[f"{r['category']}/{k}"] = r[k]
-    log.info("unseen classes: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f", means["image_auroc"], means["pixel_auroc"], means["aupro"])
+    log.info(
+        "unseen classes: image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f",
+        means["image_auroc"],
+        means["pixel_auroc"],
+        means["aupro"],
+    )
     return report, flat, table
 
 
-def plot_overlays(eval_set: pd.DataFrame, predictions: dict[str, Any], roots: dict[str, str], params: dict[str, Any]):
+def plot_overlays(
+    eval_set: pd.DataFrame,
+    predictions: dict[str, Any],
+    roots: dict[str, str],
+    params: dict[str, Any],
+):
     """For a few test images per class: image, ground truth, predicted anomaly map."""
     import matplotlib
 
@@ -127,7 +179,7 @@ def plot_overlays(eval_set: pd.DataFrame, predictions: dict[str, Any], roots: di
         r = eval_set.loc[i]
         image = load_rgb(absolute(roots[r.source], r.image_path), cfg.eval_size)
         row[0].imshow(image)
-        row[0].set_title(f"{r.category} / {r.defect_type or 'good'}", fontsize=7)
+        row[0].set_title(f"{r.category} / {r.defect_type or r.defect_name or 'good'}", fontsize=7)
         row[1].imshow(image)
         row[1].imshow(masks[i], alpha=0.5, cmap="Reds", vmin=0, vmax=1)
         row[1].set_title("ground truth", fontsize=7)

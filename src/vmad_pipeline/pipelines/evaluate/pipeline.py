@@ -7,10 +7,30 @@ def create_pipeline(**kwargs) -> Pipeline:
     """Needs a trained model (data/06_models/vmad): `kedro run --pipeline train` first."""
     return pipeline(
         [
-            node(select_eval_set, ["manifest", "splits", "dataset_roots", "params:evaluate"], ["eval_set", "eval_roots"], name="select_eval_set"),
-            node(predict_eval_set, ["vmad_model", "eval_set", "eval_roots", "params:evaluate"], "eval_predictions", name="predict_eval_set"),
-            node(compute_metrics, ["eval_set", "eval_predictions", "eval_roots", "params:evaluate"], ["metrics", "metrics_mlflow", "metrics_per_class"], name="compute_metrics"),
-            node(plot_overlays, ["eval_set", "eval_predictions", "eval_roots", "params:evaluate"], "overlays", name="plot_overlays"),
+            node(
+                select_eval_set,
+                ["manifest", "splits", "dataset_roots", "taxonomy", "params:evaluate"],
+                ["eval_set", "eval_roots"],
+                name="select_eval_set",
+            ),
+            node(
+                predict_eval_set,
+                ["vmad_model", "eval_set", "eval_roots", "params:evaluate"],
+                "eval_predictions",
+                name="predict_eval_set",
+            ),
+            node(
+                compute_metrics,
+                ["eval_set", "eval_predictions", "eval_roots", "params:evaluate"],
+                ["metrics", "metrics_mlflow", "metrics_per_class"],
+                name="compute_metrics",
+            ),
+            node(
+                plot_overlays,
+                ["eval_set", "eval_predictions", "eval_roots", "params:evaluate"],
+                "overlays",
+                name="plot_overlays",
+            ),
         ],
         tags="evaluate",
     )

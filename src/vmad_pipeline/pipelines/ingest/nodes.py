@@ -20,7 +20,9 @@ def generate_synthetic_data(params: dict[str, Any]) -> dict[str, np.ndarray]:
 
     if not params.get("enabled", True):
         return {}
-    cfg = from_dict(SyntheticConfig, {k: v for k, v in params.items() if k != "enabled"}, "ingest.synthetic")
+    cfg = from_dict(
+        SyntheticConfig, {k: v for k, v in params.items() if k != "enabled"}, "ingest.synthetic"
+    )
     return generate_synthetic(cfg)
 
 
@@ -43,12 +45,17 @@ def source_roots(sources: list[dict[str, Any]], synthetic_root: str) -> dict[str
     return roots
 
 
-def read_sources(synthetic_root: str, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, str]]:
+def read_sources(
+    synthetic_root: str, params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """Read every configured source with its format reader into one manifest."""
     from vmad_pipeline.datasets.mvtec import read_mvtec
 
     roots = source_roots(params.get("sources", []), synthetic_root)
-    frames = [read_mvtec(root, source=name, progress=params.get("progress", True)) for name, root in roots.items()]
+    frames = [
+        read_mvtec(root, source=name, progress=params.get("progress", True))
+        for name, root in roots.items()
+    ]
     return pd.concat(frames, ignore_index=True), roots
 
 
@@ -65,7 +72,9 @@ def apply_taxonomy(manifest: pd.DataFrame, taxonomy: dict[str, Any]) -> pd.DataF
         ids.append(hit.id if hit else -1)
         names.append(hit.name if hit else "")
     if unknown:
-        log.warning("defect names not in the taxonomy (defect_id -1): %s", ", ".join(sorted(unknown)))
+        log.warning(
+            "defect names not in the taxonomy (defect_id -1): %s", ", ".join(sorted(unknown))
+        )
     out = manifest.copy()
     out["defect_id"] = pd.Series(ids, dtype="int64")
     out["defect_type"] = pd.Series(names, dtype="str")
@@ -84,5 +93,10 @@ def accept_manifest(manifest: pd.DataFrame, report: dict[str, Any]) -> pd.DataFr
     from vmad_pipeline.validation import raise_on_failure
 
     raise_on_failure(report)
-    log.info("manifest: %d images, %d anomalous, %d classes", len(manifest), int(manifest["label"].sum()), manifest["category"].nunique())
+    log.info(
+        "manifest: %d images, %d anomalous, %d classes",
+        len(manifest),
+        int(manifest["label"].sum()),
+        manifest["category"].nunique(),
+    )
     return manifest

@@ -40,9 +40,18 @@ def cross_category_split(manifest: pd.DataFrame, params: dict[str, Any]) -> dict
         test = sorted(random.Random(params.get("seed", 0)).sample(pool, min(n_test, len(pool))))
     if not train:
         train = [c for c in classes if c not in test]
-    splits = {"protocol": "cross_category", "seed": params.get("seed", 0), "train_classes": sorted(train), "test_classes": sorted(test)}
+    splits = {
+        "protocol": "cross_category",
+        "seed": params.get("seed", 0),
+        "train_classes": sorted(train),
+        "test_classes": sorted(test),
+    }
     check_no_leak(splits)
     if not splits["train_classes"] or not splits["test_classes"]:
         raise ConfigError("split: both the training and the test class lists must be non-empty")
-    log.info("train classes: %s | unseen test classes: %s", ", ".join(splits["train_classes"]), ", ".join(splits["test_classes"]))
+    log.info(
+        "train classes: %s | unseen test classes: %s",
+        ", ".join(splits["train_classes"]),
+        ", ".join(splits["test_classes"]),
+    )
     return splits

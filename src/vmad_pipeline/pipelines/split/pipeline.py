@@ -5,6 +5,13 @@ from .nodes import cross_category_split
 
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
-        [node(cross_category_split, ["manifest", "params:split"], "splits", name="cross_category_split")],
+        [
+            node(
+                cross_category_split,
+                ["manifest", "params:split"],
+                "splits",
+                name="cross_category_split",
+            )
+        ],
         tags="split",
     )

@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 def parse_train_params(params: dict[str, Any]) -> tuple[TrainConfig, ModelConfig]:
     rest = {k: v for k, v in params.items() if k != "model"}
-    return from_dict(TrainConfig, rest, "train"), from_dict(ModelConfig, params.get("model"), "train.model")
+    return from_dict(TrainConfig, rest, "train"), from_dict(
+        ModelConfig, params.get("model"), "train.model"
+    )
 
 
 def training_rows(manifest: pd.DataFrame, splits: dict[str, Any]) -> pd.DataFrame:
@@ -33,7 +35,9 @@ def qa_lookup(riad_qa: pd.DataFrame) -> dict[tuple[str, str], dict]:
     return {(r["source"], r["image_path"]): r for r in riad_qa.to_dict("records")}
 
 
-def fit_tokenizer(manifest: pd.DataFrame, splits: dict[str, Any], riad_qa: pd.DataFrame, params: dict[str, Any]):
+def fit_tokenizer(
+    manifest: pd.DataFrame, splits: dict[str, Any], riad_qa: pd.DataFrame, params: dict[str, Any]
+):
     """Train the tiny preset's byte-level BPE tokenizer on the training conversations only."""
     from vmad_pipeline.annotation.templates import normal_answer
     from vmad_pipeline.training.data import conversation_texts
@@ -43,7 +47,9 @@ def fit_tokenizer(manifest: pd.DataFrame, splits: dict[str, Any], riad_qa: pd.Da
     qa = qa_lookup(riad_qa)
     texts: list[str] = []
     for r in training_rows(manifest, splits).itertuples():
-        texts += conversation_texts(r.category, qa.get((r.source, r.image_path)), bool(r.label), normal_answer(r.category))
+        texts += conversation_texts(
+            r.category, qa.get((r.source, r.image_path)), bool(r.label), normal_answer(r.category)
+        )
     return train_tokenizer(texts, vocab_size=cfg.tokenizer_vocab)
 
 
@@ -54,8 +60,12 @@ def train_model(
     riad_qa: pd.DataFrame,
     tokenizer,
     params: dict[str, Any],
-) -> tuple[tuple, dict[str, list[float]], dict[str, Any]]:
-    """Build the preset, train it with LoRA; returns (model, tokenizer), curves and a summary."""
+) -> tuple[tuple, dict[str, list[float]], pd.DataFrame, dict[str, Any]]:
+    """Build the preset, train it with LoRA.
+
+    Returns (model, tokenizer), the per-step curves (for MLflow and as a table for DVC plots)
+    and a summary.
+    """
     from vmad_pipeline.annotation.templates import normal_answer
     from vmad_pipeline.models.build import build_vmad
     from vmad_pipeline.training.data import ImageTable
@@ -81,8 +91,15 @@ def train_model(
         "visual_tokens": model.num_image_tokens,
         "final_loss": curves["loss"][-1],
     }
-    log.info("trained %d steps in %.1f s (%d / %d parameters trainable)", cfg.steps, seconds, n_train, n_total)
-    return (model, tokenizer), curves, summary
+    log.info(
+        "trained %d steps in %.1f s (%d / %d parameters trainable)",
+        cfg.steps,
+        seconds,
+        n_train,
+        n_total,
+    )
+    table = pd.DataFrame({"step": range(1, cfg.steps + 1), **curves})
+    return (model, tokenizer), curves, table, summary
 
 
 def package_model(trained: tuple) -> Any:

@@ -10,11 +10,16 @@ from .nodes import fit_tokenizer, package_model, train_model
 def training_nodes() -> Pipeline:
     return pipeline(
         [
-            node(fit_tokenizer, ["manifest", "splits", "riad_qa", "params:train"], "tokenizer", name="fit_tokenizer"),
+            node(
+                fit_tokenizer,
+                ["manifest", "splits", "riad_qa", "params:train"],
+                "tokenizer",
+                name="fit_tokenizer",
+            ),
             node(
                 train_model,
                 ["manifest", "splits", "dataset_roots", "riad_qa", "tokenizer", "params:train"],
-                ["vmad_model", "training_curves", "training_summary"],
+                ["vmad_model", "training_curves", "training_curves_table", "training_summary"],
                 name="train_model",
             ),
             node(package_model, "vmad_model", "vmad_registered", name="register_model"),

@@ -1,0 +1,208 @@
+"""One end-to-end run of every pipeline through a Kedro session, on a very small config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "ingest": {
+        "progress": False,
+        "synthetic": {
+            "image_size": 32,
+            "classes": ["woven_cloth", "carpet", "washer", "screw", "pcb"],
+            "defects_per_class": 2,
+            "n_train_good": 2,
+            "n_test_good": 2,
+            "n_test_defect": 2,
+        },
+    },
+    "annotate": {"progress": False},
+    "split": {"test_classes": ["washer", "pcb"]},
+    "train": {
+        "steps": 3,
+        "warmup_steps": 1,
+        "batch_size": 4,
+        "progress": False,
+        "model": {
+            "vision": {
+                "image_size": 32,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+            },
+            "llm": {"hidden_size": 32, "intermediate_size": 64, "num_heads": 2},
+            "sam": {
+                "image_size": 32,
+                "embed_dim": 32,
+                "depth": 1,
+                "num_heads": 2,
+                "prompt_dim": 16,
+                "decoder_mlp_dim": 32,
+                "decoder_heads": 2,
+            },
+        },
+    },
+    "evaluate": {"eval_size": 32, "max_new_tokens": 3, "n_overlays": 1, "progress": False},
+}
+
+
+def make_project(tmp_path: Path) -> Path:
+    """A copy of the project (config + package code) in a temporary folder."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "pyproject.toml", project)
+    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    shutil.copytree(
+        REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    return project
+
+
+def run(project: Path, pipeline: str | None, params: dict):
+    import mlflow
+
+    bootstrap_project(project)
+    try:
+        with KedroSession.create(project_path=project, runtime_params=params) as session:
+            return session.run(pipeline_names=[pipeline] if pipeline else None)
+    finally:
+        # Several sessions in one process (unlike `kedro run`): start each with no active run.
+        while mlflow.active_run():
+            mlflow.end_run()
+
+
+@pytest.mark.slow
+def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
+    project = make_project(tmp_path)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # use the project's SQLite store
+    run(project, None, SMALL)
+
+    data = project / "data"
+    manifest = pd.read_parquet(data / "02_intermediate" / "manifest.parquet")
+    assert set(manifest["category"]) == set(SMALL["ingest"]["synthetic"]["classes"])
+    assert (manifest["defect_id"] >= 0).sum() == manifest["label"].sum()
+    coco = json.loads((data / "03_primary" / "riad" / "instances.json").read_text())
+    assert len(coco["categories"]) == 15 and len(coco["annotations"]) == int(
+        manifest["label"].sum()
+    )
+    qa = pd.read_json(data / "03_primary" / "riad" / "qa.jsonl", lines=True)
+    assert {"description", "impact", "suggestion"} <= set(qa.columns) and len(qa) == int(
+        manifest["label"].sum()
+    )
+    splits = json.loads((data / "05_model_input" / "splits.json").read_text())
+    assert splits["test_classes"] == ["pcb", "washer"]
+
+    ckpt = data / "06_models" / "vmad"
+    assert (ckpt / "adapter" / "adapter_config.json").is_file()
+    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
+    assert (ckpt / "weights.safetensors").is_file()
+    assert not [p for p in (data / "06_models").iterdir() if p.name.startswith(".")]  # no temp dirs
+
+    metrics = json.loads((data / "08_reporting" / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"pcb", "washer"}
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert 0.0 <= metrics["mean"][key] <= 1.0
+    assert metrics["settings"]["eval_size"] == 32
+    assert (data / "08_reporting" / "overlays.png").stat().st_size > 1000
+
+    # The registry holds the model; the pyfunc predicts a score and a map for an image.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='vmad'")
+    assert versions
+    run_data = client.get_run(versions[0].run_id).data
+    assert "git_commit" in run_data.tags and "train.steps" in run_data.params
+    assert "train/loss" in run_data.metrics
+    model = mlflow.pyfunc.load_model(f"models:/vmad/{versions[0].version}")
+    image = next((data / "01_raw" / "synthetic" / "pcb" / "test").rglob("*.png"))
+    out = model.predict(pd.DataFrame({"image": [str(image)], "category": ["pcb"]}))
+    assert 0.0 <= out["score"][0] <= 1.0 and np.asarray(out["anomaly_map"][0]).shape == (32, 32)
+
+    # Evaluate on another MVTec-layout root by parameter: every class there is a test class.
+    other = tmp_path / "other"
+    for i, stem in enumerate(["000", "001"]):
+        rng = np.random.default_rng(i)
+        for sub in ("good", "dent"):
+            (other / "gadget" / "test" / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                other / "gadget" / "test" / sub / f"{stem}.png"
+            )
+        (other / "gadget" / "ground_truth" / "dent").mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((40, 40), np.uint8)
+        mask[5:15, 5:15] = 255
+        Image.fromarray(mask).save(other / "gadget" / "ground_truth" / "dent" / f"{stem}_mask.png")
+    run(
+        project,
+        "evaluate",
+        {
+            **SMALL,
+            "evaluate": {**SMALL["evaluate"], "dataset": {"root": str(other), "name": "other"}},
+        },
+    )
+    metrics = json.loads((data / "08_reporting" / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"gadget"} and metrics["settings"]["n_images"] == 4
+
+
+@pytest.mark.slow
+def test_corrupt_image_stops_ingest_and_writes_nothing(tmp_path, monkeypatch):
+    project = make_project(tmp_path)
+    monkeypatch.chdir(project)
+    root = tmp_path / "broken"
+    (root / "part" / "train" / "good").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+        root / "part" / "train" / "good" / "000.png"
+    )
+    (root / "part" / "train" / "good" / "001.png").write_bytes(b"not a png")
+    params = {
+        **SMALL,
+        "ingest": {
+            **SMALL["ingest"],
+            "synthetic": {"enabled": False},
+            "sources": [{"name": "broken", "format": "mvtec", "root": str(root)}],
+        },
+    }
+    with pytest.raises(Exception, match="001.png"):
+        run(project, "ingest", params)
+    assert not (project / "data" / "02_intermediate" / "manifest.parquet").exists()
+    assert not (project / "data" / "02_intermediate" / "manifest_raw.parquet").exists()
+
+
+@pytest.mark.slow
+def test_empty_dataset_root_is_named(tmp_path, monkeypatch):
+    project = make_project(tmp_path)
+    monkeypatch.chdir(project)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    params = {
+        **SMALL,
+        "ingest": {
+            **SMALL["ingest"],
+            "synthetic": {"enabled": False},
+            "sources": [{"name": "x", "format": "mvtec", "root": str(empty)}],
+        },
+    }
+    with pytest.raises(Exception, match="empty"):
+        run(project, "ingest", params)
+
+
+def test_unknown_source_format_is_named():
+    from vmad_pipeline.configs import ConfigError
+    from vmad_pipeline.pipelines.ingest.nodes import source_roots
+
+    with pytest.raises(ConfigError, match=r"ingest\.sources\[0\]\.format.*'visa'"):
+        source_roots([{"name": "a", "format": "visa", "root": "/x"}], "/syn")
