@@ -126,7 +126,8 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     versions = client.search_model_versions("name='vmad'")
     assert versions
     run_data = client.get_run(versions[0].run_id).data
-    assert "git_commit" in run_data.tags and "train.steps" in run_data.params
+    assert "git_commit" in run_data.tags and "data_manifest_hash" in run_data.tags
+    assert "train.steps" in run_data.params
     assert "train/loss" in run_data.metrics
     model = mlflow.pyfunc.load_model(f"models:/vmad/{versions[0].version}")
     image = next((data / "01_raw" / "synthetic" / "pcb" / "test").rglob("*.png"))

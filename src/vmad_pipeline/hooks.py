@@ -5,51 +5,61 @@ from __future__ import annotations
 import hashlib
 import logging
 import subprocess
-from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 
 log = logging.getLogger(__name__)
 
 
-def git_commit(cwd: str | Path = ".") -> str:
+def git_commit() -> str:
+    """HEAD's hash, with ``-dirty`` when tracked files have uncommitted changes."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         )
-        dirty = subprocess.run(
+        status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
             capture_output=True,
             text=True,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
-def file_hash(path: str | Path) -> str:
-    p = Path(path)
-    return hashlib.md5(p.read_bytes()).hexdigest() if p.is_file() else ""
+def manifest_hash(manifest) -> str:
+    """Identity of a dataset: its images' paths, contents (sha256) and labels."""
+    rows = manifest[["source", "image_path", "sha256", "label"]].astype(str).agg("|".join, axis=1)
+    return hashlib.md5("\n".join(sorted(rows)).encode()).hexdigest()
 
 
 class RunTagsHook:
     """Tags the active MLflow run with the git commit and the hash of the data manifest."""
 
-    def __init__(self) -> None:
-        self._tagged = False
+    @staticmethod
+    def _tag(**tags: str) -> None:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.set_tags(tags)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        self._committed = False
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async, run_id) -> None:
-        if self._tagged:
-            return
-        import mlflow
+        if not getattr(self, "_committed", False):
+            self._tag(git_commit=git_commit())  # kedro-mlflow's run exists from here on
+            self._committed = True
 
-        if mlflow.active_run() is None:
-            return
-        tags = {"git_commit": git_commit()}
-        digest = file_hash("data/02_intermediate/manifest.parquet")
-        if digest:
-            tags["data_manifest_md5"] = digest
-        mlflow.set_tags(tags)
-        self._tagged = True
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name, data, node) -> None:
+        if dataset_name == "manifest":
+            self._tag(data_manifest_hash=manifest_hash(data))
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name, data, node) -> None:
+        if dataset_name == "manifest":
+            self._tag(data_manifest_hash=manifest_hash(data))

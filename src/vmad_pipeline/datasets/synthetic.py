@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm.auto import tqdm
+
+from vmad_pipeline.io.atomic import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -940,28 +940,11 @@ def write_tree(images: dict[str, np.ndarray], root: str | os.PathLike[str]) -> N
     the temporary directory is removed.
     """
     root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
-    old: Path | None = None
-    try:
+    with atomic_directory(root) as tmp:
         for rel, array in images.items():
-            target = tmp / rel
             if Path(rel).is_absolute() or ".." in Path(rel).parts:
                 raise ValueError(f"write_tree: path {rel!r} escapes the dataset root")
+            target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             _write_png(array, target)
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / root.name)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not root.exists() and (old / root.name).exists():
-            os.replace(old / root.name, root)  # put the previous tree back
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     logger.info("wrote %d files under %s", len(images), root)

@@ -14,21 +14,28 @@ from pathlib import Path
 def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block succeeds.
 
-    On any error the temporary directory is removed and ``target`` is left untouched, so a
-    crash never leaves a half-written checkpoint or dataset behind.
+    The new tree is written next to ``target`` and swapped in; an existing ``target`` is
+    removed only after the new one is in place. On any error the temporary directory is
+    removed and ``target`` is left (or put back) as it was, so a crash never leaves a
+    half-written checkpoint or dataset behind.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the artifact is not
+    old: Path | None = None
     try:
         yield tmp
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists() and (old / target.name).exists():
+            os.replace(old / target.name, target)  # put the previous tree back
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
