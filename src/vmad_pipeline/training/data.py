@@ -25,7 +25,7 @@ def load_rgb(path: str | Path, size: int) -> np.ndarray:
     """An image resized to size x size (bilinear), uint8 H x W x 3."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+            return np.array(im.convert("RGB").resize((size, size), Image.BILINEAR))
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 

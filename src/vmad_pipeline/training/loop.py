@@ -186,7 +186,7 @@ def train(
             ("bce", out.bce),
             ("dice", out.dice),
         ):
-            history[key].append(float(value) if value is not None else float("nan"))
+            history[key].append(value.item() if value is not None else float("nan"))
         history["lr"].append(sched.get_last_lr()[0])
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
     model.eval()
