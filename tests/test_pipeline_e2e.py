@@ -159,6 +159,15 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     assert set(metrics["per_class"]) == {"gadget"} and metrics["settings"]["n_images"] == 4
 
 
+def only_source(root: Path) -> dict:
+    """SMALL, reading one MVTec-layout root instead of generating data."""
+    sources = [{"name": "src", "format": "mvtec", "root": str(root)}]
+    return {
+        **SMALL,
+        "ingest": {**SMALL["ingest"], "synthetic": {"enabled": False}, "sources": sources},
+    }
+
+
 @pytest.mark.slow
 def test_corrupt_image_stops_ingest_and_writes_nothing(tmp_path, monkeypatch):
     project = make_project(tmp_path)
@@ -169,16 +178,8 @@ def test_corrupt_image_stops_ingest_and_writes_nothing(tmp_path, monkeypatch):
         root / "part" / "train" / "good" / "000.png"
     )
     (root / "part" / "train" / "good" / "001.png").write_bytes(b"not a png")
-    params = {
-        **SMALL,
-        "ingest": {
-            **SMALL["ingest"],
-            "synthetic": {"enabled": False},
-            "sources": [{"name": "broken", "format": "mvtec", "root": str(root)}],
-        },
-    }
     with pytest.raises(Exception, match="001.png"):
-        run(project, "ingest", params)
+        run(project, "ingest", only_source(root))
     assert not (project / "data" / "02_intermediate" / "manifest.parquet").exists()
     assert not (project / "data" / "02_intermediate" / "manifest_raw.parquet").exists()
 
@@ -187,18 +188,12 @@ def test_corrupt_image_stops_ingest_and_writes_nothing(tmp_path, monkeypatch):
 def test_empty_dataset_root_is_named(tmp_path, monkeypatch):
     project = make_project(tmp_path)
     monkeypatch.chdir(project)
-    empty = tmp_path / "empty"
+    empty = tmp_path / "nothing_here"
     empty.mkdir()
-    params = {
-        **SMALL,
-        "ingest": {
-            **SMALL["ingest"],
-            "synthetic": {"enabled": False},
-            "sources": [{"name": "x", "format": "mvtec", "root": str(empty)}],
-        },
-    }
-    with pytest.raises(Exception, match="empty"):
-        run(project, "ingest", params)
+    with pytest.raises(Exception, match="no MVTec-layout classes found.*nothing_here"):
+        run(project, "ingest", only_source(empty))
+    with pytest.raises(Exception, match="does_not_exist"):
+        run(project, "ingest", only_source(tmp_path / "does_not_exist"))
 
 
 def test_unknown_source_format_is_named():
