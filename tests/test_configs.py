@@ -21,7 +21,8 @@ def test_unknown_preset_is_named():
 
 def test_unknown_projector_lists_known_names():
     with pytest.raises(
-        ConfigError, match=r"train\.model\.projector\.name.*'qformer'.*mlp, avgpool"
+        ConfigError,
+        match=r"train\.model\.projector\.name.*'qformer'.*mlp, avgpool, resampler, ldpv2",
     ):
         parse_train_params({"model": {"projector": {"name": "qformer"}}})
 

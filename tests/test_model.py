@@ -189,11 +189,31 @@ def test_predict_returns_maps_and_answers(tokenizer):
     assert len(pred.answer_ids) == B and pred.seg_found.dtype == torch.bool
 
 
-@pytest.mark.parametrize("name,tokens", [("mlp", 16), ("avgpool", 4)])
+@pytest.mark.parametrize(
+    "name,tokens", [("mlp", 16), ("avgpool", 4), ("resampler", 4), ("ldpv2", 4)]
+)
 def test_projector_token_counts(name, tokens):
     proj = build_projector(ProjectorConfig(name=name), in_dim=8, out_dim=12, grid=4)
     out = proj(torch.randn(3, 16, 8))
     assert proj.num_tokens == tokens and out.shape == (3, tokens, 12)
+
+
+@pytest.mark.parametrize("name", ["resampler", "ldpv2"])
+def test_projectors_train_inside_the_model(tokenizer, name):
+    cfg = ModelConfig(**{**CFG.__dict__, "projector": ProjectorConfig(name=name, heads=2)})
+    model = build_vmad(cfg, tokenizer)
+    model(**batch(model, tokenizer)).loss.backward()
+    assert all(p.grad is not None for p in model.projector.parameters())
+
+
+def test_ldpv2_position_conv_is_residual():
+    proj = build_projector(ProjectorConfig(name="ldpv2"), in_dim=8, out_dim=12, grid=4)
+    x = torch.randn(2, 16, 8)
+    with torch.no_grad():
+        proj.peg.weight.zero_()
+        proj.peg.bias.zero_()
+    pooled = torch.nn.functional.avg_pool2d(proj.mlp(x).transpose(1, 2).reshape(2, 12, 4, 4), 2)
+    torch.testing.assert_close(proj(x), pooled.flatten(2).transpose(1, 2))
 
 
 def test_projector_pool_must_divide_grid():

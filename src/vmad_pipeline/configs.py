@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 PRESETS = ("tiny", "llava7b_sam_h")  # tiny: random init, trained here; real: local checkpoints
-PROJECTORS = ("mlp", "avgpool")  # the zoo grows in issue 3 (resampler, ldpv2, ltc)
+PROJECTORS = ("mlp", "avgpool", "resampler", "ldpv2")  # ltc arrives with VMAD proper
 MODEL_PARTS = ("vision", "projector", "llm", "sam_encoder", "sam_decoder", "seg_head")
 
 
@@ -136,7 +136,9 @@ class VisionConfig:
 @dataclass(frozen=True)
 class ProjectorConfig:
     name: str = "avgpool"  # one of PROJECTORS
-    pool: int = 2  # avgpool: r x r average pooling (576 -> 144 tokens at r=2)
+    pool: int = 2  # avgpool / resampler / ldpv2: (grid / pool)^2 tokens (576 -> 144 at 2)
+    depth: int = 1  # resampler: cross-attention layers
+    heads: int = 4  # resampler: attention heads (must divide the vision width)
 
     def __post_init__(self) -> None:
         _check(
@@ -145,6 +147,8 @@ class ProjectorConfig:
             f"unknown projector {self.name!r}; known: {', '.join(PROJECTORS)}",
         )
         _check(self.pool >= 1, "pool", "must be >= 1")
+        _check(self.depth >= 1, "depth", "must be >= 1")
+        _check(self.heads >= 1, "heads", "must be >= 1")
 
 
 @dataclass(frozen=True)

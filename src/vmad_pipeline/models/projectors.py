@@ -66,11 +66,97 @@ class AvgPoolProjector(Projector):
         return self.mlp(x)
 
 
+class ResamplerProjector(Projector):
+    """Perceiver/Flamingo resampler: learned queries cross-attend to the patch features.
+
+    (Alayrac et al., Flamingo, 2022.) ``(grid / pool)^2`` queries, so it emits as many tokens
+    as ``avgpool`` (144 at 24 x 24, pool 2), each able to look at the whole image.
+    """
+
+    def __init__(
+        self, *, in_dim: int, out_dim: int, grid: int, pool: int = 2, depth: int = 1, heads: int = 4
+    ) -> None:
+        super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid)
+        if grid % pool:
+            raise ConfigError(f"projector.pool: grid {grid} is not divisible by pool {pool}")
+        if in_dim % heads:
+            raise ConfigError(
+                f"projector.heads: vision width {in_dim} is not divisible by {heads} heads"
+            )
+        self.pool = pool
+        self.queries = nn.Parameter(torch.randn(self.num_tokens, in_dim) * in_dim**-0.5)
+        self.pos = nn.Parameter(torch.zeros(1, grid * grid, in_dim))
+        self.attn = nn.ModuleList(
+            nn.MultiheadAttention(in_dim, heads, batch_first=True) for _ in range(depth)
+        )
+        self.ffn = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(in_dim),
+                nn.Linear(in_dim, 4 * in_dim),
+                nn.GELU(),
+                nn.Linear(4 * in_dim, in_dim),
+            )
+            for _ in range(depth)
+        )
+        self.norm_q = nn.ModuleList(nn.LayerNorm(in_dim) for _ in range(depth))
+        self.norm_kv = nn.LayerNorm(in_dim)
+        self.out = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.grid // self.pool) ** 2
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(features + self.pos)  # (B, N, C)
+        q = self.queries.unsqueeze(0).expand(len(features), -1, -1)  # (B, T, C)
+        for attn, ffn, norm in zip(self.attn, self.ffn, self.norm_q, strict=True):
+            q = q + attn(norm(q), kv, kv, need_weights=False)[0]
+            q = q + ffn(q)
+        return self.out(q)  # (B, T, d)
+
+
+class LDPv2Projector(Projector):
+    """MobileVLM-v2's lightweight downsample projector (Chu et al., 2024): MLP, 2 x 2 average
+    pool, then a depthwise 3 x 3 convolution as position encoding with a residual."""
+
+    def __init__(self, *, in_dim: int, out_dim: int, grid: int, pool: int = 2) -> None:
+        super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid)
+        if grid % pool:
+            raise ConfigError(f"projector.pool: grid {grid} is not divisible by pool {pool}")
+        self.pool = pool
+        self.mlp = _mlp(in_dim, out_dim)
+        self.peg = nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim)
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.grid // self.pool) ** 2
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b = len(features)
+        x = (
+            self.mlp(features).transpose(1, 2).reshape(b, self.out_dim, self.grid, self.grid)
+        )  # (B, d, g, g)
+        x = F.avg_pool2d(x, self.pool)  # (B, d, g/r, g/r)
+        x = x + self.peg(x)
+        return x.flatten(2).transpose(1, 2)  # (B, (g/r)^2, d)
+
+
 def build_projector(cfg: ProjectorConfig, *, in_dim: int, out_dim: int, grid: int) -> Projector:
     if cfg.name == "mlp":
         return MlpProjector(in_dim=in_dim, out_dim=out_dim, grid=grid)
     if cfg.name == "avgpool":
         return AvgPoolProjector(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=cfg.pool)
+    if cfg.name == "resampler":
+        return ResamplerProjector(
+            in_dim=in_dim,
+            out_dim=out_dim,
+            grid=grid,
+            pool=cfg.pool,
+            depth=cfg.depth,
+            heads=cfg.heads,
+        )
+    if cfg.name == "ldpv2":
+        return LDPv2Projector(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=cfg.pool)
     raise ConfigError(
         f"projector.name: unknown projector {cfg.name!r}; known: {', '.join(PROJECTORS)}"
     )
