@@ -202,3 +202,28 @@ def test_unknown_source_format_is_named():
 
     with pytest.raises(ConfigError, match=r"ingest\.sources\[0\]\.format.*'visa'"):
         source_roots([{"name": "a", "format": "visa", "root": "/x"}], "/syn")
+
+
+@pytest.mark.slow
+def test_walkthrough_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    project = make_project(tmp_path)
+    shutil.copytree(REPO / "notebooks", project / "notebooks")
+    monkeypatch.chdir(project / "notebooks")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    notebook = json.loads((project / "notebooks" / "walkthrough.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert "PARAMS = {}" in cells[0]
+    cells[0] = cells[0].replace("PARAMS = {}", "PARAMS = SMALL")
+    namespace = {"SMALL": SMALL}
+    try:
+        for cell in cells:
+            exec(compile(cell, "walkthrough.ipynb", "exec"), namespace)
+    finally:
+        import mlflow
+
+        while mlflow.active_run():
+            mlflow.end_run()
+    assert 0.0 <= namespace["out"]["score"][0] <= 1.0
