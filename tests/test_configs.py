@@ -1,6 +1,6 @@
 import pytest
 
-from vmad_pipeline.configs import ConfigError, ModelConfig, TrainConfig, flatten, from_dict, to_dict
+from vmad_pipeline.configs import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from vmad_pipeline.pipelines.train.nodes import parse_train_params
 
 
@@ -35,7 +35,3 @@ def test_wrong_type_is_named():
 def test_range_checks():
     with pytest.raises(ConfigError, match="batch_size"):
         from_dict(TrainConfig, {"batch_size": 0}, "train")
-
-
-def test_flatten():
-    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}

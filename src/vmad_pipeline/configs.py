@@ -95,18 +95,6 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (MLflow parameters)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        name = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, name))
-        else:
-            out[name] = v
-    return out
-
-
 # --------------------------------------------------------------------------- model
 
 
