@@ -45,19 +45,26 @@ class MlpProjector(Projector):
         return self.mlp(features)  # (B, N, d)
 
 
-class AvgPoolProjector(Projector):
-    """r x r average pooling on the patch grid, then the MLP (144 tokens at 24 x 24, r = 2)."""
+class PooledProjector(Projector):
+    """Base of the projectors that emit one token per pool x pool cell: (grid / pool)^2."""
 
-    def __init__(self, *, in_dim: int, out_dim: int, grid: int, pool: int = 2) -> None:
+    def __init__(self, *, in_dim: int, out_dim: int, grid: int, pool: int) -> None:
         super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid)
         if grid % pool:
             raise ConfigError(f"projector.pool: grid {grid} is not divisible by pool {pool}")
         self.pool = pool
-        self.mlp = _mlp(in_dim, out_dim)
 
     @property
     def num_tokens(self) -> int:
         return (self.grid // self.pool) ** 2
+
+
+class AvgPoolProjector(PooledProjector):
+    """r x r average pooling on the patch grid, then the MLP (144 tokens at 24 x 24, r = 2)."""
+
+    def __init__(self, *, in_dim: int, out_dim: int, grid: int, pool: int = 2) -> None:
+        super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=pool)
+        self.mlp = _mlp(in_dim, out_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, n, c = features.shape
@@ -66,7 +73,7 @@ class AvgPoolProjector(Projector):
         return self.mlp(x)
 
 
-class ResamplerProjector(Projector):
+class ResamplerProjector(PooledProjector):
     """Perceiver/Flamingo resampler: learned queries cross-attend to the patch features.
 
     (Alayrac et al., Flamingo, 2022.) ``(grid / pool)^2`` queries, so it emits as many tokens
@@ -76,14 +83,11 @@ class ResamplerProjector(Projector):
     def __init__(
         self, *, in_dim: int, out_dim: int, grid: int, pool: int = 2, depth: int = 1, heads: int = 4
     ) -> None:
-        super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid)
-        if grid % pool:
-            raise ConfigError(f"projector.pool: grid {grid} is not divisible by pool {pool}")
+        super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=pool)
         if in_dim % heads:
             raise ConfigError(
                 f"projector.heads: vision width {in_dim} is not divisible by {heads} heads"
             )
-        self.pool = pool
         self.queries = nn.Parameter(torch.randn(self.num_tokens, in_dim) * in_dim**-0.5)
         self.pos = nn.Parameter(torch.zeros(1, grid * grid, in_dim))
         self.attn = nn.ModuleList(
@@ -102,10 +106,6 @@ class ResamplerProjector(Projector):
         self.norm_kv = nn.LayerNorm(in_dim)
         self.out = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
 
-    @property
-    def num_tokens(self) -> int:
-        return (self.grid // self.pool) ** 2
-
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         kv = self.norm_kv(features + self.pos)  # (B, N, C)
         q = self.queries.unsqueeze(0).expand(len(features), -1, -1)  # (B, T, C)
@@ -115,21 +115,14 @@ class ResamplerProjector(Projector):
         return self.out(q)  # (B, T, d)
 
 
-class LDPv2Projector(Projector):
+class LDPv2Projector(PooledProjector):
     """MobileVLM-v2's lightweight downsample projector (Chu et al., 2024): MLP, 2 x 2 average
     pool, then a depthwise 3 x 3 convolution as position encoding with a residual."""
 
     def __init__(self, *, in_dim: int, out_dim: int, grid: int, pool: int = 2) -> None:
-        super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid)
-        if grid % pool:
-            raise ConfigError(f"projector.pool: grid {grid} is not divisible by pool {pool}")
-        self.pool = pool
+        super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=pool)
         self.mlp = _mlp(in_dim, out_dim)
         self.peg = nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim)
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.grid // self.pool) ** 2
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b = len(features)
