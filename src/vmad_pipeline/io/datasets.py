@@ -87,11 +87,7 @@ class VmadCheckpointDataset(AbstractDataset):
     def _load(self):
         from vmad_pipeline.models.build import load_checkpoint
 
-        if not (self._path / "config.json").is_file():
-            raise DatasetError(
-                f"no trained VMAD model at {self._path}; run `kedro run --pipeline train` first"
-            )
-        return load_checkpoint(self._path)
+        return load_checkpoint(self._path)  # names the path and the command when it is missing
 
     def _exists(self) -> bool:
         return (self._path / "config.json").is_file()

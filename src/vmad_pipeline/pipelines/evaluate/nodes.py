@@ -77,9 +77,13 @@ def predict_eval_set(
     }
 
 
-def _ground_truth(eval_set: pd.DataFrame, roots: dict[str, str], size: int) -> list[np.ndarray]:
+def load_ground_truth(
+    eval_set: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
+) -> list[np.ndarray]:
+    """The test masks at the evaluation size (binary; zeros for normal images), read once."""
     from vmad_pipeline.training.data import absolute, load_mask
 
+    size = parse_eval_params(params).eval_size
     return [load_mask(absolute(roots[r.source], r.mask_path), size) for r in eval_set.itertuples()]
 
 
@@ -90,14 +94,13 @@ def _nan_to_none(x: float) -> float | None:
 def compute_metrics(
     eval_set: pd.DataFrame,
     predictions: dict[str, Any],
-    roots: dict[str, str],
+    masks: list[np.ndarray],
     params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
     """Image AUROC, pixel AUROC and AUPRO per class and their unweighted class mean."""
     from vmad_pipeline.metrics import aupro, image_auroc, pixel_auroc
 
     cfg = parse_eval_params(params)
-    masks = _ground_truth(eval_set, roots, cfg.eval_size)
     labels = eval_set["label"].to_numpy()
     rows = []
     for cls, idx in eval_set.groupby("category").indices.items():
@@ -156,6 +159,7 @@ def compute_metrics(
 def plot_overlays(
     eval_set: pd.DataFrame,
     predictions: dict[str, Any],
+    masks: list[np.ndarray],
     roots: dict[str, str],
     params: dict[str, Any],
 ):
@@ -168,7 +172,6 @@ def plot_overlays(
     from vmad_pipeline.training.data import absolute, load_rgb
 
     cfg = parse_eval_params(params)
-    masks = _ground_truth(eval_set, roots, cfg.eval_size)
     picks = []
     for _cls, group in eval_set.groupby("category"):
         anomalous = list(group.index[group["label"] == 1])

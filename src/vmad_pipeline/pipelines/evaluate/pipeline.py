@@ -1,6 +1,12 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import compute_metrics, plot_overlays, predict_eval_set, select_eval_set
+from .nodes import (
+    compute_metrics,
+    load_ground_truth,
+    plot_overlays,
+    predict_eval_set,
+    select_eval_set,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -20,14 +26,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="predict_eval_set",
             ),
             node(
+                load_ground_truth,
+                ["eval_set", "eval_roots", "params:evaluate"],
+                "eval_masks",
+                name="load_ground_truth",
+            ),
+            node(
                 compute_metrics,
-                ["eval_set", "eval_predictions", "eval_roots", "params:evaluate"],
+                ["eval_set", "eval_predictions", "eval_masks", "params:evaluate"],
                 ["metrics", "metrics_mlflow", "metrics_per_class"],
                 name="compute_metrics",
             ),
             node(
                 plot_overlays,
-                ["eval_set", "eval_predictions", "eval_roots", "params:evaluate"],
+                ["eval_set", "eval_predictions", "eval_masks", "eval_roots", "params:evaluate"],
                 "overlays",
                 name="plot_overlays",
             ),
