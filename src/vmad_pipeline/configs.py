@@ -190,6 +190,36 @@ class SamConfig:
 
 
 @dataclass(frozen=True)
+class DsslConfig:
+    """Defect-Sensitive Structure Learning (method.md section 5); training-time only."""
+
+    enabled: bool = True
+    boxes: int = 32  # N_b random boxes per image
+    box_min: float = 0.0625  # box side range, as a fraction of the image side (1/16 .. 1/4)
+    box_max: float = 0.25
+    abnormal_fraction: float = 0.1  # a box is abnormal when > this share of it is in the mask
+    queue_size: int = 256  # K global features kept per training class and state
+    tau: float = 0.07  # temperature of the similarity distributions
+    proj_dim: int = 128  # visual projection head output (z_i, g)
+    n_ctx: int = 4  # learnable context vectors of the semantic tokens (CoCoOp)
+    meta_hidden: int = 32  # Meta-Net bottleneck width (Linear, ReLU, Linear)
+    roi_size: int = 2  # ROI-align output side, mean-pooled afterwards
+    classes: tuple[str, ...] = ()  # training classes, one queue row each; set at build time
+
+    def __post_init__(self) -> None:
+        _check(self.boxes >= 1, "boxes", "must be >= 1")
+        _check(0 < self.box_min <= self.box_max <= 1, "box_min", "need 0 < box_min <= box_max <= 1")
+        _check(0 <= self.abnormal_fraction < 1, "abnormal_fraction", "must be in [0, 1)")
+        _check(self.queue_size >= 1, "queue_size", "must be >= 1")
+        _check(self.tau > 0, "tau", "must be > 0")
+        _check(
+            min(self.proj_dim, self.n_ctx, self.meta_hidden, self.roi_size) >= 1,
+            "proj_dim",
+            "proj_dim, n_ctx, meta_hidden and roi_size must be >= 1",
+        )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The whole VMAD model; saved with every checkpoint and rebuilt from it."""
 
@@ -199,6 +229,7 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     sam: SamConfig = field(default_factory=SamConfig)
+    dssl: DsslConfig = field(default_factory=DsslConfig)
     frozen: tuple[
         str, ...
     ] = ()  # parts of MODEL_PARTS kept frozen (real preset: vision, sam_encoder)
@@ -222,6 +253,8 @@ class LossWeights:
     txt: float = 1.0  # causal-LM cross-entropy on answer tokens
     bce: float = 2.0
     dice: float = 0.5
+    pbsd: float = 1.0  # DSSL: KL(p_v || p_t) per box
+    patch_bce: float = 1.0  # DSSL: auxiliary box BCE that teaches the visual projection head
 
 
 @dataclass(frozen=True)
