@@ -1,5 +1,6 @@
 """Model shapes, which parameters learn, and the checkpoint / adapter round trip."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,10 @@ from safetensors.torch import load_file
 
 from vmad_pipeline.configs import (
     ConfigError,
+    DsslConfig,
     LLMConfig,
+    LossWeights,
+    LtcConfig,
     ModelConfig,
     ProjectorConfig,
     SamConfig,
@@ -234,3 +238,72 @@ def test_dice_and_bce_reference_values():
     assert mask_dice(torch.full((1, 2, 2), -5.0), empty) < mask_dice(
         torch.full((1, 2, 2), 5.0), empty
     )
+
+
+VMAD_CFG = dataclasses.replace(
+    CFG,
+    projector=ProjectorConfig(name="ltc", heads=2, ltc=LtcConfig(heads=2, levels=(1, 2))),
+    dssl=DsslConfig(boxes=4, queue_size=8, proj_dim=8, meta_hidden=8),
+)
+
+
+def test_vmad_trains_dssl_and_ltc_end_to_end(tokenizer):
+    """Full VMAD: the PBSD loss is part of the total and reaches the LLM's LoRA and LTC."""
+    torch.manual_seed(0)
+    model = build_vmad(VMAD_CFG, tokenizer, train_classes=["screw", "carpet"])
+    assert model.config.dssl.classes == ("carpet", "screw")
+    b = batch(model, tokenizer)
+    b["masks"][0] = 0  # image 0 normal, image 1 anomalous (both class 0: one valid class)
+    b["masks"][1, :8, :8] = 1
+    model.train()
+    first = model(**b, class_idx=torch.tensor([0, 0]))
+    assert first.pbsd is not None  # the batch alone has both states of class 0
+    out = model(**b, class_idx=torch.tensor([0, 0]))
+    w = LossWeights()
+    expected = (
+        w.txt * out.ce
+        + w.bce * out.bce
+        + w.dice * out.dice
+        + w.pbsd * out.pbsd
+        + w.patch_bce * out.patch_bce
+    )
+    torch.testing.assert_close(out.loss, expected)
+    assert out.pbsd > 0 and out.patch_bce > 0
+    model.zero_grad()
+    (out.pbsd).backward()
+    lora = [p.grad for n, p in model.llm.named_parameters() if "lora_B" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in lora), "PBSD must reach the LLM"
+    assert model.dssl.ctx.grad is not None
+    assert int(model.dssl.queue_v.count.sum()) == 4  # two calls x two images enqueued
+
+
+def test_dssl_is_off_without_class_indices_or_when_disabled(tokenizer):
+    model = build_vmad(VMAD_CFG, tokenizer, train_classes=["screw"])
+    assert model(**batch(model, tokenizer)).pbsd is None  # evaluation path: no DSSL
+    off = build_vmad(dataclasses.replace(VMAD_CFG, dssl=DsslConfig(enabled=False)), tokenizer)
+    assert off.dssl is None and "dssl" not in off.parts()
+    assert off(**batch(off, tokenizer), class_idx=torch.tensor([0, 0])).pbsd is None
+
+
+def test_checkpoint_restores_dssl_queues_and_ltc(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    model = build_vmad(VMAD_CFG, tokenizer, train_classes=["screw", "carpet"])
+    model.train()
+    b = batch(model, tokenizer)
+    model(**b, class_idx=torch.tensor([0, 1]))
+    model.eval()
+    ref = model(**b)
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.dssl.classes == ("carpet", "screw")
+    torch.testing.assert_close(loaded.dssl.queue_t.feats, model.dssl.queue_t.feats)
+    assert torch.equal(loaded.dssl.queue_v.count, model.dssl.queue_v.count)
+    torch.testing.assert_close(loaded(**b).mask_logits, ref.mask_logits)
+
+
+def test_ltc_levels_out_of_range_name_the_setting(tokenizer):
+    cfg = dataclasses.replace(
+        VMAD_CFG, projector=ProjectorConfig(name="ltc", ltc=LtcConfig(heads=2, levels=(1, 7)))
+    )
+    with pytest.raises(ConfigError, match="projector.ltc.levels"):
+        build_vmad(cfg, tokenizer)

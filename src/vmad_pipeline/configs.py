@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 PRESETS = ("tiny", "llava7b_sam_h")  # tiny: random init, trained here; real: local checkpoints
-PROJECTORS = ("mlp", "avgpool", "resampler", "ldpv2")  # ltc arrives with VMAD proper
-MODEL_PARTS = ("vision", "projector", "llm", "sam_encoder", "sam_decoder", "seg_head")
+PROJECTORS = ("mlp", "avgpool", "resampler", "ldpv2", "ltc")
+MODEL_PARTS = ("vision", "projector", "llm", "sam_encoder", "sam_decoder", "seg_head", "dssl")
 
 
 class ConfigError(ValueError):
@@ -122,11 +122,37 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
+class LtcConfig:
+    """LTC's four parts (method.md section 4), each switchable for the Table IV ablation rows:
+    baseline = all off (plain 2x2 average pool + MLP), "+ injection" = injection,
+    "+ multi-level" = injection + multi_level, full LTC = all on."""
+
+    local_context: bool = True  # Local-Context Learner: [self-attn, deformable attn, FFN] blocks
+    spatial_downsampler: bool = True  # residual conv blocks, adaptive pool, residual blocks
+    injection: bool = True  # coarse-to-fine point-to-region attention (TokenPacker)
+    multi_level: bool = True  # keys/values from several CLIP layers (else the selected layer)
+    levels: tuple[int, ...] = (12, 16, 22, 23)  # CLIP hidden-state indices (0 = embeddings)
+    blocks: int = 1  # Local-Context Learner blocks
+    heads: int = 4  # attention heads (self, deformable, point-to-region)
+    points: int = 4  # deformable attention sampling points per head
+    conv_blocks: int = 1  # residual blocks before and after the adaptive pool
+
+    def __post_init__(self) -> None:
+        _check(
+            min(self.blocks, self.heads, self.points, self.conv_blocks) >= 1,
+            "blocks",
+            "blocks, heads, points and conv_blocks must be >= 1",
+        )
+        _check(not self.multi_level or len(self.levels) >= 1, "levels", "needs at least one layer")
+
+
+@dataclass(frozen=True)
 class ProjectorConfig:
     name: str = "avgpool"  # one of PROJECTORS
-    pool: int = 2  # avgpool / resampler / ldpv2: (grid / pool)^2 tokens (576 -> 144 at 2)
+    pool: int = 2  # avgpool / resampler / ldpv2 / ltc: (grid / pool)^2 tokens (576 -> 144 at 2)
     depth: int = 1  # resampler: cross-attention layers
     heads: int = 4  # resampler: attention heads (must divide the vision width)
+    ltc: LtcConfig = field(default_factory=LtcConfig)
 
     def __post_init__(self) -> None:
         _check(
@@ -220,6 +246,14 @@ class DsslConfig:
 
 
 @dataclass(frozen=True)
+class WeightsConfig:
+    """Local weight files of the real preset (``weights:`` in conf/local/parameters_weights.yml)."""
+
+    llava_dir: str | None = None  # HF-format LLaVA-1.5-7B directory (LlavaForConditionalGeneration)
+    sam_checkpoint: str | None = None  # original SAM checkpoint, e.g. sam_vit_h_4b8939.pth
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The whole VMAD model; saved with every checkpoint and rebuilt from it."""
 
@@ -234,6 +268,7 @@ class ModelConfig:
         str, ...
     ] = ()  # parts of MODEL_PARTS kept frozen (real preset: vision, sam_encoder)
     vocab_size: int = 0  # set from the tokenizer at build time
+    weights: WeightsConfig = field(default_factory=WeightsConfig)  # set at build time (real preset)
 
     def __post_init__(self) -> None:
         _check(
@@ -290,6 +325,9 @@ class TrainConfig:
     paste_prob: float = 0.0  # share of mask-only samples given a pasted synthetic anomaly
     tokenizer_vocab: int = 600  # byte-level BPE vocabulary of the tiny preset's tokenizer
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
+    gradient_checkpointing: bool = False  # the LLM's, for the real preset on a GPU
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -299,6 +337,12 @@ class TrainConfig:
         _check(len(self.betas) == 2, "betas", "must be two numbers")
         _check(0 <= self.warmup_steps, "warmup_steps", "must be >= 0")
         _check(0.0 <= self.paste_prob <= 1.0, "paste_prob", "must be in [0, 1]")
+        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "one of auto, fp32, bf16")
+        _check(
+            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            "device",
+            "one of auto, cpu, cuda, cuda:N",
+        )
 
 
 @dataclass(frozen=True)

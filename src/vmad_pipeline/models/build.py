@@ -11,8 +11,10 @@ Checkpoint directory layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,12 +24,13 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from vmad_pipeline.configs import ConfigError, ModelConfig, from_dict, to_dict
 from vmad_pipeline.io.atomic import atomic_directory
+from vmad_pipeline.models.dssl import Dssl
 from vmad_pipeline.models.llm import add_lora, build_tiny_llm
 from vmad_pipeline.models.projectors import build_projector
 from vmad_pipeline.models.sam import build_sam
 from vmad_pipeline.models.vision import build_vision_tower
 from vmad_pipeline.models.vmad import SegHead, VmadModel
-from vmad_pipeline.training.prompts import IMAGE_TOKEN, SEG_TOKEN
+from vmad_pipeline.training.prompts import IMAGE_TOKEN, SEG_TOKEN, STATE_PHRASES
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -54,6 +57,21 @@ def _assemble(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, llm) -> Vmad
         out_dim=cfg.llm.hidden_size,
         grid=cfg.vision.grid,
     )
+    n_hidden = cfg.vision.num_layers + 1  # CLIP hidden states: embeddings + every layer
+    bad = [i for i in projector.level_indices if not -n_hidden <= i < n_hidden]
+    if bad:
+        raise ConfigError(
+            f"train.model.projector.ltc.levels: {bad} out of range; the vision tower has "
+            f"{n_hidden} hidden states (0 = embeddings .. {n_hidden - 1} = last layer)"
+        )
+    dssl = None
+    if cfg.dssl.enabled:
+        dssl = Dssl(
+            cfg=cfg.dssl,
+            d_sam=cfg.sam.prompt_dim,
+            d_llm=cfg.llm.hidden_size,
+            d_clip=cfg.vision.hidden_size,
+        )
     model = VmadModel(
         config=cfg,
         vision=vision,
@@ -61,6 +79,10 @@ def _assemble(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, llm) -> Vmad
         llm=llm,
         sam=build_sam(cfg.sam),
         seg_head=SegHead(d_llm=cfg.llm.hidden_size, d_sam=cfg.sam.prompt_dim),
+        dssl=dssl,
+        state_phrase_ids=tuple(
+            tokenizer.encode(p, add_special_tokens=False) for p in STATE_PHRASES
+        ),
         **_token_ids(tokenizer),
     )
     apply_freezing(model)
@@ -79,15 +101,28 @@ def apply_freezing(model: VmadModel) -> None:
             p.requires_grad_(False)
 
 
-def build_vmad(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, *, seed: int = 0) -> VmadModel:
-    """A fresh model for training (tiny: everything random-initialised from ``seed``)."""
+def build_vmad(
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    seed: int = 0,
+    train_classes: Sequence[str] = (),
+) -> VmadModel:
+    """A fresh model for training (tiny: everything random-initialised from ``seed``).
+
+    ``train_classes`` become DSSL's memory-queue rows (saved in the config).
+    """
     if cfg.preset != "tiny":
         raise ConfigError(
             f"train.model.preset: {cfg.preset!r} loads local checkpoints; that preset arrives with "
             "the real-weights loader (issue: VMAD proper). Use preset 'tiny'."
         )
     torch.manual_seed(seed)
-    cfg = ModelConfig(**{**cfg.__dict__, "vocab_size": len(tokenizer)})
+    cfg = dataclasses.replace(
+        cfg,
+        vocab_size=len(tokenizer),
+        dssl=dataclasses.replace(cfg.dssl, classes=tuple(sorted(train_classes))),
+    )
     llm = build_tiny_llm(
         cfg.llm,
         vocab_size=len(tokenizer),
@@ -106,7 +141,13 @@ def _non_llm_state(model: VmadModel) -> dict[str, torch.Tensor]:
     for name, part in model.parts().items():
         if name == "llm":
             continue
-        keep = None if everything else {n for n, p in part.named_parameters() if p.requires_grad}
+        # Buffers too: DSSL's memory queues must come back with the checkpoint.
+        keep = (
+            None
+            if everything
+            else {n for n, p in part.named_parameters() if p.requires_grad}
+            | {n for n, _ in part.named_buffers()}
+        )
         for key, value in part.state_dict().items():
             if keep is None or key in keep:
                 state[f"{name}.{key}"] = value.detach().contiguous().cpu()

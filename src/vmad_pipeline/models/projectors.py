@@ -6,6 +6,8 @@ prompt can be laid out (image placeholder tokens) before any image is seen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,7 +16,13 @@ from vmad_pipeline.configs import PROJECTORS, ConfigError, ProjectorConfig
 
 
 class Projector(nn.Module):
-    """Base: ``forward(features: B x N x C on a g x g grid) -> B x num_tokens x d``."""
+    """Base: ``forward(features: B x N x C on a g x g grid, levels) -> B x num_tokens x d``.
+
+    ``levels`` are the extra CLIP hidden states named by ``level_indices`` (multi-level
+    projectors such as LTC); the others ignore them.
+    """
+
+    level_indices: tuple[int, ...] = ()
 
     def __init__(self, *, in_dim: int, out_dim: int, grid: int) -> None:
         super().__init__()
@@ -25,7 +33,7 @@ class Projector(nn.Module):
         raise NotImplementedError
 
 
-def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     # LLaVA-1.5 "mlp2x_gelu": Linear, GELU, Linear.
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
@@ -35,13 +43,13 @@ class MlpProjector(Projector):
 
     def __init__(self, *, in_dim: int, out_dim: int, grid: int) -> None:
         super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid)
-        self.mlp = _mlp(in_dim, out_dim)
+        self.mlp = mlp2x_gelu(in_dim, out_dim)
 
     @property
     def num_tokens(self) -> int:
         return self.grid * self.grid
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, levels: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         return self.mlp(features)  # (B, N, d)
 
 
@@ -64,9 +72,9 @@ class AvgPoolProjector(PooledProjector):
 
     def __init__(self, *, in_dim: int, out_dim: int, grid: int, pool: int = 2) -> None:
         super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=pool)
-        self.mlp = _mlp(in_dim, out_dim)
+        self.mlp = mlp2x_gelu(in_dim, out_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, levels: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         b, n, c = features.shape
         x = features.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # (B, C, g, g)
         x = F.avg_pool2d(x, self.pool).flatten(2).transpose(1, 2)  # (B, (g/r)^2, C)
@@ -106,7 +114,7 @@ class ResamplerProjector(PooledProjector):
         self.norm_kv = nn.LayerNorm(in_dim)
         self.out = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, levels: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         kv = self.norm_kv(features + self.pos)  # (B, N, C)
         q = self.queries.unsqueeze(0).expand(len(features), -1, -1)  # (B, T, C)
         for attn, ffn, norm in zip(self.attn, self.ffn, self.norm_q, strict=True):
@@ -121,10 +129,10 @@ class LDPv2Projector(PooledProjector):
 
     def __init__(self, *, in_dim: int, out_dim: int, grid: int, pool: int = 2) -> None:
         super().__init__(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=pool)
-        self.mlp = _mlp(in_dim, out_dim)
+        self.mlp = mlp2x_gelu(in_dim, out_dim)
         self.peg = nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, levels: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         b = len(features)
         x = (
             self.mlp(features).transpose(1, 2).reshape(b, self.out_dim, self.grid, self.grid)
@@ -150,6 +158,10 @@ def build_projector(cfg: ProjectorConfig, *, in_dim: int, out_dim: int, grid: in
         )
     if cfg.name == "ldpv2":
         return LDPv2Projector(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=cfg.pool)
+    if cfg.name == "ltc":
+        from vmad_pipeline.models.ltc import LtcProjector  # ltc.py builds on this module
+
+        return LtcProjector(in_dim=in_dim, out_dim=out_dim, grid=grid, pool=cfg.pool, cfg=cfg.ltc)
     raise ConfigError(
         f"projector.name: unknown projector {cfg.name!r}; known: {', '.join(PROJECTORS)}"
     )

@@ -54,7 +54,7 @@ def build_sam(cfg: SamConfig) -> Sam:
         ),
         transformer_dim=cfg.prompt_dim,
         iou_head_depth=3,
-        iou_head_hidden_dim=cfg.decoder_mlp_dim,
+        iou_head_hidden_dim=256,  # a constant in segment_anything/build_sam.py, for every size
     )
     return Sam(
         image_encoder=encoder,

@@ -1,4 +1,4 @@
-"""VMAD: vision tower + projector + LoRA LLM + [SEG]-prompted SAM (LISA-style baseline).
+"""VMAD: vision tower + projector (LTC) + LoRA LLM + [SEG]-prompted SAM, with DSSL in training.
 
 The model has no training loop, optimiser or logging (see ``training/``); it is assembled
 from already-built components by ``models/build.py``.
@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from vmad_pipeline.configs import LossWeights, ModelConfig
 from vmad_pipeline.losses.segmentation import mask_bce, mask_dice
+from vmad_pipeline.models.dssl import Dssl
 from vmad_pipeline.models.projectors import Projector
 from vmad_pipeline.models.sam import decode_masks, sam_preprocess
 from vmad_pipeline.models.vision import VisionTower
@@ -26,6 +27,8 @@ class VmadOutput:
     ce: torch.Tensor | None  # causal-LM loss on answer tokens
     bce: torch.Tensor | None
     dice: torch.Tensor | None
+    pbsd: torch.Tensor | None  # DSSL: KL(p_v || p_t), None when DSSL is off
+    patch_bce: torch.Tensor | None  # DSSL: the visual head's box BCE
     logits: torch.Tensor  # B x T x V
     mask_logits: torch.Tensor | None  # B_seg x H x W, one per sample that holds [SEG]
     seg_index: torch.Tensor  # indices (into the batch) of the samples with a mask prediction
@@ -63,6 +66,8 @@ class VmadModel(nn.Module):
         llm: PreTrainedModel,
         sam: Sam,
         seg_head: SegHead,
+        dssl: Dssl | None,
+        state_phrase_ids: tuple[list[int], list[int]],
         image_token_id: int,
         seg_token_id: int,
         pad_token_id: int,
@@ -77,6 +82,10 @@ class VmadModel(nn.Module):
             sam,
             seg_head,
         )
+        self.dssl = dssl
+        # Token ids of the normal / abnormal descriptions behind DSSL's semantic tokens.
+        for name, ids in zip(("normal_phrase", "abnormal_phrase"), state_phrase_ids, strict=True):
+            self.register_buffer(name, torch.tensor(ids, dtype=torch.long), persistent=False)
         self.image_token_id, self.seg_token_id = image_token_id, seg_token_id
         self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
 
@@ -94,15 +103,23 @@ class VmadModel(nn.Module):
             "sam_encoder": self.sam.image_encoder,
             "sam_decoder": nn.ModuleList([self.sam.prompt_encoder, self.sam.mask_decoder]),
             "seg_head": self.seg_head,
+            **({"dssl": self.dssl} if self.dssl is not None else {}),
         }
 
-    def get_image_features(self, images_clip: torch.Tensor) -> torch.Tensor:
-        """images_clip: B x 3 x S x S in [0, 1] -> visual tokens B x T x d_llm."""
-        return self.projector(self.vision.select(self.vision(images_clip)))
+    def get_image_features(self, images_clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images_clip: B x 3 x S x S in [0, 1] -> (visual tokens B x T x d_llm, the selected
+        CLIP layer's mean feature B x C, which DSSL's Meta-Net reads)."""
+        hidden = self.vision(images_clip)
+        features = self.vision.select(hidden)  # (B, N, C)
+        levels = [hidden[i] for i in self.projector.level_indices]
+        return self.projector(features, levels), features.mean(1)
 
-    def embed_inputs(self, input_ids: torch.Tensor, images_clip: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the image placeholder positions replaced by visual tokens."""
-        visual = self.get_image_features(images_clip)  # (B, T_img, d)
+    def embed_inputs(
+        self, input_ids: torch.Tensor, images_clip: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings with the image placeholder positions replaced by visual tokens,
+        and the CLIP global feature (B x C)."""
+        visual, clip_global = self.get_image_features(images_clip)  # (B, T_img, d)
         is_image = input_ids == self.image_token_id  # (B, T)
         counts = is_image.sum(1)
         if not torch.all(counts == visual.shape[1]):
@@ -111,20 +128,38 @@ class VmadModel(nn.Module):
             )
         ids = input_ids.masked_fill(is_image, self.pad_token_id)
         embeds = self.llm.get_input_embeddings()(ids)  # (B, T, d)
-        return embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype))
+        return embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype)), clip_global
 
     def image_embeddings(self, images_sam: torch.Tensor) -> torch.Tensor:
         """images_sam: B x 3 x H x W in [0, 1] (longest side = encoder size) -> B x d_sam x h x w."""
         return self.sam.image_encoder(sam_preprocess(self.sam, images_sam))
 
     def masks_from_states(
-        self, states: torch.Tensor, images_sam: torch.Tensor, output_size: tuple[int, int]
+        self,
+        states: torch.Tensor,
+        images_sam: torch.Tensor,
+        output_size: tuple[int, int],
+        embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         prompts = self.seg_head(states)  # (B, d_sam)
-        emb = self.image_embeddings(images_sam)
+        emb = self.image_embeddings(images_sam) if embeddings is None else embeddings
         return decode_masks(
             self.sam, emb, prompts, input_size=tuple(images_sam.shape[-2:]), output_size=output_size
         )
+
+    def state_words(self) -> torch.Tensor:
+        """Mean input embedding of the normal and abnormal descriptions: 2 x d_llm."""
+        embed = self.llm.get_input_embeddings()
+        return torch.stack([embed(self.normal_phrase).mean(0), embed(self.abnormal_phrase).mean(0)])
+
+    def image_states(self, last: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LLM's last hidden layer at the image positions on their grid: B x d x s x s."""
+        b, n = len(last), self.num_image_tokens
+        side = int(round(n**0.5))
+        if side * side != n:
+            raise ValueError(f"DSSL needs a square grid of visual tokens, got {n}")
+        states = last[input_ids == self.image_token_id].view(b, n, -1)  # (B, T_img, d)
+        return states.transpose(1, 2).reshape(b, -1, side, side)
 
     # ------------------------------------------------------------------ training
     def forward(
@@ -136,10 +171,12 @@ class VmadModel(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
+        class_idx: torch.Tensor | None = None,
         weights: LossWeights | None = None,
     ) -> VmadOutput:
-        """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W."""
-        embeds = self.embed_inputs(input_ids, images_clip)
+        """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W
+        at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL."""
+        embeds, clip_global = self.embed_inputs(input_ids, images_clip)
         out = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
@@ -151,14 +188,31 @@ class VmadModel(nn.Module):
         # the actual sequence, never from a fixed image-token count).
         is_seg = input_ids == self.seg_token_id
         seg_index = torch.nonzero(is_seg.any(1)).flatten()
-        mask_logits = bce = dice = None
+        mask_logits = bce = dice = pbsd = patch_bce = None
+        use_dssl = self.dssl is not None and class_idx is not None and masks is not None
+        sam_emb = self.image_embeddings(images_sam) if use_dssl else None
+        if use_dssl:
+            extra = self.dssl(
+                sam_embedding=sam_emb,
+                llm_visual=self.image_states(last, input_ids),
+                clip_global=clip_global,
+                state_words=self.state_words(),
+                masks=masks.float(),
+                class_idx=class_idx,
+            )
+            pbsd, patch_bce = extra.pbsd, extra.patch_bce
         if len(seg_index):
             first = is_seg[seg_index].float().argmax(1)
             states = last[seg_index, first]  # (B_seg, d)
             out_size = (
                 tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
             )
-            mask_logits = self.masks_from_states(states, images_sam[seg_index], out_size)
+            mask_logits = self.masks_from_states(
+                states,
+                images_sam[seg_index],
+                out_size,
+                embeddings=None if sam_emb is None else sam_emb[seg_index],
+            )
             if masks is not None:
                 target = masks[seg_index].float()
                 bce, dice = mask_bce(mask_logits, target), mask_dice(mask_logits, target)
@@ -170,12 +224,16 @@ class VmadModel(nn.Module):
                 w.txt * out.loss
                 + w.bce * (bce if bce is not None else zero)
                 + w.dice * (dice if dice is not None else zero)
+                + w.pbsd * (pbsd if pbsd is not None else zero)
+                + w.patch_bce * (patch_bce if patch_bce is not None else zero)
             )
         return VmadOutput(
             loss=loss,
             ce=out.loss,
             bce=bce,
             dice=dice,
+            pbsd=pbsd,
+            patch_bce=patch_bce,
             logits=out.logits,
             mask_logits=mask_logits,
             seg_index=seg_index,
@@ -194,7 +252,7 @@ class VmadModel(nn.Module):
         max_new_tokens: int = 8,
     ) -> Prediction:
         """Greedy answer, then the mask from the [SEG] state (prompts left-padded)."""
-        embeds = self.embed_inputs(input_ids, images_clip)
+        embeds, _ = self.embed_inputs(input_ids, images_clip)
         generated = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,

@@ -25,6 +25,7 @@ from vmad_pipeline.training.data import (
 
 log = logging.getLogger(__name__)
 TASKS = ("seg", "seg_answer", "vqa")
+CURVES = ("loss", "ce", "bce", "dice", "pbsd", "patch_bce", "lr")
 
 
 def seed_everything(seed: int) -> None:
@@ -123,7 +124,7 @@ def train(
     normal_text: Callable[[str], str],
     cfg: TrainConfig,
 ) -> dict[str, list[float]]:
-    """Train in place; returns per-step curves (loss, ce, bce, dice, lr)."""
+    """Train in place; returns per-step curves (``CURVES``)."""
     seed_everything(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -135,7 +136,8 @@ def train(
     sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps)
     weights = [cfg.task_mix.seg, cfg.task_mix.seg_answer, cfg.task_mix.vqa]
     clip_size = model.config.vision.image_size
-    history: dict[str, list[float]] = {k: [] for k in ("loss", "ce", "bce", "dice", "lr")}
+    history: dict[str, list[float]] = {k: [] for k in CURVES}
+    classes = list(model.config.dssl.classes)
     sampler = batch_sampler(len(table.rows), cfg.batch_size, rng)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
@@ -166,6 +168,9 @@ def train(
             images, masks = augment(images, masks, gen)
         images, masks = paste_anomalies(images, masks, pasted, gen)
         images_clip, images_sam = to_model_inputs(images, clip_size)
+        class_idx = torch.tensor(
+            [classes.index(c) if c in classes else -1 for c in table.rows.category.iloc[idx]]
+        )
         out = model(
             images_clip=images_clip,
             images_sam=images_sam,
@@ -173,6 +178,7 @@ def train(
             attention_mask=attention,
             labels=label_ids,
             masks=masks,
+            class_idx=class_idx,
             weights=cfg.loss,
         )
         opt.zero_grad(set_to_none=True)
@@ -185,6 +191,8 @@ def train(
             ("ce", out.ce),
             ("bce", out.bce),
             ("dice", out.dice),
+            ("pbsd", out.pbsd),
+            ("patch_bce", out.patch_bce),
         ):
             history[key].append(value.item() if value is not None else float("nan"))
         history["lr"].append(sched.get_last_lr()[0])

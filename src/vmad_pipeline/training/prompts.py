@@ -18,6 +18,11 @@ ANSWER_KINDS = {  # QA field -> how the question asks for it
 SEG_ANSWER_QUESTION = SEG_QUESTION[:-1] + " and provide {kind}."
 VQA_QUESTION = "Is there any defect in the {object}?"
 SEG_ANSWER = f"It is {SEG_TOKEN}."
+# DSSL's semantic tokens start from the embedded words of these (method.md section 5).
+STATE_PHRASES = (
+    "a flawless industrial part with no defect",
+    "a damaged industrial part with a defect",
+)
 
 
 def object_name(category: str) -> str:

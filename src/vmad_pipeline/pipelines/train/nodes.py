@@ -73,8 +73,10 @@ def train_model(
 
     cfg, model_cfg = parse_train_params(params)
     seed_everything(cfg.seed)
-    model = build_vmad(model_cfg, tokenizer, seed=cfg.seed)
     rows = training_rows(manifest, splits)
+    model = build_vmad(
+        model_cfg, tokenizer, seed=cfg.seed, train_classes=sorted(set(rows["category"]))
+    )
     table = ImageTable.load(rows, roots, model.config.sam.image_size, progress=cfg.progress)
     start = time.perf_counter()
     curves = train(model, tokenizer, table, qa_lookup(riad_qa), normal_answer, cfg)
