@@ -304,19 +304,36 @@ def llava_parts(
     )
 
 
-def load_llava(llava_dir: str | Path | None, *, dtype: torch.dtype = torch.float32) -> LlavaParts:
-    """Load an HF-format LLaVA-1.5 directory (weights + tokenizer) without any hub access."""
+def _llava_path(llava_dir: str | Path | None) -> Path:
     if llava_dir is None or str(llava_dir).strip() == "":
         raise ConfigError(
             f"{LLAVA_KEY} is not set: the llava7b_sam_h preset needs an HF-format "
             f"LLaVA-1.5-7B directory (e.g. llava-hf/llava-1.5-7b-hf); {_where(LLAVA_KEY)}"
         )
-    path = Path(llava_dir).expanduser()
-    config = _read_llava_config(path)
+    return Path(llava_dir).expanduser()
+
+
+def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
         raise _llava_error(path, f"has no loadable tokenizer ({err})") from err
+
+
+def load_llava_tokenizer(llava_dir: str | Path | None) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer with the tokens ``load_llava`` adds (same ids)."""
+    path = _llava_path(llava_dir)
+    _read_llava_config(path)
+    tokenizer = _load_tokenizer(path)
+    _add_tokens(tokenizer)
+    return tokenizer
+
+
+def load_llava(llava_dir: str | Path | None, *, dtype: torch.dtype = torch.float32) -> LlavaParts:
+    """Load an HF-format LLaVA-1.5 directory (weights + tokenizer) without any hub access."""
+    path = _llava_path(llava_dir)
+    config = _read_llava_config(path)
+    tokenizer = _load_tokenizer(path)
     try:
         llava, info = LlavaForConditionalGeneration.from_pretrained(
             path, config=config, dtype=dtype, local_files_only=True, output_loading_info=True
