@@ -309,6 +309,15 @@ class TaskMix:
         )
 
 
+def _check_placement(device: str, precision: str) -> None:
+    _check(precision in ("auto", "fp32", "bf16"), "precision", "one of auto, fp32, bf16")
+    _check(
+        device in ("auto", "cpu") or device.startswith("cuda"),
+        "device",
+        "one of auto, cpu, cuda, cuda:N",
+    )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
@@ -337,12 +346,7 @@ class TrainConfig:
         _check(len(self.betas) == 2, "betas", "must be two numbers")
         _check(0 <= self.warmup_steps, "warmup_steps", "must be >= 0")
         _check(0.0 <= self.paste_prob <= 1.0, "paste_prob", "must be in [0, 1]")
-        _check(self.precision in ("auto", "fp32", "bf16"), "precision", "one of auto, fp32, bf16")
-        _check(
-            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
-            "device",
-            "one of auto, cpu, cuda, cuda:N",
-        )
+        _check_placement(self.device, self.precision)
 
 
 @dataclass(frozen=True)
@@ -352,4 +356,9 @@ class EvalConfig:
     n_overlays: int = 3  # test images per class in the overlay figure
     batch_size: int = 16
     fpr_limit: float = 0.3
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_placement(self.device, self.precision)

@@ -50,11 +50,12 @@ class Predictor:
             ]
             ids, att = pad_batch(seqs, self.tokenizer.pad_token_id, left=True)
             clip, sam = to_model_inputs(chunk, clip_size)
+            device = next(self.model.parameters()).device
             pred = self.model.predict(
-                images_clip=clip,
-                images_sam=sam,
-                input_ids=ids,
-                attention_mask=att,
+                images_clip=clip.to(device),
+                images_sam=sam.to(device),
+                input_ids=ids.to(device),
+                attention_mask=att.to(device),
                 output_size=(output_size, output_size),
                 max_new_tokens=self.max_new_tokens,
             )

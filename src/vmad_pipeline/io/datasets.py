@@ -96,6 +96,21 @@ class VmadCheckpointDataset(AbstractDataset):
         return {"path": str(self._path)}
 
 
+class VmadExportDataset(VmadCheckpointDataset):
+    """A merged, standalone VMAD for inference (``export_model`` / ``load_exported``)."""
+
+    def _save(self, data) -> None:
+        from vmad_pipeline.models.build import export_model
+
+        model, tokenizer = data
+        export_model(model, tokenizer, self._path)
+
+    def _load(self):
+        from vmad_pipeline.models.build import load_exported
+
+        return load_exported(self._path)
+
+
 class MlflowCurvesDataset(AbstractDataset):
     """Logs ``{name: value or [values per step]}`` to the active MLflow run in batches.
 

@@ -307,6 +307,13 @@ def load_checkpoint(
 EXPORT_PARTS = ("projector", "sam_encoder", "sam_decoder", "seg_head")  # weights.safetensors
 
 
+def merge_lora(model: VmadModel) -> VmadModel:
+    """Merge the LoRA adapter (and the trained embeddings / head) into the LLM, in place."""
+    if isinstance(model.llm, PeftModel):
+        model.llm = model.llm.merge_and_unload()
+    return model
+
+
 def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
     """Merge the LoRA adapter into the LLM and write a standalone inference directory::
 
@@ -317,8 +324,7 @@ def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str
     ``model.llm`` is replaced by the merged LLM (the PEFT wrapper is unloaded in place).
     DSSL is training-only and is not exported.
     """
-    if isinstance(model.llm, PeftModel):
-        model.llm = model.llm.merge_and_unload()
+    merge_lora(model)
     cfg = dataclasses.replace(
         model.config, dssl=dataclasses.replace(model.config.dssl, enabled=False)
     )

@@ -22,6 +22,7 @@ from vmad_pipeline.training.data import (
     pad_batch,
     to_model_inputs,
 )
+from vmad_pipeline.training.device import autocast, place_model, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 TASKS = ("seg", "seg_answer", "vqa")
@@ -129,6 +130,14 @@ def train(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     rng = random.Random(cfg.seed)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.precision, device)
+    place_model(model, device, dtype)
+    if cfg.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    log.info("training on %s in %s", device, dtype)
     params = trainable_parameters(model)
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
@@ -171,16 +180,17 @@ def train(
         class_idx = torch.tensor(
             [classes.index(c) if c in classes else -1 for c in table.rows.category.iloc[idx]]
         )
-        out = model(
-            images_clip=images_clip,
-            images_sam=images_sam,
-            input_ids=input_ids,
-            attention_mask=attention,
-            labels=label_ids,
-            masks=masks,
-            class_idx=class_idx,
-            weights=cfg.loss,
-        )
+        with autocast(device, dtype):
+            out = model(
+                images_clip=images_clip.to(device),
+                images_sam=images_sam.to(device),
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                labels=label_ids.to(device),
+                masks=masks.to(device),
+                class_idx=class_idx.to(device),
+                weights=cfg.loss,
+            )
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -197,5 +207,7 @@ def train(
             history[key].append(value.item() if value is not None else float("nan"))
         history["lr"].append(sched.get_last_lr()[0])
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+    if cfg.gradient_checkpointing:
+        model.llm.gradient_checkpointing_disable()
     model.eval()
     return history

@@ -52,17 +52,22 @@ def predict_eval_set(
 ) -> dict[str, Any]:
     from vmad_pipeline.inference.predictor import Predictor
     from vmad_pipeline.training.data import ImageTable
+    from vmad_pipeline.training.device import autocast, resolve_device, resolve_dtype
 
     cfg = parse_eval_params(params)
     model, tokenizer = trained
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.precision, device)
+    model.to(device, dtype)
     table = ImageTable.load(eval_set, roots, model.config.sam.image_size, progress=cfg.progress)
-    pred = Predictor(model, tokenizer, max_new_tokens=cfg.max_new_tokens).predict(
-        table.images,
-        list(eval_set["category"]),
-        output_size=cfg.eval_size,
-        batch_size=cfg.batch_size,
-        progress=cfg.progress,
-    )
+    with autocast(device, dtype):
+        pred = Predictor(model, tokenizer, max_new_tokens=cfg.max_new_tokens).predict(
+            table.images,
+            list(eval_set["category"]),
+            output_size=cfg.eval_size,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+        )
     if not pred.seg_found.all():
         log.warning(
             "%d of %d answers had no [SEG]; the last token's state was used",

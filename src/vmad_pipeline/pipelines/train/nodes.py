@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
 
 import pandas as pd
 
-from vmad_pipeline.configs import ModelConfig, TrainConfig, from_dict
+from vmad_pipeline.configs import ModelConfig, TrainConfig, WeightsConfig, from_dict
 
 log = logging.getLogger(__name__)
 
 
-def parse_train_params(params: dict[str, Any]) -> tuple[TrainConfig, ModelConfig]:
+def parse_train_params(
+    params: dict[str, Any], weights: dict[str, Any] | None = None
+) -> tuple[TrainConfig, ModelConfig]:
+    """``train`` parameters, with the local weight paths (``weights``) folded into the model."""
     rest = {k: v for k, v in params.items() if k != "model"}
-    return from_dict(TrainConfig, rest, "train"), from_dict(
-        ModelConfig, params.get("model"), "train.model"
-    )
+    model = from_dict(ModelConfig, params.get("model"), "train.model")
+    model = dataclasses.replace(model, weights=from_dict(WeightsConfig, weights, "weights"))
+    return from_dict(TrainConfig, rest, "train"), model
 
 
 def training_rows(manifest: pd.DataFrame, splits: dict[str, Any]) -> pd.DataFrame:
@@ -36,14 +40,22 @@ def qa_lookup(riad_qa: pd.DataFrame) -> dict[tuple[str, str], dict]:
 
 
 def fit_tokenizer(
-    manifest: pd.DataFrame, splits: dict[str, Any], riad_qa: pd.DataFrame, params: dict[str, Any]
+    manifest: pd.DataFrame,
+    splits: dict[str, Any],
+    riad_qa: pd.DataFrame,
+    params: dict[str, Any],
+    weights: dict[str, Any],
 ):
-    """Train the tiny preset's byte-level BPE tokenizer on the training conversations only."""
+    """The tiny preset's byte-level BPE tokenizer, trained on the training conversations only;
+    for a pretrained preset, the checkpoint's tokenizer with [SEG] added."""
     from vmad_pipeline.annotation.templates import normal_answer
+    from vmad_pipeline.models.pretrained import load_llava_tokenizer
     from vmad_pipeline.training.data import conversation_texts
     from vmad_pipeline.training.tokenizer import train_tokenizer
 
-    cfg, _ = parse_train_params(params)
+    cfg, model_cfg = parse_train_params(params, weights)
+    if model_cfg.preset != "tiny":
+        return load_llava_tokenizer(model_cfg.weights.llava_dir)
     qa = qa_lookup(riad_qa)
     texts: list[str] = []
     for r in training_rows(manifest, splits).itertuples():
@@ -60,6 +72,7 @@ def train_model(
     riad_qa: pd.DataFrame,
     tokenizer,
     params: dict[str, Any],
+    weights: dict[str, Any],
 ) -> tuple[tuple, dict[str, list[float]], pd.DataFrame, dict[str, Any]]:
     """Build the preset, train it with LoRA.
 
@@ -71,7 +84,7 @@ def train_model(
     from vmad_pipeline.training.data import ImageTable
     from vmad_pipeline.training.loop import seed_everything, train
 
-    cfg, model_cfg = parse_train_params(params)
+    cfg, model_cfg = parse_train_params(params, weights)
     seed_everything(cfg.seed)
     rows = training_rows(manifest, splits)
     model = build_vmad(

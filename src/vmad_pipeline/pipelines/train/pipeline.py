@@ -12,13 +12,21 @@ def training_nodes() -> Pipeline:
         [
             node(
                 fit_tokenizer,
-                ["manifest", "splits", "riad_qa", "params:train"],
+                ["manifest", "splits", "riad_qa", "params:train", "params:weights"],
                 "tokenizer",
                 name="fit_tokenizer",
             ),
             node(
                 train_model,
-                ["manifest", "splits", "dataset_roots", "riad_qa", "tokenizer", "params:train"],
+                [
+                    "manifest",
+                    "splits",
+                    "dataset_roots",
+                    "riad_qa",
+                    "tokenizer",
+                    "params:train",
+                    "params:weights",
+                ],
                 ["vmad_model", "training_curves", "training_curves_table", "training_summary"],
                 name="train_model",
             ),
