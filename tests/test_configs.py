@@ -35,3 +35,26 @@ def test_wrong_type_is_named():
 def test_range_checks():
     with pytest.raises(ConfigError, match="batch_size"):
         from_dict(TrainConfig, {"batch_size": 0}, "train")
+
+
+def test_the_shipped_real_preset_is_valid_and_matches_sam_vit_h():
+    from pathlib import Path
+
+    import yaml
+
+    from vmad_pipeline.models.pretrained import SAM_VIT_H
+
+    folder = Path(__file__).resolve().parents[1] / "conf" / "presets" / "llava7b_sam_h"
+    params = yaml.safe_load((folder / "parameters_train.yml").read_text())["train"]
+    weights = yaml.safe_load((folder / "parameters_weights.yml").read_text())["weights"]
+    cfg, model = parse_train_params(params, weights)
+    assert model.preset == "llava7b_sam_h" and model.sam == SAM_VIT_H
+    assert set(model.frozen) == {"vision", "sam_encoder"}
+    assert (model.lora.r, model.lora.alpha, model.lora.target_modules) == (
+        8,
+        16,
+        ("q_proj", "v_proj"),
+    )
+    assert model.projector.name == "ltc" and model.projector.ltc.levels == (12, 16, 22, 23)
+    assert model.vision.select_layer == -2 and cfg.gradient_checkpointing
+    assert model.weights.llava_dir and model.weights.sam_checkpoint

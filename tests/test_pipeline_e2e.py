@@ -128,11 +128,18 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     run_data = client.get_run(versions[0].run_id).data
     assert "git_commit" in run_data.tags and "data_manifest_hash" in run_data.tags
     assert "train.steps" in run_data.params
-    assert "train/loss" in run_data.metrics
+    assert "train/loss" in run_data.metrics and "train/pbsd" in run_data.metrics
     model = mlflow.pyfunc.load_model(f"models:/vmad/{versions[0].version}")
     image = next((data / "01_raw" / "synthetic" / "pcb" / "test").rglob("*.png"))
     out = model.predict(pd.DataFrame({"image": [str(image)], "category": ["pcb"]}))
     assert 0.0 <= out["score"][0] <= 1.0 and np.asarray(out["anomaly_map"][0]).shape == (32, 32)
+
+    # The export pipeline merges LoRA into a standalone model that loads without peft.
+    run(project, "export", SMALL)
+    from vmad_pipeline.models.build import load_exported
+
+    exported, _ = load_exported(data / "06_models" / "vmad_export")
+    assert exported.dssl is None and type(exported.llm).__name__ == "LlamaForCausalLM"
 
     # Evaluate on another MVTec-layout root by parameter: every class there is a test class.
     other = tmp_path / "other"
