@@ -62,11 +62,9 @@ def test_labels_cover_only_the_answer():
     assert tok.decode(ids[n_prompt:]).strip().startswith("It is") and ids[-1] == tok.eos_token_id
 
 
-def test_loop_lowers_the_loss_and_is_seeded(tmp_path):
+def small_table(tmp_path):
     from PIL import Image
-    from test_model import CFG
 
-    from vmad_pipeline.models.build import build_vmad
     from vmad_pipeline.training.tokenizer import train_tokenizer
 
     rows = []
@@ -87,6 +85,15 @@ def test_loop_lowers_the_loss_and_is_seeded(tmp_path):
         [prompts.seg_prompt("part"), prompts.vqa_prompt("part"), "It is [SEG].", "No. Fine."] * 3,
         vocab_size=300,
     )
+    return table, tok
+
+
+def test_loop_lowers_the_loss_and_is_seeded(tmp_path):
+    from test_model import CFG
+
+    from vmad_pipeline.models.build import build_vmad
+
+    table, tok = small_table(tmp_path)
     cfg = TrainConfig(
         steps=12, batch_size=4, lr=3e-3, warmup_steps=2, progress=False, paste_prob=0.5
     )
@@ -97,3 +104,32 @@ def test_loop_lowers_the_loss_and_is_seeded(tmp_path):
     assert curves[0]["loss"] == curves[1]["loss"]  # same seed, same curve
     assert np.mean(curves[0]["loss"][-3:]) < np.mean(curves[0]["loss"][:3])
     assert len(curves[0]["lr"]) == 12 and curves[0]["lr"][-1] < max(curves[0]["lr"])
+
+
+def test_bf16_training_with_dssl_and_gradient_checkpointing(tmp_path):
+    """The GPU recipe, run on the CPU: frozen weights stored in bf16 under autocast, trained
+    ones in fp32, the LLM checkpointed; full VMAD (LTC + DSSL) still learns and logs PBSD."""
+    import dataclasses
+
+    from test_model import VMAD_CFG
+
+    from vmad_pipeline.models.build import build_vmad
+
+    table, tok = small_table(tmp_path)
+    model_cfg = dataclasses.replace(VMAD_CFG, frozen=("vision", "sam_encoder"))
+    model = build_vmad(model_cfg, tok, train_classes=["part"])
+    cfg = TrainConfig(
+        steps=4,
+        batch_size=4,
+        warmup_steps=1,
+        progress=False,
+        paste_prob=1.0,
+        precision="bf16",
+        gradient_checkpointing=True,
+    )
+    curves = train(model, tok, table, {}, lambda c: "Fine.", cfg)
+    assert all(np.isfinite(curves["loss"]))
+    assert np.isfinite(curves["pbsd"][1:]).all()  # queues hold both states after step 1
+    assert model.vision.clip.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    assert model.seg_head.net[0].weight.dtype == torch.float32
+    assert not model.llm.is_gradient_checkpointing  # switched off again after training
