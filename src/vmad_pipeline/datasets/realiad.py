@@ -1,0 +1,148 @@
+"""Reader for Real-IAD, driven by its split JSONs.
+
+Layout::
+
+    <root>/realiad_{256,512,1024,raw}/<cat>/OK/S0001/<cat>_0001_OK_C1_<time>.jpg
+    <root>/realiad_{256,512,1024,raw}/<cat>/NG/<code>/S0002/<cat>_0002_NG_<code>_C3_<time>.jpg
+    <root>/realiad_{256,512,1024,raw}/<cat>/NG/<code>/S0002/<cat>_0002_NG_<code>_C3_<time>_mask.png
+    <root>/realiad_jsons/<cat>.json    (or realiad_jsons/realiad_jsons/<cat>.json)
+
+Each JSON is ``{"meta": {"prefix": "<cat>/", "normal_class": "OK", ...}, "train": [...],
+"test": [...]}`` with samples ``{category, anomaly_class, image_path, mask_path}``. ``prefix`` is the
+category's folder relative to the resolution folder, and ``image_path`` / ``mask_path`` are relative
+to it: a file is ``<root>/<resolution>/<prefix><image_path>`` (an empty or absent prefix means
+``<cat>/``, the JSON's stem). A sample is normal if ``mask_path`` is null or ``anomaly_class`` is
+``normal_class``; many views of an NG sample are normal by this rule although they live under
+``NG/``. ``defect_name`` is the anomaly class (a code such as "BX"); ``view`` is the file name's
+``C1``..``C5`` token ("" if it has none); ``category`` is the JSON's stem. A ``*_mask.png`` next to
+no image of its stem is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from vmad_pipeline.datasets.folder import (
+    check_masks_paired,
+    finish_manifest,
+    image_row,
+    rel,
+    require_root,
+)
+from vmad_pipeline.datasets.manifest import IngestError
+
+JSON_DIRS = ("realiad_jsons", "realiad_jsons/realiad_jsons")
+VIEW = re.compile(r"^C[1-5]$")
+
+
+def camera_view(path: str | Path) -> str:
+    """The ``C1``..``C5`` token of a Real-IAD file name, or ""."""
+    return next((t for t in Path(path).stem.split("_") if VIEW.match(t)), "")
+
+
+def _json_dir(root: Path, jsons: str | None) -> Path:
+    for candidate in [jsons] if jsons else JSON_DIRS:
+        if any((root / candidate).glob("*.json")):
+            return root / candidate
+    raise IngestError(
+        f"no Real-IAD split JSONs (<cat>.json) in {' or '.join(JSON_DIRS)} under {root}"
+    )
+
+
+def _field(sample: object, key: str, where: str) -> object:
+    if not isinstance(sample, dict) or key not in sample:
+        raise IngestError(f"{where} lacks the field {key!r}")
+    return sample[key]
+
+
+def _samples(
+    path: Path, root: Path, base: Path
+) -> tuple[Path, list[tuple[str, Path, Path | None, str]]]:
+    """The category folder, and (split, image, mask or None, defect name) for each sample of a JSON."""
+    where = rel(path, root)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise IngestError(f"malformed JSON {where} under {root}: {error}") from error
+    meta = doc.get("meta", {}) if isinstance(doc, dict) else None
+    if not isinstance(meta, dict) or not any(split in doc for split in ("train", "test")):
+        raise IngestError(f"{where}: expected an object with 'meta' and 'train'/'test' lists")
+    normal_class = meta.get("normal_class", "OK")
+    prefix = (meta.get("prefix") or path.stem).strip("/")
+    out = []
+    for split in ("train", "test"):
+        samples = doc.get(split, [])
+        if not isinstance(samples, list):
+            raise IngestError(f"{where}: {split!r} is not a list")
+        for i, sample in enumerate(samples):
+            at = f"{where} {split}[{i}]"
+            image = base / prefix / str(_field(sample, "image_path", at))
+            anomaly_class = str(_field(sample, "anomaly_class", at))
+            mask_path = _field(sample, "mask_path", at)
+            if not image.is_file():
+                raise IngestError(f"{at} lists image {rel(image, root)}, which does not exist")
+            if mask_path is None or anomaly_class == normal_class:
+                out.append((split, image, None, ""))
+            else:
+                out.append((split, image, base / prefix / str(mask_path), anomaly_class))
+    return base / prefix, out
+
+
+def read_realiad(
+    root: str | os.PathLike[str],
+    *,
+    resolution: str = "realiad_256",
+    source: str = "realiad",
+    jsons: str | None = None,
+    categories: list[str] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The manifest of one Real-IAD resolution, split by the JSONs in ``jsons`` (relative to root;
+    default: the first of :data:`JSON_DIRS` that holds any)."""
+    root = require_root(root)
+    resolution = resolution if resolution.startswith("realiad_") else f"realiad_{resolution}"
+    base = root / resolution
+    if not base.is_dir():
+        raise IngestError(f"Real-IAD resolution folder {resolution} missing under {root}")
+    files = {p.stem: p for p in sorted(_json_dir(root, jsons).glob("*.json"))}
+    if categories is not None:
+        unknown = sorted(set(categories) - set(files))
+        if unknown:
+            raise IngestError(
+                f"unknown categories {unknown} under {root}; available: {list(files)}"
+            )
+        files = {cat: files[cat] for cat in categories}
+    items = []
+    for cat, path in files.items():
+        cat_dir, samples = _samples(path, root, base)
+        masks: dict[Path, list[Path]] = defaultdict(list)
+        for mask in cat_dir.rglob("*_mask.png"):
+            masks[mask.parent].append(mask)
+        for folder, found in sorted(masks.items()):
+            check_masks_paired(root, sorted(found), folder)
+        items += [(cat, *sample) for sample in samples]
+    rows = [
+        image_row(
+            root,
+            image,
+            source=source,
+            category=cat,
+            split=split,
+            mask=mask,
+            defect_name=defect,
+            view=camera_view(image),
+        )
+        for cat, split, image, mask, defect in tqdm(
+            items, desc=f"reading {source}", disable=not progress
+        )
+    ]
+    if not rows:
+        raise IngestError(f"the Real-IAD JSONs under {root} list no images")
+    return finish_manifest(rows, root, source)
