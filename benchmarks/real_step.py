@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from projectors import machine, sync
+from projectors import machine, timed
 
 from vmad_pipeline.configs import (
     DsslConfig,
@@ -72,18 +70,6 @@ TINY = dataclasses.replace(
     ),
     dssl=DsslConfig(proj_dim=16, meta_hidden=8, queue_size=8),
 )
-
-
-def timed(fn, repeats: int, device: str) -> list[float]:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -144,7 +130,7 @@ def main() -> None:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_times = timed(step, args.repeats, args.device)
+    step_s = timed(step, args.repeats, args.device)  # median seconds
     peak_train = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     model.eval()
     prompt = encode_prompt(tokenizer, prompts.seg_prompt("screw"), model.num_image_tokens)
@@ -172,8 +158,8 @@ def main() -> None:
         with autocast(device, dtype):
             model.predict(**infer, max_new_tokens=args.answer_tokens)
 
-    mask_times = timed(mask_only, args.repeats, args.device)
-    answer_times = timed(with_answer, args.repeats, args.device)
+    mask_s = timed(mask_only, args.repeats, args.device)
+    answer_s = timed(with_answer, args.repeats, args.device)
     result = {
         "command": f"python benchmarks/real_step.py --device {args.device} --scale {args.scale} "
         f"--batch {b} --repeats {args.repeats} --answer-tokens {args.answer_tokens}",
@@ -189,12 +175,10 @@ def main() -> None:
             "visual_tokens": model.num_image_tokens,
             "sequence_tokens": int(input_ids.shape[1]),
         },
-        "train_step_s": round(statistics.median(step_times), 3),
+        "train_step_s": round(step_s, 3),
         "train_peak_memory_gib": None if peak_train is None else round(peak_train, 2),
-        "infer_mask_only_ms_per_image": round(1000 * statistics.median(mask_times) / b, 1),
-        f"infer_mask_plus_{args.answer_tokens}_tokens_ms_per_image": round(
-            1000 * statistics.median(answer_times) / b, 1
-        ),
+        "infer_mask_only_ms_per_image": round(1000 * mask_s / b, 1),
+        f"infer_mask_plus_{args.answer_tokens}_tokens_ms_per_image": round(1000 * answer_s / b, 1),
     }
     out = REPO / "benchmarks" / "results" / f"real_step_{args.scale}_{device.type}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
