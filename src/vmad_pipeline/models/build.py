@@ -254,11 +254,11 @@ def read_model_config(path: str | Path) -> ModelConfig:
     return from_dict(ModelConfig, meta["model"], "model")
 
 
-def _check_dir(path: Path, what: str) -> None:
+def _check_dir(path: Path, what: str, pipeline: str) -> None:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"no VMAD {what} at {path} (config.json missing); train one with "
-            "`kedro run --pipeline train`"
+            f"no VMAD {what} at {path} (config.json missing); make one with "
+            f"`kedro run --pipeline {pipeline}`"
         )
 
 
@@ -281,7 +281,7 @@ def load_checkpoint(
     checkpoint, or from ``weights`` when they have moved.
     """
     path = Path(path)
-    _check_dir(path, "checkpoint")
+    _check_dir(path, "checkpoint", "train")
     cfg = read_model_config(path)
     if weights is not None:
         cfg = dataclasses.replace(cfg, weights=weights)
@@ -290,15 +290,7 @@ def load_checkpoint(
     bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, base)
     llm = PeftModel.from_pretrained(bb.llm, path / "adapter")
     model = _assemble(bb, tokenizer, llm)
-    _load_parts(
-        model,
-        {
-            k: v
-            for k, v in load_file(path / "weights.safetensors").items()
-            if not k.startswith("llm.")
-        },
-        strict=cfg.preset == "tiny",
-    )
+    _load_parts(model, load_file(path / "weights.safetensors"), strict=cfg.preset == "tiny")
     return model.eval(), tokenizer
 
 
@@ -347,7 +339,7 @@ def load_exported(
 ) -> tuple[VmadModel, PreTrainedTokenizerBase]:
     """The exported model (eval mode) from plain HF directories and safetensors: no peft."""
     path = Path(path)
-    _check_dir(path, "export")
+    _check_dir(path, "export", "export")
     cfg = read_model_config(path)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     bb = Backbone(
