@@ -37,7 +37,7 @@ from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.pretrained import SAM_VIT_H
 from vmad_pipeline.training import prompts
 from vmad_pipeline.training.data import encode_conversation, encode_prompt, pad_batch
-from vmad_pipeline.training.device import autocast, place_model, resolve_dtype
+from vmad_pipeline.training.device import autocast, place_model, resolve_placement
 from vmad_pipeline.training.loop import trainable_parameters
 from vmad_pipeline.training.tokenizer import train_tokenizer
 
@@ -80,8 +80,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--answer-tokens", type=int, default=32)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    dtype = resolve_dtype("auto", device)
+    device, dtype = resolve_placement(args.device, "auto")
     cfg = REAL if args.scale == "real" else TINY
     texts = [prompts.seg_prompt("screw") + " " + prompts.SEG_ANSWER] * 20
     tokenizer = train_tokenizer(texts + list(prompts.STATE_PHRASES), vocab_size=400)

@@ -133,3 +133,22 @@ def test_bf16_training_with_dssl_and_gradient_checkpointing(tmp_path):
     assert model.vision.clip.embeddings.patch_embedding.weight.dtype == torch.bfloat16
     assert model.seg_head.net[0].weight.dtype == torch.float32
     assert not model.llm.is_gradient_checkpointing  # switched off again after training
+
+
+def test_a_model_built_in_bf16_trains_its_weights_in_fp32(tmp_path):
+    """The train node builds in the training precision (a 7B checkpoint loads at half the
+    memory); placing it puts every trained weight back in fp32 and keeps frozen ones in bf16."""
+    import dataclasses
+
+    from test_model import VMAD_CFG
+
+    from vmad_pipeline.models.build import build_vmad
+    from vmad_pipeline.training.device import place_model
+
+    _, tok = small_table(tmp_path)
+    cfg = dataclasses.replace(VMAD_CFG, frozen=("vision", "sam_encoder"))
+    model = build_vmad(cfg, tok, train_classes=["part"], dtype=torch.bfloat16)
+    assert any(p.dtype == torch.bfloat16 for p in model.llm.parameters() if p.requires_grad)
+    place_model(model, torch.device("cpu"), torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert all(p.dtype == torch.bfloat16 for p in model.vision.parameters())

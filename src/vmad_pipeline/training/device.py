@@ -25,14 +25,22 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
+def resolve_placement(device: str, precision: str) -> tuple[torch.device, torch.dtype]:
+    """The ``device`` / ``precision`` parameters (train and evaluate) as torch objects."""
+    resolved = resolve_device(device)
+    return resolved, resolve_dtype(precision, resolved)
+
+
 def place_model(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """Move to ``device``; in bf16 the frozen weights are stored in bf16 (half the memory)
-    while trained ones stay fp32 for the optimiser, and :func:`autocast` runs the maths."""
+    """Move to ``device``; frozen weights are stored in ``dtype`` (bf16: half the memory)
+    while trained ones are kept in fp32 for the optimiser, and :func:`autocast` runs the maths.
+    A model built in bf16 (to load a large checkpoint at half the memory) gets its trained
+    weights back in fp32 here."""
     model.to(device)
-    if dtype != torch.float32:
-        for p in model.parameters():
-            if not p.requires_grad:
-                p.data = p.data.to(dtype)
+    for p in model.parameters():
+        target = torch.float32 if p.requires_grad else dtype
+        if p.dtype != target:
+            p.data = p.data.to(target)
     return model
 
 

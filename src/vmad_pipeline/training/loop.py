@@ -22,7 +22,7 @@ from vmad_pipeline.training.data import (
     pad_batch,
     to_model_inputs,
 )
-from vmad_pipeline.training.device import autocast, place_model, resolve_device, resolve_dtype
+from vmad_pipeline.training.device import autocast, place_model, resolve_placement
 
 log = logging.getLogger(__name__)
 TASKS = ("seg", "seg_answer", "vqa")
@@ -130,8 +130,7 @@ def train(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     rng = random.Random(cfg.seed)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.precision, device)
+    device, dtype = resolve_placement(cfg.device, cfg.precision)
     place_model(model, device, dtype)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(

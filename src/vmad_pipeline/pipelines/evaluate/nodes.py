@@ -52,12 +52,11 @@ def predict_eval_set(
 ) -> dict[str, Any]:
     from vmad_pipeline.inference.predictor import Predictor
     from vmad_pipeline.training.data import ImageTable
-    from vmad_pipeline.training.device import autocast, resolve_device, resolve_dtype
+    from vmad_pipeline.training.device import autocast, resolve_placement
 
     cfg = parse_eval_params(params)
     model, tokenizer = trained
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.precision, device)
+    device, dtype = resolve_placement(cfg.device, cfg.precision)
     model.to(device, dtype)
     table = ImageTable.load(eval_set, roots, model.config.sam.image_size, progress=cfg.progress)
     with autocast(device, dtype):

@@ -82,13 +82,19 @@ def train_model(
     from vmad_pipeline.annotation.templates import normal_answer
     from vmad_pipeline.models.build import build_vmad
     from vmad_pipeline.training.data import ImageTable
+    from vmad_pipeline.training.device import resolve_placement
     from vmad_pipeline.training.loop import seed_everything, train
 
     cfg, model_cfg = parse_train_params(params, weights)
     seed_everything(cfg.seed)
     rows = training_rows(manifest, splits)
-    model = build_vmad(
-        model_cfg, tokenizer, seed=cfg.seed, train_classes=sorted(set(rows["category"]))
+    _, dtype = resolve_placement(cfg.device, cfg.precision)
+    model = build_vmad(  # loaded in the training precision: a 7B checkpoint at half the memory
+        model_cfg,
+        tokenizer,
+        seed=cfg.seed,
+        train_classes=sorted(set(rows["category"])),
+        dtype=dtype,
     )
     table = ImageTable.load(rows, roots, model.config.sam.image_size, progress=cfg.progress)
     start = time.perf_counter()
