@@ -40,6 +40,7 @@ class Predictor:
     ) -> Predictions:
         """images: N x 3 x S x S uint8 at the SAM input size; one object name per image."""
         clip_size = self.model.config.vision.image_size
+        device = next(self.model.parameters()).device
         maps, answers, found = [], [], []
         starts = range(0, len(images), batch_size)
         for s in tqdm(starts, desc="predict", disable=not progress, leave=False):
@@ -50,7 +51,6 @@ class Predictor:
             ]
             ids, att = pad_batch(seqs, self.tokenizer.pad_token_id, left=True)
             clip, sam = to_model_inputs(chunk, clip_size)
-            device = next(self.model.parameters()).device
             pred = self.model.predict(
                 images_clip=clip.to(device),
                 images_sam=sam.to(device),
