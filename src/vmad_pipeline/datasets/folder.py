@@ -1,5 +1,6 @@
 """Reader for the generic "folder" format (MIAD, PKU-Market-Phone, any layout not yet verified), and
-the row helpers that the other folder-based readers (BTAD, VisA, Real-IAD, MVTec 3D-AD) share.
+the folder helpers that the other readers (BTAD, VisA, Real-IAD, MVTec 3D-AD) share; the row
+builder they all use, ``image_row``, is the MVTec reader's (``datasets/mvtec.py``).
 
 Layout::
 
@@ -25,24 +26,20 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from vmad_pipeline.datasets.manifest import IngestError, coerce_manifest, file_sha256, mask_bbox
+from vmad_pipeline.datasets.manifest import IngestError, coerce_manifest
 from vmad_pipeline.datasets.mvtec import (
     MASK_FOLDER,
     NORMAL_FOLDER,
-    _decode,
     _find_mask,
     _is_image,
     _subdirs,
+    image_row,
+    rel,
 )
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-
-
-def rel(path: Path, root: Path) -> str:
-    """``path`` relative to ``root``, posix."""
-    return path.relative_to(root).as_posix()
 
 
 def require_root(root: str | os.PathLike[str]) -> Path:
@@ -55,54 +52,6 @@ def require_root(root: str | os.PathLike[str]) -> Path:
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted; [] if it does not exist."""
     return [p for p in sorted(folder.iterdir()) if _is_image(p)] if folder.is_dir() else []
-
-
-def image_row(
-    root: Path,
-    image: Path,
-    *,
-    source: str,
-    category: str,
-    split: str,
-    mask: Path | None = None,
-    defect_name: str = "",
-    view: str = "",
-) -> dict[str, object]:
-    """One manifest row; anomalous iff ``mask`` (where the mask is, or should be) is given.
-
-    The image and mask are fully decoded; a missing or unreadable mask, or one whose size differs
-    from the image's, raises IngestError naming both files.
-    """
-    height, width = _decode(image, root, "image").shape[:2]
-    row: dict[str, object] = {
-        "source": source,
-        "category": category,
-        "image_path": rel(image, root),
-        "split": split,
-        "width": width,
-        "height": height,
-        "view": view,
-        "sha256": file_sha256(image),
-        "label": 0,
-    }
-    if mask is None:
-        return row
-    if not mask.is_file():
-        raise IngestError(
-            f"anomalous image {rel(image, root)} under {root} has no mask: expected {rel(mask, root)}"
-        )
-    array = _decode(mask, root, "mask")
-    mask_height, mask_width = array.shape[:2]
-    if (mask_width, mask_height) != (width, height):
-        raise IngestError(
-            f"mask {rel(mask, root)} is {mask_width}x{mask_height} but image {rel(image, root)} is "
-            f"{width}x{height} (under {root})"
-        )
-    bbox = mask_bbox(array)
-    if not bbox:
-        logger.warning("mask %s of anomalous image %s is empty; keeping label 1", mask, image)
-    row.update(mask_path=rel(mask, root), label=1, defect_name=defect_name, bbox=bbox)
-    return row
 
 
 def check_masks_paired(root: Path, masks: Iterable[Path], image_dir: Path) -> None:

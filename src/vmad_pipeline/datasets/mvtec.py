@@ -69,46 +69,78 @@ def _decode(path: Path, root: Path, what: str) -> np.ndarray:
         ) from error
 
 
-def _read_item(root: Path, cls: str, split: str, folder: str, path: Path, source: str) -> dict:
-    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
-    height, width = _decode(path, root, "image").shape[:2]
-    row = {
+def rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root``, posix."""
+    return path.relative_to(root).as_posix()
+
+
+def image_row(
+    root: Path,
+    image: Path,
+    *,
+    source: str,
+    category: str,
+    split: str,
+    mask: Path | None = None,
+    defect_name: str = "",
+    view: str = "",
+) -> dict[str, object]:
+    """One manifest row; anomalous iff ``mask`` (where the mask is, or should be) is given.
+
+    The image and mask are fully decoded; a missing or unreadable mask, or one whose size differs
+    from the image's, raises IngestError naming both files.
+    """
+    height, width = _decode(image, root, "image").shape[:2]
+    row: dict[str, object] = {
         "source": source,
-        "category": cls,
-        "image_path": rel(path),
-        "mask_path": "",
-        "label": 0,
-        "defect_name": "",
-        "bbox": [],
+        "category": category,
+        "image_path": rel(image, root),
         "split": split,
         "width": width,
         "height": height,
-        "view": "",
-        "sha256": file_sha256(path),
+        "view": view,
+        "sha256": file_sha256(image),
+        "label": 0,
     }
-    if folder == NORMAL_FOLDER:
+    if mask is None:
         return row
-    gt_dir = root / cls / MASK_FOLDER / folder
-    mask_path = _find_mask(gt_dir, path.stem)
-    if mask_path is None:
-        expected = (gt_dir / f"{path.stem}_mask.png").relative_to(root).as_posix()
+    if not mask.is_file():
         raise IngestError(
-            f"anomalous image {rel(path)} under {root} has no mask: expected {expected} (or {path.stem}.png in that folder)"
+            f"anomalous image {rel(image, root)} under {root} has no mask: expected {rel(mask, root)}"
         )
-    mask = _decode(mask_path, root, "mask")
-    mask_height, mask_width = mask.shape[:2]
+    array = _decode(mask, root, "mask")
+    mask_height, mask_width = array.shape[:2]
     if (mask_width, mask_height) != (width, height):
         raise IngestError(
-            f"mask {rel(mask_path)} is {mask_width}x{mask_height} but image {rel(path)} is "
+            f"mask {rel(mask, root)} is {mask_width}x{mask_height} but image {rel(image, root)} is "
             f"{width}x{height} (under {root})"
         )
-    bbox = mask_bbox(mask)
+    bbox = mask_bbox(array)
     if not bbox:
-        logger.warning(
-            "mask %s of anomalous image %s is empty; keeping label 1", rel(mask_path), rel(path)
-        )
-    row.update(mask_path=rel(mask_path), label=1, defect_name=folder, bbox=bbox)
+        logger.warning("mask %s of anomalous image %s is empty; keeping label 1", mask, image)
+    row.update(mask_path=rel(mask, root), label=1, defect_name=defect_name, bbox=bbox)
     return row
+
+
+def _read_item(root: Path, cls: str, split: str, folder: str, path: Path, source: str) -> dict:
+    mask_path = None
+    if folder != NORMAL_FOLDER:
+        gt_dir = root / cls / MASK_FOLDER / folder
+        mask_path = _find_mask(gt_dir, path.stem)
+        if mask_path is None:
+            expected = rel(gt_dir / f"{path.stem}_mask.png", root)
+            raise IngestError(
+                f"anomalous image {rel(path, root)} under {root} has no mask: expected {expected} (or {path.stem}.png in that folder)"
+            )
+    return image_row(
+        root,
+        path,
+        source=source,
+        category=cls,
+        split=split,
+        mask=mask_path,
+        defect_name="" if mask_path is None else folder,
+    )
 
 
 def read_mvtec(
