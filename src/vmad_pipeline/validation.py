@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from PIL import Image
 
-from vmad_pipeline.datasets.manifest import MANIFEST_COLUMNS
+from vmad_pipeline.datasets.manifest import MANIFEST_COLUMNS, image_file, mask_file
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +75,14 @@ def _row_checks(manifest: pd.DataFrame, roots: dict[str, str]) -> dict[str, pd.S
     ].map(relative)
     checks["source root declared"] = frame["source"].map(lambda s: s in roots)
 
-    def resolve(source: object, rel: object) -> Path | None:
+    def resolve(source: object, rel: object, where=image_file) -> Path | None:
         if source not in roots or pd.isna(rel) or not str(rel):
             return None
-        return Path(roots[str(source)]) / str(rel)
+        return where(roots, str(source), str(rel))
 
     images = [resolve(s, p) for s, p in zip(frame["source"], frame["image_path"], strict=True)]
     masks = [
-        resolve(s, p) if a else None
+        resolve(s, p, mask_file) if a else None
         for s, p, a in zip(frame["source"], frame["mask_path"], anomalous, strict=True)
     ]
     image_ok = [p is not None and p.is_file() for p in images]

@@ -16,6 +16,7 @@ from vmad_pipeline.annotation.coco import build_coco
 from vmad_pipeline.annotation.geometry import mask_geometry
 from vmad_pipeline.annotation.taxonomy import DefectType, Taxonomy
 from vmad_pipeline.annotation.templates import template_qa
+from vmad_pipeline.datasets.manifest import mask_file
 
 __all__ = ["assemble_riad", "UNKNOWN_DEFECT"]
 
@@ -104,7 +105,7 @@ def assemble_riad(
             raise ValueError(
                 f"anomalous image {record['file_name']} (row {image_id}) has no mask_path"
             )
-        mask = _read_mask(Path(roots[source]) / str(row["mask_path"]), width, height)
+        mask = _read_mask(mask_file(roots, source, str(row["mask_path"])), width, height)
         geometry = mask_geometry(mask)
         if geometry["n_regions"] == 0:
             logger.warning(

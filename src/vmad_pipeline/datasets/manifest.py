@@ -34,6 +34,26 @@ _STR_COLUMNS = [name for name, dtype in MANIFEST_COLUMNS.items() if dtype == "st
 _INT_COLUMNS = [name for name, dtype in MANIFEST_COLUMNS.items() if dtype == "int64"]
 
 
+def mask_root_key(source: str) -> str:
+    """The ``dataset_roots`` key of a source's mask tree, when its masks live outside its root
+    (masks that ingestion rasterises from polygons, e.g. VISION / COCO sources)."""
+    return f"{source}:masks"
+
+
+def image_file(roots: Mapping[str, str], source: str, image_path: str) -> Path:
+    """The absolute image file of a manifest row: ``roots[source] / image_path``."""
+    return Path(roots[source]) / image_path
+
+
+def mask_file(roots: Mapping[str, str], source: str, mask_path: str) -> Path | None:
+    """The absolute mask file of a manifest row (None for a normal image): under the source's mask
+    root ``roots["<source>:masks"]`` when declared, else under the source root. The one place
+    where this rule lives."""
+    if not mask_path:
+        return None
+    return Path(roots.get(mask_root_key(source), roots[source])) / mask_path
+
+
 class IngestError(ValueError):
     """Bad input at ingestion; the message names the file(s) and the rule that was broken."""
 

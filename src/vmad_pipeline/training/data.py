@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from vmad_pipeline.datasets.manifest import image_file, mask_file
 from vmad_pipeline.training import prompts
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ def load_mask(path: str | Path | None, size: int) -> np.ndarray:
         raise ValueError(f"cannot read mask {path}: {err}") from err
 
 
-def absolute(root: str | Path, rel: str) -> Path | None:
-    return Path(root) / rel if rel else None
-
-
 @dataclass
 class ImageTable:
     """Every image of a manifest slice in memory at the SAM input size."""
@@ -65,11 +62,10 @@ class ImageTable:
         masks = torch.empty((n, size, size), dtype=torch.uint8)
         it = tqdm(rows.itertuples(), total=n, desc="load images", disable=not progress, leave=False)
         for i, r in enumerate(it):
-            root = roots[r.source]
-            images[i] = torch.from_numpy(load_rgb(absolute(root, r.image_path), size)).permute(
-                2, 0, 1
-            )
-            masks[i] = torch.from_numpy(load_mask(absolute(root, r.mask_path), size))
+            images[i] = torch.from_numpy(
+                load_rgb(image_file(roots, r.source, r.image_path), size)
+            ).permute(2, 0, 1)
+            masks[i] = torch.from_numpy(load_mask(mask_file(roots, r.source, r.mask_path), size))
         return cls(rows=rows, images=images, masks=masks)
 
 

@@ -85,10 +85,11 @@ def load_ground_truth(
     eval_set: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
 ) -> list[np.ndarray]:
     """The test masks at the evaluation size (binary; zeros for normal images), read once."""
-    from vmad_pipeline.training.data import absolute, load_mask
+    from vmad_pipeline.datasets.manifest import mask_file
+    from vmad_pipeline.training.data import load_mask
 
     size = parse_eval_params(params).eval_size
-    return [load_mask(absolute(roots[r.source], r.mask_path), size) for r in eval_set.itertuples()]
+    return [load_mask(mask_file(roots, r.source, r.mask_path), size) for r in eval_set.itertuples()]
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -173,7 +174,8 @@ def plot_overlays(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vmad_pipeline.training.data import absolute, load_rgb
+    from vmad_pipeline.datasets.manifest import image_file
+    from vmad_pipeline.training.data import load_rgb
 
     cfg = parse_eval_params(params)
     picks = []
@@ -184,7 +186,7 @@ def plot_overlays(
     fig, axes = plt.subplots(len(picks), 3, figsize=(6, 2 * len(picks)), squeeze=False)
     for row, i in zip(axes, picks, strict=True):
         r = eval_set.loc[i]
-        image = load_rgb(absolute(roots[r.source], r.image_path), cfg.eval_size)
+        image = load_rgb(image_file(roots, r.source, r.image_path), cfg.eval_size)
         row[0].imshow(image)
         row[0].set_title(f"{r.category} / {r.defect_type or r.defect_name or 'good'}", fontsize=7)
         row[1].imshow(image)
