@@ -1,17 +1,10 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import cross_category_split
+from .nodes import make_split
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
-        [
-            node(
-                cross_category_split,
-                ["manifest", "params:split"],
-                "splits",
-                name="cross_category_split",
-            )
-        ],
+        [node(make_split, ["manifest", "params:split"], "splits", name="make_split")],
         tags="split",
     )

@@ -25,14 +25,10 @@ def parse_train_params(
 
 
 def training_rows(manifest: pd.DataFrame, splits: dict[str, Any]) -> pd.DataFrame:
-    """Every image of the training classes (their own train and test folders alike)."""
-    from vmad_pipeline.pipelines.split.nodes import check_no_leak
+    """Every image of the training classes (their own train and test folders alike), leak-checked."""
+    from vmad_pipeline.splitting import split_rows
 
-    check_no_leak(splits)
-    rows = manifest[manifest["category"].isin(splits["train_classes"])]
-    if rows.empty:
-        raise ValueError("no training images: the split's training classes are not in the manifest")
-    return rows.reset_index(drop=True)
+    return split_rows(manifest, splits)[0]
 
 
 def qa_lookup(riad_qa: pd.DataFrame) -> dict[tuple[str, str], dict]:
