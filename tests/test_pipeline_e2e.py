@@ -126,7 +126,14 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     versions = client.search_model_versions("name='vmad'")
     assert versions
     run_data = client.get_run(versions[0].run_id).data
-    assert "git_commit" in run_data.tags and "data_manifest_hash" in run_data.tags
+    assert "git_commit" in run_data.tags and "dataset_hash" in run_data.tags
+    assert {k: run_data.tags[k] for k in ("preset", "projector", "ltc", "dssl", "seed")} == {
+        "preset": "tiny",
+        "projector": "ltc",
+        "ltc": "on",
+        "dssl": "on",
+        "seed": "0",
+    }
     assert "train.steps" in run_data.params
     assert "train/loss" in run_data.metrics and "train/pbsd" in run_data.metrics
     model = mlflow.pyfunc.load_model(f"models:/vmad/{versions[0].version}")

@@ -34,8 +34,24 @@ def manifest_hash(manifest) -> str:
     return hashlib.md5("\n".join(sorted(rows)).encode()).hexdigest()
 
 
+def model_tags(train_params: dict) -> dict[str, str]:
+    """The tags to filter and compare training runs by in the MLflow UI (the ``train``
+    parameters, validated): preset, projector, LTC and DSSL on/off, seed."""
+    from vmad_pipeline.pipelines.train.nodes import parse_train_params
+
+    cfg, model = parse_train_params(dict(train_params))
+    return {
+        "preset": model.preset,
+        "projector": model.projector.name,
+        "ltc": "on" if model.projector.name == "ltc" else "off",
+        "dssl": "on" if model.dssl.enabled else "off",
+        "seed": str(cfg.seed),
+    }
+
+
 class RunTagsHook:
-    """Tags the active MLflow run with the git commit and the hash of the data manifest."""
+    """Tags the active MLflow run with the git commit, the hash of the data manifest
+    (``dataset_hash``) and, when it trains, the model's identity (:func:`model_tags`)."""
 
     @staticmethod
     def _tag(**tags: str) -> None:
@@ -53,13 +69,15 @@ class RunTagsHook:
         if not getattr(self, "_committed", False):
             self._tag(git_commit=git_commit())  # kedro-mlflow's run exists from here on
             self._committed = True
+        if node.name == "train_model" and "params:train" in inputs:
+            self._tag(**model_tags(inputs["params:train"]))
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name, data, node) -> None:
         if dataset_name == "manifest":
-            self._tag(data_manifest_hash=manifest_hash(data))
+            self._tag(dataset_hash=manifest_hash(data))
 
     @hook_impl
     def after_dataset_saved(self, dataset_name, data, node) -> None:
         if dataset_name == "manifest":
-            self._tag(data_manifest_hash=manifest_hash(data))
+            self._tag(dataset_hash=manifest_hash(data))
