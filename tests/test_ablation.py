@@ -71,7 +71,7 @@ def test_shipped_plan_has_both_tables_and_trains_shared_cells_once():
 def test_plan_keys_follow_the_parameters():
     ablation, train, evaluate = shipped("ablation"), shipped("train"), shipped("evaluate")
     keys = {p["params_key"] for p in plan_ablation(ablation, train, evaluate, {})}
-    longer = deep_merge(ablation, {"train": {"steps": 401}})
+    longer = deep_merge(ablation, {"train": {"steps": 351}})
     assert keys.isdisjoint(p["params_key"] for p in plan_ablation(longer, train, evaluate, {}))
     other_eval = deep_merge(evaluate, {"eval_size": 64})
     assert keys.isdisjoint(p["params_key"] for p in plan_ablation(ablation, train, other_eval, {}))
