@@ -204,6 +204,9 @@ def test_build_coco(taxonomy: Taxonomy) -> None:
     np.testing.assert_array_equal(rle_to_mask(ann["segmentation"]), mask)
     assert [c["id"] for c in coco["categories"]] == list(range(15))
     assert coco["categories"][5] == {"id": 5, "name": "missing_part", "supercategory": "defect"}
+    assert "RLE" in coco["info"]["description"]
+    as_rle = [{**r, "mask": None if r["mask"] is None else mask_to_rle(r["mask"])} for r in records]
+    assert build_coco(as_rle, taxonomy) == coco  # a record may carry its mask as RLE
 
 
 # --- templates --------------------------------------------------------------------------------
@@ -307,6 +310,52 @@ def test_assemble_riad_counts_and_content(
     assert "odd_0" in caplog.text
     again = assemble_riad(manifest, {"synthetic": str(tmp_path)}, taxonomy, seed=1, progress=False)
     assert again[1] == qa
+
+
+def test_assemble_riad_hands_each_anomalous_image_to_the_answerer(
+    tmp_path: Path, taxonomy: Taxonomy
+) -> None:
+    manifest = _write_tree(tmp_path)
+    seen: list = []
+
+    def answerer(items):
+        seen.extend(items)
+        return [
+            {"description": f"d{it.image_id}", "impact": "i", "suggestion": "s"} for it in items
+        ]
+
+    coco, qa = assemble_riad(
+        manifest,
+        {"synthetic": str(tmp_path)},
+        taxonomy,
+        progress=False,
+        answerer=answerer,
+        annotator="fake",
+    )
+    assert [it.file_name for it in seen] == [
+        "synthetic/widget/test/scratch_0.png",
+        "synthetic/widget/test/stain_0.png",
+        "synthetic/widget/test/odd_0.png",
+    ]
+    assert all(it.image.is_file() for it in seen)
+    assert [it.defect.name for it in seen] == ["scratch", "stain", "anomaly"]
+    assert seen[2].defect_type == "weird" and seen[0].geometry["bbox"] == [1, 1, 5, 3]
+    assert [(r["description"], r["annotator"]) for r in qa] == [
+        ("d2", "fake"),
+        ("d3", "fake"),
+        ("d4", "fake"),
+    ]
+    assert len(coco["annotations"]) == 2
+    default = assemble_riad(manifest, {"synthetic": str(tmp_path)}, taxonomy, progress=False)[1]
+    assert {r["annotator"] for r in default} == {"template"}
+    with pytest.raises(RuntimeError, match="2 answers for 3 images"):
+        assemble_riad(
+            manifest,
+            {"synthetic": str(tmp_path)},
+            taxonomy,
+            progress=False,
+            answerer=lambda items: answerer(items)[:2],
+        )
 
 
 def test_assemble_riad_missing_mask_names_file(tmp_path: Path, taxonomy: Taxonomy) -> None:

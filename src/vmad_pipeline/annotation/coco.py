@@ -57,7 +57,8 @@ def build_coco(records: Iterable[Mapping[str, Any]], taxonomy: Taxonomy) -> dict
     ``categories`` = the taxonomy types (supercategory "defect").
 
     Record keys: image_id, file_name, width, height, category (object class), defect_id,
-    mask (np.ndarray or None).
+    mask (a 2-D array, an RLE dict from :func:`mask_to_rle`, or None). RLE masks are decoded one
+    at a time, so a caller can hold thousands of masks compactly.
     """
     images: list[dict] = []
     annotations: list[dict] = []
@@ -77,7 +78,7 @@ def build_coco(records: Iterable[Mapping[str, Any]], taxonomy: Taxonomy) -> dict
         defect_id = int(rec.get("defect_id", -1))
         if mask is None or defect_id < 0:
             continue
-        m = np.asarray(mask) > 0
+        m = (rle_to_mask(mask) if isinstance(mask, Mapping) else np.asarray(mask)) > 0
         if m.shape != (height, width):
             raise ValueError(
                 f"image {image_id} ({rec['file_name']}): mask shape {m.shape} != (height, width) {(height, width)}"
@@ -100,4 +101,13 @@ def build_coco(records: Iterable[Mapping[str, Any]], taxonomy: Taxonomy) -> dict
             }
         )
     categories = [{"id": t.id, "name": t.name, "supercategory": "defect"} for t in taxonomy.types]
-    return {"images": images, "annotations": annotations, "categories": categories}
+    info = {
+        "description": "RIAD: semantic defect masks (uncompressed RLE, category_id = defect type id) "
+        "and boxes [x, y, w, h]; one annotation per anomalous image",
+    }
+    return {
+        "info": info,
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }

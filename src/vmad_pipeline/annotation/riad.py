@@ -1,24 +1,34 @@
-"""RIAD assembly: manifest -> COCO instances (semantic masks, defect ids) and template QA records."""
+"""RIAD assembly: manifest -> COCO instances (semantic masks as RLE, boxes, defect ids) and the
+QA records (description, impact analysis, suggestion per anomalous image).
+
+The answers come from an *answerer*: a function from the list of :class:`QaItem` (one per
+anomalous image: object class, defect type, mask geometry, image file) to one answer dict per
+item. :func:`template_answerer` is the deterministic offline default; the LLM backend is
+:func:`vmad_pipeline.annotation.llm.llm_answerer`. Normal images get no QA record: their answer
+is :func:`~vmad_pipeline.annotation.templates.normal_answer`, written at training time.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vmad_pipeline.annotation.coco import build_coco
+from vmad_pipeline.annotation.coco import build_coco, mask_to_rle
 from vmad_pipeline.annotation.geometry import mask_geometry
 from vmad_pipeline.annotation.taxonomy import DefectType, Taxonomy
 from vmad_pipeline.annotation.templates import template_qa
-from vmad_pipeline.datasets.manifest import mask_file
+from vmad_pipeline.datasets.manifest import image_file, mask_file
 
-__all__ = ["assemble_riad", "UNKNOWN_DEFECT"]
+__all__ = ["assemble_riad", "UNKNOWN_DEFECT", "QaItem", "Answerer", "template_answerer"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +46,32 @@ _REQUIRED = (
     "height",
     "sha256",
 )
+
+
+@dataclass(frozen=True)
+class QaItem:
+    """One anomalous image to annotate."""
+
+    image_id: int  # row position in the manifest = COCO image id
+    source: str
+    image_path: str  # relative to the source root, as in the manifest
+    image: Path  # the image file
+    category: str  # object class
+    defect: DefectType  # taxonomy type (UNKNOWN_DEFECT when unmapped)
+    defect_type: str  # the source's own defect name (the taxonomy name when it has none)
+    geometry: Mapping[str, Any]  # mask_geometry(mask)
+    width: int
+    height: int
+    sha256: str  # manifest content hash ("" when absent)
+
+    @property
+    def file_name(self) -> str:
+        """``<source>/<image_path>``: the COCO file name, and how reports name the image."""
+        return f"{self.source}/{self.image_path}"
+
+
+# Answers for every item, in order: {"description", "impact", "suggestion"} each.
+Answerer = Callable[[Sequence[QaItem]], list[dict[str, str]]]
 
 
 def _image_seed(seed: int, sha256: str, position: int) -> int:
@@ -56,6 +92,24 @@ def _read_mask(path: Path, width: int, height: int) -> np.ndarray:
     return mask
 
 
+def template_answerer(seed: int = 0) -> Answerer:
+    """The template backend: :func:`template_qa` per item, phrasing seeded by ``seed`` and the
+    image's content hash (its row position when it has none)."""
+
+    def answer(items: Sequence[QaItem]) -> list[dict[str, str]]:
+        return [
+            template_qa(
+                category=it.category,
+                defect=it.defect,
+                geometry=it.geometry,
+                seed=_image_seed(seed, it.sha256, it.image_id),
+            )
+            for it in items
+        ]
+
+    return answer
+
+
 def assemble_riad(
     manifest: pd.DataFrame,
     roots: Mapping[str, str],
@@ -63,15 +117,20 @@ def assemble_riad(
     *,
     seed: int = 0,
     progress: bool = True,
+    answerer: Answerer | None = None,
+    annotator: str = "template",
 ) -> tuple[dict, list[dict]]:
     """Build the RIAD COCO dict and the QA records from a manifest.
 
     ``image_id`` is the row position in ``manifest``; ``file_name`` is ``<source>/<image_path>``.
-    COCO ``images`` has every row; ``annotations`` one per anomalous row with ``defect_id`` >= 0.
-    QA: one record per anomalous row (label 1), with the template backend's description, impact
-    and suggestion; rows with ``defect_id`` -1 are described as an unknown "anomaly" and get no
-    COCO annotation (warned). Masks are read with PIL, positive = > 0, paths relative to
-    ``roots[source]``. A missing mask file raises ValueError naming it.
+    COCO ``images`` has every row; ``annotations`` one per anomalous row with ``defect_id`` >= 0
+    (its mask as uncompressed RLE, its box, ``category_id`` = defect id).
+    QA: one record per anomalous row (label 1) with the description, impact and suggestion of
+    ``answerer`` (default: ``template_answerer(seed)``) and ``annotator`` naming it; rows with
+    ``defect_id`` -1 are described as an unknown "anomaly" and get no COCO annotation (warned).
+    Masks are read with PIL, positive = > 0, located by ``datasets.manifest.mask_file``. A
+    missing mask file raises ValueError naming it. Masks are kept as RLE, not as arrays, so
+    memory grows with the defect outlines, not the pixel count.
     """
     missing = [c for c in _REQUIRED if c not in manifest.columns]
     if missing:
@@ -81,7 +140,7 @@ def assemble_riad(
         raise ValueError(f"no root given for sources {unknown_sources}; roots has {sorted(roots)}")
     has_type = "defect_type" in manifest.columns
     records: list[dict] = []
-    qa: list[dict] = []
+    items: list[QaItem] = []
     n_unknown = 0
     rows = manifest.reset_index(drop=True).to_dict("records")
     for image_id, row in enumerate(
@@ -115,7 +174,7 @@ def assemble_riad(
         defect_id = int(row["defect_id"])
         if defect_id >= 0:
             defect = taxonomy.by_id(defect_id)
-            record["mask"] = mask
+            record["mask"] = mask_to_rle(mask)
         else:
             defect = UNKNOWN_DEFECT
             n_unknown += 1
@@ -126,25 +185,39 @@ def assemble_riad(
         defect_type = (
             str(row["defect_type"]) if has_type and str(row["defect_type"]) else defect.name
         )
-        answers = template_qa(
-            category=str(row["category"]),
-            defect=defect,
-            geometry=geometry,
-            seed=_image_seed(seed, str(row["sha256"]), image_id),
+        items.append(
+            QaItem(
+                image_id=image_id,
+                source=source,
+                image_path=str(row["image_path"]),
+                image=image_file(roots, source, str(row["image_path"])),
+                category=str(row["category"]),
+                defect=defect,
+                defect_type=defect_type,
+                geometry=geometry,
+                width=width,
+                height=height,
+                sha256=str(row["sha256"]),
+            )
         )
-        qa.append(
-            {
-                "image_id": image_id,
-                "source": source,
-                "category": str(row["category"]),
-                "image_path": str(row["image_path"]),
-                "defect_id": defect_id,
-                "defect_type": defect_type,
-                "location": geometry["location"],
-                "size": geometry["size"],
-                **answers,
-            }
-        )
+    answers = (answerer or template_answerer(seed))(items)
+    if len(answers) != len(items):
+        raise RuntimeError(f"answerer returned {len(answers)} answers for {len(items)} images")
+    qa = [
+        {
+            "image_id": it.image_id,
+            "source": it.source,
+            "category": it.category,
+            "image_path": it.image_path,
+            "defect_id": it.defect.id if it.defect is not UNKNOWN_DEFECT else -1,
+            "defect_type": it.defect_type,
+            "location": it.geometry["location"],
+            "size": it.geometry["size"],
+            **{k: a[k] for k in ("description", "impact", "suggestion")},
+            "annotator": annotator,
+        }
+        for it, a in zip(items, answers, strict=True)
+    ]
     coco = build_coco(records, taxonomy)
     logger.info(
         "RIAD: %d images, %d annotations, %d QA records (%d with unknown defect type)",

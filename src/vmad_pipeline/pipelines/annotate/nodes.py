@@ -10,17 +10,28 @@ import pandas as pd
 def assemble_riad(
     manifest: pd.DataFrame, roots: dict[str, str], taxonomy: dict[str, Any], params: dict[str, Any]
 ) -> tuple[dict, pd.DataFrame]:
+    """COCO instances and the QA table. ``params.backend``: ``template`` (offline, default) or
+    ``llm`` (an OpenAI-compatible endpoint, ``params.llm``; replies cached on disk, so a rerun
+    sends nothing). A failure raises before anything is returned, so nothing is saved."""
+    from vmad_pipeline.annotation.config import parse_annotate_params
     from vmad_pipeline.annotation.riad import assemble_riad as assemble
+    from vmad_pipeline.annotation.riad import template_answerer
     from vmad_pipeline.annotation.taxonomy import Taxonomy
 
-    backend = params.get("backend", "template")
-    if backend != "template":
-        raise ValueError(f"annotate.backend: unknown backend {backend!r}; known: template")
+    cfg = parse_annotate_params(params)
+    if cfg.backend == "llm":
+        from vmad_pipeline.annotation.llm import llm_answerer
+
+        answerer, annotator = llm_answerer(cfg.llm, progress=cfg.progress), f"llm:{cfg.llm.model}"
+    else:
+        answerer, annotator = template_answerer(cfg.seed), "template"
     coco, qa = assemble(
         manifest,
         roots,
         Taxonomy.from_dict(taxonomy),
-        seed=params.get("seed", 0),
-        progress=params.get("progress", True),
+        seed=cfg.seed,
+        progress=cfg.progress,
+        answerer=answerer,
+        annotator=annotator,
     )
     return coco, pd.DataFrame.from_records(qa)
