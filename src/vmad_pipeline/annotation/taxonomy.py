@@ -1,4 +1,12 @@
-"""The 15-type defect taxonomy of RIAD (``conf/base/taxonomy.yml``): ids, names, synonyms."""
+"""The 15-type defect taxonomy of RIAD (``conf/base/taxonomy.yml``): ids, names, synonyms, and
+per-dataset maps from each source's raw defect names onto the types.
+
+A raw name resolves, in order, through the source's own map (``ingest.sources[].defect_map``),
+the dataset's map in the YAML (``sources: {<dataset>: {<raw name>: <type name> or null}}``), then
+the types' names and synonyms (exact after normalising case and separators; nothing fuzzy). A map
+entry of null says, explicitly, that the name has no type (VisA's "anomaly", BTAD's "ko"): the
+row keeps ``defect_id`` -1. A name that resolves nowhere is unknown: ingestion reports it.
+"""
 
 from __future__ import annotations
 
@@ -31,11 +39,21 @@ class DefectType:
 
 
 class Taxonomy:
-    """Defect types with ids 0..N-1; name/synonym lookup, case- and separator-insensitive."""
+    """Defect types with ids 0..N-1; name/synonym lookup, case- and separator-insensitive; and
+    per-dataset raw-name maps (:meth:`resolve`)."""
 
-    def __init__(self, types: list[DefectType]) -> None:
+    def __init__(
+        self,
+        types: list[DefectType],
+        sources: Mapping[str, Mapping[str, DefectType | None]] | None = None,
+    ) -> None:
         self._types = tuple(sorted(types, key=lambda t: t.id))
         self._by_id = {t.id: t for t in self._types}
+        self._by_name = {normalise_name(t.name): t for t in self._types}
+        self._sources = {
+            key: {normalise_name(raw): t for raw, t in mapping.items()}
+            for key, mapping in (sources or {}).items()
+        }
         self._lookup: dict[str, DefectType] = {}
         for t in self._types:  # names first: a name always wins over another type's synonym
             self._lookup[normalise_name(t.name)] = t
@@ -98,7 +116,53 @@ class Taxonomy:
             raise ValueError(
                 f"defect ids must be 0..{len(types) - 1}; out of range: {bad} ({[seen_ids[b] for b in bad]})"
             )
-        return cls(types)
+        plain = cls(types)
+        sources = data.get("sources") or {}
+        if not isinstance(sources, Mapping):
+            raise ValueError("sources must map dataset names to {raw name: type name or null}")
+        return cls(types, {str(k): plain.source_map(v, f"sources.{k}") for k, v in sources.items()})
+
+    def source_map(self, mapping: object, where: str) -> dict[str, DefectType | None]:
+        """Validate ``{raw name: type name or null}`` (``where`` names it in errors)."""
+        if not isinstance(mapping, Mapping):
+            raise ValueError(f"{where} must map raw defect names to a type name or null")
+        out: dict[str, DefectType | None] = {}
+        for raw, target in mapping.items():
+            if target is None:
+                out[str(raw)] = None
+                continue
+            hit = self._by_name.get(normalise_name(target)) if isinstance(target, str) else None
+            if hit is None:
+                raise ValueError(
+                    f"{where}.{raw}: {target!r} is not a defect type name; "
+                    f"names: {', '.join(t.name for t in self._types)}"
+                )
+            out[str(raw)] = hit
+        return out
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """Datasets that have a raw-name map."""
+        return tuple(self._sources)
+
+    def resolve(
+        self,
+        name: str,
+        dataset: str = "",
+        extra: Mapping[str, DefectType | None] | None = None,
+    ) -> tuple[bool, DefectType | None]:
+        """(known, type) of a raw defect name: through ``extra`` (a :meth:`source_map`), the
+        dataset's map, then names and synonyms. (True, None) means mapped to no type on purpose;
+        (False, None) means unknown."""
+        key = normalise_name(name)
+        for mapping in (
+            {normalise_name(k): v for k, v in (extra or {}).items()},
+            self._sources.get(dataset, {}),
+        ):
+            if key in mapping:
+                return True, mapping[key]
+        hit = self.lookup(name)
+        return hit is not None, hit
 
     @property
     def types(self) -> tuple[DefectType, ...]:

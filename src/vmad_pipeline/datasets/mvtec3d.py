@@ -8,7 +8,7 @@ Layout::
 
 ``good`` is normal (its all-zero ``gt`` masks are ignored); any other label is a defect name whose
 images need a ``gt/<stem>.png`` of their size, and a ``gt`` mask whose stem names no ``rgb`` image of
-its label is an error. The source's ``validation`` split counts as "train".
+its label is reported (``mask_without_image``). The source's ``validation`` split counts as "train".
 """
 
 from __future__ import annotations
@@ -16,55 +16,49 @@ from __future__ import annotations
 import os
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from vmad_pipeline.datasets.folder import (
+from vmad_pipeline.datasets.files import (
     check_masks_paired,
-    finish_manifest,
-    image_row,
+    find_mask,
     list_images,
+    rel,
     require_root,
+    subdirs,
 )
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.mvtec import NORMAL_FOLDER, _find_mask, _subdirs
+from vmad_pipeline.datasets.mvtec import NORMAL_FOLDER
+from vmad_pipeline.datasets.scan import Item, Listing, read_listing
 
 # source split -> manifest split
 SPLITS = {"train": "train", "validation": "train", "test": "test"}
+
+
+def list_mvtec3d(root: str | os.PathLike[str], *, source: str = "mvtec3d") -> Listing:
+    """The items of an MVTec 3D-AD tree (layout in the module docstring)."""
+    root = require_root(root)
+    listing = Listing(source, root)
+    for cls_dir in subdirs(root):
+        for source_split, split in SPLITS.items():
+            for label_dir in subdirs(cls_dir / source_split):
+                normal = label_dir.name == NORMAL_FOLDER
+                if not normal:
+                    check_masks_paired(listing, list_images(label_dir / "gt"), label_dir / "rgb")
+                for image in list_images(label_dir / "rgb"):
+                    if normal:
+                        listing.items.append(Item(cls_dir.name, split, rel(image, root)))
+                        continue
+                    gt_dir = label_dir / "gt"
+                    mask = find_mask(gt_dir, image.stem) or gt_dir / f"{image.stem}.png"
+                    listing.items.append(
+                        Item(cls_dir.name, split, rel(image, root), rel(mask, root), label_dir.name)
+                    )
+    if not listing.items:
+        raise IngestError(f"no MVTec 3D-AD classes (<cls>/<split>/<label>/rgb/) under {root}")
+    return listing
 
 
 def read_mvtec3d(
     root: str | os.PathLike[str], *, source: str = "mvtec3d", progress: bool = True
 ) -> pd.DataFrame:
     """The manifest of an MVTec 3D-AD tree (layout in the module docstring)."""
-    root = require_root(root)
-    items = []
-    for cls_dir in _subdirs(root):
-        for source_split, split in SPLITS.items():
-            split_dir = cls_dir / source_split
-            for label_dir in _subdirs(split_dir) if split_dir.is_dir() else []:
-                if label_dir.name != NORMAL_FOLDER:
-                    masks = list_images(label_dir / "gt")
-                    check_masks_paired(root, masks, label_dir / "rgb")
-                images = list_images(label_dir / "rgb")
-                items += [(cls_dir.name, split, label_dir, image) for image in images]
-    if not items:
-        raise IngestError(f"no MVTec 3D-AD classes (<cls>/<split>/<label>/rgb/) under {root}")
-    rows = []
-    for cls, split, label_dir, image in tqdm(items, desc=f"reading {source}", disable=not progress):
-        mask = None
-        if label_dir.name != NORMAL_FOLDER:
-            mask = (
-                _find_mask(label_dir / "gt", image.stem) or label_dir / "gt" / f"{image.stem}.png"
-            )
-        rows.append(
-            image_row(
-                root,
-                image,
-                source=source,
-                category=cls,
-                split=split,
-                mask=mask,
-                defect_name="" if mask is None else label_dir.name,
-            )
-        )
-    return finish_manifest(rows, root, source)
+    return read_listing(list_mvtec3d(root, source=source), progress=progress)

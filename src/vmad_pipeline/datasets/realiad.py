@@ -15,7 +15,9 @@ to it: a file is ``<root>/<resolution>/<prefix><image_path>`` (an empty or absen
 ``normal_class``; many views of an NG sample are normal by this rule although they live under
 ``NG/``. ``defect_name`` is the anomaly class (a code such as "BX"); ``view`` is the file name's
 ``C1``..``C5`` token ("" if it has none); ``category`` is the JSON's stem. A ``*_mask.png`` next to
-no image of its stem is an error.
+no image of its stem is reported (``mask_without_image``); a JSON that does not parse or lacks
+``meta``/``train``/``test`` drops its category, a sample that lacks a field drops that sample
+(``malformed_metadata``, naming the file and the sample).
 """
 
 from __future__ import annotations
@@ -27,16 +29,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from vmad_pipeline.datasets.folder import (
-    check_masks_paired,
-    finish_manifest,
-    image_row,
-    rel,
-    require_root,
-)
+from vmad_pipeline.datasets.files import check_masks_paired, rel, require_root
 from vmad_pipeline.datasets.manifest import IngestError
+from vmad_pipeline.datasets.scan import Item, Listing, read_listing
 
 JSON_DIRS = ("realiad_jsons", "realiad_jsons/realiad_jsons")
 VIEW = re.compile(r"^C[1-5]$")
@@ -56,55 +52,67 @@ def _json_dir(root: Path, jsons: str | None) -> Path:
     )
 
 
-def _field(sample: object, key: str, where: str) -> object:
-    if not isinstance(sample, dict) or key not in sample:
-        raise IngestError(f"{where} lacks the field {key!r}")
-    return sample[key]
-
-
-def _samples(
-    path: Path, root: Path, base: Path
-) -> tuple[Path, list[tuple[str, Path, Path | None, str]]]:
-    """The category folder, and (split, image, mask or None, defect name) for each sample of a JSON."""
+def _list_json(listing: Listing, path: Path, base: Path, cat: str) -> Path | None:
+    """Add the samples of one split JSON to ``listing``; the category folder, or None if the JSON
+    is unusable (reported)."""
+    root = listing.root
     where = rel(path, root)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise IngestError(f"malformed JSON {where} under {root}: {error}") from error
+        listing.problem(
+            "malformed_metadata", where, f"malformed JSON {where} under {root}: {error}"
+        )
+        return None
     meta = doc.get("meta", {}) if isinstance(doc, dict) else None
     if not isinstance(meta, dict) or not any(split in doc for split in ("train", "test")):
-        raise IngestError(f"{where}: expected an object with 'meta' and 'train'/'test' lists")
+        listing.problem(
+            "malformed_metadata",
+            where,
+            f"{where}: expected an object with 'meta' and 'train'/'test' lists",
+        )
+        return None
     normal_class = meta.get("normal_class", "OK")
     prefix = (meta.get("prefix") or path.stem).strip("/")
-    out = []
     for split in ("train", "test"):
         samples = doc.get(split, [])
         if not isinstance(samples, list):
-            raise IngestError(f"{where}: {split!r} is not a list")
+            listing.problem("malformed_metadata", where, f"{where}: {split!r} is not a list")
+            continue
         for i, sample in enumerate(samples):
             at = f"{where} {split}[{i}]"
-            image = base / prefix / str(_field(sample, "image_path", at))
-            anomaly_class = str(_field(sample, "anomaly_class", at))
-            mask_path = _field(sample, "mask_path", at)
-            if not image.is_file():
-                raise IngestError(f"{at} lists image {rel(image, root)}, which does not exist")
+            missing = [
+                key
+                for key in ("image_path", "anomaly_class", "mask_path")
+                if not isinstance(sample, dict) or key not in sample
+            ]
+            if missing:
+                listing.problem(
+                    "malformed_metadata",
+                    f"{where}:{split}[{i}]",
+                    f"{at} lacks the field {missing[0]!r}",
+                )
+                continue
+            image = rel(base / prefix / str(sample["image_path"]), root)
+            mask_path, anomaly_class = sample["mask_path"], str(sample["anomaly_class"])
             if mask_path is None or anomaly_class == normal_class:
-                out.append((split, image, None, ""))
+                item = Item(cat, split, image, view=camera_view(image))
             else:
-                out.append((split, image, base / prefix / str(mask_path), anomaly_class))
-    return base / prefix, out
+                mask = rel(base / prefix / str(mask_path), root)
+                item = Item(cat, split, image, mask, anomaly_class, view=camera_view(image))
+            listing.items.append(item)
+    return base / prefix
 
 
-def read_realiad(
+def list_realiad(
     root: str | os.PathLike[str],
     *,
     resolution: str = "realiad_256",
     source: str = "realiad",
     jsons: str | None = None,
     categories: list[str] | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """The manifest of one Real-IAD resolution, split by the JSONs in ``jsons`` (relative to root;
+) -> Listing:
+    """The items of one Real-IAD resolution, split by the JSONs in ``jsons`` (relative to root;
     default: the first of :data:`JSON_DIRS` that holds any)."""
     root = require_root(root)
     resolution = resolution if resolution.startswith("realiad_") else f"realiad_{resolution}"
@@ -119,30 +127,32 @@ def read_realiad(
                 f"unknown categories {unknown} under {root}; available: {list(files)}"
             )
         files = {cat: files[cat] for cat in categories}
-    items = []
+    listing = Listing(source, root)
     for cat, path in files.items():
-        cat_dir, samples = _samples(path, root, base)
+        cat_dir = _list_json(listing, path, base, cat)
+        if cat_dir is None:
+            continue
         masks: dict[Path, list[Path]] = defaultdict(list)
         for mask in cat_dir.rglob("*_mask.png"):
             masks[mask.parent].append(mask)
         for folder, found in sorted(masks.items()):
-            check_masks_paired(root, sorted(found), folder)
-        items += [(cat, *sample) for sample in samples]
-    rows = [
-        image_row(
-            root,
-            image,
-            source=source,
-            category=cat,
-            split=split,
-            mask=mask,
-            defect_name=defect,
-            view=camera_view(image),
-        )
-        for cat, split, image, mask, defect in tqdm(
-            items, desc=f"reading {source}", disable=not progress
-        )
-    ]
-    if not rows:
+            check_masks_paired(listing, sorted(found), folder)
+    if not listing.items and not listing.problems:
         raise IngestError(f"the Real-IAD JSONs under {root} list no images")
-    return finish_manifest(rows, root, source)
+    return listing
+
+
+def read_realiad(
+    root: str | os.PathLike[str],
+    *,
+    resolution: str = "realiad_256",
+    source: str = "realiad",
+    jsons: str | None = None,
+    categories: list[str] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The manifest of one Real-IAD resolution (see :func:`list_realiad`)."""
+    listing = list_realiad(
+        root, resolution=resolution, source=source, jsons=jsons, categories=categories
+    )
+    return read_listing(listing, progress=progress)

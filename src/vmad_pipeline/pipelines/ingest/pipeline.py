@@ -2,14 +2,16 @@ from kedro.pipeline import Pipeline, node, pipeline
 
 from .nodes import (
     accept_manifest,
-    apply_taxonomy,
     generate_synthetic_data,
+    map_defects,
     read_sources,
     validate_manifest,
 )
 
 
 def create_pipeline(**kwargs) -> Pipeline:
+    # Only accept_manifest's outputs are persisted (manifest, dataset_roots, ingest_quarantine):
+    # a run that stops on bad input or a failed expectation writes none of them.
     return pipeline(
         [
             node(
@@ -21,25 +23,30 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 read_sources,
                 ["synthetic_images", "params:ingest"],
-                ["manifest_raw", "dataset_roots"],
+                ["manifest_raw", "dataset_roots_unvalidated", "ingest_problems"],
                 name="read_sources",
             ),
             node(
-                apply_taxonomy,
-                ["manifest_raw", "taxonomy"],
-                "manifest_unvalidated",
-                name="apply_taxonomy",
+                map_defects,
+                ["manifest_raw", "ingest_problems", "taxonomy", "params:ingest"],
+                ["manifest_unvalidated", "ingest_quarantine_unvalidated"],
+                name="map_defects",
             ),
             node(
                 validate_manifest,
-                ["manifest_unvalidated", "dataset_roots"],
+                ["manifest_unvalidated", "dataset_roots_unvalidated"],
                 "validation_report",
                 name="validate_manifest",
             ),
             node(
                 accept_manifest,
-                ["manifest_unvalidated", "validation_report"],
-                "manifest",
+                [
+                    "manifest_unvalidated",
+                    "dataset_roots_unvalidated",
+                    "ingest_quarantine_unvalidated",
+                    "validation_report",
+                ],
+                ["manifest", "dataset_roots", "ingest_quarantine"],
                 name="accept_manifest",
             ),
         ],
