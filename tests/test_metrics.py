@@ -12,9 +12,12 @@ from vmad_pipeline.metrics import (
     image_ap,
     image_auroc,
     image_f1_max,
+    image_pr_curve,
+    image_roc_curve,
     pixel_ap,
     pixel_auroc,
     pro_200_thresholds,
+    pro_curve,
 )
 
 NEGATIVE_SCORES = [0.8, 0.6, 0.40, 0.35, 0.30, 0.25, 0.20, 0.15, 0.10]
@@ -197,3 +200,33 @@ def test_image_auroc_one_class_raises() -> None:
         image_auroc([1, 1, 1], [0.1, 0.5, 0.9])
     with pytest.raises(ValueError, match="differ in length"):
         image_auroc([0, 1], [0.1])
+
+
+def test_worked_example_pro_curve_points() -> None:
+    # Descending: R2 0.9 (PRO 1/2), neg 0.8 (FPR 1/9), R1 0.7 (PRO 3/4), neg 0.6 (FPR 2/9),
+    # R1 0.5 (PRO 1), then the negative 0.40 takes FPR past 0.3 (3/9): PRO 1 at 0.3.
+    mask, scores = worked_example()
+    fpr, pro = pro_curve([mask], [scores])
+    expected = [
+        (0, 0), (0, 0), (0, 0.5), (1 / 9, 0.5), (1 / 9, 0.75), (2 / 9, 0.75), (2 / 9, 1.0),
+        (0.3, 1.0),
+    ]  # fmt: skip
+    np.testing.assert_allclose(np.c_[fpr, pro], expected, atol=1e-12)
+    assert np.trapezoid(pro, fpr) / 0.3 == pytest.approx(aupro([mask], [scores]))
+
+
+def test_pro_curve_undefined_is_none_and_limit_checked() -> None:
+    assert pro_curve([np.zeros((3, 3))], [np.zeros((3, 3))]) is None
+    with pytest.raises(ValueError, match="fpr_limit"):
+        pro_curve([np.ones((3, 3))], [np.zeros((3, 3))], fpr_limit=0.0)
+
+
+def test_image_curves_hand_example() -> None:
+    # labels 0 0 1 1, scores 0.1 0.6 0.4 0.9: thresholds 0.9, 0.6, 0.4, 0.1
+    fpr, tpr = image_roc_curve([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])
+    np.testing.assert_allclose(fpr, [0, 0, 0.5, 0.5, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
+    assert np.trapezoid(tpr, fpr) == pytest.approx(image_auroc([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9]))
+    recall, precision = image_pr_curve([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9])
+    np.testing.assert_allclose(recall, [1, 1, 0.5, 0.5, 0])
+    np.testing.assert_allclose(precision, [0.5, 2 / 3, 0.5, 1, 1])

@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
-__all__ = ["image_auroc", "image_ap", "image_f1_max"]
+__all__ = ["image_auroc", "image_ap", "image_f1_max", "image_roc_curve", "image_pr_curve"]
 
 
 def _check_binary(
@@ -63,3 +68,23 @@ def image_f1_max(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | n
     denom = precision + recall
     f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     return float(f1.max())
+
+
+def image_roc_curve(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of the exact ROC curve (``sklearn.metrics.roc_curve``, collinear points kept),
+    from (0, 0) to (1, 1); its trapezoid area is :func:`image_auroc`."""
+    y, s = _check_binary(labels, scores)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr
+
+
+def image_pr_curve(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) of ``sklearn.metrics.precision_recall_curve``, recall decreasing to 0
+    (the point (0, 1) is sklearn's convention); :func:`image_ap` is its step-wise area."""
+    y, s = _check_binary(labels, scores)
+    precision, recall, _ = precision_recall_curve(y, s)
+    return recall, precision

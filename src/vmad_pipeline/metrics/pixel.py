@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["pixel_auroc", "pixel_ap", "aupro", "pro_200_thresholds"]
+__all__ = ["pixel_auroc", "pixel_ap", "aupro", "pro_curve", "pro_200_thresholds"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,17 +143,17 @@ def pixel_ap(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
     return float(np.sum(recall_step * precision))
 
 
-def _integrate_to(fpr: np.ndarray, pro: np.ndarray, limit: float) -> float:
-    """Trapezoid area under (fpr, pro) for fpr <= limit, with pro linearly interpolated at the
-    limit when it falls between two points. ``fpr`` is non-decreasing."""
+def _truncate_at(fpr: np.ndarray, pro: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The points with fpr <= limit, plus (limit, pro linearly interpolated) when the limit falls
+    between two points. ``fpr`` is non-decreasing and ends at 1 >= limit."""
     inside = int(np.searchsorted(fpr, limit, side="right"))  # points with fpr <= limit
-    area = float(np.trapezoid(pro[:inside], fpr[:inside])) if inside > 1 else 0.0
+    f, r = fpr[:inside], pro[:inside]
     if inside < fpr.size and fpr[inside - 1] < limit:
         x0, x1 = fpr[inside - 1], fpr[inside]
         y0, y1 = pro[inside - 1], pro[inside]
-        y_lim = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
-        area += 0.5 * (y0 + y_lim) * (limit - x0)
-    return area
+        f = np.r_[f, limit]
+        r = np.r_[r, y0 + (y1 - y0) * (limit - x0) / (x1 - x0)]
+    return f, r
 
 
 def _top_negatives_sorted(neg: np.ndarray, fpr_limit: float) -> np.ndarray:
@@ -185,15 +185,29 @@ def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: fl
     (FPR = #neg > p, PRO of the previous point) and at p (FPR = #neg >= p, PRO including p).
     Points past the limit only need to lie past it, so only the top negatives are sorted.
     """
+    curve = pro_curve(masks, maps, fpr_limit)
+    if curve is None:
+        return float("nan")
+    fpr, pro = curve
+    return float(np.trapezoid(pro, fpr)) / fpr_limit
+
+
+def pro_curve(
+    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: float = 0.3
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The exact PRO curve that :func:`aupro` integrates: (fpr, pro) from (0, 0) up to
+    ``fpr_limit`` (the last point interpolated at the limit), or None (with a warning) when it is
+    undefined (no ground-truth regions, or no negative pixels). Points can be many (two per
+    distinct positive score); sample it for plotting."""
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     p = _pool(masks, maps, regions=True)
     if p.n_regions == 0:
         logger.warning("AUPRO: no ground-truth regions in %d masks; returning NaN", len(masks))
-        return float("nan")
+        return None
     if p.neg.size == 0:
         logger.warning("AUPRO: no negative pixels, FPR undefined; returning NaN")
-        return float("nan")
+        return None
     n_neg = p.neg.size
     top = _top_negatives_sorted(p.neg, fpr_limit)
     thresholds, cum_w = _distinct_desc(p.pos_scores, p.pos_weights)
@@ -209,7 +223,7 @@ def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: fl
     fpr[-1], pro[-1] = 1.0, 1.0
     np.clip(fpr, 0.0, 1.0, out=fpr)
     np.clip(pro, 0.0, 1.0, out=pro)
-    return _integrate_to(fpr, pro, fpr_limit) / fpr_limit
+    return _truncate_at(fpr, pro, fpr_limit)
 
 
 def pro_200_thresholds(

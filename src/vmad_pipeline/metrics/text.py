@@ -1,0 +1,120 @@
+"""Text-level metrics: what a generated answer says, parsed, and scored against the ground truth.
+
+Parsing rules (each the one place for its rule; docs/evaluation.md repeats them):
+
+* **yes/no** (:func:`parse_yes_no`): the answer's first word, case-insensitive, is "yes" or "no"
+  (the model is trained to start its answer to the detection question with "Yes." or "No.",
+  ``training/prompts.vqa_answer``). Anything else is unparseable (None).
+* **location** (:func:`parse_location`): the first phrase of the 3 x 3 location grid of
+  ``annotation/geometry.py`` (``LOCATIONS``: "top left", ..., "center", ...) in the answer, as
+  whole words, longer phrases first ("top left" before "top"). The ground truth is the grid cell
+  of the mask centroid, :func:`~vmad_pipeline.annotation.geometry.mask_geometry`'s ``location``.
+* **defect type** (:func:`parse_defect_type`): the first defect type the answer names, by name or
+  synonym (:meth:`~vmad_pipeline.annotation.taxonomy.Taxonomy.names_in`). The first one counts,
+  so an answer listing every type is not rewarded.
+* **multiple choice** (:func:`parse_option`): an option letter standing first in the answer
+  ("B", "B.", "B)", "(B) ..."; not "A scratch", where "A" is the article); else the single
+  option whose text (final full stop dropped) occurs in the answer as whole words; else None.
+
+Unparseable answers count as wrong in every accuracy, and are counted separately.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score
+
+from vmad_pipeline.annotation.geometry import LOCATIONS
+from vmad_pipeline.annotation.taxonomy import DefectType, Taxonomy
+
+__all__ = [
+    "parse_yes_no",
+    "parse_location",
+    "parse_defect_type",
+    "parse_option",
+    "answer_accuracy",
+    "balanced_answer_accuracy",
+]
+
+_YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+_LOCATION = re.compile(
+    r"\b("
+    + "|".join(re.escape(p).replace(r"\ ", r"[\s\-]+") for p in sorted(LOCATIONS, key=len)[::-1])
+    + r")\b",
+    re.IGNORECASE,
+)
+# "(B) ...", "B.", "B:", "B)" or just "B"; not "A scratch ..." (the article).
+_LEADING_LETTER = re.compile(r"^\W*?(?:\(([A-Z])\)|([A-Z])(?:[.:)]|\s*$))")
+
+
+def parse_yes_no(answer: str) -> bool | None:
+    """True for "Yes...", False for "No...", None when the first word is neither."""
+    m = _YES_NO.match(answer or "")
+    return None if m is None else m.group(1).lower() == "yes"
+
+
+def parse_location(answer: str) -> str | None:
+    """The first location phrase of the grid in ``answer`` (normalised to ``LOCATIONS``), or None."""
+    m = _LOCATION.search(answer or "")
+    return None if m is None else re.sub(r"[\s\-]+", " ", m.group(1).lower())
+
+
+def parse_defect_type(answer: str, taxonomy: Taxonomy) -> DefectType | None:
+    """The first defect type named in ``answer`` (name or synonym), or None."""
+    found = taxonomy.names_in(answer or "")
+    return found[0] if found else None
+
+
+def parse_option(answer: str, options: Mapping[str, str]) -> str | None:
+    """The chosen option letter: a leading letter that is one of ``options``; else the one option
+    whose text (without its final full stop) occurs in the answer; else None."""
+    text = (answer or "").strip()
+    m = _LEADING_LETTER.match(text)
+    if m and (m.group(1) or m.group(2)) in options:
+        return m.group(1) or m.group(2)
+    hits = []
+    for key, value in options.items():
+        words = value.strip().rstrip(".").strip()
+        if words and re.search(r"\b" + re.escape(words) + r"\b", text, re.IGNORECASE):
+            hits.append(key)
+    return hits[0] if len(hits) == 1 else None
+
+
+def _predicted(labels: np.ndarray, parsed: Sequence[bool | None]) -> np.ndarray:
+    """Parsed yes/no as 0/1, with an unparseable answer set to the wrong class (so it counts
+    wrong in both accuracies while sklearn's balanced accuracy still applies)."""
+    if len(parsed) != labels.size:
+        raise ValueError(f"got {labels.size} labels but {len(parsed)} parsed answers")
+    return np.array(
+        [int(p) if p is not None else 1 - y for p, y in zip(parsed, labels, strict=True)],
+        dtype=np.int64,
+    )
+
+
+def _labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    y = np.asarray(labels).astype(np.int64).ravel()
+    if y.size == 0:
+        raise ValueError("no answers to score")
+    if not set(np.unique(y).tolist()) <= {0, 1}:
+        raise ValueError(f"labels must be 0/1, got values {sorted(set(y.tolist()))}")
+    return y
+
+
+def answer_accuracy(labels: Sequence[int] | np.ndarray, parsed: Sequence[bool | None]) -> float:
+    """Share of answers whose yes/no equals the label (1 = anomalous = "yes"); None is wrong."""
+    y = _labels(labels)
+    return float(np.mean(_predicted(y, parsed) == y))
+
+
+def balanced_answer_accuracy(
+    labels: Sequence[int] | np.ndarray, parsed: Sequence[bool | None]
+) -> float:
+    """Mean of the accuracy on anomalous and on normal images (``balanced_accuracy_score``);
+    None is wrong. NaN when only one class is present (undefined)."""
+    y = _labels(labels)
+    if np.unique(y).size < 2:
+        return float("nan")
+    return float(balanced_accuracy_score(y, _predicted(y, parsed)))
