@@ -109,6 +109,22 @@ def predictions() -> dict:
 # ----------------------------------------------------------------------------- params, scores
 
 
+def test_pipeline_wires_every_report() -> None:
+    from vmad_pipeline.pipelines.evaluate import create_pipeline
+
+    outputs = create_pipeline().all_outputs()
+    assert {
+        "metrics",
+        "metrics_per_class_md",
+        "eval_answers",
+        "roc_curves",
+        "pro_figure",
+        "overlays",
+        "mmad_metrics",
+        "mmad_mlflow",
+    } <= outputs
+
+
 def test_params_validate_score_source_and_weight() -> None:
     with pytest.raises(ConfigError, match="evaluate.score_source"):
         parse_eval_params({"score_source": "max"})

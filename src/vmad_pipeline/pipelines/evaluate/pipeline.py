@@ -70,6 +70,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="plot_overlays",
             ),
             node(
+                evaluate_mmad,
                 ["vmad_model", "params:evaluate"],
                 ["mmad_answers", "mmad_metrics"],
                 name="evaluate_mmad",
