@@ -24,6 +24,7 @@ from vmad_pipeline.datasets.files import (
     check_masks_paired,
     find_mask,
     list_images,
+    mask_index,
     rel,
     require_root,
     subdirs,
@@ -44,12 +45,13 @@ def list_btad(root: str | os.PathLike[str], *, source: str = "btad") -> Listing:
             check_masks_paired(listing, list_images(gt_dir), root / cat / "test" / gt_dir.name)
         for split in SPLITS:
             for folder in subdirs(root / cat / split):
+                gt_dir = root / cat / MASK_FOLDER / folder.name
+                masks = mask_index(gt_dir) if folder.name != NORMAL_FOLDER else {}
                 for image in list_images(folder):
                     if folder.name == NORMAL_FOLDER:
                         listing.items.append(Item(cat, split, rel(image, root)))
                         continue
-                    gt_dir = root / cat / MASK_FOLDER / folder.name
-                    mask = find_mask(gt_dir, image.stem) or gt_dir / f"{image.stem}.png"
+                    mask = find_mask(masks, image.stem) or gt_dir / f"{image.stem}.png"
                     listing.items.append(
                         Item(cat, split, rel(image, root), rel(mask, root), folder.name)
                     )

@@ -24,6 +24,7 @@ from vmad_pipeline.datasets.files import (
     check_masks_paired,
     find_mask,
     list_images,
+    mask_index,
     rel,
     require_root,
     subdirs,
@@ -51,12 +52,13 @@ def list_folder(
         if cat.name == MASK_FOLDER:
             continue
         for folder in subdirs(cat):
+            gt_dir = gt_root / cat.name / folder.name
+            masks = mask_index(gt_dir) if folder.name != NORMAL_FOLDER else {}
             for image in list_images(folder):
                 if folder.name == NORMAL_FOLDER:
                     listing.items.append(Item(cat.name, split, rel(image, root)))
                     continue
-                gt_dir = gt_root / cat.name / folder.name
-                mask = find_mask(gt_dir, image.stem) or gt_dir / f"{image.stem}_mask.png"
+                mask = find_mask(masks, image.stem) or gt_dir / f"{image.stem}_mask.png"
                 listing.items.append(
                     Item(cat.name, split, rel(image, root), rel(mask, root), folder.name)
                 )

@@ -25,6 +25,7 @@ from vmad_pipeline.datasets.files import (
     check_masks_paired,
     find_mask,
     list_images,
+    mask_index,
     rel,
     require_root,
     subdirs,
@@ -68,12 +69,13 @@ def list_mvtec(
             check_masks_paired(listing, list_images(gt_dir), top / cls / "test" / gt_dir.name)
         for split in SPLITS:
             for folder in subdirs(top / cls / split):
+                gt_dir = top / cls / MASK_FOLDER / folder.name
+                masks = mask_index(gt_dir) if folder.name != normal_folder else {}
                 for image in list_images(folder):
                     if folder.name == normal_folder:
                         listing.items.append(Item(cls, split, rel(image, root)))
                         continue
-                    gt_dir = top / cls / MASK_FOLDER / folder.name
-                    mask = find_mask(gt_dir, image.stem) or gt_dir / f"{image.stem}_mask.png"
+                    mask = find_mask(masks, image.stem) or gt_dir / f"{image.stem}_mask.png"
                     listing.items.append(
                         Item(cls, split, rel(image, root), rel(mask, root), folder.name)
                     )

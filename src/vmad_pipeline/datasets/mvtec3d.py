@@ -21,6 +21,7 @@ from vmad_pipeline.datasets.files import (
     check_masks_paired,
     find_mask,
     list_images,
+    mask_index,
     rel,
     require_root,
     subdirs,
@@ -43,12 +44,13 @@ def list_mvtec3d(root: str | os.PathLike[str], *, source: str = "mvtec3d") -> Li
                 normal = label_dir.name == NORMAL_FOLDER
                 if not normal:
                     check_masks_paired(listing, list_images(label_dir / "gt"), label_dir / "rgb")
+                gt_dir = label_dir / "gt"
+                masks = {} if normal else mask_index(gt_dir)
                 for image in list_images(label_dir / "rgb"):
                     if normal:
                         listing.items.append(Item(cls_dir.name, split, rel(image, root)))
                         continue
-                    gt_dir = label_dir / "gt"
-                    mask = find_mask(gt_dir, image.stem) or gt_dir / f"{image.stem}.png"
+                    mask = find_mask(masks, image.stem) or gt_dir / f"{image.stem}.png"
                     listing.items.append(
                         Item(cls_dir.name, split, rel(image, root), rel(mask, root), label_dir.name)
                     )
