@@ -1,6 +1,6 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .mmad import mmad_mlflow
+from .mmad import evaluate_mmad, mmad_mlflow
 from .nodes import (
     compute_metrics,
     grade_answers,
