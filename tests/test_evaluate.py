@@ -265,7 +265,8 @@ def test_plot_curves_and_overlays(tmp_path: Path) -> None:
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / f"img{i}.png")
     report, _, _ = compute_metrics(eval_set(), predictions(), masks(), PARAMS, TAXONOMY)
     roc, pr, pro = curve_data(eval_set(), predictions(), masks(), PARAMS)
-    fig_roc, fig_pr, fig_pro = plot_curves(roc, pr, pro, report)
+    lazy_pro = {k: (lambda v=v: v) for k, v in pro.items()}  # as a partitioned dataset loads
+    fig_roc, fig_pr, fig_pro = plot_curves(roc, pr, lazy_pro, report)
     assert len(fig_roc.axes[0].lines) == 2 + 1  # two classes and the chance diagonal
     assert len(fig_pr.axes[0].lines) == 2 and len(fig_pro.axes[0].lines) == 2
     labels = [t.get_text() for t in fig_roc.axes[0].get_legend().get_texts()]

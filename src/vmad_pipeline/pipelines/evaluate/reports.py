@@ -159,7 +159,11 @@ def plot_curves(
     pro: dict[str, pd.DataFrame],
     report: dict[str, Any],
 ):
-    """Three figures, one line per class each: image ROC, image PR, PRO up to the FPR limit."""
+    """Three figures, one line per class each: image ROC, image PR, PRO up to the FPR limit.
+    Curves are data frames, or loaders of them (a partitioned dataset loads lazily)."""
+    roc, pr, pro = (
+        {k: v() if callable(v) else v for k, v in curves.items()} for curves in (roc, pr, pro)
+    )
     per_class = {_file_key(c): v for c, v in report["per_class"].items()}
     settings = report["settings"]
     source = settings["score_source"]
