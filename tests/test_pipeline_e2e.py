@@ -214,8 +214,8 @@ def test_unknown_source_format_is_named():
     from vmad_pipeline.configs import ConfigError
     from vmad_pipeline.pipelines.ingest.nodes import source_roots
 
-    with pytest.raises(ConfigError, match=r"ingest\.sources\[0\]\.format.*'visa'"):
-        source_roots([{"name": "a", "format": "visa", "root": "/x"}], "/syn")
+    with pytest.raises(ConfigError, match=r"ingest\.sources\[0\]\.format.*'nosuch'"):
+        source_roots([{"name": "a", "format": "nosuch", "root": "/x"}], "/syn")
 
 
 @pytest.mark.slow
