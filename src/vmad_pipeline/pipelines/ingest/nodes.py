@@ -251,11 +251,13 @@ def map_defects(
     return out, report
 
 
-def validate_manifest(manifest: pd.DataFrame, roots: dict[str, str]) -> dict[str, Any]:
-    """The Great Expectations report (saved even when it fails)."""
+def validate_manifest(
+    manifest: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
+) -> dict[str, Any]:
+    """The Great Expectations report (saved even when it fails), with ``ingest.validation``."""
     from vmad_pipeline.validation import validate_manifest as run_suite
 
-    return run_suite(manifest, roots)
+    return run_suite(manifest, roots, params.get("validation"))
 
 
 def accept_manifest(

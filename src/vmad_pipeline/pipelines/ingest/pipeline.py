@@ -34,7 +34,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 validate_manifest,
-                ["manifest_unvalidated", "dataset_roots_unvalidated"],
+                ["manifest_unvalidated", "dataset_roots_unvalidated", "params:ingest"],
                 "validation_report",
                 name="validate_manifest",
             ),
