@@ -141,6 +141,8 @@ def fake_results() -> pd.DataFrame:
                     "image_f1_max": 0.5,
                     "pixel_auroc": 0.9,
                     "pixel_ap": 0.3,
+                    "answer_accuracy": 0.5,
+                    "answer_balanced_accuracy": 0.5,
                     "aupro": float("nan") if cell == "a" else 0.7,
                     "params_trainable": 10,
                     "train_seconds": 10.0,
@@ -205,14 +207,12 @@ TINY_ABLATION = {
 
 
 def child_runs(project: Path) -> list:
-    import mlflow
+    """The nested runs in the project's store (a client of its own: no global MLflow state)."""
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
-    return [
-        r
-        for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
-        if "mlflow.parentRunId" in r.data.tags
-    ]
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return [r for r in client.search_runs(ids) if "mlflow.parentRunId" in r.data.tags]
 
 
 @pytest.mark.slow

@@ -64,6 +64,14 @@ def make_project(tmp_path: Path) -> Path:
     shutil.copy(REPO / "pyproject.toml", project)
     shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
+    # An absolute store per project: MLflow caches stores by URI, so the shipped relative URI
+    # would reach an earlier test's database from a later session in the same process.
+    mlflow_yml = project / "conf" / "base" / "mlflow.yml"
+    mlflow_yml.write_text(
+        mlflow_yml.read_text().replace(
+            "sqlite:///mlruns/mlflow.db", f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+        )
+    )
     shutil.copytree(
         REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
@@ -121,8 +129,10 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     # The registry holds the model; the pyfunc predicts a score and a map for an image.
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    store = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)  # not a registry left over from an earlier test's session
+    client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
     versions = client.search_model_versions("name='vmad'")
     assert versions
     run_data = client.get_run(versions[0].run_id).data

@@ -21,7 +21,16 @@ log = logging.getLogger(__name__)
 
 # Bump when a change in code makes earlier cells incomparable (their cache keys then differ).
 CACHE_VERSION = 1
-METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "aupro")
+METRICS = (
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "aupro",
+    "answer_accuracy",
+    "answer_balanced_accuracy",
+)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,7 +168,7 @@ def _train_and_evaluate(
     predictions = predict_eval_set(trained, data["eval_set"], data["eval_roots"], entry["evaluate"])
     predict_s = time.perf_counter() - start
     report, _, _ = compute_metrics(
-        data["eval_set"], predictions, data["eval_masks"], entry["evaluate"]
+        data["eval_set"], predictions, data["eval_masks"], entry["evaluate"], data["taxonomy"]
     )
     n_images = len(data["eval_set"])
     batch = entry["train"].get("batch_size", 8)
@@ -247,6 +256,7 @@ def run_ablation(
         "splits": splits,
         "roots": roots,
         "riad_qa": riad_qa,
+        "taxonomy": taxonomy,
         "eval_set": eval_set,
         "eval_roots": eval_roots,
         "eval_masks": load_ground_truth(eval_set, eval_roots, eval_params),

@@ -63,7 +63,8 @@ def ablation_markdown(summary: pd.DataFrame) -> str:
         header = [
             *("cell", "projector", "LTC steps", "DSSL", "visual tokens"),
             *(LABELS[m] for m in SHOWN),
-            *("image AP", "image F1-max", "pixel AP", "train img/s", "eval img/s", "seeds"),
+            *("image AP", "image F1-max", "pixel AP", "answer acc."),
+            *("train img/s", "eval img/s", "seeds"),
         ]
         lines += [
             "",
@@ -76,7 +77,7 @@ def ablation_markdown(summary: pd.DataFrame) -> str:
             values = [_cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std")) for m in SHOWN]
             extra = [
                 _cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"))
-                for m in ("image_ap", "image_f1_max", "pixel_ap")
+                for m in ("image_ap", "image_f1_max", "pixel_ap", "answer_accuracy")
             ]
             lines.append(
                 f"| {r.label} | {r.cell_projector} | {r.cell_ltc_steps or '-'} | "

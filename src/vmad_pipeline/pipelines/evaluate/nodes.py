@@ -30,14 +30,14 @@ def select_eval_set(
 
         name = dataset.get("name") or "external"
         rows = read_mvtec(dataset["root"], source=name, progress=params.get("progress", True))
-        rows = apply_taxonomy(rows[rows["split"] == "test"].reset_index(drop=True), taxonomy)
-        return rows, {name: str(dataset["root"])}
-    from vmad_pipeline.pipelines.split.nodes import check_no_leak
+        test = rows[rows["split"] == "test"].reset_index(drop=True)
+        # MVTec AD's folder names resolve through its taxonomy map, then the type names.
+        return apply_taxonomy(test, taxonomy, datasets={name: "mvtec"}), {
+            name: str(dataset["root"])
+        }
+    from vmad_pipeline.splitting import split_rows
 
-    check_no_leak(splits)
-    rows = manifest[
-        manifest["category"].isin(splits["test_classes"]) & (manifest["split"] == "test")
-    ]
+    _, rows = split_rows(manifest, splits)  # the one selection rule, leak check included
     if rows.empty:
         raise ValueError("no test images for the split's test classes")
     return rows.reset_index(drop=True), roots
