@@ -58,3 +58,23 @@ def test_the_shipped_real_preset_is_valid_and_matches_sam_vit_h():
     assert model.projector.name == "ltc" and model.projector.ltc.levels == (12, 16, 22, 23)
     assert model.vision.select_layer == -2 and cfg.gradient_checkpointing
     assert model.weights.llava_dir and model.weights.sam_checkpoint
+
+
+def test_the_shipped_llm_annotation_preset_is_valid_over_the_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from vmad_pipeline.annotation.config import parse_annotate_params
+    from vmad_pipeline.pipelines.ablation.nodes import deep_merge
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    base = yaml.safe_load((conf / "base" / "parameters_annotate.yml").read_text())["annotate"]
+    preset = yaml.safe_load(
+        (conf / "presets" / "llm_annotation" / "parameters_annotate.yml").read_text()
+    )["annotate"]
+    # conf/local replaces the whole `annotate` block (Kedro's default merge): the preset alone
+    # must be complete, and equal to the preset merged over the shipped defaults.
+    cfg = parse_annotate_params(preset)
+    assert cfg == parse_annotate_params(deep_merge(base, preset))
+    assert cfg.backend == "llm" and cfg.llm.model and cfg.llm.base_url.endswith("/v1")

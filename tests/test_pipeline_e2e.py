@@ -124,7 +124,26 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert 0.0 <= metrics["mean"][key] <= 1.0
     assert metrics["settings"]["eval_size"] == 32
-    assert (data / "08_reporting" / "overlays.png").stat().st_size > 1000
+    assert metrics["settings"]["score_source"] == "map_max"
+    assert set(metrics["mean"]) >= {
+        "image_ap",
+        "image_f1_max",
+        "pixel_ap",
+        "pro_200_thresholds",
+        "answer_accuracy",
+        "answer_balanced_accuracy",
+        "defect_type_accuracy",
+        "location_accuracy",
+    }
+    reports = data / "08_reporting"
+    test_images = manifest[
+        manifest["category"].isin(["pcb", "washer"]) & (manifest["split"] == "test")
+    ]
+    assert len(pd.read_csv(reports / "answers.csv")) == len(test_images)
+    for name in ("overlays.png", "roc.png", "pr.png", "pro.png"):
+        assert (reports / name).stat().st_size > 1000
+    assert (reports / "metrics_per_class.md").is_file()
+    assert {p.stem for p in (reports / "curves" / "roc").glob("*.csv")} == {"pcb", "washer"}
 
     # The registry holds the model; the pyfunc predicts a score and a map for an image.
     import mlflow

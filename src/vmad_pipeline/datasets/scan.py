@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from vmad_pipeline.datasets.manifest import IngestError, coerce_manifest, mask_bbox
+from vmad_pipeline.io.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -244,15 +244,8 @@ class FileCache:
         frame = frame.astype(
             {"size": "int64", "mtime_ns": "int64", "width": "int64", "height": "int64"}
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        os.close(fd)
-        try:
+        with atomic_file(self.path) as tmp:
             frame.to_parquet(tmp, index=False)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 # ----------------------------------------------------------------------------- file probes
@@ -303,15 +296,8 @@ def rasterise(shapes: Shapes) -> np.ndarray:
 
 
 def _write_png_atomic(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".png") as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _run_task(task: tuple) -> dict:

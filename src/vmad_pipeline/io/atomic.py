@@ -41,17 +41,26 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_text(target: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``target`` through a temporary file in the same folder and a rename, so
-    readers see the old file or the new one, never a partial one."""
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``target`` that replaces it (a rename) only if the block
+    succeeds: readers see the old file or the new one, never a partial one. The one place for
+    single-file atomic writes (JSON, parquet, PNG)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp makes it private; the file is not
         os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``target`` atomically (:func:`atomic_file`)."""
+    with atomic_file(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
