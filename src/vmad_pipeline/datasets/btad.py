@@ -21,17 +21,15 @@ import os
 import pandas as pd
 
 from vmad_pipeline.datasets.files import (
+    add_images,
     check_masks_paired,
-    find_mask,
     list_images,
-    mask_index,
-    rel,
     require_root,
     subdirs,
 )
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import MASK_FOLDER, SPLITS, find_classes
-from vmad_pipeline.datasets.scan import Item, Listing, read_listing
+from vmad_pipeline.datasets.scan import Listing, read_listing
 
 NORMAL_FOLDER = "ok"
 
@@ -45,16 +43,15 @@ def list_btad(root: str | os.PathLike[str], *, source: str = "btad") -> Listing:
             check_masks_paired(listing, list_images(gt_dir), root / cat / "test" / gt_dir.name)
         for split in SPLITS:
             for folder in subdirs(root / cat / split):
-                gt_dir = root / cat / MASK_FOLDER / folder.name
-                masks = mask_index(gt_dir) if folder.name != NORMAL_FOLDER else {}
-                for image in list_images(folder):
-                    if folder.name == NORMAL_FOLDER:
-                        listing.items.append(Item(cat, split, rel(image, root)))
-                        continue
-                    mask = find_mask(masks, image.stem) or gt_dir / f"{image.stem}.png"
-                    listing.items.append(
-                        Item(cat, split, rel(image, root), rel(mask, root), folder.name)
-                    )
+                add_images(
+                    listing,
+                    cat,
+                    split,
+                    list_images(folder),
+                    defect="" if folder.name == NORMAL_FOLDER else folder.name,
+                    gt_dir=root / cat / MASK_FOLDER / folder.name,
+                    mask_name="{stem}.png",
+                )
     if not listing.items:
         raise IngestError(f"no BTAD products (<id>/{{train,test}}/{{ok,ko}}/) under {root}")
     return listing

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.scan import Listing
+from vmad_pipeline.datasets.scan import Item, Listing
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
@@ -83,3 +83,26 @@ def check_masks_paired(
                 f"mask {rel(mask, base)} under {base} has no image: expected "
                 f"{rel(image_dir, base)}/{stem}.<ext>",
             )
+
+
+def add_images(
+    listing: Listing,
+    category: str,
+    split: str,
+    images: Iterable[Path],
+    *,
+    defect: str = "",
+    gt_dir: Path | None = None,
+    mask_name: str = "{stem}_mask.png",
+) -> None:
+    """Append one folder's images to ``listing``: normal ones (no ``defect``), or anomalous ones
+    of type ``defect`` with their masks found in ``gt_dir`` by :func:`find_mask` (a missing mask
+    is recorded under ``mask_name`` so the scan names the file it expected)."""
+    root = listing.root
+    if not defect:
+        listing.items += [Item(category, split, rel(image, root)) for image in images]
+        return
+    masks = mask_index(gt_dir)
+    for image in images:
+        mask = find_mask(masks, image.stem) or gt_dir / mask_name.format(stem=image.stem)
+        listing.items.append(Item(category, split, rel(image, root), rel(mask, root), defect))

@@ -21,17 +21,15 @@ import os
 import pandas as pd
 
 from vmad_pipeline.datasets.files import (
+    add_images,
     check_masks_paired,
-    find_mask,
     list_images,
-    mask_index,
-    rel,
     require_root,
     subdirs,
 )
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import MASK_FOLDER, NORMAL_FOLDER
-from vmad_pipeline.datasets.scan import Item, Listing, read_listing
+from vmad_pipeline.datasets.scan import Listing, read_listing
 
 SPLITS = ("train", "test")
 
@@ -52,16 +50,14 @@ def list_folder(
         if cat.name == MASK_FOLDER:
             continue
         for folder in subdirs(cat):
-            gt_dir = gt_root / cat.name / folder.name
-            masks = mask_index(gt_dir) if folder.name != NORMAL_FOLDER else {}
-            for image in list_images(folder):
-                if folder.name == NORMAL_FOLDER:
-                    listing.items.append(Item(cat.name, split, rel(image, root)))
-                    continue
-                mask = find_mask(masks, image.stem) or gt_dir / f"{image.stem}_mask.png"
-                listing.items.append(
-                    Item(cat.name, split, rel(image, root), rel(mask, root), folder.name)
-                )
+            add_images(
+                listing,
+                cat.name,
+                split,
+                list_images(folder),
+                defect="" if folder.name == NORMAL_FOLDER else folder.name,
+                gt_dir=gt_root / cat.name / folder.name,
+            )
     if not listing.items:
         raise IngestError(f"no images in <category>/{{good,<defect>}}/ folders under {root}")
     return listing

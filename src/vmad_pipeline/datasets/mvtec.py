@@ -22,16 +22,14 @@ from pathlib import Path
 import pandas as pd
 
 from vmad_pipeline.datasets.files import (
+    add_images,
     check_masks_paired,
-    find_mask,
     list_images,
-    mask_index,
-    rel,
     require_root,
     subdirs,
 )
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.scan import Item, Listing, read_listing
+from vmad_pipeline.datasets.scan import Listing, read_listing
 
 SPLITS = ("train", "test")
 NORMAL_FOLDER = "good"
@@ -69,16 +67,14 @@ def list_mvtec(
             check_masks_paired(listing, list_images(gt_dir), top / cls / "test" / gt_dir.name)
         for split in SPLITS:
             for folder in subdirs(top / cls / split):
-                gt_dir = top / cls / MASK_FOLDER / folder.name
-                masks = mask_index(gt_dir) if folder.name != normal_folder else {}
-                for image in list_images(folder):
-                    if folder.name == normal_folder:
-                        listing.items.append(Item(cls, split, rel(image, root)))
-                        continue
-                    mask = find_mask(masks, image.stem) or gt_dir / f"{image.stem}_mask.png"
-                    listing.items.append(
-                        Item(cls, split, rel(image, root), rel(mask, root), folder.name)
-                    )
+                add_images(
+                    listing,
+                    cls,
+                    split,
+                    list_images(folder),
+                    defect="" if folder.name == normal_folder else folder.name,
+                    gt_dir=top / cls / MASK_FOLDER / folder.name,
+                )
     return listing
 
 

@@ -18,17 +18,15 @@ import os
 import pandas as pd
 
 from vmad_pipeline.datasets.files import (
+    add_images,
     check_masks_paired,
-    find_mask,
     list_images,
-    mask_index,
-    rel,
     require_root,
     subdirs,
 )
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import NORMAL_FOLDER
-from vmad_pipeline.datasets.scan import Item, Listing, read_listing
+from vmad_pipeline.datasets.scan import Listing, read_listing
 
 # source split -> manifest split
 SPLITS = {"train": "train", "validation": "train", "test": "test"}
@@ -44,16 +42,15 @@ def list_mvtec3d(root: str | os.PathLike[str], *, source: str = "mvtec3d") -> Li
                 normal = label_dir.name == NORMAL_FOLDER
                 if not normal:
                     check_masks_paired(listing, list_images(label_dir / "gt"), label_dir / "rgb")
-                gt_dir = label_dir / "gt"
-                masks = {} if normal else mask_index(gt_dir)
-                for image in list_images(label_dir / "rgb"):
-                    if normal:
-                        listing.items.append(Item(cls_dir.name, split, rel(image, root)))
-                        continue
-                    mask = find_mask(masks, image.stem) or gt_dir / f"{image.stem}.png"
-                    listing.items.append(
-                        Item(cls_dir.name, split, rel(image, root), rel(mask, root), label_dir.name)
-                    )
+                add_images(
+                    listing,
+                    cls_dir.name,
+                    split,
+                    list_images(label_dir / "rgb"),
+                    defect="" if normal else label_dir.name,
+                    gt_dir=label_dir / "gt",
+                    mask_name="{stem}.png",
+                )
     if not listing.items:
         raise IngestError(f"no MVTec 3D-AD classes (<cls>/<split>/<label>/rgb/) under {root}")
     return listing
