@@ -154,7 +154,10 @@ def fake_results() -> pd.DataFrame:
 
 
 def test_report_gives_mean_and_sample_spread_per_cell():
-    summary, metrics, markdown, figure = report_ablation(fake_results())
+    results = fake_results()
+    results.loc[results["cell"] == "a", "cell_ltc_steps"] = float("nan")  # as read from CSV
+    summary, metrics, markdown, figure = report_ablation(results)
+    assert "| A | avgpool | - |" in markdown
     assert list(summary["cell"]) == ["a", "b"]
     b = metrics["t"]["b"]
     assert b["image_auroc_mean"] == pytest.approx(0.8)

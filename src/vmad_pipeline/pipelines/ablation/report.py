@@ -19,6 +19,8 @@ def summarise_ablation(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, A
     keys = ["table", "table_title", "cell", "label"]
     described = ["cell_projector", "cell_ltc_steps", "cell_dssl", "visual_tokens"]
     numeric = [*METRICS, "train_images_per_s", "eval_images_per_s", "train_seconds"]
+    # Read back from CSV, an empty string is NaN: LTC steps of a non-LTC projector are "".
+    results = results.assign(cell_ltc_steps=results["cell_ltc_steps"].fillna("").astype(str))
     rows = []
     for (table, title, cell, label), group in results.groupby(keys, sort=False):
         row = {"table": table, "table_title": title, "cell": cell, "label": label}
