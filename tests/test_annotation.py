@@ -251,16 +251,20 @@ def test_normal_answer() -> None:
 # --- assembly ---------------------------------------------------------------------------------
 
 
-def _write_tree(root: Path) -> pd.DataFrame:
+TREE_SPECS = [  # (name, label, defect_id, defect_type, mask box (y0, y1, x0, x1))
+    ("good_0", 0, -1, "", None),
+    ("good_1", 0, -1, "", None),
+    ("scratch_0", 1, 0, "scratch", (1, 4, 1, 6)),  # top left
+    ("stain_0", 1, 3, "stain", (10, 15, 10, 15)),  # bottom right
+    ("odd_0", 1, -1, "weird", (6, 10, 6, 10)),  # centre, unknown type
+]
+
+
+def write_widget_tree(root: Path, specs=TREE_SPECS) -> pd.DataFrame:
+    """A 16 px `widget` class in MVTec layout (random images, box masks) and its manifest rows;
+    shared with the LLM backend's end-to-end tests."""
     rows = []
     rng = np.random.default_rng(0)
-    specs = [  # (name, label, defect_id, defect_type, mask box)
-        ("good_0", 0, -1, "", None),
-        ("good_1", 0, -1, "", None),
-        ("scratch_0", 1, 0, "scratch", (1, 4, 1, 6)),  # top left
-        ("stain_0", 1, 3, "stain", (10, 15, 10, 15)),  # bottom right
-        ("odd_0", 1, -1, "weird", (6, 10, 6, 10)),  # centre, unknown type
-    ]
     for name, label, defect_id, defect_type, box in specs:
         img = root / "widget" / "test" / f"{name}.png"
         img.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +298,7 @@ def _write_tree(root: Path) -> pd.DataFrame:
 def test_assemble_riad_counts_and_content(
     tmp_path: Path, taxonomy: Taxonomy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    manifest = _write_tree(tmp_path)
+    manifest = write_widget_tree(tmp_path)
     with caplog.at_level("WARNING"):
         coco, qa = assemble_riad(
             manifest, {"synthetic": str(tmp_path)}, taxonomy, seed=1, progress=False
@@ -315,7 +319,7 @@ def test_assemble_riad_counts_and_content(
 def test_assemble_riad_hands_each_anomalous_image_to_the_answerer(
     tmp_path: Path, taxonomy: Taxonomy
 ) -> None:
-    manifest = _write_tree(tmp_path)
+    manifest = write_widget_tree(tmp_path)
     seen: list = []
 
     def answerer(items):
@@ -359,7 +363,7 @@ def test_assemble_riad_hands_each_anomalous_image_to_the_answerer(
 
 
 def test_assemble_riad_missing_mask_names_file(tmp_path: Path, taxonomy: Taxonomy) -> None:
-    manifest = _write_tree(tmp_path)
+    manifest = write_widget_tree(tmp_path)
     (tmp_path / "widget" / "ground_truth" / "stain_0_mask.png").unlink()
     with pytest.raises(ValueError, match="stain_0_mask.png"):
         assemble_riad(manifest, {"synthetic": str(tmp_path)}, taxonomy, progress=False)

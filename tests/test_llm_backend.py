@@ -25,6 +25,7 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from PIL import Image
+from test_annotation import write_widget_tree
 
 from vmad_pipeline.annotation import QaItem, Taxonomy, mask_geometry, rle_to_mask
 from vmad_pipeline.annotation.config import LlmConfig
@@ -470,41 +471,15 @@ def test_concurrency_limit(tmp_path: Path, concurrency: int) -> None:
 
 
 def write_tree(root: Path) -> pd.DataFrame:
-    rows = []
-    specs = [  # name, label, defect id, source defect name, mask box (y0, y1, x0, x1)
-        ("good_0", 0, -1, "", None),
-        ("scratch_0", 1, 0, "scratch", (1, 4, 1, 6)),
-        ("stain_0", 1, 3, "stain", (10, 15, 10, 15)),
-        ("odd_0", 1, -1, "weird", (6, 10, 6, 10)),
-    ]
-    for i, (name, label, defect_id, defect_type, box) in enumerate(specs):
-        img = root / "widget" / "test" / f"{name}.png"
-        img.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(img)
-        mask_path = ""
-        if box is not None:
-            m = np.zeros((16, 16), dtype=np.uint8)
-            m[box[0] : box[1], box[2] : box[3]] = 255
-            mp = root / "widget" / "ground_truth" / f"{name}_mask.png"
-            mp.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(m).save(mp)
-            mask_path = mp.relative_to(root).as_posix()
-        rows.append(
-            {
-                "source": "synthetic",
-                "category": "widget",
-                "image_path": img.relative_to(root).as_posix(),
-                "mask_path": mask_path,
-                "label": label,
-                "defect_id": defect_id,
-                "defect_type": defect_type,
-                "width": 16,
-                "height": 16,
-                "split": "test",
-                "sha256": f"{name}-hash",
-            }
-        )
-    return pd.DataFrame(rows)
+    return write_widget_tree(
+        root,
+        [  # name, label, defect id, source defect name, mask box (y0, y1, x0, x1)
+            ("good_0", 0, -1, "", None),
+            ("scratch_0", 1, 0, "scratch", (1, 4, 1, 6)),
+            ("stain_0", 1, 3, "stain", (10, 15, 10, 15)),
+            ("odd_0", 1, -1, "weird", (6, 10, 6, 10)),
+        ],
+    )
 
 
 def catalog_with_files(tmp_path: Path, inputs: dict[str, Any]) -> DataCatalog:
