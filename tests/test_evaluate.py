@@ -13,8 +13,9 @@ import torch
 import yaml
 from PIL import Image
 from sklearn.metrics import roc_curve
+from test_model import CFG  # the tiny model sizes every model test shares
 
-from vmad_pipeline.configs import ConfigError, LLMConfig, ModelConfig, SamConfig, VisionConfig
+from vmad_pipeline.configs import ConfigError
 from vmad_pipeline.inference.predictor import Predictor, yes_no_tokens
 from vmad_pipeline.metrics import aupro, pixel_ap, pixel_auroc, pro_200_thresholds
 from vmad_pipeline.models.build import build_vmad
@@ -282,26 +283,6 @@ def test_plot_curves_and_overlays(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- tiny model
-
-CFG = ModelConfig(
-    vision=VisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2
-    ),
-    llm=LLMConfig(
-        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_positions=256
-    ),
-    sam=SamConfig(
-        image_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        prompt_dim=16,
-        decoder_depth=1,
-        decoder_mlp_dim=32,
-        decoder_heads=2,
-    ),
-)
 
 
 @pytest.fixture(scope="module")
