@@ -31,6 +31,14 @@ METRICS = (
     "answer_accuracy",
     "answer_balanced_accuracy",
 )
+# A cell's sizes and timings, as stored, logged and tabled.
+CELL_NUMBERS = (
+    "visual_tokens",
+    "params_trainable",
+    "train_seconds",
+    "train_images_per_s",
+    "eval_images_per_s",
+)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,17 +220,7 @@ def _log_cell(entry: dict[str, Any], record: dict[str, Any], tags: dict[str, str
         )
         numbers = {
             **{f"test/{k}": v for k, v in record["metrics"].items()},
-            **{
-                k: record[k]
-                for k in (
-                    "visual_tokens",
-                    "params_trainable",
-                    "train_seconds",
-                    "train_images_per_s",
-                    "eval_images_per_s",
-                    "final_loss",
-                )
-            },
+            **{k: record[k] for k in (*CELL_NUMBERS, "final_loss")},
         }
         mlflow.log_metrics({k: float(v) for k, v in numbers.items()})
 
@@ -305,16 +303,7 @@ def run_ablation(
             {
                 **{k: v for k, v in entry.items() if k not in ("train", "evaluate")},
                 **{m: record["metrics"].get(m) for m in METRICS},
-                **{
-                    k: record[k]
-                    for k in (
-                        "visual_tokens",
-                        "params_trainable",
-                        "train_seconds",
-                        "train_images_per_s",
-                        "eval_images_per_s",
-                    )
-                },
+                **{k: record[k] for k in CELL_NUMBERS},
             }
         )
     return pd.DataFrame(rows)
