@@ -179,6 +179,14 @@ class FileCache:
     def __len__(self) -> int:
         return len(self._records)
 
+    def _visit(self, source: str, root: Path, rel: str) -> tuple[str, str, str]:
+        """The record key of a file, noted as seen (records of unseen files of a scanned source
+        are dropped on save)."""
+        key = (source, str(root), rel)
+        self._scanned.add(key[:2])
+        self._seen.add(key)
+        return key
+
     def get(
         self,
         source: str,
@@ -189,10 +197,7 @@ class FileCache:
         check: str,
         signature: str = "",
     ) -> dict | None:
-        key = (source, str(root), rel)
-        self._scanned.add(key[:2])
-        self._seen.add(key)
-        rec = self._records.get(key)
+        rec = self._records.get(self._visit(source, root, rel))
         if (
             rec is None
             or rec["size"] != stat.st_size
@@ -214,10 +219,7 @@ class FileCache:
         signature: str = "",
         **facts: object,
     ) -> None:
-        key = (source, str(root), rel)
-        self._scanned.add(key[:2])
-        self._seen.add(key)
-        self._records[key] = {
+        self._records[self._visit(source, root, rel)] = {
             "source": source,
             "root": str(root),
             "path": rel,
