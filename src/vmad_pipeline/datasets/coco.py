@@ -32,11 +32,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from vmad_pipeline.datasets.files import rel, require_root
-from vmad_pipeline.datasets.manifest import IngestError
+from vmad_pipeline.datasets.files import check_split, rel, require_root
 from vmad_pipeline.datasets.scan import Item, Listing, Shapes, read_listing
-
-SPLITS = ("train", "test")
 
 
 def _polygon_area(polygon: tuple[float, ...]) -> float:
@@ -188,8 +185,7 @@ def list_coco(
 ) -> Listing:
     """The items of a generic COCO source; masks are rasterised under ``mask_root``."""
     root = require_root(root)
-    if split not in SPLITS:
-        raise IngestError(f"split must be one of {SPLITS}, got {split!r} (reading {root})")
+    check_split(split, root)
     listing = Listing(source, root, Path(mask_root))
     list_coco_file(listing, root / annotations, root / images, split=split, category=category)
     return listing

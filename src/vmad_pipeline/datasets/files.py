@@ -11,6 +11,7 @@ from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.scan import Item, Listing
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+SPLITS = ("train", "test")  # the manifest's split values
 
 
 def subdirs(path: Path) -> list[Path]:
@@ -57,6 +58,12 @@ def find_mask(index: dict[str, Path], stem: str) -> Path | None:
 def rel(path: Path, root: Path) -> str:
     """``path`` relative to ``root``, posix."""
     return path.relative_to(root).as_posix()
+
+
+def check_split(split: str, root: Path) -> None:
+    """IngestError unless ``split`` (a reader option) is one of :data:`SPLITS`."""
+    if split not in SPLITS:
+        raise IngestError(f"split must be one of {SPLITS}, got {split!r} (reading {root})")
 
 
 def require_root(root: str | os.PathLike[str]) -> Path:

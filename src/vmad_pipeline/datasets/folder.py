@@ -23,6 +23,7 @@ import pandas as pd
 from vmad_pipeline.datasets.files import (
     add_images,
     check_masks_paired,
+    check_split,
     list_images,
     require_root,
     subdirs,
@@ -31,16 +32,13 @@ from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import MASK_FOLDER, NORMAL_FOLDER
 from vmad_pipeline.datasets.scan import Listing, read_listing
 
-SPLITS = ("train", "test")
-
 
 def list_folder(
     root: str | os.PathLike[str], *, source: str = "folder", split: str = "test"
 ) -> Listing:
     """The items of a generic folder tree (layout in the module docstring)."""
     root = require_root(root)
-    if split not in SPLITS:
-        raise IngestError(f"split must be one of {SPLITS}, got {split!r} (reading {root})")
+    check_split(split, root)
     listing = Listing(source, root)
     gt_root = root / MASK_FOLDER
     for gt_cat in subdirs(gt_root):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from vmad_pipeline.datasets.files import (
+    SPLITS,
     add_images,
     check_masks_paired,
     list_images,
@@ -31,7 +32,6 @@ from vmad_pipeline.datasets.files import (
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.scan import Listing, read_listing
 
-SPLITS = ("train", "test")
 NORMAL_FOLDER = "good"
 MASK_FOLDER = "ground_truth"
 
