@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vmad_pipeline.datasets.cache import FileCache
 from vmad_pipeline.datasets.mvtec import list_mvtec
-from vmad_pipeline.datasets.scan import FileCache, scan
+from vmad_pipeline.datasets.scan import scan
 
 
 def build_tree(root: Path, n: int, size: int, classes: int = 10) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from projectors import machine, timed
 
+from vmad_pipeline import prompts
 from vmad_pipeline.configs import (
     DsslConfig,
     LLMConfig,
@@ -35,10 +36,10 @@ from vmad_pipeline.configs import (
 )
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.pretrained import SAM_VIT_H
-from vmad_pipeline.training import prompts
-from vmad_pipeline.training.data import encode_conversation, encode_prompt, pad_batch
-from vmad_pipeline.training.device import autocast, place_model, resolve_placement
+from vmad_pipeline.placement import autocast, place_model, resolve_placement
+from vmad_pipeline.prompts import encode_conversation, encode_prompt, pad_batch
 from vmad_pipeline.training.loop import trainable_parameters
+from vmad_pipeline.training.objective import weighted_loss
 from vmad_pipeline.training.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,6 @@ def main() -> None:
         labels=label_ids.to(device),
         masks=masks,
         class_idx=torch.tensor([0, 1] * (b // 2) + [0] * (b % 2), device=device),
-        weights=TrainConfig().loss,
     )
 
     def step():
@@ -123,7 +123,7 @@ def main() -> None:
         with autocast(device, dtype):
             out = model(**batch)
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        weighted_loss(out, TrainConfig().loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vmad_pipeline.datasets.manifest import coerce_manifest, mask_bbox
-from vmad_pipeline.validation import validate_manifest
+from vmad_pipeline.datasets.manifest import coerce_manifest
+from vmad_pipeline.datasets.masks import mask_bbox
+from vmad_pipeline.datasets.validation import validate_manifest
 
 RESULTS = Path(__file__).parent / "results" / "validation.json"
 

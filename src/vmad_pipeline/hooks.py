@@ -1,12 +1,15 @@
-"""The one small hook module: run tags that kedro-mlflow does not set by itself."""
+"""The one small hook module: run tags and names that kedro-mlflow does not set by itself."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
+from typing import Any
 
 from kedro.framework.hooks import hook_impl
+
+from vmad_pipeline.configs.train import run_tags
+from vmad_pipeline.datasets.manifest import manifest_hash
 
 log = logging.getLogger(__name__)
 
@@ -28,30 +31,18 @@ def git_commit() -> str:
     return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
-def manifest_hash(manifest) -> str:
-    """Identity of a dataset: its images' paths, contents (sha256) and labels."""
-    rows = manifest[["source", "image_path", "sha256", "label"]].astype(str).agg("|".join, axis=1)
-    return hashlib.md5("\n".join(sorted(rows)).encode()).hexdigest()
-
-
-def model_tags(train_params: dict) -> dict[str, str]:
-    """The tags to filter and compare training runs by in the MLflow UI (the ``train``
-    parameters, validated): preset, projector, LTC and DSSL on/off, seed."""
-    from vmad_pipeline.pipelines.train.nodes import parse_train_params
-
-    cfg, model = parse_train_params(dict(train_params))
-    return {
-        "preset": model.preset,
-        "projector": model.projector.name,
-        "ltc": "on" if model.projector.name == "ltc" else "off",
-        "dssl": "on" if model.dssl.enabled else "off",
-        "seed": str(cfg.seed),
-    }
+def run_name(run_params: dict[str, Any]) -> str:
+    """An MLflow run is named by the pipeline it ran (``default`` for ``kedro run``)."""
+    name = run_params.get("pipeline_name") or run_params.get("pipeline_names")
+    if isinstance(name, list | tuple):
+        name = "+".join(name) if name else None
+    return name if name and name != "__default__" else "default"
 
 
 class RunTagsHook:
-    """Tags the active MLflow run with the git commit, the hash of the data manifest
-    (``dataset_hash``) and, when it trains, the model's identity (:func:`model_tags`)."""
+    """Names the active MLflow run after its pipeline and tags it with the git commit, the hash
+    of the data manifest (``dataset_hash``) and, when it trains, the model's identity
+    (``configs.train.run_tags``)."""
 
     @staticmethod
     def _tag(**tags: str) -> None:
@@ -62,15 +53,16 @@ class RunTagsHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        self._committed = False
+        self._first = {"git_commit": git_commit(), "mlflow.runName": run_name(run_params)}
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs, is_async, run_id) -> None:
-        if not getattr(self, "_committed", False):
-            self._tag(git_commit=git_commit())  # kedro-mlflow's run exists from here on
-            self._committed = True
+        first = getattr(self, "_first", None)
+        if first:  # kedro-mlflow's run exists from here on
+            self._tag(**first)
+            self._first = None
         if node.name == "train_model" and "params:train" in inputs:
-            self._tag(**model_tags(inputs["params:train"]))
+            self._tag(**run_tags(inputs["params:train"]))
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name, data, node) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from vmad_pipeline.datasets.masks import mask_bbox
+
 __all__ = ["LOCATIONS", "SIZES", "location_phrase", "size_phrase", "mask_geometry"]
 
 # Row-major 3x3 grid of location phrases.
@@ -64,10 +66,9 @@ def mask_geometry(mask: np.ndarray) -> dict:
     cy, cx = float(ys.mean()), float(xs.mean())
     area_fraction = float(ys.size) / float(m.size)
     _, n_regions = ndimage.label(m, structure=_EIGHT_CONNECTED)
-    x0, y0 = int(xs.min()), int(ys.min())
     return {
         "centroid": (cy, cx),
-        "bbox": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1],
+        "bbox": mask_bbox(m),
         "area_fraction": area_fraction,
         "location": location_phrase(cy + 0.5, cx + 0.5, height, width),
         "size": size_phrase(area_fraction),

@@ -27,7 +27,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vmad_pipeline.annotation.config import LlmConfig
 from vmad_pipeline.annotation.llm_cache import ReplyCache, request_key, write_json_atomic
 from vmad_pipeline.annotation.llm_client import (
     ChatClient,
@@ -45,6 +44,7 @@ from vmad_pipeline.annotation.llm_prompt import (
     user_text,
 )
 from vmad_pipeline.annotation.riad import UNKNOWN_DEFECT, Answerer, QaItem
+from vmad_pipeline.configs.annotate import LlmConfig
 
 __all__ = ["LlmAnnotationError", "LlmRun", "annotate_with_llm", "llm_answerer", "FATAL_STATUSES"]
 
@@ -188,9 +188,8 @@ class _Worker:
         return parse_answers(content, max_chars=self.cfg.max_answer_chars)
 
 
-def annotate_with_llm(items: Sequence[QaItem], cfg: LlmConfig, *, progress: bool = True) -> LlmRun:
-    """Answers for every item, in order, or :class:`LlmAnnotationError` naming the failures
-    (also written to ``<cache_dir>/failures.json``; removed again by a run without failures)."""
+def _client(cfg: LlmConfig) -> tuple[ChatClient, str | None]:
+    """The HTTP client, with the API key read from the named environment variable (if set)."""
     api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     client = ChatClient(
         base_url=cfg.base_url,
@@ -200,6 +199,41 @@ def annotate_with_llm(items: Sequence[QaItem], cfg: LlmConfig, *, progress: bool
         backoff_s=cfg.backoff_s,
         max_backoff_s=cfg.max_backoff_s,
     )
+    return client, api_key
+
+
+def _collect(run: LlmRun, items: Sequence[QaItem], i: int, future: cf.Future) -> None:
+    """Add one item's outcome (answers or failure, retries, sent or cached) to ``run``."""
+    try:
+        status, answers, retries = future.result()
+    except _ItemFailed as err:
+        run.failed.append((items[i].file_name, err.reason))
+        run.retries += err.retries
+        logger.warning("LLM annotation failed for %s: %s", items[i].file_name, err.reason)
+        return
+    run.answers[i] = answers
+    run.retries += retries
+    if status == "sent":
+        run.sent += 1
+    else:
+        run.cached += 1
+
+
+def _report_failures(run: LlmRun, items: Sequence[QaItem], cache: ReplyCache) -> None:
+    """Write the failures (in item order) to ``failures.json`` and raise; or remove the file."""
+    report = cache.directory / "failures.json"
+    if run.failed:
+        order = {it.file_name: n for n, it in enumerate(items)}
+        run.failed.sort(key=lambda f: order[f[0]])
+        write_json_atomic(report, [{"file": name, "reason": reason} for name, reason in run.failed])
+        raise LlmAnnotationError(run.failed, len(items), str(report))
+    report.unlink(missing_ok=True)
+
+
+def annotate_with_llm(items: Sequence[QaItem], cfg: LlmConfig, *, progress: bool = True) -> LlmRun:
+    """Answers for every item, in order, or :class:`LlmAnnotationError` naming the failures
+    (also written to ``<cache_dir>/failures.json``; removed again by a run without failures)."""
+    client, api_key = _client(cfg)
     cache = ReplyCache(cfg.cache_dir)
     logger.info(
         "LLM annotation: %d images, model %r at %s, %d in flight, API key %s, cache %s",
@@ -217,20 +251,7 @@ def annotate_with_llm(items: Sequence[QaItem], cfg: LlmConfig, *, progress: bool
     try:
         futures = {pool.submit(worker, item): i for i, item in enumerate(items)}
         for future in cf.as_completed(futures):
-            i = futures[future]
-            try:
-                status, answers, retries = future.result()
-            except _ItemFailed as err:
-                run.failed.append((items[i].file_name, err.reason))
-                run.retries += err.retries
-                logger.warning("LLM annotation failed for %s: %s", items[i].file_name, err.reason)
-            else:
-                run.answers[i] = answers
-                run.retries += retries
-                if status == "sent":
-                    run.sent += 1
-                else:
-                    run.cached += 1
+            _collect(run, items, futures[future], future)
             bar.update(1)
             bar.set_postfix(sent=run.sent, cached=run.cached, failed=len(run.failed), refresh=False)
     finally:  # on a fatal HTTP status: drop the queue; in-flight successes still reach the cache
@@ -243,13 +264,7 @@ def annotate_with_llm(items: Sequence[QaItem], cfg: LlmConfig, *, progress: bool
         len(run.failed),
         run.retries,
     )
-    report = cache.directory / "failures.json"
-    if run.failed:
-        order = {it.file_name: n for n, it in enumerate(items)}
-        run.failed.sort(key=lambda f: order[f[0]])
-        write_json_atomic(report, [{"file": name, "reason": reason} for name, reason in run.failed])
-        raise LlmAnnotationError(run.failed, len(items), str(report))
-    report.unlink(missing_ok=True)
+    _report_failures(run, items, cache)
     return run
 
 

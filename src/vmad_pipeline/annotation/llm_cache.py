@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vmad_pipeline.io.atomic import atomic_write_text
+from vmad_pipeline.atomic import atomic_write_text
 
 __all__ = ["ReplyCache", "request_key", "write_json_atomic"]
 

@@ -22,11 +22,12 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vmad_pipeline.annotation.coco import build_coco, mask_to_rle
+from vmad_pipeline.annotation.coco import build_coco
 from vmad_pipeline.annotation.geometry import mask_geometry
 from vmad_pipeline.annotation.taxonomy import DefectType, Taxonomy
 from vmad_pipeline.annotation.templates import template_qa
 from vmad_pipeline.datasets.manifest import image_file, mask_file
+from vmad_pipeline.datasets.masks import mask_to_rle
 
 __all__ = ["assemble_riad", "UNKNOWN_DEFECT", "QaItem", "Answerer", "template_answerer"]
 
@@ -110,6 +111,92 @@ def template_answerer(seed: int = 0) -> Answerer:
     return answer
 
 
+def _check_manifest(manifest: pd.DataFrame, roots: Mapping[str, str]) -> None:
+    missing = [c for c in _REQUIRED if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}")
+    unknown_sources = sorted(set(manifest["source"]) - set(roots))
+    if unknown_sources:
+        raise ValueError(f"no root given for sources {unknown_sources}; roots has {sorted(roots)}")
+
+
+def _coco_record(image_id: int, row: Mapping[str, Any]) -> dict:
+    """The COCO record of one manifest row (its mask is set later, for anomalous rows)."""
+    return {
+        "image_id": image_id,
+        "file_name": f"{row['source']}/{row['image_path']}",
+        "width": int(row["width"]),
+        "height": int(row["height"]),
+        "category": str(row["category"]),
+        "defect_id": int(row["defect_id"]),
+        "mask": None,
+    }
+
+
+def _qa_item(
+    record: dict, row: Mapping[str, Any], roots: Mapping[str, str], taxonomy: Taxonomy
+) -> QaItem:
+    """The item to annotate of one anomalous row; its mask, as RLE, goes on ``record`` when the
+    defect has a taxonomy type."""
+    source, image_id = str(row["source"]), record["image_id"]
+    if not str(row["mask_path"]):
+        raise ValueError(f"anomalous image {record['file_name']} (row {image_id}) has no mask_path")
+    width, height = record["width"], record["height"]
+    mask = _read_mask(mask_file(roots, source, str(row["mask_path"])), width, height)
+    geometry = mask_geometry(mask)
+    if geometry["n_regions"] == 0:
+        logger.warning(
+            "anomalous image %s has an empty mask; described at the image centre",
+            record["file_name"],
+        )
+    defect_id = int(row["defect_id"])
+    if defect_id >= 0:
+        defect = taxonomy.by_id(defect_id)
+        record["mask"] = mask_to_rle(mask)
+    else:
+        defect = UNKNOWN_DEFECT
+        logger.warning(
+            "anomalous image %s has no taxonomy defect id; QA says 'anomaly', no COCO annotation",
+            record["file_name"],
+        )
+    own_name = str(row.get("defect_type", ""))
+    return QaItem(
+        image_id=image_id,
+        source=source,
+        image_path=str(row["image_path"]),
+        image=image_file(roots, source, str(row["image_path"])),
+        category=str(row["category"]),
+        defect=defect,
+        defect_type=own_name or defect.name,
+        geometry=geometry,
+        width=width,
+        height=height,
+        sha256=str(row["sha256"]),
+    )
+
+
+def _qa_records(
+    items: Sequence[QaItem], answers: Sequence[Mapping[str, str]], annotator: str
+) -> list[dict]:
+    if len(answers) != len(items):
+        raise RuntimeError(f"answerer returned {len(answers)} answers for {len(items)} images")
+    return [
+        {
+            "image_id": it.image_id,
+            "source": it.source,
+            "category": it.category,
+            "image_path": it.image_path,
+            "defect_id": it.defect.id if it.defect is not UNKNOWN_DEFECT else -1,
+            "defect_type": it.defect_type,
+            "location": it.geometry["location"],
+            "size": it.geometry["size"],
+            **{k: a[k] for k in ("description", "impact", "suggestion")},
+            "annotator": annotator,
+        }
+        for it, a in zip(items, answers, strict=True)
+    ]
+
+
 def assemble_riad(
     manifest: pd.DataFrame,
     roots: Mapping[str, str],
@@ -132,98 +219,23 @@ def assemble_riad(
     missing mask file raises ValueError naming it. Masks are kept as RLE, not as arrays, so
     memory grows with the defect outlines, not the pixel count.
     """
-    missing = [c for c in _REQUIRED if c not in manifest.columns]
-    if missing:
-        raise ValueError(f"manifest lacks columns {missing}")
-    unknown_sources = sorted(set(manifest["source"]) - set(roots))
-    if unknown_sources:
-        raise ValueError(f"no root given for sources {unknown_sources}; roots has {sorted(roots)}")
-    has_type = "defect_type" in manifest.columns
+    _check_manifest(manifest, roots)
     records: list[dict] = []
     items: list[QaItem] = []
-    n_unknown = 0
     rows = manifest.reset_index(drop=True).to_dict("records")
     for image_id, row in enumerate(
         tqdm(rows, desc="assemble RIAD", unit="img", disable=not progress)
     ):
-        width, height = int(row["width"]), int(row["height"])
-        source = str(row["source"])
-        record = {
-            "image_id": image_id,
-            "file_name": f"{source}/{row['image_path']}",
-            "width": width,
-            "height": height,
-            "category": str(row["category"]),
-            "defect_id": int(row["defect_id"]),
-            "mask": None,
-        }
-        records.append(record)
-        if int(row["label"]) != 1:
-            continue
-        if not str(row["mask_path"]):
-            raise ValueError(
-                f"anomalous image {record['file_name']} (row {image_id}) has no mask_path"
-            )
-        mask = _read_mask(mask_file(roots, source, str(row["mask_path"])), width, height)
-        geometry = mask_geometry(mask)
-        if geometry["n_regions"] == 0:
-            logger.warning(
-                "anomalous image %s has an empty mask; described at the image centre",
-                record["file_name"],
-            )
-        defect_id = int(row["defect_id"])
-        if defect_id >= 0:
-            defect = taxonomy.by_id(defect_id)
-            record["mask"] = mask_to_rle(mask)
-        else:
-            defect = UNKNOWN_DEFECT
-            n_unknown += 1
-            logger.warning(
-                "anomalous image %s has no taxonomy defect id; QA says 'anomaly', no COCO annotation",
-                record["file_name"],
-            )
-        defect_type = (
-            str(row["defect_type"]) if has_type and str(row["defect_type"]) else defect.name
-        )
-        items.append(
-            QaItem(
-                image_id=image_id,
-                source=source,
-                image_path=str(row["image_path"]),
-                image=image_file(roots, source, str(row["image_path"])),
-                category=str(row["category"]),
-                defect=defect,
-                defect_type=defect_type,
-                geometry=geometry,
-                width=width,
-                height=height,
-                sha256=str(row["sha256"]),
-            )
-        )
-    answers = (answerer or template_answerer(seed))(items)
-    if len(answers) != len(items):
-        raise RuntimeError(f"answerer returned {len(answers)} answers for {len(items)} images")
-    qa = [
-        {
-            "image_id": it.image_id,
-            "source": it.source,
-            "category": it.category,
-            "image_path": it.image_path,
-            "defect_id": it.defect.id if it.defect is not UNKNOWN_DEFECT else -1,
-            "defect_type": it.defect_type,
-            "location": it.geometry["location"],
-            "size": it.geometry["size"],
-            **{k: a[k] for k in ("description", "impact", "suggestion")},
-            "annotator": annotator,
-        }
-        for it, a in zip(items, answers, strict=True)
-    ]
+        records.append(_coco_record(image_id, row))
+        if int(row["label"]) == 1:
+            items.append(_qa_item(records[-1], row, roots, taxonomy))
+    qa = _qa_records(items, (answerer or template_answerer(seed))(items), annotator)
     coco = build_coco(records, taxonomy)
     logger.info(
         "RIAD: %d images, %d annotations, %d QA records (%d with unknown defect type)",
         len(coco["images"]),
         len(coco["annotations"]),
         len(qa),
-        n_unknown,
+        sum(it.defect is UNKNOWN_DEFECT for it in items),
     )
     return coco, qa

@@ -5,20 +5,26 @@ A raw name resolves, in order, through the source's own map (``ingest.sources[].
 the dataset's map in the YAML (``sources: {<dataset>: {<raw name>: <type name> or null}}``), then
 the types' names and synonyms (exact after normalising case and separators; nothing fuzzy). A map
 entry of null says, explicitly, that the name has no type (VisA's "anomaly", BTAD's "ko"): the
-row keeps ``defect_id`` -1. A name that resolves nowhere is unknown: ingestion reports it.
+row keeps ``defect_id`` -1. A name that resolves nowhere is unknown: ingestion reports it
+(:func:`resolve_defects`), and :func:`apply_taxonomy` refuses it.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
-__all__ = ["DefectType", "Taxonomy", "normalise_name"]
+from vmad_pipeline.configs.base import ConfigError
+from vmad_pipeline.datasets.listing import Problem, raise_problems
+
+__all__ = ["DefectType", "Taxonomy", "apply_taxonomy", "normalise_name", "resolve_defects"]
 
 
 def normalise_name(text: str) -> str:
@@ -193,3 +199,86 @@ class Taxonomy:
             if t not in found:
                 found.append(t)
         return found
+
+
+def _source_maps(
+    tax: Taxonomy, defect_maps: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, DefectType | None]]:
+    """Each source's own ``defect_map``, validated (ConfigError naming the source's entry)."""
+    extra = {}
+    for source, mapping in (defect_maps or {}).items():
+        try:
+            extra[source] = tax.source_map(mapping, f"ingest.sources[{source}].defect_map")
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    return extra
+
+
+def _unknown_problems(unknown: Mapping[tuple[str, str], list[str]]) -> list[dict[str, str]]:
+    """One ``unknown_defect`` problem (as a dict) per file whose defect name resolves nowhere."""
+    problems = []
+    for (source, name), files in unknown.items():
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        for path in files:
+            problems.append(
+                Problem(
+                    source,
+                    "unknown_defect",
+                    path,
+                    f"defect name {name!r} of source {source!r} maps to no taxonomy type "
+                    f"({len(files)} file(s): {shown}); add it to conf/base/taxonomy.yml sources "
+                    f"or to the source's defect_map (null = no type)",
+                    path,
+                ).as_dict()
+            )
+    return problems
+
+
+def resolve_defects(
+    manifest: pd.DataFrame,
+    taxonomy: Mapping[str, Any],
+    datasets: Mapping[str, str] | None = None,
+    defect_maps: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """``manifest`` with ``defect_id`` / ``defect_type`` (the taxonomy type of each anomalous
+    row's defect name, -1 / "" otherwise), and an ``unknown_defect`` problem (as a dict) per row
+    whose name resolves nowhere. ``taxonomy`` is the YAML's mapping; ``datasets``: source -> its
+    dataset key in the taxonomy's maps (default: the source name); ``defect_maps``: source -> its
+    own ``{raw name: type name or null}``."""
+    tax = Taxonomy.from_dict(taxonomy)
+    extra = _source_maps(tax, defect_maps)
+    ids, names = [], []
+    unknown: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for source, name, label, path in zip(
+        manifest["source"],
+        manifest["defect_name"],
+        manifest["label"],
+        manifest["image_path"],
+        strict=True,
+    ):
+        hit = None
+        if label == 1:
+            dataset = (datasets or {}).get(source, source)
+            known, hit = tax.resolve(name, dataset, extra.get(source))
+            if not known:
+                unknown[(source, name)].append(path)
+        ids.append(hit.id if hit else -1)
+        names.append(hit.name if hit else "")
+    out = manifest.copy()
+    out["defect_id"] = pd.Series(ids, dtype="int64", index=out.index)
+    out["defect_type"] = pd.Series(names, dtype="str", index=out.index)
+    return out, _unknown_problems(unknown)
+
+
+def apply_taxonomy(
+    manifest: pd.DataFrame,
+    taxonomy: Mapping[str, Any],
+    datasets: Mapping[str, str] | None = None,
+    defect_maps: Mapping[str, Mapping[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """Add ``defect_id`` and ``defect_type`` (the 15-type taxonomy) from each defect name;
+    IngestError naming source, name and files for a name that maps nowhere. ``datasets``: source
+    -> its dataset key in the taxonomy's maps (default: the source name)."""
+    out, problems = resolve_defects(manifest, taxonomy, datasets, defect_maps)
+    raise_problems(problems)
+    return out

@@ -27,9 +27,10 @@ from vmad_pipeline.datasets.files import (
     require_root,
     subdirs,
 )
+from vmad_pipeline.datasets.listing import Listing
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import MASK_FOLDER, SPLITS, find_classes
-from vmad_pipeline.datasets.scan import Listing, read_listing
+from vmad_pipeline.datasets.scan import read_listing
 
 NORMAL_FOLDER = "ok"
 

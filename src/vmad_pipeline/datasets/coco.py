@@ -33,7 +33,8 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from vmad_pipeline.datasets.files import check_split, rel, require_root
-from vmad_pipeline.datasets.scan import Item, Listing, Shapes, read_listing
+from vmad_pipeline.datasets.listing import Item, Listing, Shapes
+from vmad_pipeline.datasets.scan import read_listing
 
 
 def _polygon_area(polygon: tuple[float, ...]) -> float:
@@ -67,25 +68,16 @@ def _segmentation(ann: dict, width: int, height: int) -> tuple[list, list, str]:
     return [], [], "has a segmentation that is neither polygons nor RLE"
 
 
-def list_coco_file(
-    listing: Listing,
-    json_path: Path,
-    image_dir: Path,
-    *,
-    split: str,
-    category: str | None = None,
-) -> None:
-    """Add the images of one COCO instances file to ``listing`` (rules in the module docstring).
-    Image paths are ``image_dir / file_name`` relative to the listing's root."""
+def _load(listing: Listing, json_path: Path, where: str) -> dict | None:
+    """The parsed instances file, or None after a ``malformed_metadata`` problem."""
     root = listing.root
-    where = rel(json_path, root) if json_path.is_relative_to(root) else str(json_path)
     try:
         doc = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         listing.problem(
             "malformed_metadata", where, f"malformed JSON {where} under {root}: {error}"
         )
-        return
+        return None
     if not isinstance(doc, dict) or not all(
         isinstance(doc.get(key), list) for key in ("images", "annotations", "categories")
     ):
@@ -94,15 +86,25 @@ def list_coco_file(
             where,
             f"{where}: expected an object with 'images', 'annotations' and 'categories' lists",
         )
-        return
+        return None
+    return doc
+
+
+def _categories(listing: Listing, doc: dict, where: str) -> dict[object, str] | None:
+    """Category id -> name; None (the whole file dropped) if an entry lacks either."""
     categories = {}
     for i, cat in enumerate(doc["categories"]):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
             listing.problem(
                 "malformed_metadata", where, f"{where} categories[{i}] lacks 'id' or 'name'"
             )
-            return
+            return None
         categories[cat["id"]] = str(cat["name"])
+    return categories
+
+
+def _images(listing: Listing, doc: dict, where: str) -> dict[object, dict]:
+    """Image id -> image entry; an entry lacking a field is reported and left out."""
     images = {}
     for i, image in enumerate(doc["images"]):
         missing = [
@@ -116,6 +118,14 @@ def list_coco_file(
             )
             continue
         images[image["id"]] = image
+    return images
+
+
+def _annotations(
+    listing: Listing, doc: dict, where: str, images: dict, categories: dict
+) -> tuple[dict[object, list[dict]], dict[object, str]]:
+    """Image id -> its annotations (each with its ``_index``), and image id -> the first error
+    that drops the image (an unknown category). An unknown image id is reported here."""
     anns: dict[object, list[dict]] = defaultdict(list)
     bad: dict[object, str] = {}
     for i, ann in enumerate(doc["annotations"]):
@@ -134,6 +144,53 @@ def list_coco_file(
             )
             continue
         anns[ann["image_id"]].append({**ann, "_index": i})
+    return anns, bad
+
+
+class _BadAnnotation(ValueError):
+    """An annotation whose segmentation cannot be used: ``args`` = (its index, the error)."""
+
+
+def _union(
+    anns: list[dict], width: int, height: int, categories: dict[object, str]
+) -> tuple[Shapes, str]:
+    """The union of one image's annotated shapes, and the defect name with the largest area;
+    :class:`_BadAnnotation` for the first unusable segmentation."""
+    polygons: list[tuple[float, ...]] = []
+    rles: list[tuple[int, ...]] = []
+    area_by_name: dict[str, float] = defaultdict(float)
+    for ann in anns:
+        polys, runs, error = _segmentation(ann, width, height)
+        if error:
+            raise _BadAnnotation(ann["_index"], error)
+        polygons += polys
+        rles += runs
+        area = ann.get("area")
+        if not isinstance(area, int | float):
+            area = sum(_polygon_area(p) for p in polys) + sum(sum(r[1::2]) for r in runs)
+        area_by_name[categories[ann["category_id"]]] += float(area)
+    defect = max(sorted(area_by_name), key=lambda name: area_by_name[name])
+    return Shapes(tuple(polygons), width, height, tuple(rles)), defect
+
+
+def list_coco_file(
+    listing: Listing,
+    json_path: Path,
+    image_dir: Path,
+    *,
+    split: str,
+    category: str | None = None,
+) -> None:
+    """Add the images of one COCO instances file to ``listing`` (rules in the module docstring).
+    Image paths are ``image_dir / file_name`` relative to the listing's root."""
+    root = listing.root
+    where = rel(json_path, root) if json_path.is_relative_to(root) else str(json_path)
+    doc = _load(listing, json_path, where)
+    categories = None if doc is None else _categories(listing, doc, where)
+    if doc is None or categories is None:
+        return
+    images = _images(listing, doc, where)
+    anns, bad = _annotations(listing, doc, where, images, categories)
     for image_id, image in images.items():
         file_name = PurePosixPath(str(image["file_name"]))
         image_rel = rel(image_dir / file_name, root)
@@ -146,30 +203,18 @@ def list_coco_file(
         if not anns.get(image_id):
             listing.items.append(Item(cat, split, image_rel))
             continue
-        width, height = int(image["width"]), int(image["height"])
-        polygons: list[tuple[float, ...]] = []
-        rles: list[tuple[int, ...]] = []
-        area_by_name: dict[str, float] = defaultdict(float)
-        error = ""
-        for ann in anns[image_id]:
-            polys, runs, error = _segmentation(ann, width, height)
-            if error:
-                error = f"{where} annotations[{ann['_index']}] ({image_rel}) {error}"
-                break
-            polygons += polys
-            rles += runs
-            area = ann.get("area")
-            if not isinstance(area, int | float):
-                area = sum(_polygon_area(p) for p in polys) + sum(sum(r[1::2]) for r in runs)
-            area_by_name[categories[ann["category_id"]]] += float(area)
-        if error:
-            listing.problem("malformed_metadata", where, error, image_rel)
+        try:
+            shapes, defect = _union(
+                anns[image_id], int(image["width"]), int(image["height"]), categories
+            )
+        except _BadAnnotation as bad_annotation:
+            index, error = bad_annotation.args
+            message = f"{where} annotations[{index}] ({image_rel}) {error}"
+            listing.problem("malformed_metadata", where, message, image_rel)
             continue
-        shapes = Shapes(tuple(polygons), width, height, tuple(rles))
         mask = f"{file_name.with_suffix('').as_posix()}.{shapes.signature()[:12]}.png"
         if image_dir != root:
             mask = f"{rel(image_dir, root)}/{mask}"
-        defect = max(sorted(area_by_name), key=lambda name: area_by_name[name])
         listing.items.append(Item(cat, split, image_rel, mask, defect, shapes=shapes))
 
 

@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from vmad_pipeline.datasets.listing import Item, Listing
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.scan import Item, Listing
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 SPLITS = ("train", "test")  # the manifest's split values

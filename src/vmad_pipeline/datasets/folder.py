@@ -28,9 +28,10 @@ from vmad_pipeline.datasets.files import (
     require_root,
     subdirs,
 )
+from vmad_pipeline.datasets.listing import Listing
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import MASK_FOLDER, NORMAL_FOLDER
-from vmad_pipeline.datasets.scan import Listing, read_listing
+from vmad_pipeline.datasets.scan import read_listing
 
 
 def list_folder(

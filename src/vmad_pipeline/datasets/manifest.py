@@ -11,7 +11,6 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 # name -> pandas dtype, in column order.
@@ -52,6 +51,15 @@ def mask_file(roots: Mapping[str, str], source: str, mask_path: str) -> Path | N
     if not mask_path:
         return None
     return Path(roots.get(mask_root_key(source), roots[source])) / mask_path
+
+
+def row_files(rows: pd.DataFrame, roots: Mapping[str, str]) -> tuple[list[Path], list[Path | None]]:
+    """The image files and mask files (None for normal images) of manifest rows."""
+    images = [
+        image_file(roots, s, p) for s, p in zip(rows["source"], rows["image_path"], strict=True)
+    ]
+    masks = [mask_file(roots, s, p) for s, p in zip(rows["source"], rows["mask_path"], strict=True)]
+    return images, masks
 
 
 class IngestError(ValueError):
@@ -100,6 +108,12 @@ def coerce_manifest(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     return frame
 
 
+def manifest_hash(manifest: pd.DataFrame) -> str:
+    """Identity of a dataset: its images' sources, paths, contents (sha256) and labels."""
+    rows = manifest[["source", "image_path", "sha256", "label"]].astype(str).agg("|".join, axis=1)
+    return hashlib.md5("\n".join(sorted(rows)).encode()).hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -107,17 +121,3 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def mask_bbox(mask: np.ndarray) -> list[int]:
-    """[x, y, w, h] of the pixels where ``mask > 0`` (first two axes are H, W); [] if none."""
-    positive = np.asarray(mask) > 0
-    if positive.ndim == 3:
-        positive = positive.any(axis=2)
-    rows = np.flatnonzero(positive.any(axis=1))
-    cols = np.flatnonzero(positive.any(axis=0))
-    if rows.size == 0:
-        return []
-    y0, y1 = int(rows[0]), int(rows[-1])
-    x0, x1 = int(cols[0]), int(cols[-1])
-    return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]

@@ -42,7 +42,8 @@ ENTRY_FIELDS = {"mask_path": (str, type(None)), "similar_templates": list, "rand
 QUESTION_FIELDS = {"Question": str, "Answer": str, "Options": dict, "type": str}
 
 
-def _check(value: object, expected: type | tuple[type, ...], where: str) -> None:
+def _expect_type(value: object, expected: type | tuple[type, ...], where: str) -> None:
+    """IngestError naming ``where`` unless ``value`` is an ``expected`` (a field of mmad.json)."""
     if not isinstance(value, expected):
         names = [t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,))]
         raise IngestError(f"{where} is {type(value).__name__}, expected {' or '.join(names)}")
@@ -56,24 +57,24 @@ def read_mmad(path: str | os.PathLike[str]) -> pd.DataFrame:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise IngestError(f"cannot read MMAD questions {path}: {error}") from error
-    _check(doc, dict, f"{path}: the top level")
+    _expect_type(doc, dict, f"{path}: the top level")
     if not doc:
         raise IngestError(f"{path} has no images")
     rows = []
     for image, entry in doc.items():
         where = f"{path} [{image!r}]"
-        _check(entry, dict, where)
+        _expect_type(entry, dict, where)
         for field, expected in {**ENTRY_FIELDS, "conversation": list}.items():
             if field not in entry:
                 raise IngestError(f"{where} lacks the field {field!r}")
-            _check(entry[field], expected, f"{where}.{field}")
+            _expect_type(entry[field], expected, f"{where}.{field}")
         for index, turn in enumerate(entry["conversation"]):
             at = f"{where}.conversation[{index}]"
-            _check(turn, dict, at)
+            _expect_type(turn, dict, at)
             for field, expected in QUESTION_FIELDS.items():
                 if field not in turn:
                     raise IngestError(f"{at} lacks the field {field!r}")
-                _check(turn[field], expected, f"{at}.{field}")
+                _expect_type(turn[field], expected, f"{at}.{field}")
             if turn["Answer"] not in turn["Options"]:
                 raise IngestError(
                     f"{at}.Answer {turn['Answer']!r} is not one of the Options {list(turn['Options'])}"

@@ -31,8 +31,9 @@ from pathlib import Path
 import pandas as pd
 
 from vmad_pipeline.datasets.files import check_masks_paired, rel, require_root
+from vmad_pipeline.datasets.listing import Item, Listing
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.scan import Item, Listing, read_listing
+from vmad_pipeline.datasets.scan import read_listing
 
 JSON_DIRS = ("realiad_jsons", "realiad_jsons/realiad_jsons")
 VIEW = re.compile(r"^C[1-5]$")

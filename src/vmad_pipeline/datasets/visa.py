@@ -35,8 +35,9 @@ from dataclasses import replace
 import pandas as pd
 
 from vmad_pipeline.datasets.files import check_masks_paired, list_images, require_root
+from vmad_pipeline.datasets.listing import Item, Listing
 from vmad_pipeline.datasets.mvtec import list_mvtec
-from vmad_pipeline.datasets.scan import Item, Listing, read_listing
+from vmad_pipeline.datasets.scan import read_listing
 
 CSV_COLUMNS = ["object", "split", "label", "image", "mask"]
 LABELS = {"normal": 0, "anomaly": 1}

@@ -22,8 +22,9 @@ import pandas as pd
 
 from vmad_pipeline.datasets.coco import list_coco_file
 from vmad_pipeline.datasets.files import rel, require_root, subdirs
+from vmad_pipeline.datasets.listing import Listing
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.scan import Listing, read_listing
+from vmad_pipeline.datasets.scan import read_listing
 
 ANNOTATIONS = "_annotations.coco.json"
 SPLITS = {"train": "train", "val": "test"}  # VISION folder -> manifest split; inference/ skipped

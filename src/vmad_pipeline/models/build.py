@@ -1,42 +1,23 @@
-"""Build VMAD from a ``ModelConfig``; the only place that saves and loads checkpoints.
-
-Checkpoint directory layout::
-
-    config.json                  model config (ModelConfig as a dict) + format version
-    tokenizer/                   HF tokenizer files
-    llm_base/                    tiny preset only: the random-initialised base LLM (HF format)
-    adapter/                     PEFT's own format: adapter_config.json, adapter_model.safetensors
-    weights.safetensors          the weights outside the LLM: all of them for the tiny preset;
-                                 for the real preset only the trained ones and the buffers (DSSL's
-                                 memory queues), the frozen CLIP and SAM encoder being reloaded
-                                 from the local files named in config.json's ``weights``
-
-An export (``export_model``) is a standalone merged copy for inference, without peft.
-"""
+"""Build VMAD from a ``ModelConfig``: each preset's backbone (random-initialised for ``tiny``,
+loaded from local files for ``llava7b_sam_h``), then the projector, [SEG] head, DSSL and LoRA,
+assembled like ``segment_anything/build_sam.py`` assembles ``Sam``. Checkpoints are
+``checkpoint.py``'s."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from peft import PeftModel
-from safetensors.torch import load_file, save_file
 from segment_anything.modeling import Sam
 from transformers import (
-    AutoTokenizer,
-    CLIPVisionModel,
-    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from vmad_pipeline.configs import ConfigError, ModelConfig, WeightsConfig, from_dict, to_dict
-from vmad_pipeline.io.atomic import atomic_directory
+from vmad_pipeline.configs import ConfigError, ModelConfig
 from vmad_pipeline.models.dssl import Dssl
 from vmad_pipeline.models.llm import add_lora, build_tiny_llm
 from vmad_pipeline.models.pretrained import load_llava, load_sam
@@ -44,10 +25,9 @@ from vmad_pipeline.models.projectors import MlpProjector, build_projector
 from vmad_pipeline.models.sam import build_sam
 from vmad_pipeline.models.vision import VisionTower, build_vision_tower
 from vmad_pipeline.models.vmad import SegHead, VmadModel
-from vmad_pipeline.training.prompts import IMAGE_TOKEN, SEG_TOKEN, STATE_PHRASES
+from vmad_pipeline.prompts import IMAGE_TOKEN, SEG_TOKEN, STATE_PHRASES
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2  # 2: LTC, DSSL (queues), real preset, weights paths
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
@@ -114,7 +94,7 @@ def _llava_sam_backbone(
 BACKBONES = {"tiny": _tiny_backbone, "llava7b_sam_h": _llava_sam_backbone}
 
 
-def _assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel:
+def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel:
     cfg = bb.cfg
     projector = build_projector(
         cfg.projector,
@@ -192,165 +172,4 @@ def build_vmad(
         dssl=dataclasses.replace(cfg.dssl, classes=tuple(sorted(train_classes))),
     )
     bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype)
-    return _assemble(bb, tokenizer, add_lora(bb.llm, bb.cfg.lora))
-
-
-def _non_llm_state(model: VmadModel) -> dict[str, torch.Tensor]:
-    """Weights outside the LLM: all of them for random-initialised presets (nothing to reload
-    them from), else only the trainable ones."""
-    everything = model.config.preset == "tiny"
-    state = {}
-    for name, part in model.parts().items():
-        if name == "llm":
-            continue
-        # Buffers too: DSSL's memory queues must come back with the checkpoint.
-        keep = (
-            None
-            if everything
-            else {n for n, p in part.named_parameters() if p.requires_grad}
-            | {n for n, _ in part.named_buffers()}
-        )
-        for key, value in part.state_dict().items():
-            if keep is None or key in keep:
-                state[f"{name}.{key}"] = value.detach().contiguous().cpu()
-    return state
-
-
-def _base_llm_state(llm: PeftModel) -> dict[str, torch.Tensor]:
-    """The base LLM's own weights, without the LoRA / modules_to_save wrappers peft injects."""
-    state = {}
-    for key, value in llm.get_base_model().state_dict().items():
-        if "lora_" in key or ".modules_to_save." in key:
-            continue
-        state[key.replace(".base_layer.", ".").replace(".original_module.", ".")] = value
-    return state
-
-
-def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
-    """Write the checkpoint directory atomically (all or nothing)."""
-    with atomic_directory(path) as tmp:
-        _write_config(tmp, model.config)
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        if model.config.preset == "tiny":
-            model.llm.get_base_model().save_pretrained(
-                tmp / "llm_base", state_dict=_base_llm_state(model.llm)
-            )
-        model.llm.save_pretrained(tmp / "adapter")
-        save_file(_non_llm_state(model), tmp / "weights.safetensors")
-
-
-def _write_config(directory: Path, cfg: ModelConfig, **extra) -> None:
-    meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), **extra}
-    (directory / "config.json").write_text(json.dumps(meta, indent=2))
-
-
-def read_model_config(path: str | Path) -> ModelConfig:
-    meta = json.loads((Path(path) / "config.json").read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(
-            f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}; "
-            "retrain with `kedro run --pipeline train`"
-        )
-    return from_dict(ModelConfig, meta["model"], "model")
-
-
-def _check_dir(path: Path, what: str, pipeline: str) -> None:
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no VMAD {what} at {path} (config.json missing); make one with "
-            f"`kedro run --pipeline {pipeline}`"
-        )
-
-
-def _load_parts(model: VmadModel, state: dict[str, torch.Tensor], *, strict: bool) -> None:
-    for name, part in model.parts().items():
-        if name == "llm":
-            continue  # the LLM comes from its own HF / PEFT directories
-        prefix = f"{name}."
-        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if sub or strict:
-            part.load_state_dict(sub, strict=strict)
-
-
-def load_checkpoint(
-    path: str | Path, *, weights: WeightsConfig | None = None, dtype: torch.dtype = torch.float32
-) -> tuple[VmadModel, PreTrainedTokenizerBase]:
-    """Rebuild the trained model (eval mode) and its tokenizer from a checkpoint directory.
-
-    The real preset rebuilds its frozen backbone from the local weight files recorded in the
-    checkpoint, or from ``weights`` when they have moved.
-    """
-    path = Path(path)
-    _check_dir(path, "checkpoint", "train")
-    cfg = read_model_config(path)
-    if weights is not None:
-        cfg = dataclasses.replace(cfg, weights=weights)
-    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
-    base = LlamaForCausalLM.from_pretrained(path / "llm_base") if cfg.preset == "tiny" else None
-    bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, base)
-    llm = PeftModel.from_pretrained(bb.llm, path / "adapter")
-    model = _assemble(bb, tokenizer, llm)
-    _load_parts(model, load_file(path / "weights.safetensors"), strict=cfg.preset == "tiny")
-    return model.eval(), tokenizer
-
-
-# --------------------------------------------------------------------------- export
-
-EXPORT_PARTS = ("projector", "sam_encoder", "sam_decoder", "seg_head")  # weights.safetensors
-
-
-def merge_lora(model: VmadModel) -> VmadModel:
-    """Merge the LoRA adapter (and the trained embeddings / head) into the LLM, in place."""
-    if isinstance(model.llm, PeftModel):
-        model.llm = model.llm.merge_and_unload()
-    return model
-
-
-def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
-    """Merge the LoRA adapter into the LLM and write a standalone inference directory::
-
-        config.json   tokenizer/   llm/ (HF LlamaForCausalLM, merged)   vision/ (HF CLIPVisionModel)
-        weights.safetensors        projector, SAM (encoder, prompt encoder, decoder), [SEG] head
-
-    Reloadable with :func:`load_exported` without peft and without the original weight files.
-    ``model.llm`` is replaced by the merged LLM (the PEFT wrapper is unloaded in place).
-    DSSL is training-only and is not exported.
-    """
-    merge_lora(model)
-    cfg = dataclasses.replace(
-        model.config, dssl=dataclasses.replace(model.config.dssl, enabled=False)
-    )
-    parts = model.parts()
-    state = {
-        f"{name}.{k}": v.detach().contiguous().cpu()
-        for name in EXPORT_PARTS
-        for k, v in parts[name].state_dict().items()
-    }
-    with atomic_directory(path) as tmp:
-        _write_config(tmp, cfg, export=True)
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        model.llm.save_pretrained(tmp / "llm")
-        model.vision.clip.save_pretrained(tmp / "vision")
-        save_file(state, tmp / "weights.safetensors")
-
-
-def load_exported(
-    path: str | Path, *, dtype: torch.dtype = torch.float32
-) -> tuple[VmadModel, PreTrainedTokenizerBase]:
-    """The exported model (eval mode) from plain HF directories and safetensors: no peft."""
-    path = Path(path)
-    _check_dir(path, "export", "export")
-    cfg = read_model_config(path)
-    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
-    bb = Backbone(
-        cfg=cfg,
-        vision=VisionTower(
-            clip=CLIPVisionModel.from_pretrained(path / "vision", dtype=dtype),
-            select_layer=cfg.vision.select_layer,
-        ),
-        llm=LlamaForCausalLM.from_pretrained(path / "llm", dtype=dtype),
-        sam=build_sam(cfg.sam).to(dtype),
-    )
-    model = _assemble(bb, tokenizer, bb.llm)
-    _load_parts(model, load_file(path / "weights.safetensors"), strict=False)
-    return model.eval(), tokenizer
+    return assemble(bb, tokenizer, add_lora(bb.llm, bb.cfg.lora))

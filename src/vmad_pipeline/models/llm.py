@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
@@ -43,6 +47,19 @@ def peft_lora_config(cfg: LoraConfig) -> PeftLoraConfig:
     )
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates in favour
+    of ``is_activation_checkpointing``: a FutureWarning of theirs on every wrap, save and load,
+    about nothing we call. Silenced here, by message, where peft is called."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def add_lora(llm: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
     """Wrap the LLM with LoRA on ``cfg.target_modules``; embeddings and head stay trainable."""
-    return get_peft_model(llm, peft_lora_config(cfg))
+    with quiet_peft():
+        return get_peft_model(llm, peft_lora_config(cfg))

@@ -12,6 +12,7 @@ setting to fill in and the file it lives in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -30,9 +31,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from vmad_pipeline.configs import ConfigError, LLMConfig, SamConfig, VisionConfig
+from vmad_pipeline.configs import ConfigError, LLMConfig, ModelConfig, SamConfig, VisionConfig
 from vmad_pipeline.models.sam import PIXEL_MEAN, PIXEL_STD, build_sam
-from vmad_pipeline.training.prompts import IMAGE_TOKEN, SEG_TOKEN
+from vmad_pipeline.prompts import IMAGE_TOKEN, SEG_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -278,30 +279,38 @@ def llava_parts(
     if tokenizer.eos_token_id is not None:
         llm.config.eos_token_id = tokenizer.eos_token_id
 
-    vc, tc = config.vision_config, config.text_config
+    vision_config, llm_config = _sizes(config)
     return LlavaParts(
         vision=vision,
         projector_state=dict(llava.model.multi_modal_projector.state_dict()),
         llm=llm,
         tokenizer=tokenizer,
         vision_feature_layer=config.vision_feature_layer,
-        vision_config=VisionConfig(
-            image_size=vc.image_size,
-            patch_size=vc.patch_size,
-            hidden_size=vc.hidden_size,
-            intermediate_size=vc.intermediate_size,
-            num_layers=vc.num_hidden_layers,
-            num_heads=vc.num_attention_heads,
-            select_layer=config.vision_feature_layer,
-        ),
-        llm_config=LLMConfig(
-            hidden_size=tc.hidden_size,
-            intermediate_size=tc.intermediate_size,
-            num_layers=tc.num_hidden_layers,
-            num_heads=tc.num_attention_heads,
-            max_positions=tc.max_position_embeddings,
-        ),
+        vision_config=vision_config,
+        llm_config=llm_config,
     )
+
+
+def _sizes(config: LlavaConfig) -> tuple[VisionConfig, LLMConfig]:
+    """The CLIP tower's and the LLaMA decoder's sizes, as our configs."""
+    vc, tc = config.vision_config, config.text_config
+    vision = VisionConfig(
+        image_size=vc.image_size,
+        patch_size=vc.patch_size,
+        hidden_size=vc.hidden_size,
+        intermediate_size=vc.intermediate_size,
+        num_layers=vc.num_hidden_layers,
+        num_heads=vc.num_attention_heads,
+        select_layer=config.vision_feature_layer,
+    )
+    llm = LLMConfig(
+        hidden_size=tc.hidden_size,
+        intermediate_size=tc.intermediate_size,
+        num_layers=tc.num_hidden_layers,
+        num_heads=tc.num_attention_heads,
+        max_positions=tc.max_position_embeddings,
+    )
+    return vision, llm
 
 
 def _llava_path(llava_dir: str | Path | None) -> Path:
@@ -348,3 +357,39 @@ def load_llava(llava_dir: str | Path | None, *, dtype: torch.dtype = torch.float
             "is a shard missing?",
         )
     return llava_parts(llava, tokenizer)
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(cfg: ModelConfig) -> dict[str, dict[str, object]]:
+    """Names and fingerprints of the local weight files a preset is built on, recorded in the
+    checkpoint instead of this machine's paths: the SAM checkpoint's full sha256 (one file of
+    2.4 GB: seconds), and for the LLaVA directory the sha256 of its ``config.json`` with the name
+    and size of every weight shard (hashing 14 GB of shards at every load would cost more than
+    it protects: a shard of the same name and size with other contents is not caught).
+    A path that does not exist is left out (the loader then names the setting to fix).
+    """
+    out: dict[str, dict[str, object]] = {}
+    sam = Path(cfg.weights.sam_checkpoint or "").expanduser()
+    if cfg.weights.sam_checkpoint and sam.is_file():
+        out["sam_checkpoint"] = {"name": sam.name, "sha256": _sha256(sam)}
+    llava = Path(cfg.weights.llava_dir or "").expanduser()
+    if cfg.weights.llava_dir and (llava / "config.json").is_file():
+        shards = sorted(
+            p for p in llava.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
+        )
+        out["llava_dir"] = {
+            "name": llava.name,
+            "config_sha256": _sha256(llava / "config.json"),
+            "shards": {p.name: p.stat().st_size for p in shards},
+        }
+    return out

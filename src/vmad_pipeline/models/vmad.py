@@ -13,9 +13,9 @@ from segment_anything.modeling import Sam
 from torch import nn
 from transformers import PreTrainedModel
 
-from vmad_pipeline.configs import LossWeights, ModelConfig
+from vmad_pipeline.configs import ModelConfig
 from vmad_pipeline.losses.segmentation import mask_bce, mask_dice
-from vmad_pipeline.models.dssl import Dssl
+from vmad_pipeline.models.dssl import Dssl, DsslOutput
 from vmad_pipeline.models.projectors import Projector
 from vmad_pipeline.models.sam import decode_masks, sam_preprocess
 from vmad_pipeline.models.vision import VisionTower
@@ -23,7 +23,6 @@ from vmad_pipeline.models.vision import VisionTower
 
 @dataclass
 class VmadOutput:
-    loss: torch.Tensor | None  # weighted total
     ce: torch.Tensor | None  # causal-LM loss on answer tokens
     bce: torch.Tensor | None
     dice: torch.Tensor | None
@@ -172,10 +171,12 @@ class VmadModel(nn.Module):
         labels: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         class_idx: torch.Tensor | None = None,
-        weights: LossWeights | None = None,
     ) -> VmadOutput:
         """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W
-        at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL."""
+        at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL.
+
+        Returns every loss term separately; how they are weighted is the trainer's business
+        (``training.objective.weighted_loss``)."""
         embeds, clip_global = self.embed_inputs(input_ids, images_clip)
         out = self.llm(
             inputs_embeds=embeds,
@@ -184,51 +185,18 @@ class VmadModel(nn.Module):
             output_hidden_states=True,
         )
         last = out.hidden_states[-1]  # (B, T, d)
-        # The [SEG] state is read at the [SEG] token's own input position (positions come from
-        # the actual sequence, never from a fixed image-token count).
-        is_seg = input_ids == self.seg_token_id
-        seg_index = torch.nonzero(is_seg.any(1)).flatten()
-        mask_logits = bce = dice = pbsd = patch_bce = None
         use_dssl = self.dssl is not None and class_idx is not None and masks is not None
         sam_emb = self.image_embeddings(images_sam) if use_dssl else None
+        pbsd = patch_bce = None
         if use_dssl:
-            extra = self.dssl(
-                sam_embedding=sam_emb,
-                llm_visual=self.image_states(last, input_ids),
-                clip_global=clip_global,
-                state_words=self.state_words(),
-                masks=masks.float(),
-                class_idx=class_idx,
-            )
+            extra = self._dssl_terms(sam_emb, last, input_ids, clip_global, masks, class_idx)
             pbsd, patch_bce = extra.pbsd, extra.patch_bce
-        if len(seg_index):
-            first = is_seg[seg_index].float().argmax(1)
-            states = last[seg_index, first]  # (B_seg, d)
-            out_size = (
-                tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
-            )
-            mask_logits = self.masks_from_states(
-                states,
-                images_sam[seg_index],
-                out_size,
-                embeddings=None if sam_emb is None else sam_emb[seg_index],
-            )
-            if masks is not None:
-                target = masks[seg_index].float()
-                bce, dice = mask_bce(mask_logits, target), mask_dice(mask_logits, target)
-        loss = None
-        if labels is not None:
-            w = weights or LossWeights()
-            zero = out.logits.new_zeros(())
-            loss = (
-                w.txt * out.loss
-                + w.bce * (bce if bce is not None else zero)
-                + w.dice * (dice if dice is not None else zero)
-                + w.pbsd * (pbsd if pbsd is not None else zero)
-                + w.patch_bce * (patch_bce if patch_bce is not None else zero)
-            )
+        seg_index, mask_logits = self._seg_masks(last, input_ids, images_sam, masks, sam_emb)
+        bce = dice = None
+        if mask_logits is not None and masks is not None:
+            target = masks[seg_index].float()
+            bce, dice = mask_bce(mask_logits, target), mask_dice(mask_logits, target)
         return VmadOutput(
-            loss=loss,
             ce=out.loss,
             bce=bce,
             dice=dice,
@@ -238,6 +206,42 @@ class VmadModel(nn.Module):
             mask_logits=mask_logits,
             seg_index=seg_index,
         )
+
+    def _dssl_terms(self, sam_emb, last, input_ids, clip_global, masks, class_idx) -> DsslOutput:
+        return self.dssl(
+            sam_embedding=sam_emb,
+            llm_visual=self.image_states(last, input_ids),
+            clip_global=clip_global,
+            state_words=self.state_words(),
+            masks=masks.float(),
+            class_idx=class_idx,
+        )
+
+    def _seg_masks(
+        self,
+        last: torch.Tensor,
+        input_ids: torch.Tensor,
+        images_sam: torch.Tensor,
+        masks: torch.Tensor | None,
+        sam_emb: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(indices of the samples holding [SEG], their mask logits or None). The [SEG] state is
+        read at the [SEG] token's own input position (positions come from the actual sequence,
+        never from a fixed image-token count)."""
+        is_seg = input_ids == self.seg_token_id
+        seg_index = torch.nonzero(is_seg.any(1)).flatten()
+        if not len(seg_index):
+            return seg_index, None
+        first = is_seg[seg_index].float().argmax(1)
+        states = last[seg_index, first]  # (B_seg, d)
+        out_size = tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
+        mask_logits = self.masks_from_states(
+            states,
+            images_sam[seg_index],
+            out_size,
+            embeddings=None if sam_emb is None else sam_emb[seg_index],
+        )
+        return seg_index, mask_logits
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

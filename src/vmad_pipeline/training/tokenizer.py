@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from vmad_pipeline.training.prompts import IMAGE_TOKEN, SEG_TOKEN
+from vmad_pipeline.prompts import IMAGE_TOKEN, SEG_TOKEN
 
 SPECIAL_TOKENS = {
     "pad_token": "<pad>",

@@ -1,5 +1,9 @@
 """The ablation pipeline (the paper's Tables III and IV)."""
 
-from .pipeline import create_pipeline
 
-__all__ = ["create_pipeline"]
+def create_pipeline(**kwargs):
+    """Kedro's entry point. Imported on call, so that importing this package's nodes does not
+    import the pipelines it composes (each DVC stage depends on what its own nodes import)."""
+    from .pipeline import create_pipeline as create
+
+    return create(**kwargs)

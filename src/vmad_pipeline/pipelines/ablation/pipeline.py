@@ -1,12 +1,11 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
+from vmad_pipeline.ablation.report import report_ablation
 from vmad_pipeline.pipelines.annotate.pipeline import create_pipeline as annotate
 from vmad_pipeline.pipelines.ingest.pipeline import create_pipeline as ingest
 from vmad_pipeline.pipelines.split.pipeline import create_pipeline as split
-from vmad_pipeline.pipelines.train.nodes import fit_tokenizer
 
-from .nodes import plan_ablation, run_ablation
-from .report import report_ablation
+from .nodes import fit_ablation_tokenizer, plan_ablation, run_ablation
 
 
 def ablation_nodes() -> Pipeline:
@@ -19,7 +18,7 @@ def ablation_nodes() -> Pipeline:
                 name="plan_ablation",
             ),
             node(
-                fit_tokenizer,
+                fit_ablation_tokenizer,
                 ["manifest", "splits", "riad_qa", "params:train", "params:weights"],
                 "ablation_tokenizer",
                 name="ablation_fit_tokenizer",

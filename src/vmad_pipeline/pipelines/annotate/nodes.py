@@ -6,6 +6,11 @@ from typing import Any
 
 import pandas as pd
 
+from vmad_pipeline.annotation.riad import assemble_riad as assemble
+from vmad_pipeline.annotation.riad import template_answerer
+from vmad_pipeline.annotation.taxonomy import Taxonomy
+from vmad_pipeline.configs.annotate import parse_annotate_params
+
 
 def assemble_riad(
     manifest: pd.DataFrame, roots: dict[str, str], taxonomy: dict[str, Any], params: dict[str, Any]
@@ -13,14 +18,9 @@ def assemble_riad(
     """COCO instances and the QA table. ``params.backend``: ``template`` (offline, default) or
     ``llm`` (an OpenAI-compatible endpoint, ``params.llm``; replies cached on disk, so a rerun
     sends nothing). A failure raises before anything is returned, so nothing is saved."""
-    from vmad_pipeline.annotation.config import parse_annotate_params
-    from vmad_pipeline.annotation.riad import assemble_riad as assemble
-    from vmad_pipeline.annotation.riad import template_answerer
-    from vmad_pipeline.annotation.taxonomy import Taxonomy
-
     cfg = parse_annotate_params(params)
     if cfg.backend == "llm":
-        from vmad_pipeline.annotation.llm import llm_answerer
+        from vmad_pipeline.annotation.llm import llm_answerer  # the HTTP client, on demand
 
         answerer, annotator = llm_answerer(cfg.llm, progress=cfg.progress), f"llm:{cfg.llm.model}"
     else:

@@ -30,7 +30,12 @@ def training_nodes() -> Pipeline:
                 ["vmad_model", "training_curves", "training_curves_table", "training_summary"],
                 name="train_model",
             ),
-            node(package_model, "vmad_model", "vmad_registered", name="register_model"),
+            node(
+                package_model,
+                ["vmad_model", "params:evaluate"],
+                "vmad_registered",
+                name="register_model",
+            ),
         ],
         tags="train",
     )

@@ -1,0 +1,135 @@
+"""Ablation reports: mean and spread over seeds per table cell, as a table, markdown and a figure."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from vmad_pipeline.ablation.run import METRICS
+
+SHOWN = ("image_auroc", "pixel_auroc", "aupro")  # the paper's Img / Pixel / PRO columns
+LABELS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO"}
+
+
+def summarise_ablation(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per (table, cell): mean and sample standard deviation (ddof 1) over seeds of every
+    metric and timing; and the same as nested JSON for ``dvc metrics``."""
+    keys = ["table", "table_title", "cell", "label"]
+    described = ["cell_projector", "cell_ltc_steps", "cell_dssl", "visual_tokens"]
+    numeric = [*METRICS, "train_images_per_s", "eval_images_per_s", "train_seconds"]
+    # Read back from CSV, an empty string is NaN: LTC steps of a non-LTC projector are "".
+    results = results.assign(cell_ltc_steps=results["cell_ltc_steps"].fillna("").astype(str))
+    rows = []
+    for (table, title, cell, label), group in results.groupby(keys, sort=False):
+        row = {"table": table, "table_title": title, "cell": cell, "label": label}
+        row |= {k: group[k].iloc[0] for k in described}
+        row["n_seeds"] = len(group)
+        for k in numeric:
+            values = pd.to_numeric(group[k], errors="coerce")
+            row[f"{k}_mean"] = float(values.mean())
+            row[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    metrics: dict[str, Any] = {}
+    for r in rows:
+        metrics.setdefault(r["table"], {})[r["cell"]] = {
+            **{
+                f"{k}_{stat}": _round(r[f"{k}_{stat}"]) for k in METRICS for stat in ("mean", "std")
+            },
+            "visual_tokens": int(r["visual_tokens"]),
+            "eval_images_per_s": _round(r["eval_images_per_s_mean"]),
+            "n_seeds": r["n_seeds"],
+        }
+    return summary, metrics
+
+
+def _round(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 4)
+
+
+def _cell(mean: float, std: float) -> str:
+    return "n/a" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+
+
+def ablation_markdown(summary: pd.DataFrame) -> str:
+    """The comparison table: one section per paper table, mean ± sample s.d. over seeds."""
+    lines = [
+        "# Ablation",
+        "",
+        "Mean ± sample standard deviation over seeds, on the split's unseen classes "
+        "(unweighted class mean). Throughput: images per second, measured in this run.",
+    ]
+    for _table, group in summary.groupby("table", sort=False):
+        header = [
+            *("cell", "projector", "LTC steps", "DSSL", "visual tokens"),
+            *(LABELS[m] for m in SHOWN),
+            *("image AP", "image F1-max", "pixel AP", "answer acc."),
+            *("train img/s", "eval img/s", "seeds"),
+        ]
+        lines += [
+            "",
+            f"## {group['table_title'].iloc[0]}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for r in group.itertuples():
+            values = [_cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std")) for m in SHOWN]
+            extra = [
+                _cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"))
+                for m in ("image_ap", "image_f1_max", "pixel_ap", "answer_accuracy")
+            ]
+            lines.append(
+                f"| {r.label} | {r.cell_projector} | {r.cell_ltc_steps or '-'} | "
+                f"{'on' if r.cell_dssl else 'off'} | {int(r.visual_tokens)} | "
+                + " | ".join(values + extra)
+                + f" | {r.train_images_per_s_mean:.1f} | {r.eval_images_per_s_mean:.1f} | "
+                f"{r.n_seeds} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def ablation_figure(summary: pd.DataFrame):
+    """One figure: per table, grouped bars of the three headline metrics with s.d. error bars."""
+    tables = list(dict.fromkeys(summary["table"]))
+    sizes = [int((summary["table"] == t).sum()) for t in tables]
+    fig = Figure(figsize=(max(6.0, 1.1 * max(sizes) + 2), 3.2 * len(tables)))
+    axes = fig.subplots(len(tables), 1, squeeze=False)
+    width = 0.8 / len(SHOWN)
+    for ax, table in zip(axes[:, 0], tables, strict=True):
+        group = summary[summary["table"] == table]
+        x = np.arange(len(group))
+        for i, m in enumerate(SHOWN):
+            ax.bar(
+                x + (i - (len(SHOWN) - 1) / 2) * width,
+                group[f"{m}_mean"],
+                width,
+                yerr=group[f"{m}_std"],
+                capsize=2,
+                label=LABELS[m],
+            )
+        ax.set_xticks(
+            x,
+            [
+                f"{lab}\n({int(t)} tok)"
+                for lab, t in zip(group["label"], group["visual_tokens"], strict=True)
+            ],
+            fontsize=7,
+        )
+        low = np.nanmin(group[[f"{m}_mean" for m in SHOWN]].to_numpy())
+        ax.set_ylim(max(0.0, (low if np.isfinite(low) else 0.5) - 0.15), 1.0)
+        ax.set_title(group["table_title"].iloc[0], fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=len(SHOWN), loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def report_ablation(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any], str, Any]:
+    """Summary table (CSV), metrics (JSON), comparison table (markdown), figure."""
+    summary, metrics = summarise_ablation(results)
+    return summary, metrics, ablation_markdown(summary), ablation_figure(summary)

@@ -1,0 +1,229 @@
+"""Running the ablation: train and evaluate each distinct cell per seed, reusing the cells a store
+already holds for the same parameters and data, one nested MLflow run per cell."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from typing import Any, Protocol
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from vmad_pipeline.ablation.plan import data_hash
+from vmad_pipeline.configs import parse_train_params
+from vmad_pipeline.configs.evaluate import parse_evaluate_params
+from vmad_pipeline.configs.train import run_tags
+from vmad_pipeline.datasets.manifest import manifest_hash, row_files
+from vmad_pipeline.evaluation.eval_set import select_eval_set
+from vmad_pipeline.evaluation.grading import grade_answers
+from vmad_pipeline.evaluation.report import compute_metrics
+from vmad_pipeline.images import load_batch, load_mask
+from vmad_pipeline.inference.predictor import Predictor
+from vmad_pipeline.placement import resolve_placement
+from vmad_pipeline.splitting import split_rows
+from vmad_pipeline.training.fit import fit_vmad
+
+log = logging.getLogger(__name__)
+
+METRICS = (
+    "image_auroc",
+    "image_ap",
+    "image_f1_max",
+    "pixel_auroc",
+    "pixel_ap",
+    "aupro",
+    "answer_accuracy",
+    "answer_balanced_accuracy",
+)
+# A cell's sizes and timings, as stored, logged and tabled.
+CELL_NUMBERS = (
+    "visual_tokens",
+    "params_trainable",
+    "train_seconds",
+    "train_images_per_s",
+    "eval_images_per_s",
+)
+
+
+class CellStore(Protocol):
+    """Finished cells by key (``io.ablation.AblationCellStore`` is one)."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, key: str, record: dict[str, Any]) -> None: ...
+
+
+def _evaluate(trained, data: dict[str, Any], evaluate: dict[str, Any]) -> tuple[dict, float]:
+    """The cell's report on the unseen classes, and the seconds its predictions took."""
+    cfg = parse_evaluate_params(evaluate)
+    device, dtype = resolve_placement(cfg.device, cfg.precision)
+    predictor = Predictor(
+        trained.model,
+        trained.tokenizer,
+        max_new_tokens=cfg.max_new_tokens,
+        rule=cfg.score_rule,
+        device=device,
+        dtype=dtype,
+    )
+    start = time.perf_counter()
+    images, _ = load_batch(data["eval_images"], None, predictor.image_size)
+    pred = predictor.predict(
+        images,
+        list(data["eval_set"]["category"]),
+        output_size=cfg.eval_size,
+        batch_size=cfg.batch_size,
+        detection_tokens=cfg.answer_max_new_tokens,
+    ).as_dict()
+    seconds = time.perf_counter() - start
+    graded = grade_answers(data["eval_set"], pred, data["eval_masks"], data["taxonomy"])
+    report, _, _ = compute_metrics(data["eval_set"], pred, data["eval_masks"], graded, cfg)
+    return report, seconds
+
+
+def train_and_evaluate(
+    entry: dict[str, Any], data: dict[str, Any], tokenizer, weights: dict[str, Any]
+) -> dict[str, Any]:
+    """Train one cell, evaluate it on the unseen classes, return its record (JSON-able)."""
+    cfg, model_cfg = parse_train_params(entry["train"], weights)
+    trained = fit_vmad(
+        data["train_rows"], data["roots"], data["riad_qa"], tokenizer, cfg, model_cfg
+    )
+    summary = trained.summary
+    report, predict_s = _evaluate(trained, data, entry["evaluate"])
+    n_images = len(data["eval_set"])
+    record = {
+        "metrics": {k: v for k, v in report["mean"].items() if v is not None},
+        "per_class": report["per_class"],
+        "visual_tokens": summary["visual_tokens"],
+        "params_trainable": summary["params_trainable"],
+        "params_total": summary["params_total"],
+        "train_seconds": summary["train_seconds"],
+        "train_images_per_s": round(
+            summary["steps"] * cfg.batch_size / summary["train_seconds"], 2
+        ),
+        "final_loss": round(float(trained.curves["loss"][-1]), 5),
+        "eval_images": n_images,
+        "eval_seconds": round(predict_s, 2),
+        "eval_images_per_s": round(n_images / predict_s, 2),
+    }
+    del trained
+    gc.collect()
+    return record
+
+
+def _log_cell(entry: dict[str, Any], record: dict[str, Any], tags: dict[str, str]) -> None:
+    """One nested MLflow run per distinct cell: the tags to filter on, the cell's key parameters,
+    its metrics and timings."""
+    import mlflow
+
+    name = f"{entry['table']}/{entry['cell']}/seed{entry['seed']}"
+    with mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None):
+        mlflow.set_tags({**run_tags(entry["train"]), **tags})
+        mlflow.log_params(
+            {
+                "projector": entry["cell_projector"],
+                "ltc_steps": entry["cell_ltc_steps"] or "-",
+                "dssl": entry["cell_dssl"],
+                "seed": entry["seed"],
+                "steps": entry["cell_steps"],
+                "params_key": entry["params_key"],
+            }
+        )
+        numbers = {
+            **{f"test/{k}": v for k, v in record["metrics"].items()},
+            **{k: record[k] for k in (*CELL_NUMBERS, "final_loss")},
+        }
+        mlflow.log_metrics({k: float(v) for k, v in numbers.items()})
+
+
+def _data(
+    manifest: pd.DataFrame,
+    splits: dict[str, Any],
+    roots: dict[str, str],
+    riad_qa: pd.DataFrame,
+    taxonomy: dict[str, Any],
+    evaluate: dict[str, Any],
+) -> dict[str, Any]:
+    """What every cell shares: training rows, the test images (files, masks) and the taxonomy."""
+    cfg = parse_evaluate_params(evaluate)
+    eval_set, eval_roots = select_eval_set(manifest, splits, roots, taxonomy, cfg)
+    images, masks = row_files(eval_set, eval_roots)
+    return {
+        "train_rows": split_rows(manifest, splits)[0],
+        "roots": roots,
+        "riad_qa": riad_qa,
+        "taxonomy": taxonomy,
+        "eval_set": eval_set,
+        "eval_images": images,
+        "eval_masks": [load_mask(m, cfg.eval_size) for m in masks],
+    }
+
+
+def run_ablation(
+    plan: list[dict[str, Any]],
+    store: CellStore,
+    manifest: pd.DataFrame,
+    splits: dict[str, Any],
+    roots: dict[str, str],
+    riad_qa: pd.DataFrame,
+    taxonomy: dict[str, Any],
+    tokenizer,
+    weights: dict[str, Any],
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train and evaluate every distinct cell not already in ``store``; one row per plan entry.
+
+    ``store`` keeps each finished cell at once, so an interrupted ablation resumes where it
+    stopped and a rerun with the same parameters and data trains nothing. Cache keys include the
+    data hash.
+    """
+    dhash = data_hash(manifest, splits, riad_qa)
+    data = _data(manifest, splits, roots, riad_qa, taxonomy, plan[0]["evaluate"])
+    distinct: dict[str, dict[str, Any]] = {}
+    for entry in plan:
+        distinct.setdefault(entry["params_key"], entry)
+    records: dict[str, dict[str, Any]] = {}
+    trained_now = 0
+    bar = tqdm(distinct.items(), desc="ablation cells", disable=not progress)
+    for params_key, entry in bar:
+        key = f"{params_key}-{dhash}"
+        bar.set_postfix_str(f"{entry['table']}/{entry['cell']} seed {entry['seed']}")
+        record = store.get(key)
+        reused = record is not None
+        if not reused:
+            log.info(
+                "ablation: training %s/%s seed %d", entry["table"], entry["cell"], entry["seed"]
+            )
+            record = train_and_evaluate(entry, data, tokenizer, weights)
+            record["key"] = key
+            store.put(key, record)
+            trained_now += 1
+        records[params_key] = record
+        users = sorted({f"{p['table']}/{p['cell']}" for p in plan if p["params_key"] == params_key})
+        _log_cell(
+            entry,
+            record,
+            {
+                "ablation_cells": ",".join(users),
+                "reused": str(reused).lower(),
+                "dataset_hash": manifest_hash(manifest),
+                "ablation_key": key,
+            },
+        )
+    log.info(
+        "ablation: %d distinct cells, %d trained now, %d reused",
+        len(distinct),
+        trained_now,
+        len(distinct) - trained_now,
+    )
+    return pd.DataFrame([_row(entry, records[entry["params_key"]]) for entry in plan])
+
+
+def _row(entry: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in entry.items() if k not in ("train", "evaluate")},
+        **{m: record["metrics"].get(m) for m in METRICS},
+        **{k: record[k] for k in CELL_NUMBERS},
+    }

@@ -1,0 +1,102 @@
+"""The ``evaluate`` parameters (``conf/base/parameters_evaluate.yml``) as one validated dataclass:
+placement and sizes, the image-score rule, the text and MMAD settings, the report sizes and the
+optional external test tree (``evaluate.dataset``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmad_pipeline.configs.base import check, check_placement, from_dict
+
+SCORE_SOURCES = ("map_max", "p_yes", "fused")
+
+
+@dataclass(frozen=True)
+class MmadEvalConfig:
+    questions: str | None = None  # path of an MMAD-format mmad.json; null = no MMAD evaluation
+    root: str | None = (
+        None  # folder the image keys of mmad.json are relative to (default: its folder)
+    )
+    max_new_tokens: int = 4  # the answer is an option letter
+    limit: int = 0  # evaluate the first N questions only (0 = all)
+
+    def __post_init__(self) -> None:
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        check(self.limit >= 0, "limit", "must be >= 0 (0 = all questions)")
+
+
+@dataclass(frozen=True)
+class EvalDatasetConfig:
+    """Evaluate on another MVTec-layout tree instead of the split's test classes."""
+
+    root: str | None = None  # null: the split's unseen classes
+    name: str = "external"  # source name of that tree in the reports
+
+    def __post_init__(self) -> None:
+        check(
+            bool(self.name.strip()) and ":" not in self.name, "name", "a non-empty name without ':'"
+        )
+
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """How an image's anomaly score is made (metrics.md): ``map_max`` (max of the anomaly map),
+    ``p_yes`` (P("Yes") vs "No" as the first answer token of the detection question), or
+    ``fused`` = w * p_yes + (1 - w) * map_max. Evaluation, the predictor and the registered model
+    all score by it."""
+
+    source: str = "map_max"
+    fusion_weight: float = 0.5  # w of the fused score (weight of P(yes))
+
+    def __post_init__(self) -> None:
+        check(
+            self.source in SCORE_SOURCES,
+            "score_source",
+            f"{self.source!r} is not one of {', '.join(SCORE_SOURCES)}",
+        )
+        check(0.0 <= self.fusion_weight <= 1.0, "fusion_weight", "must be in [0, 1]")
+
+    @property
+    def needs_p_yes(self) -> bool:
+        return self.source != "map_max"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    eval_size: int = 128  # evaluation resolution (square), recorded with the metrics
+    max_new_tokens: int = 8  # greedy decoding budget for the answer holding [SEG]
+    n_overlays: int = 3  # test images per class in the overlay figure
+    batch_size: int = 16
+    fpr_limit: float = 0.3
+    device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
+    progress: bool = True
+    # Image score: map_max | p_yes | fused (see ScoreRule).
+    score_source: str = "map_max"
+    fusion_weight: float = 0.5  # w of the fused score (weight of P(yes))
+    answer_max_new_tokens: int = 48  # greedy budget for the detection answer (text metrics)
+    curve_points: int = 201  # FPR grid of the PRO curve files (the AUPRO number is exact)
+    mmad: MmadEvalConfig = field(default_factory=MmadEvalConfig)
+    dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
+
+    def __post_init__(self) -> None:
+        check_placement(self.device, self.precision)
+        self.score_rule  # validates score_source and fusion_weight  # noqa: B018
+        check(self.answer_max_new_tokens >= 1, "answer_max_new_tokens", "must be >= 1")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        check(self.curve_points >= 2, "curve_points", "must be >= 2")
+        check(0.0 < self.fpr_limit <= 1.0, "fpr_limit", f"must be in (0, 1], got {self.fpr_limit}")
+        check(self.eval_size >= 1, "eval_size", "must be >= 1")
+        check(self.n_overlays >= 0, "n_overlays", "must be >= 0")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+    @property
+    def score_rule(self) -> ScoreRule:
+        return ScoreRule(source=self.score_source, fusion_weight=self.fusion_weight)
+
+
+def parse_evaluate_params(params: dict[str, Any] | None) -> EvaluateConfig:
+    """``params:evaluate`` -> :class:`EvaluateConfig`; a bad key anywhere (``dataset.roots``)
+    names itself."""
+    return from_dict(EvaluateConfig, params, "evaluate")

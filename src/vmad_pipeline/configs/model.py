@@ -1,0 +1,217 @@
+"""The model's configuration (``train.model``): every component's sizes and switches.
+
+``ModelConfig`` is saved with every checkpoint and rebuilt from it; :func:`describe_model` is the
+one summary of a model (preset, projector, LTC parts, DSSL) that MLflow tags and ablation tables
+both use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vmad_pipeline.configs.base import check
+
+PRESETS = ("tiny", "llava7b_sam_h")  # tiny: random init, trained here; real: local checkpoints
+PROJECTORS = ("mlp", "avgpool", "resampler", "ldpv2", "ltc")
+MODEL_PARTS = ("vision", "projector", "llm", "sam_encoder", "sam_decoder", "seg_head", "dssl")
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 64  # CLIP input side (336 in LLaVA-1.5)
+    patch_size: int = 8  # CLIP patch (14 in ViT-L/14)
+    hidden_size: int = 64  # CLIP width C (1024 in ViT-L)
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    select_layer: int = -1  # hidden state fed to the projector (LLaVA: -2, the penultimate layer)
+
+    def __post_init__(self) -> None:
+        check(
+            self.image_size % self.patch_size == 0, "image_size", "must be a multiple of patch_size"
+        )
+        check(
+            self.hidden_size % self.num_heads == 0, "hidden_size", "must be divisible by num_heads"
+        )
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class LtcConfig:
+    """LTC's four parts (method.md section 4), each switchable for the Table IV ablation rows:
+    baseline = all off (plain 2x2 average pool + MLP), "+ injection" = injection,
+    "+ multi-level" = injection + multi_level, full LTC = all on."""
+
+    local_context: bool = True  # Local-Context Learner: [self-attn, deformable attn, FFN] blocks
+    spatial_downsampler: bool = True  # residual conv blocks, adaptive pool, residual blocks
+    injection: bool = True  # coarse-to-fine point-to-region attention (TokenPacker)
+    multi_level: bool = True  # keys/values from several CLIP layers (else the selected layer)
+    levels: tuple[int, ...] = (12, 16, 22, 23)  # CLIP hidden-state indices (0 = embeddings)
+    blocks: int = 1  # Local-Context Learner blocks
+    heads: int = 4  # attention heads (self, deformable, point-to-region)
+    points: int = 4  # deformable attention sampling points per head
+    conv_blocks: int = 1  # residual blocks before and after the adaptive pool
+
+    def __post_init__(self) -> None:
+        check(
+            min(self.blocks, self.heads, self.points, self.conv_blocks) >= 1,
+            "blocks",
+            "blocks, heads, points and conv_blocks must be >= 1",
+        )
+        check(not self.multi_level or len(self.levels) >= 1, "levels", "needs at least one layer")
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    name: str = "avgpool"  # one of PROJECTORS
+    pool: int = 2  # avgpool / resampler / ldpv2 / ltc: (grid / pool)^2 tokens (576 -> 144 at 2)
+    depth: int = 1  # resampler: cross-attention layers
+    heads: int = 4  # resampler: attention heads (must divide the vision width)
+    ltc: LtcConfig = field(default_factory=LtcConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            self.name in PROJECTORS,
+            "name",
+            f"unknown projector {self.name!r}; known: {', '.join(PROJECTORS)}",
+        )
+        check(self.pool >= 1, "pool", "must be >= 1")
+        check(self.depth >= 1, "depth", "must be >= 1")
+        check(self.heads >= 1, "heads", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    hidden_size: int = 128  # d_llm (4096 in LLaMA-7B)
+    intermediate_size: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    max_positions: int = 512
+
+    def __post_init__(self) -> None:
+        check(
+            self.hidden_size % self.num_heads == 0, "hidden_size", "must be divisible by num_heads"
+        )
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, "r", "must be >= 1")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    image_size: int = 128  # SAM input side (1024 in SAM)
+    patch_size: int = 8  # (16 in SAM)
+    embed_dim: int = 96  # encoder width (1280 in ViT-H)
+    depth: int = 2
+    num_heads: int = 4
+    window_size: int = 0  # 0 = global attention in every block
+    global_attn_indexes: tuple[int, ...] = ()
+    prompt_dim: int = 64  # d_sam, prompt / decoder width (256 in SAM)
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 256
+    decoder_heads: int = 4
+
+    def __post_init__(self) -> None:
+        check(
+            self.image_size % self.patch_size == 0, "image_size", "must be a multiple of patch_size"
+        )
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class DsslConfig:
+    """Defect-Sensitive Structure Learning (method.md section 5); training-time only."""
+
+    enabled: bool = True
+    boxes: int = 32  # N_b random boxes per image
+    box_min: float = 0.0625  # box side range, as a fraction of the image side (1/16 .. 1/4)
+    box_max: float = 0.25
+    abnormal_fraction: float = 0.1  # a box is abnormal when > this share of it is in the mask
+    queue_size: int = 256  # K global features kept per training class and state
+    tau: float = 0.07  # temperature of the similarity distributions
+    proj_dim: int = 128  # visual projection head output (z_i, g)
+    n_ctx: int = 4  # learnable context vectors of the semantic tokens (CoCoOp)
+    meta_hidden: int = 32  # Meta-Net bottleneck width (Linear, ReLU, Linear)
+    roi_size: int = 2  # ROI-align output side, mean-pooled afterwards
+    classes: tuple[str, ...] = ()  # training classes, one queue row each; set at build time
+
+    def __post_init__(self) -> None:
+        check(self.boxes >= 1, "boxes", "must be >= 1")
+        check(0 < self.box_min <= self.box_max <= 1, "box_min", "need 0 < box_min <= box_max <= 1")
+        check(0 <= self.abnormal_fraction < 1, "abnormal_fraction", "must be in [0, 1)")
+        check(self.queue_size >= 1, "queue_size", "must be >= 1")
+        check(self.tau > 0, "tau", "must be > 0")
+        check(
+            min(self.proj_dim, self.n_ctx, self.meta_hidden, self.roi_size) >= 1,
+            "proj_dim",
+            "proj_dim, n_ctx, meta_hidden and roi_size must be >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """Local weight files of the real preset (``weights:`` in conf/local/parameters_weights.yml)."""
+
+    llava_dir: str | None = None  # HF-format LLaVA-1.5-7B directory (LlavaForConditionalGeneration)
+    sam_checkpoint: str | None = None  # original SAM checkpoint, e.g. sam_vit_h_4b8939.pth
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The whole VMAD model; saved with every checkpoint and rebuilt from it."""
+
+    preset: str = "tiny"  # one of PRESETS
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    dssl: DsslConfig = field(default_factory=DsslConfig)
+    frozen: tuple[
+        str, ...
+    ] = ()  # parts of MODEL_PARTS kept frozen (real preset: vision, sam_encoder)
+    vocab_size: int = 0  # set from the tokenizer at build time
+    weights: WeightsConfig = field(default_factory=WeightsConfig)  # set at build time (real preset)
+
+    def __post_init__(self) -> None:
+        check(
+            self.preset in PRESETS,
+            "preset",
+            f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}",
+        )
+        bad = [p for p in self.frozen if p not in MODEL_PARTS]
+        check(not bad, "frozen", f"unknown part(s) {bad}; known: {', '.join(MODEL_PARTS)}")
+
+
+LTC_STEPS = ("local_context", "spatial_downsampler", "injection", "multi_level")
+
+
+def describe_model(model: ModelConfig) -> dict[str, str | bool]:
+    """What a model is, in the words runs are compared by: ``preset``, ``projector``, ``ltc``
+    (True only for the full LTC: projector ``ltc`` with all four steps on), ``ltc_steps`` (the
+    steps on, comma-separated; "" for another projector) and ``dssl``. The MLflow tags and the
+    ablation tables both read it."""
+    is_ltc = model.projector.name == "ltc"
+    steps = [s for s in LTC_STEPS if getattr(model.projector.ltc, s)] if is_ltc else []
+    return {
+        "preset": model.preset,
+        "projector": model.projector.name,
+        "ltc": is_ltc and len(steps) == len(LTC_STEPS),
+        "ltc_steps": ",".join(steps),
+        "dssl": model.dssl.enabled,
+    }

@@ -1,0 +1,71 @@
+"""Grading the answers to the detection question: what was parsed from each answer and whether
+each part is right (the rules are ``metrics/text.py``'s)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vmad_pipeline import prompts
+from vmad_pipeline.annotation.geometry import mask_geometry
+from vmad_pipeline.annotation.taxonomy import Taxonomy
+from vmad_pipeline.metrics.text import parse_defect_type, parse_location, parse_yes_no
+
+
+def _gt_defect_id(row: Any) -> int:
+    defect_id = getattr(row, "defect_id", -1)
+    return -1 if defect_id is None or pd.isna(defect_id) else int(defect_id)
+
+
+def grade_answers(
+    eval_set: pd.DataFrame,
+    predictions: dict[str, Any],
+    masks: list[np.ndarray],
+    taxonomy: dict[str, Any] | None,
+) -> pd.DataFrame:
+    """One row per test image: the detection question and answer, its P(yes) and image score,
+    what was parsed from the answer and whether each part is right. ``type_correct`` and
+    ``location_correct`` are only set on anomalous images (with a taxonomy type / a mask);
+    ``type_correct`` is unset everywhere without a taxonomy."""
+    n = len(eval_set)
+    answers = list(predictions.get("detection_answers") or [""] * n)
+    if len(answers) != n or len(masks) != n:
+        raise ValueError(
+            f"{n} test images but {len(answers)} detection answers and {len(masks)} masks"
+        )
+    tax = Taxonomy.from_dict(taxonomy) if taxonomy else None
+    p_yes, scores = predictions.get("p_yes"), predictions["scores"]
+    rows = []
+    for i, r in enumerate(eval_set.itertuples()):
+        answer, anomalous = answers[i], bool(r.label)
+        said = parse_yes_no(answer)
+        gt_location = (mask_geometry(masks[i])["location"] or None) if anomalous else None
+        location = parse_location(answer)
+        named = parse_defect_type(answer, tax) if tax else None
+        gt_id = _gt_defect_id(r)
+        rows.append(
+            {
+                "source": r.source,
+                "image_path": r.image_path,
+                "category": r.category,
+                "label": int(r.label),
+                "defect_type": (getattr(r, "defect_type", "") or "") if anomalous else "",
+                "question": prompts.VQA_QUESTION.format(object=prompts.object_name(r.category)),
+                "answer": answer,
+                "p_yes": None if p_yes is None else float(p_yes[i]),
+                "score": float(scores[i]),
+                "said_anomalous": said,
+                "answer_parsed": said is not None,
+                "answer_correct": said is not None and said == anomalous,
+                "location": location,
+                "gt_location": gt_location,
+                "location_correct": (location == gt_location) if gt_location else None,
+                "named_type": named.name if named else None,
+                "type_correct": (named is not None and named.id == gt_id)
+                if (tax is not None and anomalous and gt_id >= 0)
+                else None,
+            }
+        )
+    return pd.DataFrame(rows)

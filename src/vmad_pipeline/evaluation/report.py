@@ -1,0 +1,199 @@
+"""The metric report: every metric of metrics.md per class and as the unweighted class mean."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vmad_pipeline.configs.evaluate import EvaluateConfig
+from vmad_pipeline.metrics import (
+    answer_accuracy,
+    aupro,
+    balanced_answer_accuracy,
+    image_ap,
+    image_auroc,
+    image_f1_max,
+    pixel_ap,
+    pixel_auroc,
+    pro_200_thresholds,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
+
+
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro", "pro_200_thresholds")
+TEXT_METRICS = (
+    "answer_accuracy",
+    "answer_balanced_accuracy",
+    "defect_type_accuracy",
+    "location_accuracy",
+)
+METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS
+
+
+def _mean_flag(flags: pd.Series) -> float:
+    """Share of True among the set (non-null) flags; NaN when none is set."""
+    known = flags.dropna()
+    return float(known.astype(bool).mean()) if len(known) else float("nan")
+
+
+def _class_metrics(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: list[np.ndarray],
+    maps: list[np.ndarray],
+    graded: pd.DataFrame,
+    fpr_limit: float,
+) -> dict[str, float]:
+    """Every metric of one class; NaN where undefined (one label only, no anomalous pixel)."""
+    nan = float("nan")
+    both = 0 < labels.sum() < len(labels)
+    has_pixels = any(m.any() for m in masks)
+    parsed = [None if pd.isna(v) else bool(v) for v in graded["said_anomalous"]]
+    return {
+        "image_auroc": image_auroc(labels, scores) if both else nan,
+        "image_ap": image_ap(labels, scores) if both else nan,
+        "image_f1_max": image_f1_max(labels, scores) if both else nan,
+        "pixel_auroc": pixel_auroc(masks, maps) if has_pixels else nan,
+        "pixel_ap": pixel_ap(masks, maps) if has_pixels else nan,
+        "aupro": aupro(masks, maps, fpr_limit=fpr_limit) if has_pixels else nan,
+        "pro_200_thresholds": pro_200_thresholds(masks, maps, fpr_limit=fpr_limit)
+        if has_pixels
+        else nan,
+        "answer_accuracy": answer_accuracy(labels, parsed),
+        "answer_balanced_accuracy": balanced_answer_accuracy(labels, parsed),
+        "defect_type_accuracy": _mean_flag(graded["type_correct"]),
+        "location_accuracy": _mean_flag(graded["location_correct"]),
+    }
+
+
+def compute_metrics(
+    eval_set: pd.DataFrame,
+    predictions: dict[str, Any],
+    masks: list[np.ndarray],
+    graded: pd.DataFrame,
+    cfg: EvaluateConfig,
+) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
+    """Every metric of ``metrics.md`` per class and as the unweighted mean over classes.
+
+    Image AUROC / AP / F1-max on the image scores (``predictions["scores"]``, made by the score
+    rule of ``cfg``); pixel AUROC / AP, exact AUPRO and, separately labelled, the 200-threshold PRO
+    on the maps at ``eval_size``; answer accuracy and balanced accuracy, location accuracy and
+    defect-type accuracy (where the grading had a taxonomy) from the ``graded`` answers
+    (:func:`~vmad_pipeline.evaluation.grading.grade_answers`). Returns (report for metrics.json,
+    flat dict for MLflow, per-class table).
+    """
+    labels = eval_set["label"].to_numpy().astype(np.int64)
+    scores = np.asarray(predictions["scores"], dtype=np.float64)
+    rows = _class_rows(eval_set, predictions, masks, graded, labels, scores, cfg.fpr_limit)
+    table = pd.DataFrame(rows)
+    means = {
+        k: float(table[k].mean(skipna=True)) if table[k].notna().any() else math.nan
+        for k in METRICS
+    }
+    report = {
+        "mean": {k: _nan_to_none(v) for k, v in means.items()},
+        "per_class": {
+            r["category"]: {
+                k: _nan_to_none(v) if isinstance(v, float) else v
+                for k, v in r.items()
+                if k != "category"
+            }
+            for r in rows
+        },
+        "counts": {
+            "n_images": len(eval_set),
+            "n_anomalous": int(labels.sum()),
+            "n_classes": len(rows),
+            "unparsed_answers": int((~graded["answer_parsed"]).sum()),
+        },
+        "settings": _settings(cfg, len(eval_set)),
+    }
+    flat = {k: v for k, v in means.items() if not math.isnan(v)}
+    for r in rows:
+        for k in METRICS:
+            if not math.isnan(r[k]):
+                flat[f"{r['category']}/{k}"] = r[k]
+    log.info(
+        "unseen classes (%s score): image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f, "
+        "answer accuracy %.3f",
+        cfg.score_source,
+        means["image_auroc"],
+        means["pixel_auroc"],
+        means["aupro"],
+        means["answer_accuracy"],
+    )
+    return report, flat, table
+
+
+def _class_rows(
+    eval_set: pd.DataFrame,
+    predictions: dict[str, Any],
+    masks: list[np.ndarray],
+    graded: pd.DataFrame,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    fpr_limit: float,
+) -> list[dict[str, Any]]:
+    """One row of every metric, counts included, per class (sorted by name)."""
+    rows = []
+    for cls, idx in eval_set.groupby("category").indices.items():
+        values = _class_metrics(
+            labels[idx],
+            scores[idx],
+            [masks[i] for i in idx],
+            [predictions["maps"][i] for i in idx],
+            graded.iloc[idx],
+            fpr_limit,
+        )
+        rows.append(
+            {
+                "category": cls,
+                "n_images": len(idx),
+                "n_anomalous": int(labels[idx].sum()),
+                **values,
+                "unparsed_answers": int((~graded["answer_parsed"].iloc[idx]).sum()),
+                "seg_found_rate": float(np.mean(predictions["seg_found"][idx])),
+            }
+        )
+    return rows
+
+
+def _settings(cfg: EvaluateConfig, n_images: int) -> dict[str, Any]:
+    """How the numbers were computed, recorded beside them."""
+    return {
+        "eval_size": cfg.eval_size,
+        "score_source": cfg.score_source,
+        "fusion_weight": cfg.fusion_weight if cfg.score_source == "fused" else None,
+        "aupro_fpr_limit": cfg.fpr_limit,
+        "aupro": "exact (MVTec AD 2021)",
+        "pro_200_thresholds": "paper-style approximation (200 thresholds, FPR rescaled); not AUPRO",
+        "mean": "unweighted mean over classes (classes where a metric is undefined skipped)",
+        "answer_max_new_tokens": cfg.answer_max_new_tokens,
+        "n_images": n_images,
+    }
+
+
+HEADLINE = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "answer_balanced_accuracy",
+    "defect_type_accuracy",
+    "location_accuracy",
+)
+
+
+def headline_metrics(report: dict[str, Any]) -> dict[str, float | None]:
+    """The class means worth a glance (``dvc metrics show``): image and pixel AUROC, AUPRO and
+    the answers' balanced, defect-type and location accuracy; metrics.json has the rest."""
+    return {k: report["mean"][k] for k in HEADLINE}

@@ -1,0 +1,267 @@
+"""Save and load VMAD: the training checkpoint and the merged export.
+
+Checkpoint directory layout::
+
+    config.json                  format version, the model config (ModelConfig without machine
+                                 paths) and, for presets built on local weight files, their
+                                 names and fingerprints (``weights_files``)
+    tokenizer/                   HF tokenizer files
+    llm_base/                    tiny preset only: the random-initialised base LLM (HF format)
+    adapter/                     PEFT's own format: adapter_config.json, adapter_model.safetensors
+    weights.safetensors          the weights outside the LLM: all of them for the tiny preset;
+                                 for the real preset only the trained ones and the buffers (DSSL's
+                                 memory queues), the frozen CLIP and SAM encoder being reloaded
+                                 from the local files the caller names (``weights``, from
+                                 conf/local), checked against the recorded fingerprints
+
+An export (``export_model``) is a standalone merged copy for inference, without peft.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoTokenizer,
+    CLIPVisionModel,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
+
+from vmad_pipeline.atomic import atomic_directory
+from vmad_pipeline.configs import ConfigError, ModelConfig, WeightsConfig, from_dict, to_dict
+from vmad_pipeline.models.build import BACKBONES, Backbone, assemble
+from vmad_pipeline.models.llm import quiet_peft
+from vmad_pipeline.models.pretrained import weights_fingerprint
+from vmad_pipeline.models.sam import build_sam
+from vmad_pipeline.models.vision import VisionTower
+from vmad_pipeline.models.vmad import VmadModel
+
+FORMAT_VERSION = 3  # 3: no machine paths in config.json, weight files fingerprinted
+
+
+def _non_llm_state(model: VmadModel) -> dict[str, torch.Tensor]:
+    """Weights outside the LLM: all of them for random-initialised presets (nothing to reload
+    them from), else only the trainable ones."""
+    everything = model.config.preset == "tiny"
+    state = {}
+    for name, part in model.parts().items():
+        if name == "llm":
+            continue
+        # Buffers too: DSSL's memory queues must come back with the checkpoint.
+        keep = (
+            None
+            if everything
+            else {n for n, p in part.named_parameters() if p.requires_grad}
+            | {n for n, _ in part.named_buffers()}
+        )
+        for key, value in part.state_dict().items():
+            if keep is None or key in keep:
+                state[f"{name}.{key}"] = value.detach().contiguous().cpu()
+    return state
+
+
+def _base_llm_state(llm: PeftModel) -> dict[str, torch.Tensor]:
+    """The base LLM's own weights, without the LoRA / modules_to_save wrappers peft injects."""
+    state = {}
+    for key, value in llm.get_base_model().state_dict().items():
+        if "lora_" in key or ".modules_to_save." in key:
+            continue
+        state[key.replace(".base_layer.", ".").replace(".original_module.", ".")] = value
+    return state
+
+
+def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """Write the checkpoint directory atomically (all or nothing)."""
+    with atomic_directory(path) as tmp:
+        _write_config(tmp, model.config)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        if model.config.preset == "tiny":
+            model.llm.get_base_model().save_pretrained(
+                tmp / "llm_base", state_dict=_base_llm_state(model.llm)
+            )
+        with quiet_peft():
+            model.llm.save_pretrained(tmp / "adapter")
+        save_file(_non_llm_state(model), tmp / "weights.safetensors")
+
+
+def _write_config(directory: Path, cfg: ModelConfig, **extra) -> None:
+    """config.json: the model config without the machine's paths (``weights``), and the names
+    and fingerprints of the local weight files the preset was built on."""
+    model = to_dict(cfg)
+    del model["weights"]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "weights_files": weights_fingerprint(cfg) if cfg.preset != "tiny" else {},
+        **extra,
+    }
+    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+
+
+def _read_meta(path: str | Path) -> dict:
+    meta = json.loads((Path(path) / "config.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(
+            f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}; "
+            "retrain with `kedro run --pipeline train`"
+        )
+    return meta
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The model config of a checkpoint or export (its ``weights`` are unset: machine paths are
+    not stored)."""
+    return from_dict(ModelConfig, _read_meta(path)["model"], "model")
+
+
+def _with_weights(path: Path, cfg: ModelConfig, weights: WeightsConfig | None) -> ModelConfig:
+    """``cfg`` with this machine's weight paths; for a preset built on local files, they must be
+    given and must hold the files the checkpoint was trained on (same fingerprints)."""
+    if cfg.preset == "tiny":
+        return cfg
+    if weights is None:
+        raise ConfigError(
+            f"{path}: the {cfg.preset} preset rebuilds its frozen backbone from local weight "
+            "files; pass them (weights.llava_dir, weights.sam_checkpoint in "
+            "conf/local/parameters_weights.yml)"
+        )
+    cfg = dataclasses.replace(cfg, weights=weights)
+    recorded = _read_meta(path).get("weights_files", {})
+    found = weights_fingerprint(cfg)
+    for key, want in recorded.items():
+        if key in found and found[key] != want:  # a missing file is named by its loader
+            raise ConfigError(
+                f"weights.{key}: {getattr(weights, key)} is not the file the checkpoint {path} "
+                f"was trained on (recorded {want}, found {found.get(key)})"
+            )
+    return cfg
+
+
+def _check_dir(path: Path, what: str, pipeline: str) -> None:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no VMAD {what} at {path} (config.json missing); make one with "
+            f"`kedro run --pipeline {pipeline}`"
+        )
+
+
+def _load_parts(model: VmadModel, state: dict[str, torch.Tensor], *, strict: bool) -> None:
+    for name, part in model.parts().items():
+        if name == "llm":
+            continue  # the LLM comes from its own HF / PEFT directories
+        prefix = f"{name}."
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub or strict:
+            part.load_state_dict(sub, strict=strict)
+
+
+def load_checkpoint(
+    path: str | Path, *, weights: WeightsConfig | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[VmadModel, PreTrainedTokenizerBase]:
+    """Rebuild the trained model (eval mode) and its tokenizer from a checkpoint directory.
+
+    The real preset rebuilds its frozen backbone from the local weight files named by
+    ``weights`` (this machine's paths), which must be the files it was trained on.
+    """
+    path = Path(path)
+    _check_dir(path, "checkpoint", "train")
+    cfg = _with_weights(path, read_model_config(path), weights)
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    base = LlamaForCausalLM.from_pretrained(path / "llm_base") if cfg.preset == "tiny" else None
+    bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, base)
+    with quiet_peft():
+        llm = PeftModel.from_pretrained(bb.llm, path / "adapter")
+    model = assemble(bb, tokenizer, llm)
+    _load_parts(model, load_file(path / "weights.safetensors"), strict=cfg.preset == "tiny")
+    return model.eval(), tokenizer
+
+
+# --------------------------------------------------------------------------- export
+
+EXPORT_PARTS = ("projector", "sam_encoder", "sam_decoder", "seg_head")  # weights.safetensors
+
+
+def merge_lora(model: VmadModel) -> VmadModel:
+    """Merge the LoRA adapter (and the trained embeddings / head) into the LLM, in place."""
+    if isinstance(model.llm, PeftModel):
+        with quiet_peft():
+            model.llm = model.llm.merge_and_unload()
+    return model
+
+
+def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """Merge the LoRA adapter into the LLM and write a standalone inference directory::
+
+        config.json   tokenizer/   llm/ (HF LlamaForCausalLM, merged)   vision/ (HF CLIPVisionModel)
+        weights.safetensors        projector, SAM (encoder, prompt encoder, decoder), [SEG] head
+
+    Reloadable with :func:`load_exported` without peft and without the original weight files.
+    ``model.llm`` is replaced by the merged LLM (the PEFT wrapper is unloaded in place).
+    DSSL is training-only and is not exported.
+    """
+    merge_lora(model)
+    cfg = dataclasses.replace(
+        model.config, dssl=dataclasses.replace(model.config.dssl, enabled=False)
+    )
+    parts = model.parts()
+    state = {
+        f"{name}.{k}": v.detach().contiguous().cpu()
+        for name in EXPORT_PARTS
+        for k, v in parts[name].state_dict().items()
+    }
+    with atomic_directory(path) as tmp:
+        _write_config(tmp, cfg, export=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        model.llm.save_pretrained(tmp / "llm")
+        model.vision.clip.save_pretrained(tmp / "vision")
+        save_file(state, tmp / "weights.safetensors")
+
+
+def load_exported(
+    path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[VmadModel, PreTrainedTokenizerBase]:
+    """The exported model (eval mode) from plain HF directories and safetensors: no peft."""
+    path = Path(path)
+    _check_dir(path, "export", "export")
+    cfg = read_model_config(path)
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    bb = Backbone(
+        cfg=cfg,
+        vision=VisionTower(
+            clip=CLIPVisionModel.from_pretrained(path / "vision", dtype=dtype),
+            select_layer=cfg.vision.select_layer,
+        ),
+        llm=LlamaForCausalLM.from_pretrained(path / "llm", dtype=dtype),
+        sam=build_sam(cfg.sam).to(dtype),
+    )
+    model = assemble(bb, tokenizer, bb.llm)
+    _load_parts(model, load_file(path / "weights.safetensors"), strict=False)
+    return model.eval(), tokenizer
+
+
+class Checkpoint:
+    """A checkpoint directory on disk, loaded on demand: ``config`` is cheap (config.json),
+    :meth:`load` builds the model. What the Kedro dataset hands to nodes, so a node loads the
+    model once, with this machine's weight paths, and only when it needs it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        _check_dir(self.path, "checkpoint", "train")
+
+    @property
+    def config(self) -> ModelConfig:
+        return read_model_config(self.path)
+
+    def load(
+        self, weights: WeightsConfig | None = None, *, dtype: torch.dtype = torch.float32
+    ) -> tuple[VmadModel, PreTrainedTokenizerBase]:
+        return load_checkpoint(self.path, weights=weights, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r})"

@@ -1,0 +1,145 @@
+"""The conversation format, in one place (method.md section 1): special tokens, prompt and
+answer templates, and how a conversation becomes token ids and labels.
+
+Shared vocabulary: ``models/`` (special tokens, DSSL's state phrases), ``training/`` (samples,
+labels) and ``inference/`` (prompts, P(yes)) all read it from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+IMAGE_TOKEN = "<image>"
+SEG_TOKEN = "[SEG]"
+
+SYSTEM = ""  # the tiny preset has no system prompt; LLaVA-1.5's is added by the real preset
+SEG_QUESTION = (
+    "Are there any abnormalities present in the {object}? "
+    "If so, please output the defect segmentation result."
+)
+ANSWER_KINDS = {  # QA field -> how the question asks for it
+    "description": "the description",
+    "impact": "an impact analysis",
+    "suggestion": "a suggestion",
+}
+SEG_ANSWER_QUESTION = SEG_QUESTION[:-1] + " and provide {kind}."
+VQA_QUESTION = "Is there any defect in the {object}?"
+SEG_ANSWER = f"It is {SEG_TOKEN}."
+# DSSL's semantic tokens start from the embedded words of these (method.md section 5).
+STATE_PHRASES = (
+    "a flawless industrial part with no defect",
+    "a damaged industrial part with a defect",
+)
+
+
+def object_name(category: str) -> str:
+    return category.replace("_", " ")
+
+
+def user_turn(question: str) -> str:
+    """The prompt up to the assistant's answer; the image placeholder comes first."""
+    return f"{SYSTEM}USER: {IMAGE_TOKEN} {question} ASSISTANT:"
+
+
+def seg_prompt(category: str) -> str:
+    return user_turn(SEG_QUESTION.format(object=object_name(category)))
+
+
+def seg_answer_prompt(category: str, kind: str) -> str:
+    return user_turn(
+        SEG_ANSWER_QUESTION.format(object=object_name(category), kind=ANSWER_KINDS[kind])
+    )
+
+
+def vqa_prompt(category: str) -> str:
+    return user_turn(VQA_QUESTION.format(object=object_name(category)))
+
+
+def vqa_answer(anomalous: bool, text: str) -> str:
+    return f"{'Yes' if anomalous else 'No'}. {text}"
+
+
+# --------------------------------------------------------------------------- encoding
+
+IGNORE = -100  # label of positions that carry no loss (prompt, image, padding)
+
+
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the encoding uses."""
+
+    bos_token_id: int
+    eos_token_id: int
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+
+def expand_image(text: str, num_image_tokens: int) -> str:
+    """The prompt with its one image placeholder repeated once per visual token."""
+    return text.replace(IMAGE_TOKEN, IMAGE_TOKEN * num_image_tokens)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str, num_image_tokens: int) -> list[int]:
+    """BOS, then the prompt with the image placeholder expanded."""
+    return [tokenizer.bos_token_id] + tokenizer.encode(
+        expand_image(prompt, num_image_tokens), add_special_tokens=False
+    )
+
+
+def encode_answer(tokenizer: Tokenizer, answer: str) -> list[int]:
+    """An answer's tokens as the model is trained to produce them: " " + answer, then EOS."""
+    return tokenizer.encode(" " + answer, add_special_tokens=False) + [tokenizer.eos_token_id]
+
+
+def encode_conversation(
+    tokenizer: Tokenizer, prompt: str, answer: str, num_image_tokens: int
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels: loss only on the answer (and its end-of-sequence token)."""
+    p = encode_prompt(tokenizer, prompt, num_image_tokens)
+    a = encode_answer(tokenizer, answer)
+    return p + a, [IGNORE] * len(p) + a
+
+
+def pad_batch(
+    seqs: Sequence[list[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence (left padding for generation); returns (ids, attention_mask)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s)
+        att[i, sl] = 1
+    return ids, att
+
+
+@dataclass(frozen=True)
+class YesNoTokens:
+    """Where "Yes" and "No" part ways as answers: both are encoded as the trainer encodes an
+    answer (:func:`encode_answer`: ``" " + answer``); ``prefix`` holds the tokens they share
+    (often none; a lone space token with byte-level BPE tokenizers trained without "ĠYes"),
+    ``yes`` / ``no`` the first token of each after it. Where a word is several tokens
+    ("Y", "es"), its first token stands for it."""
+
+    prefix: tuple[int, ...]
+    yes: int
+    no: int
+
+
+def yes_no_tokens(tokenizer: Tokenizer) -> YesNoTokens:
+    """The :class:`YesNoTokens` of the detection answers :func:`vqa_answer` starts with."""
+    yes = tokenizer.encode(" " + vqa_answer(True, "").strip(), add_special_tokens=False)
+    no = tokenizer.encode(" " + vqa_answer(False, "").strip(), add_special_tokens=False)
+    k = 0
+    while k < min(len(yes), len(no)) and yes[k] == no[k]:
+        k += 1
+    if k == min(len(yes), len(no)):
+        raise ValueError(
+            f"the tokenizer encodes the answers 'Yes.' and 'No.' so that one is a prefix of the "
+            f"other ({yes} vs {no}); P(yes) is undefined for it"
+        )
+    return YesNoTokens(prefix=tuple(yes[:k]), yes=yes[k], no=no[k])

@@ -1,0 +1,78 @@
+"""Tiny model configs, a tiny tokenizer and a batch builder, shared by every model test."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from vmad_pipeline import prompts
+from vmad_pipeline.configs import (
+    DsslConfig,
+    LLMConfig,
+    LtcConfig,
+    ModelConfig,
+    ProjectorConfig,
+    SamConfig,
+    VisionConfig,
+)
+from vmad_pipeline.prompts import encode_conversation, pad_batch
+from vmad_pipeline.training.tokenizer import train_tokenizer
+
+# Tiny sizes so every test runs in a second on a CPU.
+CFG = ModelConfig(
+    vision=VisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2
+    ),
+    llm=LLMConfig(
+        hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_positions=256
+    ),
+    sam=SamConfig(
+        image_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        prompt_dim=16,
+        decoder_depth=1,
+        decoder_mlp_dim=32,
+        decoder_heads=2,
+    ),
+)
+# Full VMAD at the tiny sizes: LTC on two CLIP levels, DSSL with small queues.
+VMAD_CFG = dataclasses.replace(
+    CFG,
+    projector=ProjectorConfig(name="ltc", heads=2, ltc=LtcConfig(heads=2, levels=(1, 2))),
+    dssl=DsslConfig(boxes=4, queue_size=8, proj_dim=8, meta_hidden=8),
+)
+B = 2
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer trained on the prompts and answers the tests use."""
+    texts = [prompts.seg_prompt(c) + " " + prompts.SEG_ANSWER for c in ("screw", "carpet")] * 5
+    texts += ["Yes. A scratch on the top left.", "No. The part looks normal."] * 5
+    return train_tokenizer(texts, vocab_size=300)
+
+
+def batch(model, tokenizer, *, seg: bool = True) -> dict[str, torch.Tensor]:
+    """Two seeded samples ("screw", "carpet") with random images and sparse random masks."""
+    answer = prompts.SEG_ANSWER if seg else "No. The part looks normal."
+    ids, labels = zip(
+        *[
+            encode_conversation(tokenizer, prompts.seg_prompt(c), answer, model.num_image_tokens)
+            for c in ("screw", "carpet")
+        ],
+        strict=True,
+    )
+    input_ids, att = pad_batch(ids, tokenizer.pad_token_id)
+    label_ids, _ = pad_batch(labels, -100)
+    torch.manual_seed(0)
+    return dict(
+        images_clip=torch.rand(B, 3, 32, 32),
+        images_sam=torch.rand(B, 3, 32, 32),
+        input_ids=input_ids,
+        attention_mask=att,
+        labels=label_ids,
+        masks=(torch.rand(B, 32, 32) > 0.9).float(),
+    )

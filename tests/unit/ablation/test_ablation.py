@@ -1,0 +1,167 @@
+"""The ablation library: planning (deduplication, validation, cache keys) and the reports."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+from helpers import REPO
+
+from vmad_pipeline.ablation.plan import data_hash, deep_merge
+from vmad_pipeline.ablation.report import report_ablation
+from vmad_pipeline.configs import ConfigError
+from vmad_pipeline.pipelines.ablation.nodes import plan_ablation
+
+
+def shipped(name: str) -> dict:
+    return yaml.safe_load((REPO / "conf" / "base" / f"parameters_{name}.yml").read_text())[name]
+
+
+def test_deep_merge_merges_mappings_and_replaces_the_rest():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 0}
+    out = deep_merge(base, {"a": {"c": [3]}, "e": {"f": 1}})
+    assert out == {"a": {"b": 1, "c": [3]}, "d": 0, "e": {"f": 1}}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 0}  # not mutated
+
+
+def test_shipped_plan_has_both_tables_and_trains_shared_cells_once():
+    plan = plan_ablation(shipped("ablation"), shipped("train"), shipped("evaluate"), {})
+    seeds = shipped("ablation")["seeds"]
+    assert seeds == [0, 1, 2]
+    cells = {(p["table"], p["cell"]) for p in plan}
+    assert {c for t, c in cells if t == "table_iii"} == {
+        "ltc0_dssl0",
+        "ltc0_dssl1",
+        "ltc1_dssl0",
+        "ltc1_dssl1",
+    }
+    projectors = {p["cell_projector"] for p in plan if p["table"] == "table_iv"}
+    assert projectors == {"mlp", "avgpool", "resampler", "ldpv2", "ltc"}
+    assert len(plan) == len(cells) * len(seeds)
+
+    def key(table, cell, seed=0):
+        return next(
+            p["params_key"]
+            for p in plan
+            if (p["table"], p["cell"], p["seed"]) == (table, cell, seed)
+        )
+
+    # VMAD appears in both tables; avgpool + DSSL is also the LTC baseline: each trained once.
+    assert key("table_iii", "ltc1_dssl1") == key("table_iv", "ltc")
+    assert (
+        key("table_iii", "ltc0_dssl1")
+        == key("table_iv", "avgpool")
+        == key("table_iv", "ltc_baseline")
+    )
+    assert key("table_iii", "ltc1_dssl1", 0) != key("table_iii", "ltc1_dssl1", 1)
+    assert len({p["params_key"] for p in plan}) == 9 * len(seeds)
+    # Every cell trains with the reduced ablation steps and its own seed.
+    assert {p["cell_steps"] for p in plan} == {shipped("ablation")["train"]["steps"]}
+    steps = {p["cell"]: p["cell_ltc_steps"] for p in plan if p["table"] == "table_iv"}
+    assert steps["ltc_injection"] == "injection"
+    assert steps["ltc_multilevel"] == "injection,multi_level"
+    assert steps["ltc"] == "local_context,spatial_downsampler,injection,multi_level"
+
+
+def test_plan_keys_follow_the_parameters():
+    ablation, train, evaluate = shipped("ablation"), shipped("train"), shipped("evaluate")
+    keys = {p["params_key"] for p in plan_ablation(ablation, train, evaluate, {})}
+    longer = deep_merge(ablation, {"train": {"steps": 351}})
+    assert keys.isdisjoint(p["params_key"] for p in plan_ablation(longer, train, evaluate, {}))
+    other_eval = deep_merge(evaluate, {"eval_size": 64})
+    assert keys.isdisjoint(p["params_key"] for p in plan_ablation(ablation, train, other_eval, {}))
+    # Display-only changes (labels, titles) keep every key: nothing is retrained.
+    relabelled = deep_merge(ablation, {"tables": {"table_iii": {"title": "renamed"}}})
+    assert keys == {p["params_key"] for p in plan_ablation(relabelled, train, evaluate, {})}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seeds": []}, "ablation.seeds"),
+        ({"seeds": [0, 0]}, "ablation.seeds"),
+        ({"tables": {"t": {"cells": {}}}}, "ablation.tables.t.cells"),
+        (
+            {
+                "tables": {
+                    "t": {"cells": {"bad": {"overrides": {"model": {"projector": {"name": "x"}}}}}}
+                }
+            },
+            "ablation.tables.t.cells.bad.overrides",
+        ),
+        (
+            {"tables": {"t": {"cells": {"bad": {"overides": {}}}}}},
+            "ablation.tables.t.cells.bad.overides: unknown parameter",
+        ),
+    ],
+)
+def test_bad_ablation_parameters_are_named_before_anything_trains(change, message):
+    ablation = {**shipped("ablation"), **change}
+    with pytest.raises(ConfigError, match=message):
+        plan_ablation(ablation, shipped("train"), shipped("evaluate"), {})
+
+
+def test_data_hash_changes_with_labels_split_and_answers():
+    manifest = pd.DataFrame(
+        {
+            "source": ["s", "s"],
+            "image_path": ["a.png", "b.png"],
+            "sha256": ["1", "2"],
+            "label": [0, 1],
+        }
+    )
+    splits = {"train_classes": ["x"], "test_classes": ["y"]}
+    qa = pd.DataFrame({"image_path": ["b.png"], "description": ["a scratch"]})
+    base = data_hash(manifest, splits, qa)
+    assert base == data_hash(manifest.copy(), dict(splits), qa.copy())
+    assert base != data_hash(manifest.assign(label=[1, 1]), splits, qa)
+    assert base != data_hash(manifest, {**splits, "test_classes": ["z"]}, qa)
+    assert base != data_hash(manifest, splits, qa.assign(description=["a dent"]))
+
+
+def fake_results() -> pd.DataFrame:
+    rows = []
+    for cell, proj, base in (("a", "avgpool", 0.6), ("b", "ltc", 0.8)):
+        for seed, delta in ((0, -0.1), (1, 0.1)):
+            rows.append(
+                {
+                    "table": "t",
+                    "table_title": "Table T",
+                    "cell": cell,
+                    "label": cell.upper(),
+                    "seed": seed,
+                    "cell_projector": proj,
+                    "cell_ltc_steps": "",
+                    "cell_dssl": True,
+                    "visual_tokens": 16,
+                    "image_auroc": base + delta,
+                    "image_ap": 0.5,
+                    "image_f1_max": 0.5,
+                    "pixel_auroc": 0.9,
+                    "pixel_ap": 0.3,
+                    "answer_accuracy": 0.5,
+                    "answer_balanced_accuracy": 0.5,
+                    "aupro": float("nan") if cell == "a" else 0.7,
+                    "params_trainable": 10,
+                    "train_seconds": 10.0,
+                    "train_images_per_s": 4.0 + seed,
+                    "eval_images_per_s": 2.0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_report_gives_mean_and_sample_spread_per_cell():
+    results = fake_results()
+    results.loc[results["cell"] == "a", "cell_ltc_steps"] = float("nan")  # as read from CSV
+    summary, metrics, markdown, figure = report_ablation(results)
+    assert "| A | avgpool | - |" in markdown
+    assert list(summary["cell"]) == ["a", "b"]
+    b = metrics["t"]["b"]
+    assert b["image_auroc_mean"] == pytest.approx(0.8)
+    assert b["image_auroc_std"] == pytest.approx(0.1414, abs=1e-4)  # sample s.d. of 0.7, 0.9
+    assert metrics["t"]["a"]["aupro_mean"] is None  # undefined stays undefined, not 0
+    assert "## Table T" in markdown and "| B | ltc |" in markdown
+    assert "0.800 ± 0.141" in markdown and "n/a" in markdown
+    assert summary.loc[summary["cell"] == "a", "train_images_per_s_mean"].item() == 4.5
+    assert len(figure.axes) == 1

@@ -1,0 +1,159 @@
+"""Training helpers: augmentation, anomaly pasting, conversations, the loop on a tiny model."""
+
+import random
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vmad_pipeline import prompts
+from vmad_pipeline.configs import TrainConfig
+from vmad_pipeline.prompts import IGNORE, encode_conversation
+from vmad_pipeline.training.data import ImageTable
+from vmad_pipeline.training.loop import train
+from vmad_pipeline.training.samples import augment, make_conversation, paste_anomalies
+
+
+def test_augment_keeps_image_and_mask_aligned():
+    img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    img[0, :, 2:5, 9:12] = 200  # a bright square ...
+    mask = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    mask[0, 2:5, 9:12] = 1  # ... and its mask
+    for seed in range(8):
+        a, m = augment(img, mask, torch.Generator().manual_seed(seed))
+        bright = a[0].float().mean(0) > a[0].float().mean()
+        assert torch.equal(bright, m[0].bool())
+
+
+def test_paste_marks_exactly_the_pasted_region():
+    g = torch.Generator().manual_seed(0)
+    images = torch.stack([torch.full((3, 32, 32), v, dtype=torch.uint8) for v in (10, 200, 90)])
+    masks = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    out, m = paste_anomalies(images, masks, [0], g)
+    assert m[0].sum() > 0 and m[1:].sum() == 0
+    changed = (out[0] != images[0]).any(0)
+    assert torch.equal(changed, m[0].bool())  # pasted from an image of another colour
+    assert torch.equal(out[1:], images[1:]) and torch.equal(
+        images[0], torch.full((3, 32, 32), 10, dtype=torch.uint8)
+    )
+
+
+def test_conversations_follow_the_templates():
+    rng = random.Random(0)
+    qa = {
+        "description": "A scratch at the top.",
+        "impact": "Weakens it.",
+        "suggestion": "Polish it.",
+    }
+    p, a = make_conversation("seg", "hex_nut", True, qa, "Normal.", rng)
+    assert p == prompts.seg_prompt("hex_nut") and "hex nut" in p and a == "It is [SEG]."
+    p, a = make_conversation("seg_answer", "hex_nut", True, qa, "Normal.", rng)
+    assert a.startswith("It is [SEG]. ") and a.split(". ", 1)[1] in qa.values()
+    p, a = make_conversation("vqa", "hex_nut", False, qa, "Normal.", rng)
+    assert a == "No. Normal." and "[SEG]" not in a
+
+
+def test_labels_cover_only_the_answer():
+    from vmad_pipeline.training.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([prompts.seg_prompt("screw"), "It is [SEG]."] * 3, vocab_size=300)
+    ids, labels = encode_conversation(tok, prompts.seg_prompt("screw"), "It is [SEG].", 4)
+    n_prompt = sum(1 for x in labels if x == IGNORE)
+    assert ids.count(tok.convert_tokens_to_ids("<image>")) == 4
+    assert all(x == IGNORE for x in labels[:n_prompt]) and labels[n_prompt:] == ids[n_prompt:]
+    assert tok.decode(ids[n_prompt:]).strip().startswith("It is") and ids[-1] == tok.eos_token_id
+
+
+def small_table(tmp_path):
+    from PIL import Image
+
+    from vmad_pipeline.training.tokenizer import train_tokenizer
+
+    rows = []
+    for i in range(4):
+        img = np.full((32, 32, 3), 60 + 30 * i, np.uint8)
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        rows.append(
+            {
+                "source": "s",
+                "category": "part",
+                "image_path": f"{i}.png",
+                "mask_path": "",
+                "label": 0,
+            }
+        )
+    table = ImageTable.load(pd.DataFrame(rows), {"s": str(tmp_path)}, 32, progress=False)
+    tok = train_tokenizer(
+        [prompts.seg_prompt("part"), prompts.vqa_prompt("part"), "It is [SEG].", "No. Fine."] * 3,
+        vocab_size=300,
+    )
+    return table, tok
+
+
+def test_loop_lowers_the_loss_and_is_seeded(tmp_path):
+    from helpers.models import CFG
+
+    from vmad_pipeline.models.build import build_vmad
+
+    table, tok = small_table(tmp_path)
+    cfg = TrainConfig(
+        steps=12, batch_size=4, lr=3e-3, warmup_steps=2, progress=False, paste_prob=0.5
+    )
+    curves = []
+    for _ in range(2):
+        model = build_vmad(CFG, tok, seed=0)
+        curves.append(train(model, tok, table, {}, lambda c: "Fine.", cfg))
+    assert curves[0]["loss"] == curves[1]["loss"]  # same seed, same curve
+    assert np.mean(curves[0]["loss"][-3:]) < np.mean(curves[0]["loss"][:3])
+    assert len(curves[0]["lr"]) == 12 and curves[0]["lr"][-1] < max(curves[0]["lr"])
+
+
+def test_bf16_training_with_dssl_and_gradient_checkpointing(tmp_path):
+    """The GPU recipe, run on the CPU: frozen weights stored in bf16 under autocast, trained
+    ones in fp32, the LLM checkpointed; full VMAD (LTC + DSSL) still learns and logs PBSD."""
+    import dataclasses
+
+    from helpers.models import VMAD_CFG
+
+    from vmad_pipeline.models.build import build_vmad
+
+    table, tok = small_table(tmp_path)
+    model_cfg = dataclasses.replace(VMAD_CFG, frozen=("vision", "sam_encoder"))
+    model = build_vmad(model_cfg, tok, train_classes=["part"])
+    cfg = TrainConfig(
+        steps=4,
+        batch_size=4,
+        warmup_steps=1,
+        progress=False,
+        paste_prob=1.0,
+        precision="bf16",
+        gradient_checkpointing=True,
+    )
+    curves = train(model, tok, table, {}, lambda c: "Fine.", cfg)
+    assert all(np.isfinite(curves["loss"]))
+    assert np.isfinite(curves["pbsd"][1:]).all()  # queues hold both states after step 1
+    assert model.vision.clip.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    assert model.seg_head.net[0].weight.dtype == torch.float32
+    base = model.llm.get_base_model()  # switched off again after training
+    assert not getattr(base, "is_activation_checkpointing", None) and not any(
+        getattr(m, "gradient_checkpointing", False) for m in base.modules()
+    )
+
+
+def test_a_model_built_in_bf16_trains_its_weights_in_fp32(tmp_path):
+    """The train node builds in the training precision (a 7B checkpoint loads at half the
+    memory); placing it puts every trained weight back in fp32 and keeps frozen ones in bf16."""
+    import dataclasses
+
+    from helpers.models import VMAD_CFG
+
+    from vmad_pipeline.models.build import build_vmad
+    from vmad_pipeline.placement import place_model
+
+    _, tok = small_table(tmp_path)
+    cfg = dataclasses.replace(VMAD_CFG, frozen=("vision", "sam_encoder"))
+    model = build_vmad(cfg, tok, train_classes=["part"], dtype=torch.bfloat16)
+    assert any(p.dtype == torch.bfloat16 for p in model.llm.parameters() if p.requires_grad)
+    place_model(model, torch.device("cpu"), torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert all(p.dtype == torch.bfloat16 for p in model.vision.parameters())
