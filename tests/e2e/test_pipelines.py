@@ -100,7 +100,10 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     image = next((data / "01_raw" / "synthetic" / "pcb" / "test").rglob("*.png"))
     out = model.predict(pd.DataFrame({"image": [str(image)], "category": ["pcb"]}))
     assert np.asarray(out["anomaly_map"][0]).shape == (32, 32)
-    # PENDING-SEG-POSITIONS
+    # The registered model scores an image exactly as the evaluation did (same rule, same map).
+    evaluated = graded.set_index("image_path")["score"]
+    rel = image.relative_to(data / "01_raw" / "synthetic").as_posix()
+    assert out["score"][0] == pytest.approx(evaluated[rel], abs=1e-5)
     assert out["score"][0] == pytest.approx(np.max(out["anomaly_map"][0]), abs=1e-4)
 
     # The export pipeline merges LoRA into a standalone model that loads without peft.

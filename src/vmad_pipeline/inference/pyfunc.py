@@ -3,8 +3,8 @@
 Input: a DataFrame with a column ``image`` holding image file paths or base64-encoded image
 bytes, and optionally ``category`` (the object name used in the prompt; default "object").
 Output: a DataFrame with ``score`` (image anomaly score, by the score rule the model was
-registered with: the evaluate parameters' ``score_source`` and ``fusion_weight``, logged as its
-``model_config``), ``answer`` (generated text), ``seg_found`` and ``anomaly_map`` (H x W nested
+registered with: the evaluate parameters' ``score_source``, ``fusion_weight`` and
+``max_new_tokens``, logged as its ``model_config``), ``answer`` (generated text), ``seg_found`` and ``anomaly_map`` (H x W nested
 lists of floats in [0, 1]).
 
 The real preset rebuilds its frozen backbone from local weight files: pass them as
@@ -20,7 +20,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from vmad_pipeline.configs.evaluate import ScoreRule
+from vmad_pipeline.configs.evaluate import EvaluateConfig, ScoreRule
 from vmad_pipeline.images import Source, load_batch
 
 
@@ -45,9 +45,14 @@ def _weights(model_config: dict):
     return from_dict(WeightsConfig, given, "weights")
 
 
-def model_config(rule: ScoreRule) -> dict:
-    """What the registered model is logged with: its score rule."""
-    return {"score_source": rule.source, "fusion_weight": rule.fusion_weight}
+def model_config(cfg: EvaluateConfig) -> dict:
+    """What the registered model is logged with: the evaluation's score rule and decoding budget,
+    so that it scores an image exactly as the evaluation did."""
+    return {
+        "score_source": cfg.score_source,
+        "fusion_weight": cfg.fusion_weight,
+        "max_new_tokens": cfg.max_new_tokens,
+    }
 
 
 class VmadPyfunc(mlflow.pyfunc.PythonModel):
@@ -63,7 +68,9 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
         model, tokenizer = load_checkpoint(
             context.artifacts["checkpoint"], weights=_weights(config)
         )
-        self.predictor = Predictor(model, tokenizer, rule=rule)
+        self.predictor = Predictor(
+            model, tokenizer, rule=rule, max_new_tokens=int(config.get("max_new_tokens", 8))
+        )
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None

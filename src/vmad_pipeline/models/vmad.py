@@ -273,8 +273,14 @@ class VmadModel(nn.Module):
         gen_mask[ended > 0] = 0  # tokens after the first EOS are padding
         full_embeds = torch.cat([embeds, self.llm.get_input_embeddings()(generated)], 1)
         full_mask = torch.cat([attention_mask, gen_mask], 1)
+        # Prompts are left-padded: positions count real tokens only, as generate() counted them
+        # (a rotary LLaMA is invariant to the shift up to rounding; absolute positions are not).
+        positions = (full_mask.cumsum(1) - 1).clamp(min=0)
         out = self.llm(
-            inputs_embeds=full_embeds, attention_mask=full_mask, output_hidden_states=True
+            inputs_embeds=full_embeds,
+            attention_mask=full_mask,
+            position_ids=positions,
+            output_hidden_states=True,
         )
         last = out.hidden_states[-1][:, input_ids.shape[1] :]  # states of the generated tokens
         is_seg = (generated == self.seg_token_id) & gen_mask.bool()

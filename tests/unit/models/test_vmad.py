@@ -152,6 +152,36 @@ def test_predict_returns_maps_and_answers(tokenizer):
     assert len(pred.answer_ids) == B and pred.seg_found.dtype == torch.bool
 
 
+def test_predict_does_not_depend_on_the_batch(tokenizer):
+    """A left-padded prompt gives the same answer and mask as the same prompt alone (positions
+    count real tokens; once they counted the padding of the longer prompt beside it)."""
+    torch.manual_seed(0)
+    model = build_vmad(CFG, tokenizer).eval()
+    for p in model.llm.parameters():  # random LoRA / head: the mask depends on every position
+        p.data.normal_(std=0.2)
+    images_clip, images_sam = torch.rand(B, 3, 32, 32), torch.rand(B, 3, 32, 32)
+    seqs = [
+        encode_prompt(tokenizer, prompts.seg_prompt(c), model.num_image_tokens)
+        for c in ("screw", "hex_nut_with_a_long_name")
+    ]
+
+    def predict(index, seqs_):
+        ids, att = pad_batch(seqs_, tokenizer.pad_token_id, left=True)
+        return model.predict(
+            images_clip=images_clip[index],
+            images_sam=images_sam[index],
+            input_ids=ids,
+            attention_mask=att,
+            output_size=(32, 32),
+            max_new_tokens=4,
+        )
+
+    both = predict(slice(0, 2), seqs)
+    alone = predict(slice(0, 1), seqs[:1])  # "screw" is the shorter one: padded in the batch
+    assert both.answer_ids[0] == alone.answer_ids[0]
+    torch.testing.assert_close(both.mask_logits[0], alone.mask_logits[0], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "name,tokens", [("mlp", 16), ("avgpool", 4), ("resampler", 4), ("ldpv2", 4)]
 )

@@ -49,10 +49,10 @@ def train_model(
 
 
 def package_model(trained: tuple, evaluate: dict[str, Any]) -> dict[str, Any]:
-    """The registered pyfunc's ``model_config``: the evaluate parameters' score rule
-    (``score_source``, ``fusion_weight``), so the registered model scores as it was evaluated.
-    Takes the checkpoint so that it registers only once the checkpoint is written."""
+    """The registered pyfunc's ``model_config``: the evaluate parameters' score rule and decoding
+    budget, so the registered model scores as it was evaluated. Takes the checkpoint so that it
+    registers only once the checkpoint is written."""
     from vmad_pipeline.configs.evaluate import parse_evaluate_params
     from vmad_pipeline.inference.pyfunc import model_config
 
-    return model_config(parse_evaluate_params(evaluate).score_rule)
+    return model_config(parse_evaluate_params(evaluate))
