@@ -2,7 +2,9 @@
 
 The server (``http.server`` in a thread, port 0) answers each POST with whatever the test's
 ``script(n, body)`` returns, and records every request body, header, arrival time and the
-largest number of requests it had in flight at once.
+largest number of requests it had in flight at once. Every request of any method is also
+recorded in ``requests`` (method, path, headers): a redirected client may arrive with a GET.
+A :class:`Reply` with ``raw`` writes the whole response itself (slow drips, endless bodies).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, BinaryIO
 
 
 @dataclass
@@ -22,6 +24,7 @@ class Reply:
     body: Any = None  # dict -> JSON; str -> sent as is
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    raw: Callable[[BinaryIO], None] | None = None  # writes status line, headers and body itself
 
 
 def chat(content: str) -> Reply:
@@ -54,6 +57,7 @@ class FakeLlm:
         self.bodies: list[dict] = []
         self.headers: list[dict[str, str]] = []
         self.times: list[float] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # every method
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -63,9 +67,15 @@ class FakeLlm:
             def log_message(self, *args: Any) -> None:  # keep test output quiet
                 pass
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                with fake._lock:
+                    fake.requests.append(("GET", self.path, dict(self.headers)))
+                self.send_error(405)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake._lock:
+                    fake.requests.append(("POST", self.path, dict(self.headers)))
                     n = len(fake.bodies)
                     fake.bodies.append(body)
                     fake.headers.append(dict(self.headers))
@@ -75,6 +85,9 @@ class FakeLlm:
                 try:
                     reply = fake.script(n, body)
                     time.sleep(reply.delay)
+                    if reply.raw is not None:
+                        reply.raw(self.wfile)
+                        return
                     data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
                     self.send_response(reply.status)
                     for k, v in reply.headers.items():
@@ -84,7 +97,7 @@ class FakeLlm:
                     self.end_headers()
                     self.wfile.write(data.encode())
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
+                    pass  # the client gave up (timeout and size-limit tests)
                 finally:
                     with fake._lock:
                         fake.in_flight -= 1

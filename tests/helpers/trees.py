@@ -92,11 +92,15 @@ def build_btad(root: Path) -> None:
             write_mask(root / f"{product}/ground_truth/ko/{i:04d}.png", box=(0, i, 8, 1))
 
 
-def build_mpdd_like(root: Path, defect: str = "scratches", mask_name: str = "000.png") -> None:
-    write_image(root / "bracket_black/train/good/000.png")
-    write_image(root / "bracket_black/test/good/000.png")
-    write_image(root / f"bracket_black/test/{defect}/000.png")
-    write_mask(root / f"bracket_black/ground_truth/{defect}/{mask_name}")
+def build_mpdd_like(
+    root: Path, defect: str = "scratches", mask_name: str = "000.png", size=(SIZE, SIZE)
+) -> None:
+    """One class: a train and a test normal, one anomaly and its mask; ``size`` = (H, W). Trees
+    that go through validation use 32 px, the suite's default ``min_side``."""
+    write_image(root / "bracket_black/train/good/000.png", size=size)
+    write_image(root / "bracket_black/test/good/000.png", size=size)
+    write_image(root / f"bracket_black/test/{defect}/000.png", size=size)
+    write_mask(root / f"bracket_black/ground_truth/{defect}/{mask_name}", size=size)
 
 
 def build_bad_tree(root: Path) -> dict[str, str]:

@@ -10,7 +10,9 @@ a malformed one is asked again up to ``invalid_reply_retries`` times) and cache 
 Failure policy: an image that still fails is reported (file + reason) and the run stops with
 :class:`LlmAnnotationError` after every other image has been tried, so nothing is returned
 half-done while every success is cached and a rerun resumes. HTTP 401, 403 and 404 (wrong key,
-no permission, wrong URL or model) stop the run at once, since every request would fail alike.
+no permission, wrong URL or model) and any redirect (a wrong ``base_url``; redirects are never
+followed) stop the run at once, since every request would fail alike. A reply over
+``max_reply_bytes`` fails its image without a retry.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from vmad_pipeline.annotation.llm_cache import ReplyCache, request_key, write_js
 from vmad_pipeline.annotation.llm_client import (
     ChatClient,
     LlmHttpError,
+    LlmRedirectError,
     LlmReplyError,
+    LlmReplyTooLargeError,
     LlmTransportError,
 )
 from vmad_pipeline.annotation.llm_prompt import (
@@ -165,8 +169,10 @@ class _Worker:
                 continue
             except LlmTransportError as err:
                 raise _ItemFailed(str(err), retries + self.client.max_retries) from None
+            except LlmReplyTooLargeError as err:
+                raise _ItemFailed(str(err), retries) from None
             except LlmHttpError as err:
-                if err.status in FATAL_STATUSES:
+                if err.status in FATAL_STATUSES or isinstance(err, LlmRedirectError):
                     raise
                 raise _ItemFailed(str(err), retries) from None
             self.cache.put(
@@ -198,6 +204,7 @@ def _client(cfg: LlmConfig) -> tuple[ChatClient, str | None]:
         max_retries=cfg.max_retries,
         backoff_s=cfg.backoff_s,
         max_backoff_s=cfg.max_backoff_s,
+        max_reply_bytes=cfg.max_reply_bytes,
     )
     return client, api_key
 

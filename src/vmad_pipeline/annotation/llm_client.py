@@ -3,14 +3,28 @@
 POST ``{base_url}/chat/completions`` with a JSON body; the reply's ``choices[0].message.content``
 is returned. Works against vLLM, Ollama (``/v1``), llama.cpp server and hosted APIs.
 
-Written on ``urllib.request`` (standard library) on purpose: one POST with a timeout and a
-status code is all that is needed, and no HTTP package is a declared dependency of the project.
+Written on ``urllib.request`` (standard library) on purpose: one POST with a deadline and a
+status code is all that is needed, and no HTTP package is a declared dependency of the project
+(:mod:`~vmad_pipeline.annotation.llm_transport` says why none would bound the request anyway).
 
 Retries: timeouts, connection errors, HTTP 429 and 5xx are retried up to ``max_retries`` times
 with exponential backoff and jitter, honouring a ``Retry-After`` header (seconds or HTTP date,
 capped at ``max_backoff_s``). Any other 4xx is not retried: :class:`LlmHttpError` names the
-status and the start of the body. The API key is sent as ``Authorization: Bearer`` and never
-logged or put in an error message.
+status and the start of the body.
+
+Limits, per request:
+
+* ``timeout_s`` is a deadline for the whole request (connect, headers and body), not per socket
+  read: a server that trickles its reply is cut off when it passes (a retryable timeout).
+* The reply body is read in chunks up to ``max_reply_bytes`` (a larger Content-Length is refused
+  before reading): :class:`LlmReplyTooLargeError`, not retried. Error bodies are read only up to
+  :data:`ERROR_BODY_BYTES`, for the excerpt quoted in the message.
+* Redirects (any 3xx) are never followed, to another origin or to the same one: the request
+  carries the API key, and a POST that must be redirected points at a wrong ``base_url``.
+  :class:`LlmRedirectError` names the status and the target.
+
+The API key is sent as ``Authorization: Bearer`` and never logged or put in an error message
+(text from the server is quoted with the key blanked out, should the server echo it).
 """
 
 from __future__ import annotations
@@ -20,18 +34,25 @@ import http.client
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from vmad_pipeline.annotation.llm_transport import Deadline, open_request
+
 __all__ = [
     "ChatClient",
+    "ERROR_BODY_BYTES",
     "LlmHttpError",
+    "LlmRedirectError",
     "LlmReplyError",
+    "LlmReplyTooLargeError",
     "LlmTransportError",
     "backoff_delay",
     "parse_retry_after",
@@ -40,6 +61,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _BODY_EXCERPT = 300  # characters of an error body quoted in messages
+ERROR_BODY_BYTES = 4096  # bytes of an error body read (the rest is left unread)
+_CHUNK = 64 * 1024  # bytes per read of a reply body
 
 
 class LlmHttpError(RuntimeError):
@@ -49,6 +72,26 @@ class LlmHttpError(RuntimeError):
         self.status = status
         self.body = body[:_BODY_EXCERPT]
         super().__init__(f"HTTP {status} from {url} (not retried): {self.body!r}")
+
+
+class LlmRedirectError(LlmHttpError):
+    """A 3xx answer. No redirect is followed (see the module docstring); ``target`` is where the
+    server pointed, resolved against the request URL."""
+
+    def __init__(self, status: int, target: str, url: str) -> None:
+        self.status = status
+        self.body = ""
+        self.target = target
+        RuntimeError.__init__(
+            self,
+            f"HTTP {status} redirect from {url} to {target} refused: redirects are not followed "
+            "(the request carries the API key); set annotate.llm.base_url to the final address",
+        )
+
+
+class LlmReplyTooLargeError(RuntimeError):
+    """The reply body is larger than ``max_reply_bytes`` (not retried: the next one would be
+    as large)."""
 
 
 class LlmTransportError(RuntimeError):
@@ -117,10 +160,14 @@ class ChatClient:
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         seed: int | None = None,
+        max_reply_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key or None
         self.timeout_s = timeout_s
+        self.max_reply_bytes = max_reply_bytes
+        https = urllib.parse.urlsplit(self.url).scheme == "https"
+        self._ssl_context = ssl.create_default_context() if https else None
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -136,45 +183,96 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
+    def _redact(self, text: str) -> str:
+        """Server-supplied text with our API key blanked out (a server may echo headers). Redact
+        before cutting an excerpt, so no part of the key is left at the cut."""
+        return text.replace(self._api_key, "<api key>") if self._api_key else text
+
+    def _excerpt(self, data: bytes) -> str:
+        return self._redact(data[:ERROR_BODY_BYTES].decode("utf-8", "replace"))[:_BODY_EXCERPT]
+
+    def _timeout(self) -> _Retryable:
+        return _Retryable(
+            f"timeout after {self.timeout_s:g} s (the deadline for the whole request: "
+            "connect, headers and body)"
+        )
+
     def _post_once(self, body: bytes) -> Any:
-        """One POST; the decoded JSON reply, or _Retryable / LlmHttpError / LlmReplyError."""
+        """One POST; the decoded JSON reply, or _Retryable / LlmHttpError / LlmReplyError /
+        LlmReplyTooLargeError."""
         request = urllib.request.Request(
             self.url, data=body, headers=self._headers(), method="POST"
         )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            text = _read_error_body(err)
-            if err.code == 429 or err.code >= 500:
-                retry_after = parse_retry_after(
-                    err.headers.get("Retry-After") if err.headers else None
-                )
-                raise _Retryable(
-                    f"HTTP {err.code}: {text[:_BODY_EXCERPT]!r}", retry_after
-                ) from None
-            raise LlmHttpError(err.code, text, self.url) from None
-        except TimeoutError as err:
-            raise _Retryable(f"timeout after {self.timeout_s:g} s ({err})") from None
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, TimeoutError):
-                raise _Retryable(f"timeout after {self.timeout_s:g} s ({err.reason})") from None
-            raise _Retryable(f"connection error: {err.reason}") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as err:
-            raise _Retryable(f"connection error: {type(err).__name__}: {err}") from None
+        with Deadline(self.timeout_s) as deadline:
+            try:
+                raw = self._exchange(request, deadline)
+            except (LlmHttpError, LlmReplyTooLargeError, _Retryable):
+                raise
+            except urllib.error.URLError as err:
+                if deadline.expired or isinstance(err.reason, TimeoutError):
+                    raise self._timeout() from None
+                raise _Retryable(f"connection error: {err.reason}") from None
+            except (ConnectionError, http.client.HTTPException, OSError) as err:
+                if deadline.expired or isinstance(err, TimeoutError):
+                    raise self._timeout() from None
+                raise _Retryable(f"connection error: {type(err).__name__}: {err}") from None
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            excerpt = raw[:_BODY_EXCERPT].decode("utf-8", "replace")
-            raise LlmReplyError(f"HTTP 200 body is not JSON: {excerpt!r}") from None
+            raise LlmReplyError(f"HTTP 200 body is not JSON: {self._excerpt(raw)!r}") from None
+
+    def _exchange(self, request: urllib.request.Request, deadline: Deadline) -> bytes:
+        """Send the request and read the reply body within the deadline and the size limit."""
+        try:
+            response = open_request(request, deadline, self._ssl_context)
+        except urllib.error.HTTPError as err:
+            with err:
+                raise self._status_error(err, deadline) from None
+        with response:
+            declared = _content_length(response)
+            if declared is not None and declared > self.max_reply_bytes:
+                raise self._too_large(f"declares {declared} bytes (Content-Length)")
+            data = bytearray()
+            while chunk := response.read1(_CHUNK):
+                data += chunk
+                if len(data) > self.max_reply_bytes:
+                    raise self._too_large(f"exceeded it after {len(data)} bytes")
+        deadline.check()  # a read cut short by the deadline ends like an end of file
+        if declared is not None and len(data) < declared:
+            raise _Retryable(f"connection error: reply ended after {len(data)} of {declared} bytes")
+        return bytes(data)
+
+    def _too_large(self, what: str) -> LlmReplyTooLargeError:
+        return LlmReplyTooLargeError(
+            f"reply from {self.url} {what}: over the limit annotate.llm.max_reply_bytes = "
+            f"{self.max_reply_bytes} (not retried; raise the limit if the replies are meant "
+            "to be that large)"
+        )
+
+    def _status_error(self, err: urllib.error.HTTPError, deadline: Deadline) -> Exception:
+        """The exception for a status >= 300: a refused redirect, a retryable 429 / 5xx (with
+        its Retry-After), or a non-retryable LlmHttpError."""
+        headers = err.headers
+        if 300 <= err.code < 400:
+            location = headers.get("Location", "") if headers else ""
+            target = urllib.parse.urljoin(self.url, location) if location else "(no Location)"
+            return LlmRedirectError(err.code, self._redact(target[:500]), self.url)
+        text = self._redact(_read_error_body(err))
+        if deadline.expired:
+            return self._timeout()
+        if err.code == 429 or err.code >= 500:
+            retry_after = parse_retry_after(headers.get("Retry-After") if headers else None)
+            return _Retryable(f"HTTP {err.code}: {text[:_BODY_EXCERPT]!r}", retry_after)
+        return LlmHttpError(err.code, text, self.url)
 
     def complete(self, payload: Mapping[str, Any]) -> tuple[str, int]:
         """Send one chat-completions request, retrying transient failures.
 
         Returns ``(content, retries)``: the first choice's message text and how many retries it
         took. Raises :class:`LlmTransportError` when every attempt failed transiently,
-        :class:`LlmHttpError` on a non-retryable status, :class:`LlmReplyError` when the 200
-        reply has no message text.
+        :class:`LlmHttpError` on a non-retryable status (:class:`LlmRedirectError` on any 3xx),
+        :class:`LlmReplyTooLargeError` over ``max_reply_bytes``, :class:`LlmReplyError` when
+        the 200 reply has no message text.
         """
         body = json.dumps(payload).encode("utf-8")
         for attempt in range(self.max_retries + 1):
@@ -196,15 +294,28 @@ class ChatClient:
                 logger.debug("retry %d in %.3f s: %s", attempt + 1, delay, err.reason)
                 time.sleep(delay)
                 continue
-            return message_text(reply), attempt
+            try:
+                return message_text(reply), attempt
+            except LlmReplyError:  # say why again, on the reply with the key blanked out
+                message_text(json.loads(self._redact(json.dumps(reply))))
+                raise
         raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _read_error_body(err: urllib.error.HTTPError) -> str:
+    """The start of an error body (at most ERROR_BODY_BYTES are read), decoded leniently."""
     try:
-        return err.read().decode("utf-8", "replace")
+        return err.read(ERROR_BODY_BYTES).decode("utf-8", "replace")
     except Exception:  # noqa: BLE001 - the status alone is enough to report
         return ""
+
+
+def _content_length(response: http.client.HTTPResponse) -> int | None:
+    value = response.headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def message_text(reply: Any) -> str:

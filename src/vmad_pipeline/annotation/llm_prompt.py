@@ -19,6 +19,7 @@ from PIL import Image
 
 from vmad_pipeline.annotation.llm_client import LlmReplyError
 from vmad_pipeline.annotation.taxonomy import normalise_name
+from vmad_pipeline.images import as_rgb8
 
 __all__ = [
     "ANSWER_KEYS",
@@ -54,6 +55,10 @@ _INSTRUCTIONS = (
 
 # Formats every OpenAI-compatible vision endpoint accepts; others are re-encoded as PNG.
 _SENDABLE = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+# Pixel modes sent byte for byte; any other (16-bit, 32-bit, float, CMYK, ...) is re-encoded as
+# 8-bit RGB through images.as_rgb8, since servers convert with PIL's convert("RGB"), which clips
+# 16-bit values to white.
+_EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
 
@@ -102,12 +107,14 @@ def user_text(*, category: str, defect: str, source_label: str, summary: str) ->
 
 def image_data_url(data: bytes, max_side: int) -> str:
     """An image file's bytes as a ``data:<mime>;base64,...`` URL: the bytes themselves when the
-    format is sendable and the size within ``max_side``, else downscaled / re-encoded as PNG."""
+    format is sendable, the pixels 8-bit and the size within ``max_side``; else downscaled and
+    re-encoded as PNG, converted by :func:`vmad_pipeline.images.as_rgb8` (16-bit images scaled
+    to 8 bits, not clipped) unless already RGB or L."""
     with Image.open(io.BytesIO(data)) as im:
         fmt = (im.format or "").upper()
         size = sent_size(im.width, im.height, max_side)
-        if fmt not in _SENDABLE or size != (im.width, im.height):
-            im = im.convert("RGB") if im.mode not in ("RGB", "L") else im
+        if fmt not in _SENDABLE or im.mode not in _EIGHT_BIT_MODES or size != im.size:
+            im = as_rgb8(im) if im.mode not in ("RGB", "L") else im
             if size != (im.width, im.height):
                 im = im.resize(size, Image.Resampling.LANCZOS)
             buf = io.BytesIO()

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
 from vmad_pipeline.annotation.coco import build_coco
@@ -28,6 +27,7 @@ from vmad_pipeline.annotation.taxonomy import DefectType, Taxonomy
 from vmad_pipeline.annotation.templates import template_qa
 from vmad_pipeline.datasets.manifest import image_file, mask_file
 from vmad_pipeline.datasets.masks import mask_to_rle
+from vmad_pipeline.images import mask_positive, read_mask_values
 
 __all__ = ["assemble_riad", "UNKNOWN_DEFECT", "QaItem", "Answerer", "template_answerer"]
 
@@ -84,8 +84,7 @@ def _image_seed(seed: int, sha256: str, position: int) -> int:
 def _read_mask(path: Path, width: int, height: int) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"mask file not found: {path}")
-    with Image.open(path) as im:
-        mask = np.asarray(im.convert("L")) > 0
+    mask = mask_positive(read_mask_values(path))  # raw values > 0: a faint colour is a defect too
     if mask.shape != (height, width):
         raise ValueError(
             f"mask {path} has size {mask.shape[1]}x{mask.shape[0]}, manifest says {width}x{height}"
@@ -215,9 +214,10 @@ def assemble_riad(
     QA: one record per anomalous row (label 1) with the description, impact and suggestion of
     ``answerer`` (default: ``template_answerer(seed)``) and ``annotator`` naming it; rows with
     ``defect_id`` -1 are described as an unknown "anomaly" and get no COCO annotation (warned).
-    Masks are read with PIL, positive = > 0, located by ``datasets.manifest.mask_file``. A
-    missing mask file raises ValueError naming it. Masks are kept as RLE, not as arrays, so
-    memory grows with the defect outlines, not the pixel count.
+    Masks are read raw (positive = raw value > 0 on any channel, ``datasets.masks.positive``),
+    located by ``datasets.manifest.mask_file``. A missing mask file raises ValueError naming
+    it. Masks are kept as RLE, not as arrays, so memory grows with the defect outlines, not the
+    pixel count.
     """
     _check_manifest(manifest, roots)
     records: list[dict] = []

@@ -24,7 +24,7 @@ class LlmConfig:
     api_key_env: str = "VMAD_LLM_API_KEY"  # NAME of the key's env var; unset: no auth header
     temperature: float = 0.2
     max_tokens: int = 800  # generation budget for the JSON with the three answers
-    timeout_s: float = 120.0  # per HTTP request (connect + read)
+    timeout_s: float = 120.0  # deadline of one HTTP request: connect + headers + whole body
     concurrency: int = 4  # requests in flight at once (thread pool size)
     max_retries: int = 4  # per image, on timeouts, connection errors, HTTP 429 and 5xx
     invalid_reply_retries: int = 1  # per image, extra requests after a malformed reply
@@ -33,6 +33,7 @@ class LlmConfig:
     json_mode: bool = False  # send response_format {"type": "json_object"} (OpenAI, vLLM, Ollama)
     max_image_side: int = 1024  # longer side of the image sent (downscaled above it); 0 = as is
     max_answer_chars: int = 2000  # a longer answer is a malformed reply
+    max_reply_bytes: int = 4_194_304  # a larger reply body (4 MiB) fails its image, unread
     cache_dir: str = "data/02_intermediate/llm_cache"  # replies, one JSON file per request key
 
     def __post_init__(self) -> None:
@@ -55,6 +56,7 @@ class LlmConfig:
             "must be 0 (send as is) or >= 32",
         )
         check(self.max_answer_chars >= 20, "max_answer_chars", "must be >= 20")
+        check(self.max_reply_bytes >= 1024, "max_reply_bytes", "must be >= 1024")
         check(bool(self.cache_dir.strip()), "cache_dir", "must not be empty")
         check(
             self.api_key_env == "" or self.api_key_env.replace("_", "").isalnum(),

@@ -102,7 +102,10 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    min_side: int = 1  # smallest accepted image width / height (pixels)
+    # Smallest accepted image width / height (pixels): below it a defect cannot be seen, and a
+    # 1 x 1 file is a thumbnail or a placeholder, not a dataset image. The synthetic generator's
+    # floor (image_size >= 32); real benchmarks' images are hundreds of pixels.
+    min_side: int = 32
     max_side: int = 20000  # largest accepted image width / height (pixels)
     # threshold: a mask pixel is positive iff > 0 (any values; VisA's masks are small integers);
     # binary: also require the raw values to be {0, 1} or {0, 255} (MVTec-style masks)

@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 
 _CACHE_COLUMNS = ["source", "root", "path", "size", "mtime_ns", "check", "signature"]
 _CACHE_FACTS = ["sha256", "width", "height", "bbox"]
+# The check a record is stored under, and the stored checks that satisfy a requested one.
+# "header+end": the header check since it also looks at the file's end (truncated images);
+# records of the older "header" check are read again once.
+_STORED = {"header": "header+end"}
+_SATISFIES = {"header": ("header+end", "decode"), "decode": ("decode",), "mask": ("mask",)}
 
 
 class FileCache:
@@ -73,7 +78,7 @@ class FileCache:
             or rec["size"] != stat.st_size
             or rec["mtime_ns"] != stat.st_mtime_ns
             or rec["signature"] != signature
-            or (check == "decode" and rec["check"] == "header")
+            or rec["check"] not in _SATISFIES.get(check, (check,))
         ):
             return None
         return rec
@@ -95,7 +100,7 @@ class FileCache:
             "path": rel,
             "size": int(stat.st_size),
             "mtime_ns": int(stat.st_mtime_ns),
-            "check": check,
+            "check": _STORED.get(check, check),
             "signature": signature,
             "sha256": str(facts.get("sha256", "")),
             "width": int(facts.get("width", 0)),

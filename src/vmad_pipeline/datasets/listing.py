@@ -2,7 +2,9 @@
 the :class:`Problem` s it found, each naming a file and one of the :data:`RULES`.
 
 Problems are collected over every source, then either stop the run naming every file and rule
-(:func:`raise_problems`) or leave their rows out and are reported (:func:`quarantine`).
+(:func:`raise_problems`) or leave their rows out and are reported (:func:`quarantine`). The rows
+that break a row rule of the validation suite are quarantined the same way, under the rule ids
+of :data:`VALIDATION_RULES` (:mod:`vmad_pipeline.datasets.validation.quarantine`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from vmad_pipeline.datasets.manifest import IngestError
 
 logger = logging.getLogger(__name__)
 
-# rule id -> the rule, in words (reported with every problem)
-RULES: dict[str, str] = {
+# rule id -> the rule, in words (reported with every problem): what reading the files finds
+READ_RULES: dict[str, str] = {
     "unreadable_image": "every image file must open as an image",
+    "truncated_image": "an image file ends where its format says (JPEG EOI, PNG IEND, BMP and "
+    "TIFF declared sizes; datasets/image_end.py)",
     "unreadable_mask": "every mask file must decode as an image",
     "image_without_mask": "an anomalous image needs its mask",
     "mask_without_image": "every mask belongs to an image of the mirrored folder",
@@ -32,6 +36,22 @@ RULES: dict[str, str] = {
     "malformed_metadata": "metadata files (JSON, CSV) parse and have the documented fields",
     "unknown_defect": "every defect name maps to a taxonomy type (conf/base/taxonomy.yml)",
 }
+# rule id -> the rule, for the validation suite's row rules (the id the quarantine report uses;
+# the suite's own rule name is in each problem's message). Rules that concern a whole source
+# or the table (a source has images and anomalous test images, required columns, a row at all)
+# are not quarantined: they stop the run.
+VALIDATION_RULES: dict[str, str] = {
+    "invalid_row": "a row has its fields set, relative paths, a declared source, label 0 or 1, "
+    "and a mask iff anomalous",
+    "image_size_mismatch": "an image's header size equals its row's width and height",
+    "image_size_limits": "image width and height lie within ingest.validation min_side..max_side",
+    "empty_mask": "an anomalous image's mask has a positive pixel (raw value > 0)",
+    "bbox_mismatch": "a row's bbox is the one of its mask's positive pixels",
+    "mask_values": "mask raw values are {0, 1} or {0, 255} (ingest.validation.mask_values: binary)",
+    "duplicate_image": "an image's content (sha256) is in one split of its source only",
+    "duplicate_across_sources": "an image's content (sha256) is in one source only",
+}
+RULES: dict[str, str] = {**READ_RULES, **VALIDATION_RULES}
 
 
 @dataclass(frozen=True)
@@ -132,6 +152,16 @@ def quarantine(
     problems = list(problems)
     if on_error == "raise":
         raise_problems(problems)
+    out, n_dropped = leave_out(manifest, problems)
+    report = quarantine_report(on_error, problems, n_dropped)
+    return out, report
+
+
+def leave_out(
+    manifest: pd.DataFrame, problems: Sequence[Mapping[str, str]]
+) -> tuple[pd.DataFrame, int]:
+    """The rows no problem concerns, and the number of images the problems name (rows left out,
+    and images that never became rows); IngestError if no row is left."""
     drop = {(p["source"], p["image_path"]) for p in problems if p["image_path"]}
     keep = [
         (s, p) not in drop for s, p in zip(manifest["source"], manifest["image_path"], strict=True)
@@ -148,12 +178,24 @@ def quarantine(
             len(drop),
             len(problems),
         )
-    report = {
+    return out, len(drop)
+
+
+def quarantine_report(
+    on_error: str,
+    problems: Sequence[Mapping[str, str]],
+    n_rows: int,
+    earlier: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The quarantine report: ``problems`` (added to those of an ``earlier`` report) and the
+    number of rows they removed, with counts per rule."""
+    problems = [*(earlier or {}).get("problems", []), *problems]
+    n_rows += int((earlier or {}).get("n_rows_quarantined", 0))
+    return {
         "on_error": on_error,
         "n_problems": len(problems),
-        "n_rows_quarantined": len(drop),  # images left out (a problem may concern no image)
+        "n_rows_quarantined": n_rows,  # images left out (a problem may concern no image)
         "by_rule": {rule: sum(p["rule"] == rule for p in problems) for rule in RULES},
         "rules": RULES,
         "problems": problems,
     }
-    return out, report

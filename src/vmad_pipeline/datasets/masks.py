@@ -1,7 +1,10 @@
 """Masks as arrays: the bounding box rule, COCO's uncompressed RLE, and polygon rasterisation.
 
 The one place for each of these rules: readers use them to build manifest rows, the COCO writer
-of :mod:`vmad_pipeline.annotation` to encode masks. A mask pixel is positive iff its value is > 0.
+of :mod:`vmad_pipeline.annotation` to encode masks. A mask pixel is positive iff its raw value is
+> 0 on any channel but alpha, whatever the bit depth (``images.mask_positive``): masks are
+read raw on purpose (``images.read_mask_values``), never through PIL's ``convert``, which would
+turn a faint colour (blue 3 -> grey 0) or a float below 0.5 into background.
 
 The RLE codec is written here on purpose: pycocotools is not a dependency. The format is COCO's
 uncompressed RLE: runs over the mask in column-major (Fortran) order, alternating 0s and 1s and
@@ -16,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vmad_pipeline.images import mask_positive
+
 if TYPE_CHECKING:
     from vmad_pipeline.datasets.listing import Shapes
 
@@ -23,12 +28,11 @@ __all__ = ["mask_bbox", "mask_to_rle", "rle_to_mask", "rasterise"]
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
-    """[x, y, w, h] of the pixels where ``mask > 0`` (first two axes are H, W); [] if none."""
-    positive = np.asarray(mask) > 0
-    if positive.ndim == 3:
-        positive = positive.any(axis=2)
-    rows = np.flatnonzero(positive.any(axis=1))
-    cols = np.flatnonzero(positive.any(axis=0))
+    """[x, y, w, h] of the positive pixels (``images.mask_positive``; the first two axes are H,
+    W); [] if none."""
+    positive_pixels = mask_positive(mask)
+    rows = np.flatnonzero(positive_pixels.any(axis=1))
+    cols = np.flatnonzero(positive_pixels.any(axis=0))
     if rows.size == 0:
         return []
     y0, y1 = int(rows[0]), int(rows[-1])

@@ -7,12 +7,14 @@ in memory after its row is built, so memory grows with the number of rows, not w
 
 What is checked per file, and why:
 
-* **Images: bytes hashed, header parsed** (``image_check: header``, the default). The SHA-256
-  needs every byte anyway; the header gives width and height and proves the file is an image of a
-  known format. Fully decoding every image costs 5-20x more (JPEG, large PNGs) and the training and
-  evaluation loaders decode each image again in any case, naming the file if it fails. A truncated
-  image body passes a header check: ``image_check: decode`` decodes every image, for a first
-  ingestion of a dataset you do not trust.
+* **Images: bytes hashed, header parsed, end checked** (``image_check: header``, the default).
+  The SHA-256 needs every byte anyway; the header gives width and height and proves the file is
+  an image of a known format; the same bytes show whether the file ends where its format says
+  (JPEG's EOI marker, PNG's IEND chunk, BMP's and TIFF's declared sizes:
+  :mod:`~vmad_pipeline.datasets.image_end`), so a cut-off file is a ``truncated_image`` without
+  decoding a pixel. Formats without such a check (GIF, WebP, ...) are decoded fully. Fully
+  decoding every image costs 5-20x more (JPEG, large PNGs): ``image_check: decode`` does, for a
+  first ingestion of a dataset you do not trust (it also finds corrupt data inside a whole file).
 * **Masks: fully decoded**, always: the bounding box needs the pixels, and the size must equal the
   image's.
 
@@ -39,9 +41,11 @@ from tqdm.auto import tqdm
 from vmad_pipeline.atomic import atomic_file
 from vmad_pipeline.configs.ingest import IMAGE_CHECKS, PARALLEL
 from vmad_pipeline.datasets.cache import FileCache
+from vmad_pipeline.datasets.image_end import END_CHECKED, truncation
 from vmad_pipeline.datasets.listing import Item, Listing, Problem, raise_problems
 from vmad_pipeline.datasets.manifest import IngestError, coerce_manifest
 from vmad_pipeline.datasets.masks import mask_bbox, rasterise
+from vmad_pipeline.images import read_mask_values
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +55,27 @@ _BATCH = 32  # items per task sent to a worker: amortises the inter-process roun
 # Top-level functions of plain arguments: they run in worker processes.
 
 
+class _Truncated(Exception):
+    """The file's end is not where its format says (image_end.truncation's reason)."""
+
+
 def _probe_image(path: str, check: str) -> tuple[str, int, int]:
-    """(sha256, width, height); the file is read once for both the hash and the header."""
+    """(sha256, width, height); the file is read once for the hash, the header and its end."""
     with open(path, "rb") as handle:
         data = handle.read()
     with Image.open(io.BytesIO(data)) as image:
-        if check == "decode":
+        reason = truncation(data, image)
+        if reason is not None:
+            raise _Truncated(reason)
+        if check == "decode" or image.format not in END_CHECKED:
             image.load()
         width, height = image.size
     return hashlib.sha256(data).hexdigest(), width, height
 
 
 def _probe_mask(path: str) -> tuple[int, int, list[int]]:
-    """(width, height, bbox of the pixels > 0), fully decoded."""
-    with Image.open(path) as image:
-        array = np.asarray(image)
+    """(width, height, bbox of the pixels > 0), fully decoded, raw values (masks.read_mask)."""
+    array = read_mask_values(path)
     return array.shape[1], array.shape[0], mask_bbox(array)
 
 
@@ -84,6 +94,9 @@ def _run_task(task: tuple) -> dict:
             sha, width, height = _probe_image(image_path, check)
             out["image"] = (sha, width, height)
             size = (width, height)
+        except _Truncated as error:
+            out["image_truncated"] = str(error)
+            return out
         except Exception as error:  # PIL and the OS raise many types for bad files
             out["image_error"] = f"{type(error).__name__}: {error}"
             return out
@@ -231,6 +244,9 @@ def _row(entry: _Pending, cache: FileCache) -> dict | Problem:
     if "image_error" in result:
         message = f"unreadable image {item.image} under {listing.root}: {result['image_error']}"
         return entry.problem("unreadable_image", item.image, message)
+    if "image_truncated" in result:
+        message = f"truncated image {item.image} under {listing.root}: {result['image_truncated']}"
+        return entry.problem("truncated_image", item.image, message)
     if "mask_error" in result:
         message = f"unreadable mask {item.mask} under {listing.masks_at}: {result['mask_error']}"
         return entry.problem("unreadable_mask", item.mask or "", message)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.trees import TAXONOMY_YAML, taxonomy_params, write_widget_tree
+from PIL import Image
 
 from vmad_pipeline.annotation import (
     Taxonomy,
@@ -320,3 +321,23 @@ def test_assemble_riad_missing_mask_names_file(tmp_path: Path, taxonomy: Taxonom
     (tmp_path / "widget" / "ground_truth" / "stain_0_mask.png").unlink()
     with pytest.raises(ValueError, match="stain_0_mask.png"):
         assemble_riad(manifest, {"synthetic": str(tmp_path)}, taxonomy, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "channels"),
+    [(np.uint8, 3, 3), (np.uint16, 1, 1), (np.uint16, 40000, 1)],
+    ids=["faint-blue-rgb", "16-bit-one", "16-bit-high"],
+)
+def test_assemble_riad_reads_mask_raw_values(
+    tmp_path: Path, taxonomy: Taxonomy, dtype: type, value: int, channels: int
+) -> None:
+    """A mask pixel is positive iff its raw value is > 0, whatever the bit depth or channels
+    (the rule of images.load_mask and the ingest bbox): a faint colour counts too."""
+    manifest = write_widget_tree(tmp_path)
+    path = tmp_path / "widget/ground_truth/scratch_0_mask.png"
+    mask = np.zeros((16, 16, channels), dtype)
+    mask[1:4, 1:6, -1] = value  # the scratch box, in the last channel only
+    Image.fromarray(mask.squeeze(axis=2) if channels == 1 else mask).save(path)
+    coco, qa = assemble_riad(manifest, {"synthetic": str(tmp_path)}, taxonomy, progress=False)
+    assert coco["annotations"][0]["bbox"] == [1, 1, 5, 3]
+    assert qa[0]["location"] == "top left"

@@ -277,6 +277,39 @@ def test_400_fails_that_image_only_without_retry(tmp_path: Path) -> None:
     assert fake.count == 3 and len(err.value.failures) == 1
 
 
+def test_redirect_stops_the_run_and_reaches_no_other_server(tmp_path: Path) -> None:
+    other = FakeLlm()
+    moved = Reply(status=302, body="", headers={"Location": other.url + "/chat/completions"})
+    fake = FakeLlm(lambda n, b: moved)
+    try:
+        cfg = config(fake, tmp_path, concurrency=1)
+        with pytest.raises(LlmHttpError, match=r"HTTP 302 redirect .* refused"):
+            annotate_with_llm(make_items(tmp_path, ["a", "b", "c", "d"]), cfg, progress=False)
+        assert fake.count <= 2 and other.requests == []  # fatal: the queue is dropped
+    finally:
+        fake.close()
+        other.close()
+
+
+def test_reply_over_max_reply_bytes_fails_that_image_only(tmp_path: Path) -> None:
+    def script(n: int, body: dict) -> Reply:
+        if "Object class: huge" in user_text_of(body):
+            return chat("x" * 5000)
+        return echo(n, body)
+
+    fake = FakeLlm(script)
+    try:
+        cfg = config(fake, tmp_path, max_reply_bytes=2048)
+        with pytest.raises(
+            LlmAnnotationError,
+            match=r"1 of 2 images.*\n  src/huge/001.png: reply .*llm\.max_reply_bytes = 2048",
+        ):
+            annotate_with_llm(make_items(tmp_path, ["bottle", "huge"]), cfg, progress=False)
+    finally:
+        fake.close()
+    assert fake.count == 2  # not retried
+
+
 # --- API key -----------------------------------------------------------------------------------
 
 

@@ -129,6 +129,31 @@ def test_image_data_url_keeps_small_png_and_downscales_large() -> None:
     assert image_data_url(buf.getvalue(), 64).startswith("data:image/png;")  # BMP re-encoded
 
 
+def _sent_pixels(url: str) -> tuple[str, np.ndarray]:
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+        return im.mode, np.asarray(im)
+
+
+@pytest.mark.parametrize("max_side", [0, 32], ids=["as-is", "downscaled"])
+def test_16_bit_grayscale_png_is_sent_scaled_not_saturated(max_side: int) -> None:
+    """A 16-bit PNG (values up to 65535) reaches the model as 8 bits scaled by 255 / 65535:
+    neither clipped to white by PIL's convert, nor passed on for the server to clip."""
+    values = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    source = Image.fromarray(values)
+    assert source.mode == "I;16"
+    buf = io.BytesIO()
+    source.save(buf, format="PNG")
+    mode, sent = _sent_pixels(image_data_url(buf.getvalue(), max_side))
+    assert mode in ("L", "RGB") and sent.dtype == np.uint8  # 8 bits, as every server expects
+    grey = sent if sent.ndim == 2 else sent[..., 0]
+    assert (grey == 255).mean() < 0.05  # a clipped 16-bit image is almost all white
+    if max_side == 0:
+        expected = np.rint(values * (255 / 65535))
+        assert np.abs(grey.astype(float) - expected).max() <= 1
+    else:
+        assert grey.shape == (32, 32) and 120 <= grey.mean() <= 135  # the ramp's mean, 127.5
+
+
 # --- backoff -----------------------------------------------------------------------------------
 
 
@@ -191,3 +216,5 @@ def test_parameters_defaults_and_errors() -> None:
         parse_annotate_params({"llm": {"concurrency": 0}})
     with pytest.raises(ConfigError, match=r"^max_backoff_s"):
         LlmConfig(backoff_s=2.0, max_backoff_s=1.0)
+    with pytest.raises(ConfigError, match=r"annotate\.llm\.max_reply_bytes: must be >= 1024"):
+        parse_annotate_params({"llm": {"max_reply_bytes": 10}})

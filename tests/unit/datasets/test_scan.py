@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers.trees import build_mpdd_like, build_vision, write_image
 from PIL import Image
 
 from vmad_pipeline.datasets.cache import FileCache
+from vmad_pipeline.datasets.listing import RULES
 from vmad_pipeline.datasets.mvtec import list_mvtec
 from vmad_pipeline.datasets.scan import scan
 from vmad_pipeline.datasets.vision import list_vision
@@ -91,3 +93,59 @@ def test_process_pool_gives_the_same_rows(tmp_path: Path) -> None:
     pooled, _ = scan([list_mvtec(root)], workers=2, parallel="process", progress=False)
     decoded, _ = scan([list_mvtec(root)], workers=2, image_check="decode", progress=False)
     assert serial.equals(pooled) and serial.equals(decoded)
+
+
+def _save(path: Path, fmt: str, size: int = 32) -> bytes:
+    """A random image in ``fmt``, written to ``path``; its bytes."""
+    rng = np.random.default_rng(len(fmt))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path, format=fmt)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "ext"), [("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("TIFF", "tif")]
+)
+@pytest.mark.parametrize("check", ["header", "decode"])
+def test_truncated_image_is_refused_by_its_end(tmp_path: Path, fmt: str, ext: str, check: str):
+    """The default header check reads every byte for the hash anyway: a file whose body was
+    cut off (the format's end marker or declared size is missing) is a truncated_image."""
+    root = tmp_path / "m"
+    whole = root / f"c/train/good/000.{ext}"
+    cut = root / f"c/train/good/001.{ext}"
+    data = _save(whole, fmt)
+    _save(cut, fmt)
+    cut.write_bytes(cut.read_bytes()[: len(data) - 200])  # the header is intact
+    manifest, problems = scan([list_mvtec(root)], image_check=check, progress=False)
+    assert list(manifest["image_path"]) == [f"c/train/good/000.{ext}"]
+    assert [(p.rule, p.file, p.image_path) for p in problems] == [
+        ("truncated_image", f"c/train/good/001.{ext}", f"c/train/good/001.{ext}")
+    ]
+    assert "truncated" in problems[0].message and str(root) in problems[0].message
+    assert problems[0].rule in RULES
+
+
+def test_end_marker_followed_by_padding_is_accepted(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    for name, fmt in (("000.jpg", "JPEG"), ("001.png", "PNG")):
+        path = root / "c/train/good" / name
+        path.write_bytes(_save(path, fmt) + b"\x00" * 16)  # zero padding after EOI / IEND
+    manifest, problems = scan([list_mvtec(root)], progress=False)
+    assert problems == [] and len(manifest) == 2
+
+
+def test_cache_of_an_older_header_check_is_not_trusted(tmp_path: Path) -> None:
+    """Facts cached by a header check that did not look at the end are read again once."""
+    root = tmp_path / "m"
+    path = root / "c/train/good/000.png"
+    data = _save(path, "PNG")
+    path.write_bytes(data[:-200])
+    cache_path = tmp_path / "cache.parquet"
+    stat = path.stat()
+    old = FileCache(cache_path)
+    old.put(
+        "m", root, "c/train/good/000.png", stat, check="header", sha256="x", width=32, height=32
+    )
+    old.save()
+    _, problems = scan([list_mvtec(root)], cache=FileCache(cache_path), progress=False)
+    assert [p.rule for p in problems] == ["truncated_image"]

@@ -24,12 +24,21 @@ from helpers.trees import (
 )
 
 from vmad_pipeline.annotation.taxonomy import apply_taxonomy
+from vmad_pipeline.configs.ingest import ValidationConfig
+from vmad_pipeline.datasets.listing import RULES
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import list_mvtec
 from vmad_pipeline.datasets.registry import FORMATS
-from vmad_pipeline.pipelines.ingest.nodes import map_defects, read_sources
+from vmad_pipeline.datasets.validation import ManifestValidationError
+from vmad_pipeline.pipelines.ingest.nodes import (
+    accept_manifest,
+    map_defects,
+    read_sources,
+    validate_manifest,
+)
 
 TAXONOMY = taxonomy_params()
+SIDE = ValidationConfig().min_side  # the smallest image the default suite accepts
 
 # ------------------------------------------------------------------ MVTec-layout variants
 
@@ -176,7 +185,7 @@ def test_failed_run_keeps_previous_outputs(tmp_path: Path, monkeypatch: pytest.M
     from vmad_pipeline.pipelines.ingest import create_pipeline
 
     root = tmp_path / "m"
-    build_mpdd_like(root, "hole")
+    build_mpdd_like(root, "hole", size=(SIDE, SIDE))
     out = tmp_path / "out"
     params = {
         "progress": False,
@@ -215,3 +224,139 @@ def test_failed_run_keeps_previous_outputs(tmp_path: Path, monkeypatch: pytest.M
         run()
     for name in ("manifest.parquet", "dataset_roots.json", "quarantine.json"):
         assert (out / name).read_bytes() == first[name], name
+
+
+# ------------------------------------------------- validation, truncation, and quarantine
+
+
+def ingest(root: Path, on_error: str = "raise", **validation) -> tuple:
+    """Every ingest node in turn on one MVTec-layout source: (manifest, roots, quarantine)."""
+    params = {
+        "progress": False,
+        "workers": 1,
+        "cache": None,
+        "on_error": on_error,
+        "validation": {"progress": False, **validation},
+        "sources": [{"name": "m", "format": "mpdd", "root": str(root)}],
+    }
+    raw, roots, problems = read_sources("unused", params)
+    manifest, quarantine = map_defects(raw, problems, TAXONOMY, params)
+    manifest, quarantine, report = validate_manifest(manifest, roots, quarantine, params)
+    return accept_manifest(manifest, roots, quarantine, report)
+
+
+def good_tree(root: Path) -> Path:
+    build_mpdd_like(root, "hole", size=(SIDE, SIDE))
+    write_image(root / "bracket_black/train/good/001.png", size=(SIDE, SIDE))
+    write_image(root / "bracket_black/test/hole/001.png", size=(SIDE, SIDE))
+    write_mask(root / "bracket_black/ground_truth/hole/001.png", size=(SIDE, SIDE))
+    return root
+
+
+def test_default_minimum_side_fits_the_synthetic_floor() -> None:
+    assert 16 <= SIDE <= 32  # the synthetic generator's smallest image_size is 32
+
+
+def test_one_pixel_image_is_refused_naming_file_and_rule(tmp_path: Path) -> None:
+    root = good_tree(tmp_path / "m")
+    write_image(root / "bracket_black/train/good/dot.png", size=(1, 1))
+    with pytest.raises(ManifestValidationError) as info:
+        ingest(root)
+    assert re.search(
+        r"'width/height within limits' failed for 1 row\(s\): m:bracket_black/train/good/dot.png",
+        str(info.value),
+    )
+    manifest, _, quarantine = ingest(root, "quarantine")
+    assert "bracket_black/train/good/dot.png" not in set(manifest["image_path"])
+    assert len(manifest) == 5
+    [problem] = quarantine["problems"]
+    assert (problem["rule"], problem["file"]) == (
+        "image_size_limits",
+        "bracket_black/train/good/dot.png",
+    )
+    assert "1x1" in problem["message"] and f"min_side {SIDE}" in problem["message"]
+
+
+@pytest.mark.parametrize("on_error", ["raise", "quarantine"])
+def test_truncated_jpeg_and_png_are_refused_at_ingest(tmp_path: Path, on_error: str) -> None:
+    root = good_tree(tmp_path / "m")
+    cut = {}
+    for name in ("cut.jpg", "cut.png"):
+        path = root / "bracket_black/train/good" / name
+        write_image(path, size=(SIDE, SIDE))
+        path.write_bytes(path.read_bytes()[:-100])  # an interrupted copy: the header is intact
+        cut[name] = f"bracket_black/train/good/{name}"
+    if on_error == "raise":
+        with pytest.raises(IngestError) as info:
+            ingest(root)
+        for file in cut.values():
+            assert re.search(
+                rf"\[truncated_image\] truncated image {re.escape(file)}", str(info.value)
+            )
+        return
+    manifest, _, quarantine = ingest(root, on_error)
+    assert not set(cut.values()) & set(manifest["image_path"]) and len(manifest) == 5
+    assert quarantine["by_rule"]["truncated_image"] == 2
+    assert {p["file"] for p in quarantine["problems"]} == set(cut.values())
+
+
+def _empty_mask(root: Path) -> tuple[str, str]:
+    write_mask(root / "bracket_black/ground_truth/hole/001.png", value=0, size=(SIDE, SIDE))
+    return "empty_mask", "bracket_black/ground_truth/hole/001.png"
+
+
+def _small_image(root: Path) -> tuple[str, str]:
+    write_image(root / "bracket_black/train/good/small.png", size=(SIDE - 1, SIDE))
+    return "image_size_limits", "bracket_black/train/good/small.png"
+
+
+def _duplicate(root: Path) -> tuple[str, str]:
+    train = root / "bracket_black/train/good/001.png"
+    (root / "bracket_black/test/good/copy.png").write_bytes(train.read_bytes())
+    return "duplicate_image", "bracket_black/test/good/copy.png"
+
+
+def _graded_mask(root: Path) -> tuple[str, str]:
+    write_mask(root / "bracket_black/ground_truth/hole/001.png", value=7, size=(SIDE, SIDE))
+    return "mask_values", "bracket_black/ground_truth/hole/001.png"
+
+
+@pytest.mark.parametrize(
+    ("fault", "validation"),
+    [
+        (_empty_mask, {}),
+        (_small_image, {}),
+        (_duplicate, {}),
+        (_graded_mask, {"mask_values": "binary"}),
+    ],
+    ids=["empty-mask", "small-image", "duplicate", "non-binary-mask"],
+)
+def test_quarantine_covers_row_level_validation_rules(
+    tmp_path: Path, fault, validation: dict
+) -> None:
+    root = good_tree(tmp_path / "m")
+    rule, file = fault(root)
+    assert rule in RULES
+    with pytest.raises(ManifestValidationError):
+        ingest(root, **validation)
+    manifest, _, quarantine = ingest(root, "quarantine", **validation)
+    listed = [(p["rule"], p["file"]) for p in quarantine["problems"]]
+    assert (rule, file) in listed, listed
+    left_out = {p["image_path"] for p in quarantine["problems"]}
+    assert not left_out & set(manifest["image_path"])
+    assert quarantine["n_rows_quarantined"] == len(left_out) >= 1
+    assert quarantine["by_rule"][rule] >= 1
+    assert len(manifest) >= 3  # the rest is ingested (and passed the suite again)
+    if rule == "duplicate_image":  # every copy goes: which one is right is not known
+        assert left_out == {file, "bracket_black/train/good/001.png"}
+    json.dumps(quarantine)
+
+
+def test_source_rule_stays_fatal_under_quarantine(tmp_path: Path) -> None:
+    """Quarantine leaves bad rows out; a source left without anomalous test images still stops
+    the run (a rule about the whole source)."""
+    root = tmp_path / "m"
+    build_mpdd_like(root, "hole", size=(SIDE, SIDE))
+    write_mask(root / "bracket_black/ground_truth/hole/000.png", value=0, size=(SIDE, SIDE))
+    with pytest.raises(ManifestValidationError, match="'source has anomalous test images'.*m"):
+        ingest(root, "quarantine")

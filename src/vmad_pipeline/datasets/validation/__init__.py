@@ -1,14 +1,17 @@
 """Great Expectations validation of the manifest at the ingestion boundary.
 
 ``rules`` computes every rule in pandas (the files opened once each); ``suite`` runs them as GE
-expectations and builds the report. Parameters: :class:`vmad_pipeline.configs.ingest.ValidationConfig`.
+expectations and builds the report; ``quarantine`` leaves out the rows that break row rules
+(``ingest.on_error: quarantine``) and validates the rest again. Parameters: :class:`vmad_pipeline.configs.ingest.ValidationConfig`.
 """
 
+from vmad_pipeline.datasets.validation.quarantine import validate_or_quarantine
 from vmad_pipeline.datasets.validation.rules import declared_sources
 from vmad_pipeline.datasets.validation.suite import (
     MAX_FAILED_ROWS,
     ManifestValidationError,
     raise_on_failure,
+    run_validation,
     validate_manifest,
 )
 
@@ -17,5 +20,7 @@ __all__ = [
     "ManifestValidationError",
     "declared_sources",
     "raise_on_failure",
+    "run_validation",
     "validate_manifest",
+    "validate_or_quarantine",
 ]

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from vmad_pipeline.configs.ingest import ValidationConfig
 from vmad_pipeline.datasets.manifest import image_file, mask_file, mask_root_key
 from vmad_pipeline.datasets.masks import mask_bbox
+from vmad_pipeline.images import read_mask_values
 
 NON_EMPTY_COLUMNS = ("source", "category", "image_path", "sha256")
 STRICT_MASK_RULE = "mask values in {0, 1} or {0, 255}"
@@ -48,8 +48,9 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 def _mask_facts(path: Path) -> MaskFacts | None:
     """The mask decoded once: size, bbox of the pixels > 0, binary values; None if unreadable."""
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image)
+        array = read_mask_values(
+            path
+        )  # raw values, on purpose: positive iff > 0 (images.mask_positive)
     except Exception:  # unreadable: the mask size rule fails
         return None
     if array.dtype == bool:

@@ -191,6 +191,16 @@ def validate_manifest(
     roots: dict[str, str],
     params: ValidationConfig | dict[str, Any] | None = None,
 ) -> dict:
+    """Check the manifest with Great Expectations; a JSON-serialisable report (see
+    :func:`run_validation`, which also returns each row rule's passing rows)."""
+    return run_validation(manifest, roots, params)[0]
+
+
+def run_validation(
+    manifest: pd.DataFrame,
+    roots: dict[str, str],
+    params: ValidationConfig | dict[str, Any] | None = None,
+) -> tuple[dict, dict[str, pd.Series]]:
     """Check the manifest with Great Expectations; a JSON-serialisable report.
 
     ``roots`` maps each source name to its dataset root (and ``<source>:masks`` to a mask root);
@@ -199,6 +209,9 @@ def validate_manifest(
     {counts..., "success", "failed_rules": {rule: n_failed}}}}``; ``failed_rows`` holds up to
     :data:`MAX_FAILED_ROWS` ``source:image_path`` entries (source names for the per-source rules,
     column names for the column rules).
+
+    Also returns row rule -> boolean Series (True = the row passes) over the manifest's rows in
+    order (empty when the row rules could not run: columns missing, no rows).
     """
     if isinstance(params, ValidationConfig):
         cfg = params
@@ -226,7 +239,7 @@ def validate_manifest(
         "results": results,
         "sources": _per_source(frame, table, checks),
     }
-    return _finish(report)
+    return _finish(report), checks
 
 
 def _per_source(

@@ -4,7 +4,9 @@ validate, and only then write the manifest, its roots and the quarantine report.
 Bad input (every rule in :data:`vmad_pipeline.datasets.listing.RULES`) is collected over all
 sources; with ``ingest.on_error: raise`` (default) the run stops before any of its outputs is
 written, naming each file and rule; with ``quarantine`` the offending rows are left out and listed
-in the ``ingest_quarantine`` report. Outputs are written by the last node only, so a failing run
+in the ``ingest_quarantine`` report: the problems found reading, then the rows that break a row
+rule of the validation suite (the rest is validated again). Rules about a whole source or the
+table stop the run in both modes. Outputs are written by the last node only, so a failing run
 leaves the previous manifest, roots and report as they were.
 
 Each node parses its parameters once (:mod:`vmad_pipeline.configs.ingest`) and calls the library:
@@ -27,8 +29,7 @@ from vmad_pipeline.datasets import registry
 from vmad_pipeline.datasets.listing import quarantine as quarantine_rows
 from vmad_pipeline.datasets.registry import source_roots
 from vmad_pipeline.datasets.synthetic import generate_synthetic
-from vmad_pipeline.datasets.validation import raise_on_failure
-from vmad_pipeline.datasets.validation import validate_manifest as run_suite
+from vmad_pipeline.datasets.validation import raise_on_failure, validate_or_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,16 @@ def map_defects(
 
 
 def validate_manifest(
-    manifest: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
-) -> dict[str, Any]:
-    """The Great Expectations report (saved even when it fails), with ``ingest.validation``."""
-    return run_suite(manifest, roots, parse_ingest_params(params).validation)
+    manifest: pd.DataFrame,
+    roots: dict[str, str],
+    quarantine: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """Validate with ``ingest.validation``: the manifest, the quarantine report and the Great
+    Expectations report (saved even when it fails). Under ``on_error: quarantine`` rows that
+    break a row rule are left out and added to the quarantine report first."""
+    cfg = parse_ingest_params(params)
+    return validate_or_quarantine(manifest, roots, cfg.validation, quarantine, cfg.on_error)
 
 
 def accept_manifest(

@@ -34,16 +34,21 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 validate_manifest,
-                ["manifest_unvalidated", "dataset_roots_unvalidated", "params:ingest"],
-                "validation_report",
+                [
+                    "manifest_unvalidated",
+                    "dataset_roots_unvalidated",
+                    "ingest_quarantine_unvalidated",
+                    "params:ingest",
+                ],
+                ["manifest_validated", "ingest_quarantine_validated", "validation_report"],
                 name="validate_manifest",
             ),
             node(
                 accept_manifest,
                 [
-                    "manifest_unvalidated",
+                    "manifest_validated",
                     "dataset_roots_unvalidated",
-                    "ingest_quarantine_unvalidated",
+                    "ingest_quarantine_validated",
                     "validation_report",
                 ],
                 ["manifest", "dataset_roots", "ingest_quarantine"],
