@@ -2,7 +2,8 @@
 
 Training, evaluation, the predictor and the MLflow pyfunc all read pixels through this module, so
 an image means the same thing everywhere: RGB, resized bilinearly to a square side, uint8; a mask
-is binary (a pixel is positive when its value is > 0, metrics.md), resized with nearest neighbour.
+is binary (a pixel is positive when its raw value is > 0, metrics.md), resized with nearest
+neighbour. Images of more than 8 bits are scaled to 8 bits (:func:`as_rgb8`), never clipped.
 """
 
 from __future__ import annotations
@@ -30,24 +31,63 @@ def _name(source: Source) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, bytes | bytearray) else str(source)
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def as_rgb8(im: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB. 16-bit images (PIL modes ``I;16*``, and ``I`` when its values lie
+    in 0..65535, as 16-bit PNGs open) are scaled by 255 / 65535; PIL's own ``convert("RGB")``
+    would clip every value above 255 (a 16-bit image turns almost white). 8-bit modes (L, P,
+    RGBA, CMYK, ...) convert as PIL converts them. Float images (``F``) and 32-bit integers
+    beyond 16 bits have no agreed scale: ValueError."""
+    if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
+        values = np.asarray(im)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(
+                f"{im.mode} image with values in [{values.min()}, {values.max()}]: not a 16-bit "
+                "image; convert it to 8 or 16 bits first"
+            )
+        scaled = np.rint(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+        return Image.fromarray(scaled, "L").convert("RGB")
+    if im.mode == "F":
+        raise ValueError("floating-point image (mode F): no agreed scale to 8 bits")
+    return im.convert("RGB")
+
+
 def load_rgb(source: Source, size: int) -> np.ndarray:
-    """An image resized to size x size (bilinear), uint8 H x W x 3."""
+    """An image resized to size x size (bilinear), uint8 H x W x 3 (:func:`as_rgb8` first)."""
     try:
         with _open(source) as im:
-            return np.array(im.convert("RGB").resize((size, size), Image.BILINEAR))
+            return np.array(as_rgb8(im).resize((size, size), Image.BILINEAR))
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read image {_name(source)}: {err}") from err
 
 
+def read_mask_values(path: str | Path) -> np.ndarray:
+    """A mask file's raw values as stored (H x W, or H x W x C; any dtype), its alpha channel
+    dropped (a mask drawn on a transparent layer is opaque everywhere). Never through PIL's
+    ``convert``, which turns a faint colour (blue 3 -> grey 0) into background."""
+    with Image.open(path) as im:
+        values = np.asarray(im)
+        alpha = im.mode in ("LA", "La", "PA", "RGBA", "RGBa")
+    return values[..., :-1] if alpha else values
+
+
+def mask_positive(values: np.ndarray) -> np.ndarray:
+    """H x W booleans, the one mask rule (metrics.md): raw value > 0 on any channel."""
+    out = np.asarray(values) > 0
+    return out.any(axis=2) if out.ndim == 3 else out
+
+
 def load_mask(path: str | Path | None, size: int) -> np.ndarray:
-    """A binary mask (positive = value > 0) resized with nearest neighbour; zeros if no path."""
+    """A binary mask (:func:`mask_positive` of :func:`read_mask_values`) resized with nearest
+    neighbour; zeros if no path."""
     if not path:
         return np.zeros((size, size), dtype=np.uint8)
     try:
-        with Image.open(path) as im:
-            return (np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 0).astype(
-                np.uint8
-            )
+        positive = mask_positive(read_mask_values(path))
+        binary = Image.fromarray(positive.astype(np.uint8) * 255, "L")
+        return (np.asarray(binary.resize((size, size), Image.NEAREST)) > 0).astype(np.uint8)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read mask {path}: {err}") from err
 

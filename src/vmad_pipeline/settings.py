@@ -2,8 +2,8 @@
 
 from kedro.config import OmegaConfigLoader
 
-from vmad_pipeline.hooks import RunTagsHook
+from vmad_pipeline.hooks import ParamsCheckHook, RunStatusHook, RunTagsHook
 
-HOOKS = (RunTagsHook(),)
+HOOKS = (ParamsCheckHook(), RunStatusHook(), RunTagsHook())
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {"base_env": "base", "default_run_env": "local"}

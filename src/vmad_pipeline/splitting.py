@@ -243,3 +243,43 @@ def split_rows(manifest: pd.DataFrame, splits: dict[str, Any]) -> tuple[pd.DataF
             + more
         )
     return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- what a model saw
+
+
+def split_hash(splits: dict[str, Any]) -> str:
+    """A short, stable digest of a split (what each side holds and how it was drawn)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(splits, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def training_record(train_rows: pd.DataFrame, splits: dict[str, Any]) -> dict[str, Any]:
+    """What a model was trained on, recorded with it: its classes, its sources, the (source,
+    class) pairs, the split's hash and whether the split allowed a test class to share its name
+    with a training class of another source (``shared_names: allow``)."""
+    pairs = sorted(set(zip(train_rows["source"], train_rows["category"], strict=True)))
+    return {
+        "classes": sorted({c for _, c in pairs}),
+        "sources": sorted({s for s, _ in pairs}),
+        "pairs": [list(p) for p in pairs],
+        "split_hash": split_hash(splits),
+        "shared_names": (splits.get("params") or {}).get("shared_names", "error"),
+    }
+
+
+def seen_mask(rows: pd.DataFrame, record: dict[str, Any]) -> pd.Series:
+    """Which rows show a class the model was trained on. A class is its name across sources
+    (docs/splits.md), unless the model's split allowed shared names, where a class is a (source,
+    name) pair."""
+    if not record:
+        return pd.Series(False, index=rows.index)
+    if record.get("shared_names") == "allow":
+        pairs = {tuple(p) for p in record["pairs"]}
+        return pd.Series(
+            [(s, c) in pairs for s, c in zip(rows["source"], rows["category"], strict=True)],
+            index=rows.index,
+        )
+    return rows["category"].isin(set(record["classes"]))

@@ -97,6 +97,10 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     assert "train.steps" in run_data.params
     assert "train/loss" in run_data.metrics and "train/pbsd" in run_data.metrics
     model = mlflow.pyfunc.load_model(f"models:/vmad/{versions[0].version}")
+    # The registered model knows what it was trained on (as its checkpoint does).
+    trained_on = model.metadata.metadata["trained_on"]
+    assert trained_on["classes"] == sorted(set(splits["train_classes"]))
+    assert json.loads((ckpt / "config.json").read_text())["trained_on"] == trained_on
     image = next((data / "01_raw" / "synthetic" / "pcb" / "test").rglob("*.png"))
     out = model.predict(pd.DataFrame({"image": [str(image)], "category": ["pcb"]}))
     assert np.asarray(out["anomaly_map"][0]).shape == (32, 32)
@@ -134,7 +138,9 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
             "evaluate": {**SMALL["evaluate"], "dataset": {"root": str(other), "name": "other"}},
         },
     )
-    metrics = json.loads((data / "08_reporting" / "metrics.json").read_text())
+    # ... its reports go beside the default run's, in external/<name>/.
+    external = data / "08_reporting" / "external" / "other" / "metrics.json"
+    metrics = json.loads(external.read_text())
     assert set(metrics["per_class"]) == {"gadget"} and metrics["settings"]["n_images"] == 4
 
 

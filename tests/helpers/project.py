@@ -85,3 +85,19 @@ def run(project: Path, pipeline: str | None, params: dict):
         # Several sessions in one process (unlike `kedro run`): start each with no active run.
         while mlflow.active_run():
             mlflow.end_run()
+
+
+def write_local_parameters(project: Path, overrides: dict) -> None:
+    """conf/local/parameters.yml: conf/base's parameters with ``overrides`` deep-merged, whole
+    blocks (Kedro lets a local top-level key replace the base one), for runs of the `kedro`
+    command itself."""
+    import yaml
+
+    from vmad_pipeline.ablation.plan import deep_merge
+
+    params: dict = {}
+    for path in sorted((project / "conf" / "base").glob("parameters_*.yml")):
+        params |= yaml.safe_load(path.read_text())
+    merged = deep_merge(params, overrides)
+    local = {k: merged[k] for k in overrides}
+    (project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(local))

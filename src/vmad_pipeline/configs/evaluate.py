@@ -10,6 +10,7 @@ from typing import Any
 from vmad_pipeline.configs.base import check, check_placement, from_dict
 
 SCORE_SOURCES = ("map_max", "p_yes", "fused")
+SEEN_CLASSES = ("report", "refuse")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ class EvaluateConfig:
     curve_points: int = 201  # FPR grid of the PRO curve files (the AUPRO number is exact)
     mmad: MmadEvalConfig = field(default_factory=MmadEvalConfig)
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
+    # Classes the model was trained on, met in another tree or MMAD: report them in a separate,
+    # labelled "seen" section (never in the unseen mean) | refuse to evaluate. (In the split's
+    # own test classes they are always an error: the split changed after training.)
+    seen_classes: str = "report"
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
@@ -90,6 +95,11 @@ class EvaluateConfig:
         check(self.eval_size >= 1, "eval_size", "must be >= 1")
         check(self.n_overlays >= 0, "n_overlays", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(
+            self.seen_classes in SEEN_CLASSES,
+            "seen_classes",
+            f"{self.seen_classes!r} is not one of {', '.join(SEEN_CLASSES)}",
+        )
 
     @property
     def score_rule(self) -> ScoreRule:

@@ -46,7 +46,8 @@ def _fmt(v: Any) -> str:
 
 def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
     """The per-class table (one row per class, then the unweighted mean) as a markdown table,
-    with the settings it was computed with above it."""
+    with the settings it was computed with above it; classes the model was trained on, if any,
+    follow in a section of their own with their own mean."""
     settings = report["settings"]
     head = ["class", "images", "anomalous", *(LABELS[k] for k in METRICS)]
     lines = [
@@ -56,6 +57,21 @@ def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
         f"AUPRO exact up to FPR {settings['aupro_fpr_limit']}; PRO-200 is the 200-threshold "
         "approximation, not AUPRO. Mean = unweighted mean over classes; – = undefined.",
         "",
+    ]
+    seen = table["seen"].astype(bool) if "seen" in table else pd.Series(False, index=table.index)
+    lines += _markdown_rows(head, table[~seen], report)
+    if seen.any() and "seen" in report:
+        lines += [
+            "",
+            "## Seen classes (the model was trained on them: not zero-shot, not in the mean above)",
+            "",
+            *_markdown_rows(head, table[seen], report["seen"]),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_rows(head: list[str], table: pd.DataFrame, report: dict[str, Any]) -> list[str]:
+    lines = [
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
     ]
@@ -70,7 +86,7 @@ def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
         *(report["mean"][k] for k in METRICS),
     ]
     lines.append("| " + " | ".join(_fmt(c) for c in mean) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _curve_figure(

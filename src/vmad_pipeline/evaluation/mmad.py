@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 from vmad_pipeline import prompts
 from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.datasets.mmad import read_mmad
+from vmad_pipeline.evaluation.eval_set import check_seen
 from vmad_pipeline.images import load_rgb
 from vmad_pipeline.metrics.text import parse_option
+from vmad_pipeline.splitting import seen_mask
 
 log = logging.getLogger(__name__)
 MMAD_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -52,19 +54,44 @@ def mmad_question(question: str, options: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_mmad(answerer: Answerer, cfg: EvaluateConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+def mmad_category(image_path: str) -> str:
+    """The object class of an MMAD image key (``<dataset>/<object>/...``)."""
+    parts = image_path.split("/")
+    return parts[1] if len(parts) > 2 else ""
+
+
+def evaluate_mmad(
+    answerer: Answerer, cfg: EvaluateConfig, trained_on: dict[str, Any] | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """MMAD accuracy per question type when ``evaluate.mmad.questions`` names an ``mmad.json``:
-    the model answers each multiple-choice question about its image. Without the parameter, an
-    empty table and ``{"enabled": false}``."""
+    the model answers each multiple-choice question about its image. Questions about a class
+    the model was trained on (``trained_on``) are refused or scored apart in ``report["seen"]``,
+    by ``evaluate.seen_classes``. Without the parameter, an empty table and
+    ``{"enabled": false}``."""
     mcfg = cfg.mmad
     if not mcfg.questions:
         return pd.DataFrame(columns=MMAD_ANSWER_COLUMNS), {"enabled": False}
     questions = read_mmad(mcfg.questions)
     if mcfg.limit:
         questions = questions.head(mcfg.limit).reset_index(drop=True)
+    questions["category"] = [mmad_category(p) for p in questions["image_path"]]
+    questions["source"] = [p.split("/")[0] for p in questions["image_path"]]
+    questions["seen"] = seen_mask(questions, trained_on or {}).to_numpy()
+    check_seen(questions, trained_on or {}, cfg, splits=None, what="MMAD questions")
     root = Path(mcfg.root) if mcfg.root else Path(mcfg.questions).parent
     responses = _responses(answerer, questions, root, cfg)
-    return score_mmad(questions, responses, mcfg.questions)
+    seen = questions["seen"].to_numpy(bool)
+    table, report = score_mmad(questions[~seen], _pick(responses, ~seen), mcfg.questions)
+    table = table.assign(seen=False)
+    if seen.any():
+        part, part_report = score_mmad(questions[seen], _pick(responses, seen), mcfg.questions)
+        report["seen"] = {"note": "questions about classes the model was trained on", **part_report}
+        table = pd.concat([table, part.assign(seen=True)], ignore_index=True)
+    return table, report
+
+
+def _pick(values: list, keep: np.ndarray) -> list:
+    return [v for v, k in zip(values, keep, strict=True) if k]
 
 
 def _responses(
@@ -101,6 +128,8 @@ def score_mmad(
         parse_option(r, o) for r, o in zip(table["response"], table["options"], strict=True)
     ]
     table["correct"] = table["chosen"] == table["answer"]
+    if table.empty:
+        return table[MMAD_ANSWER_COLUMNS], {"enabled": True, "n_questions": 0, "per_type": {}}
     per_type = {
         t: {
             "accuracy": round(float(g["correct"].mean()), 6),
@@ -131,10 +160,13 @@ def score_mmad(
 
 
 def mmad_mlflow(report: dict[str, Any]) -> dict[str, float]:
-    """The MMAD report as flat numbers for MLflow (empty when MMAD is off)."""
-    if not report.get("enabled"):
+    """The MMAD report as flat numbers for MLflow (empty when MMAD is off or nothing unseen was
+    asked); the seen classes' under ``seen/``."""
+    if not report.get("enabled") or not report.get("per_type"):
         return {}
     flat = {"accuracy": report["accuracy"], "mean_over_types": report["mean_over_types"]}
     for t, v in report["per_type"].items():
         flat[f"{t.replace(' ', '_').lower()}/accuracy"] = v["accuracy"]
+    if "seen" in report:
+        flat |= {f"seen/{k}": v for k, v in mmad_mlflow(report["seen"]).items()}
     return flat

@@ -83,6 +83,59 @@ def compute_metrics(
     graded: pd.DataFrame,
     cfg: EvaluateConfig,
 ) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
+    """:func:`class_report` of the unseen classes; classes the model was trained on (rows with
+    ``seen`` true: another tree or MMAD under ``evaluate.seen_classes: report``) are reported
+    apart, in ``report["seen"]`` (MLflow ``seen/...``, a ``seen`` column in the table), never
+    in the unseen mean."""
+    seen = eval_set["seen"].to_numpy(bool) if "seen" in eval_set else np.zeros(len(eval_set), bool)
+    report, flat, table = class_report(*_subset(eval_set, predictions, masks, graded, ~seen), cfg)
+    mean = report["mean"]
+    log.info(
+        "unseen classes (%s score): image AUROC %s, pixel AUROC %s, AUPRO %s, answer accuracy %s",
+        cfg.score_source,
+        *(mean[k] for k in ("image_auroc", "pixel_auroc", "aupro", "answer_accuracy")),
+    )
+    table = table.assign(seen=False)
+    if seen.any():
+        part, part_flat, part_table = class_report(
+            *_subset(eval_set, predictions, masks, graded, seen), cfg
+        )
+        report["seen"] = {
+            "note": "classes the model was trained on: not zero-shot, not in the means above",
+            **{k: part[k] for k in ("mean", "per_class", "counts")},
+        }
+        flat |= {f"seen/{k}": v for k, v in part_flat.items()}
+        table = pd.concat([table, part_table.assign(seen=True)], ignore_index=True)
+    return report, flat, table
+
+
+def _subset(eval_set, predictions, masks, graded, keep: np.ndarray):
+    """The rows of ``keep`` of everything evaluated (arrays, lists, frames alike)."""
+    idx = np.flatnonzero(keep)
+
+    def take(value):
+        if isinstance(value, np.ndarray):
+            return value[idx]
+        if isinstance(value, list):
+            return [value[i] for i in idx]
+        return value
+
+    rows = eval_set.iloc[idx].reset_index(drop=True)
+    return (
+        rows,
+        {k: take(v) for k, v in predictions.items()},
+        [masks[i] for i in idx],
+        graded.iloc[idx].reset_index(drop=True),
+    )
+
+
+def class_report(
+    eval_set: pd.DataFrame,
+    predictions: dict[str, Any],
+    masks: list[np.ndarray],
+    graded: pd.DataFrame,
+    cfg: EvaluateConfig,
+) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
     """Every metric of ``metrics.md`` per class and as the unweighted mean over classes.
 
     Image AUROC / AP / F1-max on the image scores (``predictions["scores"]``, made by the score
@@ -95,7 +148,8 @@ def compute_metrics(
     labels = eval_set["label"].to_numpy().astype(np.int64)
     scores = np.asarray(predictions["scores"], dtype=np.float64)
     rows = _class_rows(eval_set, predictions, masks, graded, labels, scores, cfg.fpr_limit)
-    table = pd.DataFrame(rows)
+    columns = ["category", "n_images", "n_anomalous", *METRICS, "unparsed_answers"]
+    table = pd.DataFrame(rows, columns=[*columns, "seg_found_rate"])
     means = {
         k: float(table[k].mean(skipna=True)) if table[k].notna().any() else math.nan
         for k in METRICS
@@ -123,15 +177,6 @@ def compute_metrics(
         for k in METRICS:
             if not math.isnan(r[k]):
                 flat[f"{r['category']}/{k}"] = r[k]
-    log.info(
-        "unseen classes (%s score): image AUROC %.3f, pixel AUROC %.3f, AUPRO %.3f, "
-        "answer accuracy %.3f",
-        cfg.score_source,
-        means["image_auroc"],
-        means["pixel_auroc"],
-        means["aupro"],
-        means["answer_accuracy"],
-    )
     return report, flat, table
 
 

@@ -52,7 +52,8 @@ class PyfuncModelDataset(AbstractDataset):
 
     MLflow's "models from code": the model is ``inference/pyfunc_model.py``, logged as a script
     (nothing pickled), with the checkpoint directory as its artifact, the project's package as
-    code, an explicit signature and the node's output as ``model_config`` (the score rule).
+    code, an explicit signature, and the node's ``model_config`` (the score rule) and ``metadata``
+    (what the model was trained on).
     kedro-mlflow's model dataset takes its logging arguments from the catalog only, so the rule,
     which comes from the parameters, could not reach ``model_config`` through it.
     """
@@ -70,7 +71,7 @@ class PyfuncModelDataset(AbstractDataset):
         self._checkpoint, self._pip = checkpoint, list(pip_requirements)
         self.metadata = metadata
 
-    def _save(self, model_config: dict[str, Any]) -> None:
+    def _save(self, data: dict[str, Any]) -> None:
         from pathlib import Path
 
         import mlflow
@@ -85,16 +86,17 @@ class PyfuncModelDataset(AbstractDataset):
             # An input example would make MLflow load and run the model at registration (a 7B
             # model for the real preset); the signature documents the input instead.
             warnings.filterwarnings("ignore", message=".*An input example was not provided")
-            self._log(mlflow, package, pyfunc, model_config)
+            self._log(mlflow, package, pyfunc, data)
 
-    def _log(self, mlflow, package, pyfunc, model_config: dict[str, Any]) -> None:
+    def _log(self, mlflow, package, pyfunc, data: dict[str, Any]) -> None:
         mlflow.pyfunc.log_model(
             name=self._name,
             python_model=str(package / "inference" / "pyfunc_model.py"),
             artifacts={"checkpoint": self._checkpoint},
             code_paths=[str(package)],
             pip_requirements=self._pip,
-            model_config=model_config,
+            model_config=data["model_config"],
+            metadata=data.get("metadata"),
             signature=pyfunc.signature(),
             registered_model_name=self._registered,
         )

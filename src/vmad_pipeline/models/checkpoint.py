@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     AutoTokenizer,
     CLIPVisionModel,
@@ -39,21 +39,22 @@ from vmad_pipeline.models.build import BACKBONES, Backbone, assemble
 from vmad_pipeline.models.llm import quiet_peft
 from vmad_pipeline.models.pretrained import weights_fingerprint
 from vmad_pipeline.models.sam import build_sam
+from vmad_pipeline.models.strict import check_adapter, from_pretrained_strict, load_parts
 from vmad_pipeline.models.vision import VisionTower
 from vmad_pipeline.models.vmad import VmadModel
 
 FORMAT_VERSION = 3  # 3: no machine paths in config.json, weight files fingerprinted
 
 
-def _non_llm_state(model: VmadModel) -> dict[str, torch.Tensor]:
+def _non_llm_state(model: VmadModel, *, keys_only: bool = False) -> dict[str, torch.Tensor]:
     """Weights outside the LLM: all of them for random-initialised presets (nothing to reload
-    them from), else only the trainable ones."""
+    them from), else only the trainable ones (and the buffers: DSSL's memory queues must come
+    back with the checkpoint). ``keys_only``: the keys, without copying a tensor."""
     everything = model.config.preset == "tiny"
     state = {}
     for name, part in model.parts().items():
         if name == "llm":
             continue
-        # Buffers too: DSSL's memory queues must come back with the checkpoint.
         keep = (
             None
             if everything
@@ -62,7 +63,7 @@ def _non_llm_state(model: VmadModel) -> dict[str, torch.Tensor]:
         )
         for key, value in part.state_dict().items():
             if keep is None or key in keep:
-                state[f"{name}.{key}"] = value.detach().contiguous().cpu()
+                state[f"{name}.{key}"] = None if keys_only else value.detach().contiguous().cpu()
     return state
 
 
@@ -79,7 +80,7 @@ def _base_llm_state(llm: PeftModel) -> dict[str, torch.Tensor]:
 def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
     """Write the checkpoint directory atomically (all or nothing)."""
     with atomic_directory(path) as tmp:
-        _write_config(tmp, model.config)
+        _write_config(tmp, model, model.config)
         tokenizer.save_pretrained(tmp / "tokenizer")
         if model.config.preset == "tiny":
             model.llm.get_base_model().save_pretrained(
@@ -90,15 +91,17 @@ def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: 
         save_file(_non_llm_state(model), tmp / "weights.safetensors")
 
 
-def _write_config(directory: Path, cfg: ModelConfig, **extra) -> None:
-    """config.json: the model config without the machine's paths (``weights``), and the names
-    and fingerprints of the local weight files the preset was built on."""
-    model = to_dict(cfg)
-    del model["weights"]
+def _write_config(directory: Path, model: VmadModel, cfg: ModelConfig, **extra) -> None:
+    """config.json: the model config without the machine's paths (``weights``), the names and
+    fingerprints of the local weight files the preset was built on, and what the model was
+    trained on (``trained_on``: classes, sources, split hash)."""
+    config = to_dict(cfg)
+    del config["weights"]
     meta = {
         "format_version": FORMAT_VERSION,
-        "model": model,
+        "model": config,
         "weights_files": weights_fingerprint(cfg) if cfg.preset != "tiny" else {},
+        "trained_on": model.trained_on,
         **extra,
     }
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
@@ -151,14 +154,20 @@ def _check_dir(path: Path, what: str, pipeline: str) -> None:
         )
 
 
-def _load_parts(model: VmadModel, state: dict[str, torch.Tensor], *, strict: bool) -> None:
-    for name, part in model.parts().items():
-        if name == "llm":
-            continue  # the LLM comes from its own HF / PEFT directories
-        prefix = f"{name}."
-        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if sub or strict:
-            part.load_state_dict(sub, strict=strict)
+FROZEN_RULE = (
+    "the frozen parts of a pretrained preset ({}) load from the base weight files, and only "
+    "trained weights and buffers are saved"
+)
+
+
+def _load_parts(model: VmadModel, path: Path) -> None:
+    """weights.safetensors, strictly: it must hold exactly what :func:`_non_llm_state` saves
+    for this model (all of it for ``tiny``; trained weights and buffers otherwise)."""
+    parts = {n: p for n, p in model.parts().items() if n != "llm"}  # the LLM has its own dirs
+    frozen = ", ".join(model.config.frozen) or "none"
+    rule = FROZEN_RULE.format(frozen) if model.config.preset != "tiny" else ""
+    expected = set(_non_llm_state(model, keys_only=True))
+    load_parts(parts, path / "weights.safetensors", expected, rule)
 
 
 def load_checkpoint(
@@ -173,12 +182,16 @@ def load_checkpoint(
     _check_dir(path, "checkpoint", "train")
     cfg = _with_weights(path, read_model_config(path), weights)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
-    base = LlamaForCausalLM.from_pretrained(path / "llm_base") if cfg.preset == "tiny" else None
+    base = None
+    if cfg.preset == "tiny":
+        base = from_pretrained_strict(LlamaForCausalLM, path / "llm_base")
     bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, base)
     with quiet_peft():
         llm = PeftModel.from_pretrained(bb.llm, path / "adapter")
+    check_adapter(llm, path / "adapter")
     model = assemble(bb, tokenizer, llm)
-    _load_parts(model, load_file(path / "weights.safetensors"), strict=cfg.preset == "tiny")
+    _load_parts(model, path)
+    model.trained_on = _read_meta(path).get("trained_on", {})
     return model.eval(), tokenizer
 
 
@@ -216,7 +229,7 @@ def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str
         for k, v in parts[name].state_dict().items()
     }
     with atomic_directory(path) as tmp:
-        _write_config(tmp, cfg, export=True)
+        _write_config(tmp, model, cfg, export=True)
         tokenizer.save_pretrained(tmp / "tokenizer")
         model.llm.save_pretrained(tmp / "llm")
         model.vision.clip.save_pretrained(tmp / "vision")
@@ -234,14 +247,17 @@ def load_exported(
     bb = Backbone(
         cfg=cfg,
         vision=VisionTower(
-            clip=CLIPVisionModel.from_pretrained(path / "vision", dtype=dtype),
+            clip=from_pretrained_strict(CLIPVisionModel, path / "vision", dtype=dtype),
             select_layer=cfg.vision.select_layer,
         ),
-        llm=LlamaForCausalLM.from_pretrained(path / "llm", dtype=dtype),
+        llm=from_pretrained_strict(LlamaForCausalLM, path / "llm", dtype=dtype),
         sam=build_sam(cfg.sam).to(dtype),
     )
     model = assemble(bb, tokenizer, bb.llm)
-    _load_parts(model, load_file(path / "weights.safetensors"), strict=False)
+    parts = model.parts()
+    expected = {f"{n}.{k}" for n in EXPORT_PARTS for k in parts[n].state_dict()}
+    load_parts({n: parts[n] for n in EXPORT_PARTS}, path / "weights.safetensors", expected)
+    model.trained_on = _read_meta(path).get("trained_on", {})
     return model.eval(), tokenizer
 
 
@@ -257,6 +273,11 @@ class Checkpoint:
     @property
     def config(self) -> ModelConfig:
         return read_model_config(self.path)
+
+    @property
+    def trained_on(self) -> dict:
+        """What the model was trained on (``splitting.training_record``); {} if unrecorded."""
+        return _read_meta(self.path).get("trained_on", {})
 
     def load(
         self, weights: WeightsConfig | None = None, *, dtype: torch.dtype = torch.float32

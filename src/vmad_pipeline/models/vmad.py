@@ -87,6 +87,9 @@ class VmadModel(nn.Module):
             self.register_buffer(name, torch.tensor(ids, dtype=torch.long), persistent=False)
         self.image_token_id, self.seg_token_id = image_token_id, seg_token_id
         self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
+        # What the model was trained on (classes, sources, split hash): set by the trainer,
+        # saved with every checkpoint, read back on load. Evaluation checks it.
+        self.trained_on: dict = {}
 
     # ------------------------------------------------------------------ pieces
     @property

@@ -61,9 +61,11 @@ def fit_vmad(
     tokenizer: PreTrainedTokenizerBase,
     cfg: TrainConfig,
     model_cfg: ModelConfig,
+    trained_on: dict | None = None,
 ) -> Trained:
     """Build the preset (its DSSL queues: one row per training class) and train it with LoRA on
-    ``rows`` (every image of the training classes)."""
+    ``rows`` (every image of the training classes); ``trained_on`` (``splitting.training_record``)
+    is kept on the model and saved with it."""
     seed_everything(cfg.seed)
     _, dtype = resolve_placement(cfg.device, cfg.precision)
     model = build_vmad(  # loaded in the training precision: a 7B checkpoint at half the memory
@@ -73,6 +75,7 @@ def fit_vmad(
         train_classes=sorted(set(rows["category"])),
         dtype=dtype,
     )
+    model.trained_on = dict(trained_on or {})
     table = ImageTable.load(rows, roots, model.config.sam.image_size, progress=cfg.progress)
     start = time.perf_counter()
     curves = train(model, tokenizer, table, qa_lookup(riad_qa), normal_answer, cfg)

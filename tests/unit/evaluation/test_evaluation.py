@@ -357,7 +357,7 @@ def test_predict_eval_set_on_a_tiny_model(tiny, tmp_path: Path) -> None:
             return tiny
 
     def predict(params):
-        predictor = load_predictor(Loaded(), {}, params)  # the evaluate pipeline's two nodes
+        predictor = load_predictor(Loaded(), {}, params, es)  # the evaluate pipeline's nodes
         return predict_eval_set(predictor, es, {"src": str(tmp_path)}, params)
 
     pred = predict(params)

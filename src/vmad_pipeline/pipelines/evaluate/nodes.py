@@ -22,17 +22,22 @@ def select_eval_set(
     splits: dict[str, Any],
     roots: dict[str, str],
     taxonomy: dict[str, Any],
+    checkpoint,
     params: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The split's unseen classes, or every class of ``evaluate.dataset.root``."""
+    """The split's unseen classes, or every class of ``evaluate.dataset.root``; stops before
+    anything is predicted when the model was trained on a test class of the split."""
     from vmad_pipeline.evaluation.eval_set import select_eval_set as select
 
-    return select(manifest, splits, roots, taxonomy, parse_evaluate_params(params))
+    cfg = parse_evaluate_params(params)
+    return select(manifest, splits, roots, taxonomy, cfg, checkpoint.trained_on)
 
 
-def load_predictor(checkpoint, weights: dict[str, Any], params: dict[str, Any]):
+def load_predictor(
+    checkpoint, weights: dict[str, Any], params: dict[str, Any], eval_set: pd.DataFrame
+):
     """The trained model, loaded once, on the evaluation device and precision, scoring by
-    ``score_source``."""
+    ``score_source``; after the eval set passed its checks (``eval_set`` orders it after them)."""
     from vmad_pipeline.inference.predictor import Predictor
     from vmad_pipeline.placement import resolve_placement
 
@@ -141,7 +146,8 @@ def plot_overlays(
 
 
 def evaluate_mmad(predictor, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """MMAD accuracy per question type (an empty table and ``{"enabled": false}`` when off)."""
+    """MMAD accuracy per question type (an empty table and ``{"enabled": false}`` when off);
+    questions about the model's training classes refused or reported apart."""
     from vmad_pipeline.evaluation.mmad import evaluate_mmad as evaluate
 
-    return evaluate(predictor, parse_evaluate_params(params))
+    return evaluate(predictor, parse_evaluate_params(params), predictor.model.trained_on)

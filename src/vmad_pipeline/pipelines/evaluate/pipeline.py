@@ -27,13 +27,13 @@ def _scoring_nodes() -> list:
     return [
         node(
             select_eval_set,
-            ["manifest", "splits", "dataset_roots", "taxonomy", "params:evaluate"],
+            ["manifest", "splits", "dataset_roots", "taxonomy", "vmad_model", "params:evaluate"],
             ["eval_set", "eval_roots"],
             name="select_eval_set",
         ),
         node(
             load_predictor,
-            ["vmad_model", "params:weights", "params:evaluate"],
+            ["vmad_model", "params:weights", "params:evaluate", "eval_set"],
             "eval_predictor",
             name="load_predictor",
         ),

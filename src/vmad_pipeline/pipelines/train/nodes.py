@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from vmad_pipeline.configs import parse_train_params
-from vmad_pipeline.splitting import split_rows
+from vmad_pipeline.splitting import split_rows, training_record
 
 
 def fit_tokenizer(
@@ -42,17 +42,22 @@ def train_model(
     from vmad_pipeline.training.fit import fit_vmad
 
     cfg, model_cfg = parse_train_params(params, weights)
-    trained = fit_vmad(split_rows(manifest, splits)[0], roots, riad_qa, tokenizer, cfg, model_cfg)
+    rows = split_rows(manifest, splits)[0]
+    record = training_record(rows, splits)
+    trained = fit_vmad(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=record)
     summary = {"train_classes": list(splits["train_classes"]), **trained.summary}
     table = pd.DataFrame({"step": range(1, cfg.steps + 1), **trained.curves})
     return (trained.model, tokenizer), trained.curves, table, summary
 
 
-def package_model(trained: tuple, evaluate: dict[str, Any]) -> dict[str, Any]:
-    """The registered pyfunc's ``model_config``: the evaluate parameters' score rule and decoding
-    budget, so the registered model scores as it was evaluated. Takes the checkpoint so that it
-    registers only once the checkpoint is written."""
+def package_model(checkpoint, evaluate: dict[str, Any]) -> dict[str, Any]:
+    """What the registered pyfunc is logged with: its ``model_config`` (the evaluate parameters'
+    score rule and decoding budget, so the registered model scores as it was evaluated) and
+    ``metadata`` (what it was trained on). Reads the written checkpoint."""
     from vmad_pipeline.configs.evaluate import parse_evaluate_params
     from vmad_pipeline.inference.pyfunc import model_config
 
-    return model_config(parse_evaluate_params(evaluate))
+    return {
+        "model_config": model_config(parse_evaluate_params(evaluate)),
+        "metadata": {"trained_on": checkpoint.trained_on},
+    }

@@ -1,0 +1,151 @@
+"""What must never pass silently, through real runs (issue 11): parameters checked before anything
+is written, a model never evaluated as zero-shot on its training classes, another tree's reports
+kept apart from the default's, MLflow runs that end as KILLED when a signal stops them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from helpers.project import SMALL, make_project, run, write_local_parameters
+from PIL import Image
+
+from vmad_pipeline.ablation.plan import deep_merge
+from vmad_pipeline.configs import ConfigError
+from vmad_pipeline.evaluation.eval_set import SeenClassError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project after one default run (SMALL: trained on woven_cloth, carpet, screw; tested on
+    washer and pcb)."""
+    import mlflow
+
+    tmp = tmp_path_factory.mktemp("guards")
+    project = make_project(tmp)
+    old = os.getcwd()
+    os.chdir(project)
+    uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        run(project, None, SMALL)
+        yield project
+    finally:
+        os.chdir(old)
+        if uri:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+        while mlflow.active_run():
+            mlflow.end_run()
+
+
+def reports(project):
+    return project / "data" / "08_reporting"
+
+
+def snapshot(project) -> dict[str, bytes]:
+    files = [project / "data" / "05_model_input" / "splits.json", reports(project) / "metrics.json"]
+    return {f.name: f.read_bytes() for f in files}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"split": {"seed": 3}, "train": {"stepz": 5}}, r"train\.stepz: unknown parameter"),
+        ({"trian": {"steps": 5}}, r"unknown parameter block\(s\) trian; known: .*train"),
+        ({"evaluate": {"dataset": {"roots": "/x"}}}, r"evaluate\.dataset\.roots: unknown"),
+    ],
+)
+def test_bad_parameters_stop_the_run_before_anything_is_written(
+    trained, monkeypatch, params, message
+):
+    monkeypatch.chdir(trained)
+    before = snapshot(trained)
+    with pytest.raises(ConfigError, match=message):
+        run(trained, None, deep_merge(SMALL, params))
+    assert snapshot(trained) == before  # splits.json and the reports as they were
+
+
+def test_a_split_changed_after_training_stops_evaluate_before_predicting(trained, monkeypatch):
+    monkeypatch.chdir(trained)
+    changed = deep_merge(SMALL, {"split": {"test_classes": ["screw", "pcb"]}})
+    run(trained, "split", changed)  # the split changes; the model does not
+    before = (reports(trained) / "metrics.json").read_bytes()
+    with pytest.raises(SeenClassError, match="screw were training classes"):
+        run(trained, "evaluate", changed)
+    assert (reports(trained) / "metrics.json").read_bytes() == before
+    run(trained, "split", SMALL)  # back to the split the model was trained with
+
+
+def test_another_trees_reports_go_beside_the_defaults(trained, monkeypatch, tmp_path):
+    monkeypatch.chdir(trained)
+    other = tmp_path / "other"
+    for i, sub in enumerate(["good", "dent", "good", "dent"]):
+        rng = np.random.default_rng(i)
+        path = other / "gadget" / "test" / sub / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+        if sub == "dent":
+            mask = np.zeros((40, 40), np.uint8)
+            mask[5:15, 5:15] = 255
+            gt = other / "gadget" / "ground_truth" / "dent" / f"{i:03d}_mask.png"
+            gt.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(gt)
+    before = {p: p.read_bytes() for p in reports(trained).glob("*") if p.is_file()}
+    params = deep_merge(SMALL, {"evaluate": {"dataset": {"root": str(other), "name": "other"}}})
+    run(trained, "evaluate", params)
+    assert {p: p.read_bytes() for p in before} == before  # the default reports untouched
+    external = reports(trained) / "external" / "other"
+    metrics = json.loads((external / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"gadget"} and (external / "answers.csv").is_file()
+    assert (external / "curves" / "roc" / "gadget.csv").is_file()
+
+
+def wait_for(path, text: str, proc, seconds: float = 300) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, path.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_run_ends_as_killed_with_what_it_logged(tmp_path, sig):
+    """`kedro run` stopped by SIGTERM or Ctrl-C mid-training: the MLflow run ends as KILLED with
+    its parameters, not RUNNING forever (SIGTERM) or FINISHED (Ctrl-C)."""
+    from mlflow import MlflowClient
+
+    project = make_project(tmp_path)
+    write_local_parameters(project, deep_merge(SMALL, {"train": {"steps": 100000}}))
+    log = tmp_path / "run.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kedro", "run", "--pipeline", "train"],
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            wait_for(log, "train_model", proc)
+            time.sleep(3)  # inside the training loop
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"], log.read_text()[-2000:]
+    assert runs[0].data.params["train.steps"] == "100000"
+    assert proc.returncode != 0
