@@ -112,8 +112,11 @@ def load_batch(
 
 
 def to_model_inputs(images: torch.Tensor, clip_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 B x 3 x S x S -> (CLIP input B x 3 x c x c, SAM input B x 3 x S x S), both in [0, 1]."""
+    """uint8 B x 3 x S x S -> (CLIP input B x 3 x c x c, SAM input B x 3 x S x S), both in [0, 1];
+    when c = S, one tensor serves both (a backbone shared by the two branches reads it once)."""
     sam = images.float() / 255.0
+    if clip_size == sam.shape[-1]:
+        return sam, sam
     clip = F.interpolate(
         sam, (clip_size, clip_size), mode="bilinear", align_corners=False, antialias=True
     )

@@ -49,3 +49,15 @@ def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor moved to ``device``; one tensor under two names stays one tensor there (the
+    small preset's two image branches read the same input once)."""
+    moved: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, value in tensors.items():
+        if id(value) not in moved:
+            moved[id(value)] = value.to(device)
+        out[name] = moved[id(value)]
+    return out

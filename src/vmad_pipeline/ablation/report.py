@@ -29,7 +29,10 @@ def summarise_ablation(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, A
         row |= {k: group[k].iloc[0] for k in described}
         row["n_seeds"] = len(group)
         for k in numeric:
-            values = pd.to_numeric(group[k], errors="coerce")
+            # a metric an older cell did not record (cells are cached) is undefined, not an error
+            values = pd.to_numeric(
+                group.get(k, pd.Series(np.nan, index=group.index)), errors="coerce"
+            )
             row[f"{k}_mean"] = float(values.mean())
             row[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         rows.append(row)

@@ -36,6 +36,10 @@ METRICS = (
     "aupro",
     "answer_accuracy",
     "answer_balanced_accuracy",
+    "p_yes_auroc",
+    "defect_type_accuracy",
+    "location_accuracy",
+    "object_name_accuracy",
 )
 # A cell's sizes and timings, as stored, logged and tabled.
 CELL_NUMBERS = (
@@ -74,7 +78,6 @@ def _evaluate(trained, data: dict[str, Any], evaluate: dict[str, Any]) -> tuple[
         list(data["eval_set"]["category"]),
         output_size=cfg.eval_size,
         batch_size=cfg.batch_size,
-        detection_tokens=cfg.answer_max_new_tokens,
     ).as_dict()
     seconds = time.perf_counter() - start
     graded = grade_answers(data["eval_set"], pred, data["eval_masks"], data["taxonomy"])

@@ -66,7 +66,7 @@ class ScoreRule:
 @dataclass(frozen=True)
 class EvaluateConfig:
     eval_size: int = 128  # evaluation resolution (square), recorded with the metrics
-    max_new_tokens: int = 8  # greedy decoding budget for the answer holding [SEG]
+    max_new_tokens: int = 24  # greedy budget of the detection answer (holds [SEG] and the text)
     n_overlays: int = 3  # test images per class in the overlay figure
     batch_size: int = 16
     fpr_limit: float = 0.3
@@ -76,7 +76,6 @@ class EvaluateConfig:
     # Image score: map_max | p_yes | fused (see ScoreRule).
     score_source: str = "map_max"
     fusion_weight: float = 0.5  # w of the fused score (weight of P(yes))
-    answer_max_new_tokens: int = 48  # greedy budget for the detection answer (text metrics)
     curve_points: int = 201  # FPR grid of the PRO curve files (the AUPRO number is exact)
     mmad: MmadEvalConfig = field(default_factory=MmadEvalConfig)
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
@@ -88,7 +87,6 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
         self.score_rule  # validates score_source and fusion_weight  # noqa: B018
-        check(self.answer_max_new_tokens >= 1, "answer_max_new_tokens", "must be >= 1")
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         check(self.curve_points >= 2, "curve_points", "must be >= 2")
         check(0.0 < self.fpr_limit <= 1.0, "fpr_limit", f"must be in (0, 1], got {self.fpr_limit}")

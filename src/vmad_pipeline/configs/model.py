@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from vmad_pipeline.configs.base import check
 
-PRESETS = ("tiny", "llava7b_sam_h")  # tiny: random init, trained here; real: local checkpoints
+# tiny: random init, trained here; small: ImageNet EfficientNet-Lite0 (installed, frozen) for
+# both image branches, the tiny LLM trained here; llava7b_sam_h: local LLaVA-1.5 + SAM ViT-H.
+PRESETS = ("tiny", "small", "llava7b_sam_h")
 PROJECTORS = ("mlp", "avgpool", "resampler", "ldpv2", "ltc")
 MODEL_PARTS = ("vision", "projector", "llm", "sam_encoder", "sam_decoder", "seg_head", "dssl")
 
@@ -70,6 +72,9 @@ class ProjectorConfig:
     pool: int = 2  # avgpool / resampler / ldpv2 / ltc: (grid / pool)^2 tokens (576 -> 144 at 2)
     depth: int = 1  # resampler: cross-attention layers
     heads: int = 4  # resampler: attention heads (must divide the vision width)
+    # A learned embedding per visual token added to the projector's output: the LLM knows
+    # where on the image each token lies (needed to say where a defect is).
+    positions: bool = False
     ltc: LtcConfig = field(default_factory=LtcConfig)
 
     def __post_init__(self) -> None:
@@ -186,6 +191,12 @@ class ModelConfig:
         str, ...
     ] = ()  # parts of MODEL_PARTS kept frozen (real preset: vision, sam_encoder)
     vocab_size: int = 0  # set from the tokenizer at build time
+    # The detection answer's [SEG] before its text (the text can read the state that draws the
+    # mask) or after it; inference writes and scores answers the same way.
+    seg_first: bool = True
+    # Mask evidence: the tokens after [SEG] read what the drawn mask shows (where, how large, the
+    # visual tokens under it); models/evidence.py.
+    seg_evidence: bool = False
     weights: WeightsConfig = field(default_factory=WeightsConfig)  # set at build time (real preset)
 
     def __post_init__(self) -> None:

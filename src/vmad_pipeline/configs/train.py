@@ -26,7 +26,7 @@ class TaskMix:
 
     seg: float = 0.6  # "... output the defect segmentation result" -> "It is [SEG]."
     seg_answer: float = 0.2  # + description / impact analysis / suggestion
-    vqa: float = 0.2  # plain yes/no question with a description, no mask
+    vqa: float = 0.2  # the detection question: yes / no, where, what (and [SEG])
 
     def __post_init__(self) -> None:
         total = self.seg + self.seg_answer + self.vqa
@@ -50,7 +50,14 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     task_mix: TaskMix = field(default_factory=TaskMix)
     augment: bool = True  # flips, rotations, channel permutation, brightness/contrast
-    paste_prob: float = 0.0  # share of mask-only samples given a pasted synthetic anomaly
+    paste_prob: float = 0.0  # share of mask-only samples given a pasted anomaly
+    # share of normal images asked the detection question that get a pasted anomaly (and a true
+    # "Yes" describing it): balances the yes / no answers the detection question is trained on
+    detect_paste_prob: float = 0.0
+    name_swap_prob: float = 0.0  # share of samples asked about a made-up object name
+    # with mask evidence: share of samples whose evidence comes from the true mask, not the
+    # drawn one (IAD-Unify mixes oracle and predicted regions in training)
+    evidence_oracle: float = 0.5
     tokenizer_vocab: int = 600  # byte-level BPE vocabulary of the tiny preset's tokenizer
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
@@ -65,6 +72,9 @@ class TrainConfig:
         check(len(self.betas) == 2, "betas", "must be two numbers")
         check(0 <= self.warmup_steps, "warmup_steps", "must be >= 0")
         check(0.0 <= self.paste_prob <= 1.0, "paste_prob", "must be in [0, 1]")
+        check(0.0 <= self.name_swap_prob <= 1.0, "name_swap_prob", "must be in [0, 1]")
+        check(0.0 <= self.detect_paste_prob <= 1.0, "detect_paste_prob", "must be in [0, 1]")
+        check(0.0 <= self.evidence_oracle <= 1.0, "evidence_oracle", "must be in [0, 1]")
         check_placement(self.device, self.precision)
 
 

@@ -32,8 +32,10 @@ LABELS = {
     "pro_200_thresholds": "PRO-200 (approx.)",
     "answer_accuracy": "Ans acc",
     "answer_balanced_accuracy": "Ans bal acc",
+    "p_yes_auroc": "P(yes) AUROC",
     "defect_type_accuracy": "Type acc",
     "location_accuracy": "Loc acc",
+    "object_name_accuracy": "Name acc",
 }
 CASES = ("best anomalous", "worst anomalous", "best normal", "worst normal")
 

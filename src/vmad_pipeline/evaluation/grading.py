@@ -11,7 +11,12 @@ import pandas as pd
 from vmad_pipeline import prompts
 from vmad_pipeline.annotation.geometry import mask_geometry
 from vmad_pipeline.annotation.taxonomy import Taxonomy
-from vmad_pipeline.metrics.text import parse_defect_type, parse_location, parse_yes_no
+from vmad_pipeline.metrics.text import (
+    parse_defect_type,
+    parse_location,
+    parse_object,
+    parse_yes_no,
+)
 
 
 def _gt_defect_id(row: Any) -> int:
@@ -45,6 +50,8 @@ def grade_answers(
         location = parse_location(answer)
         named = parse_defect_type(answer, tax) if tax else None
         gt_id = _gt_defect_id(r)
+        obj = parse_object(answer)
+        asked = " ".join(prompts.object_name(r.category).lower().split())
         rows.append(
             {
                 "source": r.source,
@@ -62,6 +69,8 @@ def grade_answers(
                 "location": location,
                 "gt_location": gt_location,
                 "location_correct": (location == gt_location) if gt_location else None,
+                "named_object": obj,
+                "object_correct": (obj == asked) if obj is not None else None,
                 "named_type": named.name if named else None,
                 "type_correct": (named is not None and named.id == gt_id)
                 if (tax is not None and anomalous and gt_id >= 0)

@@ -34,8 +34,10 @@ PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "aupro", "pro_200_thresholds")
 TEXT_METRICS = (
     "answer_accuracy",
     "answer_balanced_accuracy",
+    "p_yes_auroc",
     "defect_type_accuracy",
     "location_accuracy",
+    "object_name_accuracy",
 )
 METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS
 
@@ -71,9 +73,18 @@ def _class_metrics(
         else nan,
         "answer_accuracy": answer_accuracy(labels, parsed),
         "answer_balanced_accuracy": balanced_answer_accuracy(labels, parsed),
+        "p_yes_auroc": _p_yes_auroc(labels, graded["p_yes"]) if both else nan,
         "defect_type_accuracy": _mean_flag(graded["type_correct"]),
         "location_accuracy": _mean_flag(graded["location_correct"]),
+        "object_name_accuracy": _mean_flag(graded["object_correct"]),
     }
+
+
+def _p_yes_auroc(labels: np.ndarray, p_yes: pd.Series) -> float:
+    """Image AUROC of P(yes) of the detection question (NaN where it was not computed)."""
+    if p_yes.isna().any():
+        return float("nan")
+    return image_auroc(labels, p_yes.to_numpy(dtype=np.float64))
 
 
 def compute_metrics(
@@ -223,7 +234,7 @@ def _settings(cfg: EvaluateConfig, n_images: int) -> dict[str, Any]:
         "aupro": "exact (MVTec AD 2021)",
         "pro_200_thresholds": "paper-style approximation (200 thresholds, FPR rescaled); not AUPRO",
         "mean": "unweighted mean over classes (classes where a metric is undefined skipped)",
-        "answer_max_new_tokens": cfg.answer_max_new_tokens,
+        "max_new_tokens": cfg.max_new_tokens,
         "n_images": n_images,
     }
 
@@ -233,8 +244,10 @@ HEADLINE = (
     "pixel_auroc",
     "aupro",
     "answer_balanced_accuracy",
+    "p_yes_auroc",
     "defect_type_accuracy",
     "location_accuracy",
+    "object_name_accuracy",
 )
 
 

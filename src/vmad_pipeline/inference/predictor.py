@@ -2,8 +2,9 @@
 
 One object serves evaluation, the MLflow pyfunc and the ablation, so an image is scored the same
 way everywhere: by the :class:`~vmad_pipeline.configs.evaluate.ScoreRule` it is given, through
-the one rule in ``evaluation.scores``. It also answers the detection question with P(yes), and
-free-form (e.g. multiple-choice) questions.
+the one rule in ``evaluation.scores``. One pass per image over the detection question
+(``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
+P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vmad_pipeline.configs.evaluate import ScoreRule
 from vmad_pipeline.evaluation.scores import image_scores, map_max
 from vmad_pipeline.images import to_model_inputs
 from vmad_pipeline.models.vmad import VmadModel
-from vmad_pipeline.placement import autocast
+from vmad_pipeline.placement import autocast, to_device
 from vmad_pipeline.prompts import encode_prompt, pad_batch, yes_no_tokens
 
 
@@ -28,14 +29,17 @@ from vmad_pipeline.prompts import encode_prompt, pad_batch, yes_no_tokens
 class Predictions:
     maps: np.ndarray  # N x H x W float32: sigmoid of the mask logits (anomaly map)
     map_max: np.ndarray  # N: max of each map
-    p_yes: np.ndarray | None  # N: P(yes) of the detection question, where computed
+    p_yes: np.ndarray  # N: P(yes) of the detection question
     scores: np.ndarray  # N: image score by the predictor's ScoreRule
-    answers: list[str]  # the answers holding [SEG] (segmentation prompt)
-    detection_answers: list[str] | None  # greedy answers to the detection question, if asked
+    answers: list[str]  # the answers to the detection question, as a user reads them
     seg_found: np.ndarray  # N bool: [SEG] was emitted (else the fallback state was used)
 
+    @property
+    def detection_answers(self) -> list[str]:
+        return self.answers
+
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "detection_answers": self.answers}
 
 
 @dataclass
@@ -52,71 +56,49 @@ class Predictor:
         model: VmadModel,
         tokenizer: PreTrainedTokenizerFast,
         *,
-        max_new_tokens: int = 8,
+        max_new_tokens: int = 24,
         rule: ScoreRule | None = None,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        """``device`` / ``dtype``: where and in which precision to run (the model is moved and
-        cast there, and the maths runs under autocast); default: where the model is."""
+        """``max_new_tokens``: the decoding budget of an answer; ``device`` / ``dtype``: where and
+        in which precision to run (the model is moved and cast there, and the maths runs under
+        autocast); default: where the model is."""
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         self.model, self.tokenizer, self.max_new_tokens = model.eval(), tokenizer, max_new_tokens
         self.rule = rule or ScoreRule()
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.yes_no = yes_no_tokens(tokenizer, seg_first=model.config.seg_first)
 
     @property
     def image_size(self) -> int:
         """The side images are given at (the SAM input size)."""
         return self.model.config.sam.image_size
 
-    def _inputs(self, images: torch.Tensor, texts: list[str], extra: tuple[int, ...] = ()):
-        seqs = [
-            encode_prompt(self.tokenizer, t, self.model.num_image_tokens) + list(extra)
-            for t in texts
-        ]
-        ids, att = pad_batch(seqs, self.tokenizer.pad_token_id, left=True)
-        clip, sam = to_model_inputs(images, self.model.config.vision.image_size)
-        return ids.to(self.device), att.to(self.device), clip.to(self.device), sam.to(self.device)
-
     def _batches(self, n: int, batch_size: int, desc: str, progress: bool):
         starts = range(0, n, batch_size)
         return tqdm(starts, desc=desc, disable=not progress, leave=False)
 
-    @torch.no_grad()
-    def segment(
-        self,
-        images: torch.Tensor,
-        categories: list[str],
-        *,
-        output_size: int,
-        batch_size: int = 16,
-        progress: bool = False,
-    ) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """(maps N x H x W, answers, seg_found) for the segmentation prompt; images: N x 3 x S x S
-        uint8 at the SAM input size; one object name per image."""
-        maps, answers, found = [], [], []
-        for s in self._batches(len(images), batch_size, "predict", progress):
-            texts = [prompts.seg_prompt(c) for c in categories[s : s + batch_size]]
-            ids, att, clip, sam = self._inputs(images[s : s + batch_size], texts)
-            with autocast(self.device, self.dtype):
-                pred = self.model.predict(
-                    images_clip=clip,
-                    images_sam=sam,
-                    input_ids=ids,
-                    attention_mask=att,
-                    output_size=(output_size, output_size),
-                    max_new_tokens=self.max_new_tokens,
-                )
-            maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
-            answers += self.tokenizer.batch_decode(pred.answer_ids, skip_special_tokens=False)
-            found.append(pred.seg_found.cpu().numpy())
-        maps_arr = (
-            np.concatenate(maps) if maps else np.zeros((0, output_size, output_size), np.float32)
-        )
-        seg_found = np.concatenate(found) if found else np.zeros(0, bool)
-        return maps_arr.astype(np.float32), [a.strip() for a in answers], seg_found
+    def _run(self, images, texts, *, output_size: int, max_new_tokens: int, forced=()):
+        seqs = [encode_prompt(self.tokenizer, t, self.model.num_image_tokens) for t in texts]
+        ids, att = pad_batch(seqs, self.tokenizer.pad_token_id, left=True)
+        clip, sam = to_model_inputs(images, self.model.config.vision.image_size)
+        t = to_device({"ids": ids, "att": att, "clip": clip, "sam": sam}, self.device)
+        with autocast(self.device, self.dtype):
+            return self.model.predict(
+                images_clip=t["clip"],
+                images_sam=t["sam"],
+                input_ids=t["ids"],
+                attention_mask=t["att"],
+                output_size=(output_size, output_size),
+                max_new_tokens=max_new_tokens,
+                forced=tuple(forced),
+            )
+
+    def _text(self, ids: list[list[int]]) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def predict(
         self,
@@ -126,40 +108,39 @@ class Predictor:
         output_size: int,
         batch_size: int = 16,
         progress: bool = False,
-        detection_tokens: int = 0,
     ) -> Predictions:
-        """Maps, scores (the predictor's rule) and answers. P(yes) is computed when the rule needs
-        it or when ``detection_tokens`` > 0, which also answers the detection question greedily
-        with that budget."""
-        maps, answers, seg_found = self.segment(
-            images, categories, output_size=output_size, batch_size=batch_size, progress=progress
-        )
-        detection = None
-        if detection_tokens > 0:
-            detection = self.detect(
-                images,
-                categories,
-                max_new_tokens=detection_tokens,
-                batch_size=batch_size,
-                progress=progress,
+        """Map, score and answer for each image (N x 3 x S x S uint8 at the SAM input size; one
+        object name each), from one pass over the detection question: the tokens "Yes" and "No"
+        answers share are fed first (e.g. " [SEG] "), P(yes) = P(Yes) / (P(Yes) + P(No)) at the
+        next step, then the answer goes on greedily."""
+        maps, answers, found, p_yes = [], [], [], []
+        for s in self._batches(len(images), batch_size, "predict", progress):
+            texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
+            pred = self._run(
+                images[s : s + batch_size],
+                texts,
+                output_size=output_size,
+                max_new_tokens=self.max_new_tokens,
+                forced=self.yes_no.prefix,
             )
-            p_yes = detection.p_yes
-        elif self.rule.needs_p_yes:
-            p_yes = self.p_yes(images, categories, batch_size=batch_size, progress=progress)
-        else:
-            p_yes = None
-        maxima = map_max(maps)
+            pair = pred.free_logits[:, [self.yes_no.yes, self.yes_no.no]].float()
+            p_yes.append(pair.softmax(-1)[:, 0].cpu().numpy())
+            maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
+            answers += self._text(pred.answer_ids)
+            found.append(pred.seg_found.cpu().numpy())
+        empty = np.zeros((0, output_size, output_size), np.float32)
+        maps_arr = np.concatenate(maps).astype(np.float32) if maps else empty
+        p = np.concatenate(p_yes).astype(np.float64) if p_yes else np.zeros(0)
+        maxima = map_max(maps_arr)
         return Predictions(
-            maps=maps,
+            maps=maps_arr,
             map_max=maxima,
-            p_yes=p_yes,
-            scores=image_scores(maxima, p_yes, self.rule),
+            p_yes=p,
+            scores=image_scores(maxima, p, self.rule),
             answers=answers,
-            detection_answers=None if detection is None else detection.texts,
-            seg_found=seg_found,
+            seg_found=np.concatenate(found) if found else np.zeros(0, bool),
         )
 
-    @torch.no_grad()
     def answer(
         self,
         images: torch.Tensor,
@@ -169,77 +150,23 @@ class Predictor:
         batch_size: int = 16,
         progress: bool = False,
     ) -> Answers:
-        """Greedy answers to one prompt per image (a full prompt, e.g. ``prompts.user_turn(q)``);
-        images: N x 3 x S x S uint8 (only the vision tower reads them)."""
+        """Greedy answers to one prompt per image (a full prompt, e.g. ``prompts.user_turn(q)``),
+        by the same decoding (a [SEG] in an answer draws its mask, and its evidence is read)."""
         if len(images) != len(prompt_texts):
             raise ValueError(f"got {len(images)} images but {len(prompt_texts)} prompts")
         texts: list[str] = []
         for s in self._batches(len(images), batch_size, "answer", progress):
-            ids, att, clip, _ = self._inputs(
-                images[s : s + batch_size], prompt_texts[s : s + batch_size]
+            pred = self._run(
+                images[s : s + batch_size],
+                prompt_texts[s : s + batch_size],
+                output_size=self.image_size,
+                max_new_tokens=max_new_tokens,
             )
-            with autocast(self.device, self.dtype):
-                embeds, _ = self.model.embed_inputs(ids, clip)
-                generated = self.model.llm.generate(
-                    inputs_embeds=embeds,
-                    attention_mask=att,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.model.pad_token_id,
-                    eos_token_id=self.model.eos_token_id,
-                )  # (B, G): only the new tokens when generating from embeddings
-            decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-            texts += [t.strip() for t in decoded]
+            texts += self._text(pred.answer_ids)
         return Answers(texts=texts)
 
-    @torch.no_grad()
     def p_yes(
-        self,
-        images: torch.Tensor,
-        categories: list[str],
-        *,
-        batch_size: int = 16,
-        progress: bool = False,
+        self, images: torch.Tensor, categories: list[str], *, batch_size: int = 16
     ) -> np.ndarray:
-        """P(yes) for the detection question (``prompts.vqa_prompt``): one teacher-forced forward
-        over the prompt (plus the answer tokens "Yes" and "No" share, ``prompts.yes_no_tokens``),
-        then P(yes) = softmax over the two logits of the first "Yes" and "No" tokens at the last
-        position, i.e. P(Yes) / (P(Yes) + P(No)) of the next-token distribution."""
-        tokens = yes_no_tokens(self.tokenizer)
-        out: list[np.ndarray] = []
-        for s in self._batches(len(images), batch_size, "P(yes)", progress):
-            texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
-            ids, att, clip, _ = self._inputs(images[s : s + batch_size], texts, tokens.prefix)
-            positions = (att.cumsum(1) - 1).clamp(min=0)  # left padding: real tokens from 0
-            with autocast(self.device, self.dtype):
-                embeds, _ = self.model.embed_inputs(ids, clip)
-                logits = self.model.llm(
-                    inputs_embeds=embeds,
-                    attention_mask=att,
-                    position_ids=positions,
-                    logits_to_keep=1,
-                ).logits[:, -1]  # (B, V)
-            pair = logits[:, [tokens.yes, tokens.no]].float()
-            out.append(pair.softmax(-1)[:, 0].cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-    def detect(
-        self,
-        images: torch.Tensor,
-        categories: list[str],
-        *,
-        max_new_tokens: int,
-        batch_size: int = 16,
-        progress: bool = False,
-    ) -> Answers:
-        """The detection question the model is trained on (``prompts.vqa_prompt``): the greedy
-        answers and P(yes) (:meth:`p_yes`)."""
-        answers = self.answer(
-            images,
-            [prompts.vqa_prompt(c) for c in categories],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        answers.p_yes = self.p_yes(images, categories, batch_size=batch_size, progress=progress)
-        return answers
+        """P(yes) of the detection question for each image (:meth:`predict`'s)."""
+        return self.predict(images, categories, output_size=8, batch_size=batch_size).p_yes

@@ -69,7 +69,10 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
             context.artifacts["checkpoint"], weights=_weights(config)
         )
         self.predictor = Predictor(
-            model, tokenizer, rule=rule, max_new_tokens=int(config.get("max_new_tokens", 8))
+            model,
+            tokenizer,
+            rule=rule,
+            max_new_tokens=int(config.get("max_new_tokens", EvaluateConfig.max_new_tokens)),
         )
 
     def predict(

@@ -13,6 +13,7 @@ from vmad_pipeline.metrics.text import (
     balanced_answer_accuracy,
     parse_defect_type,
     parse_location,
+    parse_object,
     parse_option,
     parse_yes_no,
 )
@@ -33,5 +34,6 @@ __all__ = [
     "parse_yes_no",
     "parse_location",
     "parse_defect_type",
+    "parse_object",
     "parse_option",
 ]

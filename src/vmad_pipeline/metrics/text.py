@@ -4,7 +4,11 @@ Parsing rules (each the one place for its rule; docs/evaluation.md repeats them)
 
 * **yes/no** (:func:`parse_yes_no`): the answer's first word, case-insensitive, is "yes" or "no"
   (the model is trained to start its answer to the detection question with "Yes." or "No.",
-  ``training/prompts.vqa_answer``). Anything else is unparseable (None).
+  ``prompts.detection_answer``; [SEG] is removed from the text a user sees). Anything else is
+  unparseable (None).
+* **object name** (:func:`parse_object`): the name in "... of the <name>." or "The <name> looks
+  normal", the two places the trained answer names the object; correct when it equals the name
+  asked about (case and spaces normalised). An answer that names no object is not counted.
 * **location** (:func:`parse_location`): the first phrase of the 3 x 3 location grid of
   ``annotation/geometry.py`` (``LOCATIONS``: "top left", ..., "center", ...) in the answer, as
   whole words, longer phrases first ("top left" before "top"). The ground truth is the grid cell
@@ -34,6 +38,7 @@ __all__ = [
     "parse_yes_no",
     "parse_location",
     "parse_defect_type",
+    "parse_object",
     "parse_option",
     "answer_accuracy",
     "balanced_answer_accuracy",
@@ -60,6 +65,18 @@ def parse_location(answer: str) -> str | None:
     """The first location phrase of the grid in ``answer`` (normalised to ``LOCATIONS``), or None."""
     m = _LOCATION.search(answer or "")
     return None if m is None else re.sub(r"[\s\-]+", " ", m.group(1).lower())
+
+
+_OBJECT = re.compile(r"(?:\bof the ([^.;,]+?)\s*[.;,]|\bthe ([^.;,]+?) looks normal)", re.I)
+
+
+def parse_object(answer: str) -> str | None:
+    """The object the answer names ("... of the bottle cap." / "The bottle cap looks normal"),
+    lower case with single spaces; None when it names none."""
+    m = _OBJECT.search(answer or "")
+    if m is None:
+        return None
+    return re.sub(r"\s+", " ", (m.group(1) or m.group(2)).strip().lower())
 
 
 def parse_defect_type(answer: str, taxonomy: Taxonomy) -> DefectType | None:

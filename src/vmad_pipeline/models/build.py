@@ -19,11 +19,18 @@ from transformers import (
 
 from vmad_pipeline.configs import ConfigError, ModelConfig
 from vmad_pipeline.models.dssl import Dssl
+from vmad_pipeline.models.efficientnet import (
+    LEVEL_CHANNELS,
+    FrozenEfficientNet,
+    load_efficientnet_lite0,
+)
+from vmad_pipeline.models.evidence import SegEvidence
 from vmad_pipeline.models.llm import add_lora, build_tiny_llm
+from vmad_pipeline.models.mask_encoder import EfficientNetMaskEncoder
 from vmad_pipeline.models.pretrained import load_llava, load_sam
 from vmad_pipeline.models.projectors import MlpProjector, build_projector
 from vmad_pipeline.models.sam import build_sam
-from vmad_pipeline.models.vision import VisionTower, build_vision_tower
+from vmad_pipeline.models.vision import EfficientNetTower, VisionTower, build_vision_tower
 from vmad_pipeline.models.vmad import SegHead, VmadModel
 from vmad_pipeline.prompts import IMAGE_TOKEN, SEG_TOKEN, STATE_PHRASES
 
@@ -54,9 +61,7 @@ class Backbone:
     projector_state: dict[str, torch.Tensor] | None = None  # LLaVA's pretrained mlp projector
 
 
-def _tiny_backbone(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype, llm=None
-) -> Backbone:
+def _random_llm(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype, llm):
     if llm is None:
         llm = build_tiny_llm(
             cfg.llm,
@@ -65,8 +70,46 @@ def _tiny_backbone(
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
+    return llm.to(dtype)
+
+
+def _tiny_backbone(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype, llm=None
+) -> Backbone:
     return Backbone(
-        cfg=cfg, vision=build_vision_tower(cfg.vision), llm=llm.to(dtype), sam=build_sam(cfg.sam)
+        cfg=cfg,
+        vision=build_vision_tower(cfg.vision),
+        llm=_random_llm(cfg, tokenizer, dtype, llm),
+        sam=build_sam(cfg.sam),
+    )
+
+
+def _small_backbone(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype, llm=None
+) -> Backbone:
+    """One frozen, ImageNet-trained EfficientNet-Lite0 (installed with the package) feeds both
+    image branches: the LLM's tower (an adaptor per level) and SAM's decoder (a trainable neck
+    in place of SAM's ViT); the LLM is the tiny one, trained here."""
+    backbone = FrozenEfficientNet(load_efficientnet_lite0()).to(dtype)
+    vision = EfficientNetTower(
+        backbone=backbone,
+        channels=LEVEL_CHANNELS,
+        grid=cfg.vision.grid,
+        width=cfg.vision.hidden_size,
+        select_layer=cfg.vision.select_layer,
+    )
+    encoder = EfficientNetMaskEncoder(
+        backbone=backbone,
+        channels=LEVEL_CHANNELS,
+        img_size=cfg.sam.image_size,
+        grid=cfg.sam.grid,
+        out_chans=cfg.sam.prompt_dim,
+    )
+    return Backbone(
+        cfg=cfg,
+        vision=vision,
+        llm=_random_llm(cfg, tokenizer, dtype, llm),
+        sam=build_sam(cfg.sam, image_encoder=encoder),
     )
 
 
@@ -91,7 +134,15 @@ def _llava_sam_backbone(
 
 
 # preset -> how its backbone is made (configs.PRESETS)
-BACKBONES = {"tiny": _tiny_backbone, "llava7b_sam_h": _llava_sam_backbone}
+BACKBONES = {
+    "tiny": _tiny_backbone,
+    "small": _small_backbone,
+    "llava7b_sam_h": _llava_sam_backbone,
+}
+# Presets whose LLM is random-initialised and trained here: its base weights are saved.
+RANDOM_LLM = ("tiny", "small")
+# Presets whose frozen parts are rebuilt from local weight files named in `weights`.
+FROM_WEIGHT_FILES = ("llava7b_sam_h",)
 
 
 def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel:
@@ -102,6 +153,10 @@ def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel
         out_dim=cfg.llm.hidden_size,
         grid=cfg.vision.grid,
     )
+    if cfg.projector.positions:  # one learned position per visual token (ViT-style init)
+        projector.positions = torch.nn.Parameter(
+            0.02 * torch.randn(projector.num_tokens, cfg.llm.hidden_size)
+        )
     if bb.projector_state is not None and isinstance(projector, MlpProjector):
         # LLaVA's multi_modal_projector is the same Linear-GELU-Linear: start from it.
         projector.mlp.load_state_dict(
@@ -110,18 +165,18 @@ def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel
                 for k, v in bb.projector_state.items()
             }
         )
-    n_hidden = cfg.vision.num_layers + 1  # CLIP hidden states: embeddings + every layer
+    n_hidden = bb.vision.num_hidden_states
     bad = [i for i in projector.level_indices if not -n_hidden <= i < n_hidden]
     if bad:
         raise ConfigError(
             f"train.model.projector.ltc.levels: {bad} out of range; the vision tower has "
-            f"{n_hidden} hidden states (0 = embeddings .. {n_hidden - 1} = last layer)"
+            f"{n_hidden} hidden states (0 .. {n_hidden - 1})"
         )
     dssl = None
     if cfg.dssl.enabled:
         dssl = Dssl(
             cfg=cfg.dssl,
-            d_sam=cfg.sam.prompt_dim,
+            d_sam=getattr(bb.sam.image_encoder, "teacher_dim", cfg.sam.prompt_dim),
             d_llm=cfg.llm.hidden_size,
             d_clip=cfg.vision.hidden_size,
         )
@@ -133,6 +188,7 @@ def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel
         sam=bb.sam,
         seg_head=SegHead(d_llm=cfg.llm.hidden_size, d_sam=cfg.sam.prompt_dim),
         dssl=dssl,
+        evidence=SegEvidence(d_llm=cfg.llm.hidden_size) if cfg.seg_evidence else None,
         state_phrase_ids=tuple(
             tokenizer.encode(p, add_special_tokens=False) for p in STATE_PHRASES
         ),
@@ -142,13 +198,25 @@ def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel
     return model
 
 
+def always_frozen(module: torch.nn.Module) -> set[int]:
+    """ids of the parameters of submodules that never train (a pretrained backbone installed
+    with a package, ``always_frozen = True``), whatever the preset's ``frozen`` says."""
+    return {
+        id(p)
+        for m in module.modules()
+        if getattr(m, "always_frozen", False)
+        for p in m.parameters()
+    }
+
+
 def apply_freezing(model: VmadModel) -> None:
     """Freeze the preset's frozen parts; the LLM trains only through LoRA + embeddings/head."""
     for name, part in model.parts().items():
         if name == "llm":
             continue  # peft already set requires_grad: LoRA and modules_to_save only
+        fixed = always_frozen(part)
         for p in part.parameters():
-            p.requires_grad_(name not in model.config.frozen)
+            p.requires_grad_(name not in model.config.frozen and id(p) not in fixed)
     if "llm" in model.config.frozen:
         for p in model.llm.parameters():
             p.requires_grad_(False)
@@ -162,8 +230,9 @@ def build_vmad(
     train_classes: Sequence[str] = (),
     dtype: torch.dtype = torch.float32,
 ) -> VmadModel:
-    """A fresh model for training: the preset's backbone (random for ``tiny``, local
-    checkpoints named in ``cfg.weights`` for ``llava7b_sam_h``) with new LoRA adapters,
+    """A fresh model for training: the preset's backbone (random for ``tiny``, the installed
+    ImageNet EfficientNet-Lite0 for ``small``, local checkpoints named in ``cfg.weights`` for
+    ``llava7b_sam_h``) with new LoRA adapters,
     projector, [SEG] head and DSSL. ``train_classes`` become DSSL's memory-queue rows."""
     torch.manual_seed(seed)
     cfg = dataclasses.replace(

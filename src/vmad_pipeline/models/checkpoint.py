@@ -35,7 +35,13 @@ from transformers import (
 
 from vmad_pipeline.atomic import atomic_directory
 from vmad_pipeline.configs import ConfigError, ModelConfig, WeightsConfig, from_dict, to_dict
-from vmad_pipeline.models.build import BACKBONES, Backbone, assemble
+from vmad_pipeline.models.build import (
+    BACKBONES,
+    FROM_WEIGHT_FILES,
+    RANDOM_LLM,
+    Backbone,
+    assemble,
+)
 from vmad_pipeline.models.llm import quiet_peft
 from vmad_pipeline.models.pretrained import weights_fingerprint
 from vmad_pipeline.models.sam import build_sam
@@ -46,25 +52,34 @@ from vmad_pipeline.models.vmad import VmadModel
 FORMAT_VERSION = 3  # 3: no machine paths in config.json, weight files fingerprinted
 
 
-def _non_llm_state(model: VmadModel, *, keys_only: bool = False) -> dict[str, torch.Tensor]:
-    """Weights outside the LLM: all of them for random-initialised presets (nothing to reload
-    them from), else only the trainable ones (and the buffers: DSSL's memory queues must come
-    back with the checkpoint). ``keys_only``: the keys, without copying a tensor."""
-    everything = model.config.preset == "tiny"
+def _state(
+    model: VmadModel, names: tuple[str, ...], *, trained_only: bool, keys_only: bool = False
+) -> dict[str, torch.Tensor]:
+    """The state of the named parts, as ``<part>.<key>``, without the always-frozen backbones
+    installed with a package (rebuilt from it); ``trained_only``: only trainable weights and the
+    buffers (DSSL's memory queues must come back). ``keys_only``: no tensor is copied."""
+    parts = model.parts()
     state = {}
-    for name, part in model.parts().items():
-        if name == "llm":
-            continue
-        keep = (
-            None
-            if everything
-            else {n for n, p in part.named_parameters() if p.requires_grad}
-            | {n for n, _ in part.named_buffers()}
-        )
+    for name in names:
+        part = parts[name]
+        fixed = {n for n, m in part.named_modules() if getattr(m, "always_frozen", False)}
+        trained = {n for n, p in part.named_parameters() if p.requires_grad}
+        buffers = {n for n, _ in part.named_buffers()}
         for key, value in part.state_dict().items():
-            if keep is None or key in keep:
-                state[f"{name}.{key}"] = None if keys_only else value.detach().contiguous().cpu()
+            if any(key == f or key.startswith(f + ".") for f in fixed):
+                continue
+            if trained_only and key not in trained | buffers:
+                continue
+            state[f"{name}.{key}"] = None if keys_only else value.detach().contiguous().cpu()
     return state
+
+
+def _non_llm_state(model: VmadModel, *, keys_only: bool = False) -> dict[str, torch.Tensor]:
+    """Weights outside the LLM: all of them (nothing to reload them from), but for presets
+    that rebuild frozen parts from local weight files (only the trained ones, and buffers)."""
+    names = tuple(n for n in model.parts() if n != "llm")
+    trained_only = model.config.preset in FROM_WEIGHT_FILES
+    return _state(model, names, trained_only=trained_only, keys_only=keys_only)
 
 
 def _base_llm_state(llm: PeftModel) -> dict[str, torch.Tensor]:
@@ -82,7 +97,7 @@ def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: 
     with atomic_directory(path) as tmp:
         _write_config(tmp, model, model.config)
         tokenizer.save_pretrained(tmp / "tokenizer")
-        if model.config.preset == "tiny":
+        if model.config.preset in RANDOM_LLM:
             model.llm.get_base_model().save_pretrained(
                 tmp / "llm_base", state_dict=_base_llm_state(model.llm)
             )
@@ -100,7 +115,7 @@ def _write_config(directory: Path, model: VmadModel, cfg: ModelConfig, **extra) 
     meta = {
         "format_version": FORMAT_VERSION,
         "model": config,
-        "weights_files": weights_fingerprint(cfg) if cfg.preset != "tiny" else {},
+        "weights_files": weights_fingerprint(cfg) if cfg.preset in FROM_WEIGHT_FILES else {},
         "trained_on": model.trained_on,
         **extra,
     }
@@ -126,7 +141,7 @@ def read_model_config(path: str | Path) -> ModelConfig:
 def _with_weights(path: Path, cfg: ModelConfig, weights: WeightsConfig | None) -> ModelConfig:
     """``cfg`` with this machine's weight paths; for a preset built on local files, they must be
     given and must hold the files the checkpoint was trained on (same fingerprints)."""
-    if cfg.preset == "tiny":
+    if cfg.preset not in FROM_WEIGHT_FILES:
         return cfg
     if weights is None:
         raise ConfigError(
@@ -165,7 +180,7 @@ def _load_parts(model: VmadModel, path: Path) -> None:
     for this model (all of it for ``tiny``; trained weights and buffers otherwise)."""
     parts = {n: p for n, p in model.parts().items() if n != "llm"}  # the LLM has its own dirs
     frozen = ", ".join(model.config.frozen) or "none"
-    rule = FROZEN_RULE.format(frozen) if model.config.preset != "tiny" else ""
+    rule = FROZEN_RULE.format(frozen) if model.config.preset in FROM_WEIGHT_FILES else ""
     expected = set(_non_llm_state(model, keys_only=True))
     load_parts(parts, path / "weights.safetensors", expected, rule)
 
@@ -183,7 +198,7 @@ def load_checkpoint(
     cfg = _with_weights(path, read_model_config(path), weights)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     base = None
-    if cfg.preset == "tiny":
+    if cfg.preset in RANDOM_LLM:
         base = from_pretrained_strict(LlamaForCausalLM, path / "llm_base")
     bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, base)
     with quiet_peft():
@@ -222,17 +237,15 @@ def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str
     cfg = dataclasses.replace(
         model.config, dssl=dataclasses.replace(model.config.dssl, enabled=False)
     )
-    parts = model.parts()
-    state = {
-        f"{name}.{k}": v.detach().contiguous().cpu()
-        for name in EXPORT_PARTS
-        for k, v in parts[name].state_dict().items()
-    }
+    clip = isinstance(model.vision, VisionTower)
+    names = EXPORT_PARTS if clip else ("vision", *EXPORT_PARTS)
+    state = _state(model, names, trained_only=False)
     with atomic_directory(path) as tmp:
         _write_config(tmp, model, cfg, export=True)
         tokenizer.save_pretrained(tmp / "tokenizer")
         model.llm.save_pretrained(tmp / "llm")
-        model.vision.clip.save_pretrained(tmp / "vision")
+        if clip:
+            model.vision.clip.save_pretrained(tmp / "vision")
         save_file(state, tmp / "weights.safetensors")
 
 
@@ -244,19 +257,25 @@ def load_exported(
     _check_dir(path, "export", "export")
     cfg = read_model_config(path)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
-    bb = Backbone(
-        cfg=cfg,
-        vision=VisionTower(
-            clip=from_pretrained_strict(CLIPVisionModel, path / "vision", dtype=dtype),
-            select_layer=cfg.vision.select_layer,
-        ),
-        llm=from_pretrained_strict(LlamaForCausalLM, path / "llm", dtype=dtype),
-        sam=build_sam(cfg.sam).to(dtype),
-    )
+    llm = from_pretrained_strict(LlamaForCausalLM, path / "llm", dtype=dtype)
+    if (path / "vision").is_dir():  # a CLIP tower, exported whole
+        bb = Backbone(
+            cfg=cfg,
+            vision=VisionTower(
+                clip=from_pretrained_strict(CLIPVisionModel, path / "vision", dtype=dtype),
+                select_layer=cfg.vision.select_layer,
+            ),
+            llm=llm,
+            sam=build_sam(cfg.sam).to(dtype),
+        )
+        names = EXPORT_PARTS
+    else:  # a tower on an installed backbone (small): rebuilt, its adaptors in the safetensors
+        bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, llm)
+        names = ("vision", *EXPORT_PARTS)
     model = assemble(bb, tokenizer, bb.llm)
+    expected = set(_state(model, names, trained_only=False, keys_only=True))
     parts = model.parts()
-    expected = {f"{n}.{k}" for n in EXPORT_PARTS for k in parts[n].state_dict()}
-    load_parts({n: parts[n] for n in EXPORT_PARTS}, path / "weights.safetensors", expected)
+    load_parts({n: parts[n] for n in names}, path / "weights.safetensors", expected)
     model.trained_on = _read_meta(path).get("trained_on", {})
     return model.eval(), tokenizer
 

@@ -22,9 +22,11 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-def build_sam(cfg: SamConfig) -> Sam:
-    """A randomly initialised SAM of the given size, assembled like ``build_sam._build_sam``."""
-    encoder = ImageEncoderViT(
+def build_sam(cfg: SamConfig, *, image_encoder: nn.Module | None = None) -> Sam:
+    """A randomly initialised SAM of the given size, assembled like ``build_sam._build_sam``;
+    ``image_encoder`` replaces its ViT (it needs ``img_size`` and gives cfg.prompt_dim x grid x
+    grid embeddings)."""
+    encoder = image_encoder or ImageEncoderViT(
         depth=cfg.depth,
         embed_dim=cfg.embed_dim,
         img_size=cfg.image_size,
@@ -73,6 +75,31 @@ def sam_preprocess(sam: Sam, images: torch.Tensor) -> torch.Tensor:
     return torch.stack([sam.preprocess(img * 255.0) for img in images])
 
 
+def batched_masks(
+    decoder: MaskDecoder, embeddings: torch.Tensor, prompt_encoder: PromptEncoder, prompts
+) -> torch.Tensor:
+    """The first (single-mask) output of SAM's mask decoder for B images with one sparse prompt
+    each, in one batch: B x 1 x 4h x 4w low-resolution logits.
+
+    ``MaskDecoder.predict_masks`` repeats each image's embedding once per prompt (one image,
+    many prompts); with one prompt per image that would mean one decoder call per image. This is
+    the same computation (its steps, with its own modules) with the batch taken as it is, checked
+    against the decoder's own per-image call in tests/unit/models/test_vmad.py. Dense prompt =
+    the no-mask embedding."""
+    b, _, h, w = embeddings.shape
+    dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    src = embeddings + dense  # (B, d, h, w)
+    pos = prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], 0)
+    tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), prompts.view(b, 1, -1)], 1)
+    hs, src = decoder.transformer(src, pos, tokens)
+    mask_token = hs[:, 1]  # the first mask token: multimask_output=False
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, -1, h, w))
+    hyper = decoder.output_hypernetworks_mlps[0](mask_token)  # (B, C')
+    _, c, uh, uw = upscaled.shape
+    return (hyper.unsqueeze(1) @ upscaled.view(b, c, uh * uw)).view(b, 1, uh, uw)
+
+
 def decode_masks(
     sam: Sam,
     image_embeddings: torch.Tensor,
@@ -86,21 +113,7 @@ def decode_masks(
     image_embeddings: B x d_sam x h x w; prompts: B x d_sam (the projected [SEG] state).
     Dense prompt = SAM's no-mask embedding. Returns mask logits B x H_out x W_out.
     """
-    dense_pe = sam.prompt_encoder.get_dense_pe()  # (1, d_sam, h, w)
-    h, w = image_embeddings.shape[-2:]
-    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
-    logits = []
-    # The decoder repeats image_embeddings per prompt token batch, so it takes one image at a time.
-    for emb, prompt in zip(image_embeddings, prompts, strict=True):
-        low_res, _iou = sam.mask_decoder(
-            image_embeddings=emb.unsqueeze(0),
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=prompt.view(1, 1, -1),
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )  # (1, 1, 4h, 4w)
-        logits.append(low_res)
-    low = torch.cat(logits)  # (B, 1, 4h, 4w)
+    low = batched_masks(sam.mask_decoder, image_embeddings, sam.prompt_encoder, prompts)
     masks = F.interpolate(
         low, (sam.image_encoder.img_size,) * 2, mode="bilinear", align_corners=False
     )

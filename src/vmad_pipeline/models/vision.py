@@ -1,8 +1,10 @@
-"""CLIP vision tower (transformers), returning per-layer patch features without CLS."""
+"""Vision towers: CLIP (transformers), returning per-layer patch features without CLS, and the
+`small` preset's frozen EfficientNet-Lite0 with one adaptor per feature level."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -43,6 +45,10 @@ class VisionTower(nn.Module):
     def grid(self) -> int:
         return self.clip.config.image_size // self.clip.config.patch_size
 
+    @property
+    def num_hidden_states(self) -> int:
+        return self.clip.config.num_hidden_layers + 1  # embeddings + every layer
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """images: B x 3 x S x S in [0, 1] -> every hidden state, each B x N x C (CLS dropped)."""
         pixels = (images - self.mean) / self.std
@@ -55,3 +61,52 @@ class VisionTower(nn.Module):
 
 def build_vision_tower(cfg: VisionConfig) -> VisionTower:
     return VisionTower(clip=CLIPVisionModel(clip_config(cfg)), select_layer=cfg.select_layer)
+
+
+class EfficientNetTower(nn.Module):
+    """The `small` preset's vision tower: a frozen, ImageNet-trained EfficientNet-Lite0; each of
+    its feature levels (strides 4, 8, 16, 32) is average-pooled or upsampled to one grid and
+    projected to one width by a trainable 1 x 1 adaptor, so the projectors and LTC read them as
+    they read CLIP's hidden states (LTC's multi-level keys and values become real multi-scale
+    features)."""
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        channels: tuple[int, ...],
+        grid: int,
+        width: int,
+        select_layer: int = 2,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.grid, self.width = backbone, grid, width
+        self.select_layer = select_layer
+        self.adaptors = nn.ModuleList(nn.Linear(c, width) for c in channels)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.width
+
+    @property
+    def num_hidden_states(self) -> int:
+        return len(self.adaptors)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """images: B x 3 x S x S in [0, 1] -> one B x grid^2 x width tensor per level."""
+        out = []
+        for level, adaptor in zip(self.backbone(images), self.adaptors, strict=True):
+            level = (
+                F.adaptive_avg_pool2d(level, self.grid)
+                if level.shape[-1] > self.grid
+                else (
+                    F.interpolate(
+                        level, (self.grid, self.grid), mode="bilinear", align_corners=False
+                    )
+                )
+            )
+            out.append(adaptor(level.flatten(2).transpose(1, 2)))  # (B, grid^2, width)
+        return tuple(out)
+
+    def select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return hidden_states[self.select_layer]

@@ -16,6 +16,8 @@ from transformers import PreTrainedModel
 from vmad_pipeline.configs import ModelConfig
 from vmad_pipeline.losses.segmentation import mask_bce, mask_dice
 from vmad_pipeline.models.dssl import Dssl, DsslOutput
+from vmad_pipeline.models.evidence import SegEvidence
+from vmad_pipeline.models.generation import generate_with_masks
 from vmad_pipeline.models.projectors import Projector
 from vmad_pipeline.models.sam import decode_masks, sam_preprocess
 from vmad_pipeline.models.vision import VisionTower
@@ -36,10 +38,9 @@ class VmadOutput:
 @dataclass
 class Prediction:
     mask_logits: torch.Tensor  # B x H x W
-    answer_ids: list[list[int]]  # generated tokens per image
-    seg_found: (
-        torch.Tensor
-    )  # B bool: the model emitted [SEG] (else the last token's state was used)
+    answer_ids: list[list[int]]  # generated tokens per image (forced prefix included)
+    seg_found: torch.Tensor  # B bool: the model emitted [SEG] (else the last token's state)
+    free_logits: torch.Tensor  # B x V: next-token logits at the first step not forced
 
 
 class SegHead(nn.Module):
@@ -67,6 +68,7 @@ class VmadModel(nn.Module):
         seg_head: SegHead,
         dssl: Dssl | None,
         state_phrase_ids: tuple[list[int], list[int]],
+        evidence: SegEvidence | None = None,
         image_token_id: int,
         seg_token_id: int,
         pad_token_id: int,
@@ -82,6 +84,7 @@ class VmadModel(nn.Module):
             seg_head,
         )
         self.dssl = dssl
+        self.evidence = evidence  # mask evidence for the tokens after [SEG] (models/evidence.py)
         # Token ids of the normal / abnormal descriptions behind DSSL's semantic tokens.
         for name, ids in zip(("normal_phrase", "abnormal_phrase"), state_phrase_ids, strict=True):
             self.register_buffer(name, torch.tensor(ids, dtype=torch.long), persistent=False)
@@ -106,6 +109,7 @@ class VmadModel(nn.Module):
             "sam_decoder": nn.ModuleList([self.sam.prompt_encoder, self.sam.mask_decoder]),
             "seg_head": self.seg_head,
             **({"dssl": self.dssl} if self.dssl is not None else {}),
+            **({"evidence": self.evidence} if self.evidence is not None else {}),
         }
 
     def get_image_features(self, images_clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,13 +118,15 @@ class VmadModel(nn.Module):
         hidden = self.vision(images_clip)
         features = self.vision.select(hidden)  # (B, N, C)
         levels = [hidden[i] for i in self.projector.level_indices]
-        return self.projector(features, levels), features.mean(1)
+        tokens = self.projector(features, levels)  # (B, T, d)
+        positions = getattr(self.projector, "positions", None)  # (T, d) when configured
+        return (tokens if positions is None else tokens + positions), features.mean(1)
 
     def embed_inputs(
         self, input_ids: torch.Tensor, images_clip: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token embeddings with the image placeholder positions replaced by visual tokens,
-        and the CLIP global feature (B x C)."""
+        the CLIP global feature (B x C) and the visual tokens (B x T x d)."""
         visual, clip_global = self.get_image_features(images_clip)  # (B, T_img, d)
         is_image = input_ids == self.image_token_id  # (B, T)
         counts = is_image.sum(1)
@@ -130,11 +136,21 @@ class VmadModel(nn.Module):
             )
         ids = input_ids.masked_fill(is_image, self.pad_token_id)
         embeds = self.llm.get_input_embeddings()(ids)  # (B, T, d)
-        return embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype)), clip_global
+        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype))
+        return embeds, clip_global, visual
 
     def image_embeddings(self, images_sam: torch.Tensor) -> torch.Tensor:
         """images_sam: B x 3 x H x W in [0, 1] (longest side = encoder size) -> B x d_sam x h x w."""
-        return self.sam.image_encoder(sam_preprocess(self.sam, images_sam))
+        return self.encode_images(images_sam)[0]
+
+    def encode_images(self, images_sam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(SAM image embedding, DSSL's visual teacher): SAM's ViT embedding is both; an encoder
+        with ``encode`` (the small preset's) gives its frozen features as the teacher."""
+        encoder = self.sam.image_encoder
+        if getattr(encoder, "takes_unit_range", False):
+            return encoder.encode(images_sam)
+        embedding = encoder(sam_preprocess(self.sam, images_sam))
+        return embedding, embedding
 
     def masks_from_states(
         self,
@@ -174,31 +190,43 @@ class VmadModel(nn.Module):
         labels: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         class_idx: torch.Tensor | None = None,
+        oracle: torch.Tensor | None = None,
     ) -> VmadOutput:
         """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W
-        at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL.
+        at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL;
+        oracle: B bool, the samples whose mask evidence comes from ``masks`` (the ground truth)
+        instead of the drawn mask (training with evidence).
 
         Returns every loss term separately; how they are weighted is the trainer's business
         (``training.objective.weighted_loss``)."""
-        embeds, clip_global = self.embed_inputs(input_ids, images_clip)
+        embeds, clip_global, visual = self.embed_inputs(input_ids, images_clip)
+        evidence = self.evidence is not None
         out = self.llm(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
-            labels=labels,
+            labels=None if evidence else labels,
             output_hidden_states=True,
         )
         last = out.hidden_states[-1]  # (B, T, d)
         use_dssl = self.dssl is not None and class_idx is not None and masks is not None
-        sam_emb = self.image_embeddings(images_sam) if use_dssl else None
+        sam_emb, teacher = self.encode_images(images_sam) if use_dssl else (None, None)
         pbsd = patch_bce = None
         if use_dssl:
-            extra = self._dssl_terms(sam_emb, last, input_ids, clip_global, masks, class_idx)
+            extra = self._dssl_terms(teacher, last, input_ids, clip_global, masks, class_idx)
             pbsd, patch_bce = extra.pbsd, extra.patch_bce
         seg_index, mask_logits = self._seg_masks(last, input_ids, images_sam, masks, sam_emb)
         bce = dice = None
         if mask_logits is not None and masks is not None:
             target = masks[seg_index].float()
             bce, dice = mask_bce(mask_logits, target), mask_dice(mask_logits, target)
+        if evidence:  # the answer after [SEG] reads the drawn mask: a second pass with it
+            drawn = None if mask_logits is None else mask_logits.detach().sigmoid()
+            if drawn is not None and oracle is not None and masks is not None:
+                truth = masks[seg_index].to(drawn.dtype)
+                drawn = torch.where(oracle[seg_index].bool()[:, None, None], truth, drawn)
+            out = self._with_evidence(
+                embeds, attention_mask, labels, input_ids, visual, seg_index, drawn
+            )
         return VmadOutput(
             ce=out.loss,
             bce=bce,
@@ -210,9 +238,21 @@ class VmadModel(nn.Module):
             seg_index=seg_index,
         )
 
-    def _dssl_terms(self, sam_emb, last, input_ids, clip_global, masks, class_idx) -> DsslOutput:
+    def _with_evidence(self, embeds, attention_mask, labels, input_ids, visual, seg_index, probs):
+        """The LLM again, every token after a sample's first [SEG] given that sample's mask
+        evidence from ``probs`` (B_seg x H x W: the drawn mask, detached so that the text does not
+        train the mask, or the ground truth for oracle samples)."""
+        add = torch.zeros_like(embeds)
+        if probs is not None and len(seg_index):
+            ev = self.evidence(probs, visual[seg_index])  # (B_seg, d)
+            is_seg = input_ids[seg_index] == self.seg_token_id
+            after = is_seg.long().cumsum(1) - is_seg.long() > 0  # positions after the first [SEG]
+            add[seg_index] = after.unsqueeze(-1).to(embeds.dtype) * ev[:, None].to(embeds.dtype)
+        return self.llm(inputs_embeds=embeds + add, attention_mask=attention_mask, labels=labels)
+
+    def _dssl_terms(self, teacher, last, input_ids, clip_global, masks, class_idx) -> DsslOutput:
         return self.dssl(
-            sam_embedding=sam_emb,
+            sam_embedding=teacher,
             llm_visual=self.image_states(last, input_ids),
             clip_global=clip_global,
             state_words=self.state_words(),
@@ -257,40 +297,25 @@ class VmadModel(nn.Module):
         attention_mask: torch.Tensor,
         output_size: tuple[int, int],
         max_new_tokens: int = 8,
+        forced: tuple[int, ...] = (),
     ) -> Prediction:
-        """Greedy answer, then the mask from the [SEG] state (prompts left-padded)."""
-        embeds, _ = self.embed_inputs(input_ids, images_clip)
-        generated = self.llm.generate(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
+        """Greedy answers to left-padded prompts, each row's mask drawn at its [SEG] as it is
+        generated (``models/generation.py``: one prefill, the KV cache after it), ``forced``
+        tokens fed first."""
+        embeds, _, visual = self.embed_inputs(input_ids, images_clip)
+        gen = generate_with_masks(
+            self,
+            embeds,
+            attention_mask,
+            images_sam,
+            visual,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_id,
-        )  # (B, G): only new tokens when generating from embeddings
-        gen_mask = torch.ones_like(generated)
-        ended = (
-            torch.cumsum((generated == self.eos_token_id).long(), 1)
-            - (generated == self.eos_token_id).long()
+            output_size=output_size,
+            forced=forced,
         )
-        gen_mask[ended > 0] = 0  # tokens after the first EOS are padding
-        full_embeds = torch.cat([embeds, self.llm.get_input_embeddings()(generated)], 1)
-        full_mask = torch.cat([attention_mask, gen_mask], 1)
-        # Prompts are left-padded: positions count real tokens only, as generate() counted them
-        # (a rotary LLaMA is invariant to the shift up to rounding; absolute positions are not).
-        positions = (full_mask.cumsum(1) - 1).clamp(min=0)
-        out = self.llm(
-            inputs_embeds=full_embeds,
-            attention_mask=full_mask,
-            position_ids=positions,
-            output_hidden_states=True,
+        return Prediction(
+            mask_logits=gen.mask_logits,
+            answer_ids=gen.answer_ids(),
+            seg_found=gen.seg_found,
+            free_logits=gen.free_logits,
         )
-        last = out.hidden_states[-1][:, input_ids.shape[1] :]  # states of the generated tokens
-        is_seg = (generated == self.seg_token_id) & gen_mask.bool()
-        seg_found = is_seg.any(1)
-        last_valid = gen_mask.sum(1).clamp(min=1) - 1
-        pos = torch.where(seg_found, is_seg.float().argmax(1), last_valid)
-        states = last[torch.arange(len(pos)), pos]
-        masks = self.masks_from_states(states, images_sam, output_size)
-        answers = [g[m.bool()].tolist() for g, m in zip(generated, gen_mask, strict=True)]
-        return Prediction(mask_logits=masks, answer_ids=answers, seg_found=seg_found)

@@ -32,9 +32,26 @@ class ImageTable:
 def conversation_texts(
     category: str, qa: dict | None, anomalous: bool, normal_text: str
 ) -> list[str]:
-    """Every prompt and answer the trainer can produce for one image (tokenizer corpus)."""
+    """Every prompt and stored answer the trainer can produce for one image (tokenizer corpus)."""
     texts = [prompts.seg_prompt(category), prompts.vqa_prompt(category), prompts.SEG_ANSWER]
     for kind in prompts.ANSWER_KINDS:
         texts.append(prompts.seg_answer_prompt(category, kind))
         texts.append(qa[kind] if (anomalous and qa) else normal_text)
+    return texts
+
+
+def answer_texts(defect_types: list[str], locations: tuple[str, ...], seed: int) -> list[str]:
+    """The detection answers the trainer writes (every defect type and location, yes and no), and
+    questions about made-up names: the tokenizer learns sub-word pieces to spell any name."""
+    import random
+
+    rng = random.Random(seed)
+    texts = [prompts.detection_answer(anomalous=False)]
+    for location in locations:
+        texts.append(prompts.detection_answer(anomalous=True, location=location))
+        texts += [
+            prompts.detection_answer(anomalous=True, defect=d, location=location)
+            for d in defect_types
+        ]
+    texts += [prompts.vqa_prompt(prompts.random_name(rng)) for _ in range(400)]
     return texts

@@ -11,12 +11,13 @@ from typing import Any
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
+from vmad_pipeline.annotation.geometry import LOCATIONS
 from vmad_pipeline.annotation.templates import normal_answer
 from vmad_pipeline.configs import ModelConfig, TrainConfig
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import resolve_placement
-from vmad_pipeline.training.data import ImageTable, conversation_texts
+from vmad_pipeline.training.data import ImageTable, answer_texts, conversation_texts
 from vmad_pipeline.training.loop import seed_everything, train
 from vmad_pipeline.training.tokenizer import train_tokenizer
 
@@ -33,7 +34,7 @@ def fit_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """The tiny preset's byte-level BPE tokenizer, trained on the training conversations only;
     for a pretrained preset, the checkpoint's tokenizer with [SEG] added."""
-    if model_cfg.preset != "tiny":
+    if model_cfg.preset == "llava7b_sam_h":
         from vmad_pipeline.models.pretrained import load_llava_tokenizer
 
         return load_llava_tokenizer(model_cfg.weights.llava_dir)
@@ -43,6 +44,8 @@ def fit_tokenizer(
         texts += conversation_texts(
             r.category, qa.get((r.source, r.image_path)), bool(r.label), normal_answer(r.category)
         )
+    types = sorted({str(t) for t in rows.get("defect_type", []) if t})
+    texts += answer_texts(types, LOCATIONS, cfg.seed)
     return train_tokenizer(texts, vocab_size=cfg.tokenizer_vocab)
 
 
@@ -78,7 +81,7 @@ def fit_vmad(
     model.trained_on = dict(trained_on or {})
     table = ImageTable.load(rows, roots, model.config.sam.image_size, progress=cfg.progress)
     start = time.perf_counter()
-    curves = train(model, tokenizer, table, qa_lookup(riad_qa), normal_answer, cfg)
+    curves = train(model, tokenizer, table, qa_lookup(riad_qa), cfg)
     seconds = time.perf_counter() - start
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -15,16 +14,16 @@ from vmad_pipeline.configs import TrainConfig
 from vmad_pipeline.images import to_model_inputs
 from vmad_pipeline.models.llm import quiet_peft
 from vmad_pipeline.models.vmad import VmadModel, VmadOutput
-from vmad_pipeline.placement import autocast, place_model, resolve_placement
+from vmad_pipeline.placement import autocast, place_model, resolve_placement, to_device
 from vmad_pipeline.prompts import IGNORE, encode_conversation, pad_batch
 from vmad_pipeline.training.data import ImageTable
 from vmad_pipeline.training.objective import weighted_loss
 from vmad_pipeline.training.samples import (
-    TASKS,
     augment,
     batch_sampler,
-    make_conversation,
+    conversation,
     paste_anomalies,
+    plan_sample,
 )
 
 log = logging.getLogger(__name__)
@@ -57,43 +56,44 @@ def make_batch(
     table: ImageTable,
     idx: list[int],
     qa: dict[tuple[str, str], dict],
-    normal_text: Callable[[str], str],
     cfg: TrainConfig,
     rng: random.Random,
     gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """The model inputs of one batch: a task per sample (``cfg.task_mix``), its conversation,
-    augmentation and pasted anomalies (mask-only answers only, so the text stays true)."""
-    weights = [cfg.task_mix.seg, cfg.task_mix.seg_answer, cfg.task_mix.vqa]
-    ids, labels, pasted = [], [], []
-    for k, i in enumerate(idx):
-        r = table.rows.iloc[i]
-        task = rng.choices(TASKS, weights)[0]
-        if task == "seg" and rng.random() < cfg.paste_prob:
-            pasted.append(k)
-        prompt, answer = make_conversation(
-            task,
+    """The model inputs of one batch: per sample a plan (task, name, paste), then augmentation
+    and pasted anomalies, then the conversation, written from the final mask so that its text
+    (location, yes / no) stays true."""
+    rows = [table.rows.iloc[i] for i in idx]
+    plans = [plan_sample(r.category, bool(r.label), cfg, rng) for r in rows]
+    images, masks = table.images[idx], table.masks[idx]
+    if cfg.augment:
+        images, masks = augment(images, masks, gen, [p.geometric for p in plans])
+    pasted = [k for k, p in enumerate(plans) if p.paste]
+    images, masks = paste_anomalies(images, masks, pasted, gen)
+    ids, labels = [], []
+    for plan, r, mask in zip(plans, rows, masks.numpy(), strict=True):
+        prompt, answer = conversation(
+            plan,
             r.category,
-            bool(r.label),
+            str(getattr(r, "defect_type", "") or ""),
             qa.get((r.source, r.image_path)),
-            normal_text(r.category),
-            rng,
+            mask,
+            seg_first=model.config.seg_first,
+            rng=rng,
         )
         a, b = encode_conversation(tokenizer, prompt, answer, model.num_image_tokens)
         ids.append(a)
         labels.append(b)
     input_ids, attention = pad_batch(ids, tokenizer.pad_token_id)
     label_ids, _ = pad_batch(labels, IGNORE)
-    images, masks = table.images[idx], table.masks[idx]
-    if cfg.augment:
-        images, masks = augment(images, masks, gen)
-    images, masks = paste_anomalies(images, masks, pasted, gen)
     images_clip, images_sam = to_model_inputs(images, model.config.vision.image_size)
     classes = list(model.config.dssl.classes)
     class_idx = torch.tensor(
-        [classes.index(c) if c in classes else -1 for c in table.rows.category.iloc[idx]]
+        [classes.index(r.category) if r.category in classes else -1 for r in rows]
     )
+    oracle = torch.tensor([rng.random() < cfg.evidence_oracle for _ in rows])
     return {
+        "oracle": oracle,
         "images_clip": images_clip,
         "images_sam": images_sam,
         "input_ids": input_ids,
@@ -117,7 +117,6 @@ def train(
     tokenizer: PreTrainedTokenizerFast,
     table: ImageTable,
     qa: dict[tuple[str, str], dict],
-    normal_text: Callable[[str], str],
     cfg: TrainConfig,
 ) -> dict[str, list[float]]:
     """Train in place; returns per-step curves (``CURVES``)."""
@@ -142,9 +141,9 @@ def train(
     model.train()
     bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.progress)
     for _step in bar:
-        batch = make_batch(model, tokenizer, table, next(sampler), qa, normal_text, cfg, rng, gen)
+        batch = make_batch(model, tokenizer, table, next(sampler), qa, cfg, rng, gen)
         with autocast(device, dtype):
-            out = model(**{k: v.to(device) for k, v in batch.items()})
+            out = model(**to_device(batch, device))
             loss = weighted_loss(out, cfg.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -5,26 +5,84 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vmad_pipeline import prompts
+from vmad_pipeline.annotation.geometry import mask_geometry
+from vmad_pipeline.annotation.taxonomy import normalise_name
+from vmad_pipeline.annotation.templates import normal_answer
 
 TASKS = ("seg", "seg_answer", "vqa")
 
 
-def make_conversation(
-    task: str, category: str, anomalous: bool, qa: dict | None, normal_text: str, rng: random.Random
+@dataclass(frozen=True)
+class Plan:
+    """What one training row becomes at one step, decided before its pixels are touched."""
+
+    task: str  # one of TASKS
+    name: str  # the object's name in the question and answer: its class's, or a made-up one
+    paste: bool  # a pasted anomaly joins its mask
+    geometric: bool  # flips / rotations allowed (not for stored RIAD answers: fixed locations)
+
+
+def plan_sample(category: str, anomalous: bool, cfg, rng: random.Random) -> Plan:
+    """The task (``cfg.task_mix``), the name (made up with ``cfg.name_swap_prob``) and whether a
+    pasted anomaly joins: on mask-only samples (``paste_prob``: the text stays true), and on
+    normal images asked the detection question (``detect_paste_prob``: the answer describes the
+    paste)."""
+    mix = cfg.task_mix
+    task = rng.choices(TASKS, [mix.seg, mix.seg_answer, mix.vqa])[0]
+    swap = rng.random() < cfg.name_swap_prob
+    name = prompts.random_name(rng) if swap else prompts.object_name(category)
+    chance = {"seg": cfg.paste_prob, "vqa": 0.0 if anomalous else cfg.detect_paste_prob}
+    paste = rng.random() < chance.get(task, 0.0)
+    return Plan(task=task, name=name, paste=paste, geometric=task != "seg_answer")
+
+
+def conversation(
+    plan: Plan,
+    category: str,
+    defect_type: str,
+    qa: dict | None,
+    mask: np.ndarray,
+    *,
+    seg_first: bool,
+    rng: random.Random,
 ) -> tuple[str, str]:
-    """(prompt, answer) of one training sample for a task type (method.md section 1)."""
-    if task == "seg":
-        return prompts.seg_prompt(category), prompts.SEG_ANSWER
-    if task == "seg_answer":
+    """(prompt, answer) of one sample (method.md section 1), its text true to ``mask`` (the
+    sample's final mask: augmented, with any paste): the detection answer names the location of
+    the mask and the defect type of a real defect ("an anomaly" for a paste alone). The question
+    names the object (``plan.name``); answers call it "the part"."""
+    name = plan.name
+    if plan.task == "seg":
+        return prompts.seg_prompt(name), prompts.SEG_ANSWER
+    anomalous = bool(mask.any())
+    if plan.task == "seg_answer":
         kind = rng.choice(list(prompts.ANSWER_KINDS))
-        text = qa[kind] if (anomalous and qa) else normal_text
-        return prompts.seg_answer_prompt(category, kind), f"{prompts.SEG_ANSWER} {text}"
-    text = qa["description"] if (anomalous and qa) else normal_text
-    return prompts.vqa_prompt(category), prompts.vqa_answer(anomalous, text)
+        generic = prompts.GENERIC_OBJECT  # answers say "the part", never a class name
+        if anomalous and qa:
+            text = _renamed(str(qa[kind]), category, generic)
+        else:
+            text = normal_answer(generic)
+        return prompts.seg_answer_prompt(name, kind), f"{prompts.SEG_ANSWER} {text}"
+    answer = prompts.detection_answer(
+        anomalous=anomalous,
+        defect=None if plan.paste else (defect_type or None),
+        location=mask_geometry(mask)["location"] if anomalous else None,
+        seg_first=seg_first,
+    )
+    return prompts.vqa_prompt(name), answer
+
+
+def _renamed(text: str, category: str, name: str) -> str:
+    """A stored RIAD answer about ``category`` told about ``name`` instead (a whole-word
+    replacement of the class name)."""
+    for form in {prompts.object_name(category), normalise_name(category)}:
+        text = text.replace(form, name)
+    return text
 
 
 def batch_sampler(n: int, batch_size: int, rng: random.Random):
@@ -37,18 +95,24 @@ def batch_sampler(n: int, batch_size: int, rng: random.Random):
 
 
 def augment(
-    images: torch.Tensor, masks: torch.Tensor, gen: torch.Generator
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    gen: torch.Generator,
+    geometric: list[bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Geometric and colour augmentation of a uint8 batch (B x 3 x S x S, masks B x S x S).
 
-    Flips, 90-degree rotations, a channel permutation and brightness/contrast jitter: a defect
-    is defined by its contrast with its surroundings, not by an object's absolute colour, and
-    this keeps the tiny model from memorising the training classes' appearance.
+    Flips, 90-degree rotations (where ``geometric`` allows them), a channel permutation and
+    brightness/contrast jitter: a defect is defined by its contrast with its surroundings, not
+    by an object's absolute colour, and this keeps the model from memorising the training
+    classes' appearance. The random draws are the same whatever ``geometric`` says.
     """
     images, masks = images.clone(), masks.clone()
     for i in range(len(images)):
         k = int(torch.randint(4, (1,), generator=gen))
         flip = bool(torch.randint(2, (1,), generator=gen))
+        if geometric is not None and not geometric[i]:
+            k, flip = 0, False
         img, msk = torch.rot90(images[i], k, (1, 2)), torch.rot90(masks[i], k, (0, 1))
         if flip:
             img, msk = img.flip(2), msk.flip(1)

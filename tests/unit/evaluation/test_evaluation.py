@@ -314,11 +314,25 @@ def tiny():
 
 def test_yes_no_tokens_share_the_space_token(tiny) -> None:
     _, tok = tiny
-    t = yes_no_tokens(tok)
+    t = yes_no_tokens(tok, seg_first=False)
     yes = tok.encode(" Yes.", add_special_tokens=False)
     no = tok.encode(" No.", add_special_tokens=False)
     assert t.prefix == (yes[0],) and yes[0] == no[0]
     assert (t.yes, t.no) == (yes[1], no[1]) and t.yes != t.no
+
+
+def test_yes_no_tokens_after_seg_start_with_it(tiny) -> None:
+    """With [SEG] first, "Yes" and "No" part ways after it: P(yes) is read once the mask is drawn."""
+    _, tok = tiny
+    t = yes_no_tokens(tok, seg_first=True)
+    seg = tok.convert_tokens_to_ids(prompts.SEG_TOKEN)
+    yes = tok.encode(" " + prompts.detection_answer(anomalous=True), add_special_tokens=False)
+    assert (
+        seg in t.prefix and yes[: len(t.prefix)] == list(t.prefix) and yes[len(t.prefix)] == t.yes
+    )
+    assert "Yes".startswith(tok.decode([t.yes]).strip()) and "No".startswith(
+        tok.decode([t.no]).strip()
+    )
 
 
 def test_p_yes_is_the_teacher_forced_next_token_probability(tiny) -> None:
@@ -326,12 +340,12 @@ def test_p_yes_is_the_teacher_forced_next_token_probability(tiny) -> None:
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     cats = ["screw", "hex_nut_with_a_long_name", "alpha"]  # different lengths: left padding
     got = Predictor(model, tok).p_yes(images, cats, batch_size=3)
-    t = yes_no_tokens(tok)
+    t = yes_no_tokens(tok, seg_first=model.config.seg_first)
     for i, c in enumerate(cats):  # one image at a time, no padding, full logits
         ids = encode_prompt(tok, prompts.vqa_prompt(c), model.num_image_tokens) + list(t.prefix)
         clip, _ = to_model_inputs(images[i : i + 1], 32)
         with torch.no_grad():
-            embeds, _ = model.embed_inputs(torch.tensor([ids]), clip)
+            embeds, *_ = model.embed_inputs(torch.tensor([ids]), clip)
             logits = model.llm(inputs_embeds=embeds).logits[0, -1]
         p = torch.softmax(logits[[t.yes, t.no]], -1)[0].item()
         assert got[i] == pytest.approx(p, abs=1e-5)
@@ -350,7 +364,7 @@ def test_predict_eval_set_on_a_tiny_model(tiny, tmp_path: Path) -> None:
     mask = np.zeros((40, 40), np.uint8)
     mask[:10, :10] = 255
     Image.fromarray(mask).save(tmp_path / "m2.png")
-    params = {"eval_size": 16, "progress": False, "answer_max_new_tokens": 3}
+    params = {"eval_size": 16, "progress": False, "max_new_tokens": 3}
 
     class Loaded:  # what the vmad_model dataset hands over: a checkpoint loaded on demand
         def load(self, weights, dtype):

@@ -7,11 +7,17 @@ import pandas as pd
 import torch
 
 from vmad_pipeline import prompts
-from vmad_pipeline.configs import TrainConfig
+from vmad_pipeline.configs import TaskMix, TrainConfig
 from vmad_pipeline.prompts import IGNORE, encode_conversation
 from vmad_pipeline.training.data import ImageTable
 from vmad_pipeline.training.loop import train
-from vmad_pipeline.training.samples import augment, make_conversation, paste_anomalies
+from vmad_pipeline.training.samples import (
+    Plan,
+    augment,
+    conversation,
+    paste_anomalies,
+    plan_sample,
+)
 
 
 def test_augment_keeps_image_and_mask_aligned():
@@ -38,19 +44,64 @@ def test_paste_marks_exactly_the_pasted_region():
     )
 
 
+QA = {
+    "description": "A scratch at the top of the hex nut.",
+    "impact": "Weakens the hex nut.",
+    "suggestion": "Polish it.",
+}
+
+
+def _mask(rows: slice, cols: slice, size: int = 32) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[rows, cols] = True
+    return mask
+
+
 def test_conversations_follow_the_templates():
     rng = random.Random(0)
-    qa = {
-        "description": "A scratch at the top.",
-        "impact": "Weakens it.",
-        "suggestion": "Polish it.",
-    }
-    p, a = make_conversation("seg", "hex_nut", True, qa, "Normal.", rng)
+    top_left = _mask(slice(1, 6), slice(1, 6))
+    seg = Plan(task="seg", name="hex nut", paste=False, geometric=True)
+    p, a = conversation(seg, "hex_nut", "scratch", QA, top_left, seg_first=True, rng=rng)
     assert p == prompts.seg_prompt("hex_nut") and "hex nut" in p and a == "It is [SEG]."
-    p, a = make_conversation("seg_answer", "hex_nut", True, qa, "Normal.", rng)
-    assert a.startswith("It is [SEG]. ") and a.split(". ", 1)[1] in qa.values()
-    p, a = make_conversation("vqa", "hex_nut", False, qa, "Normal.", rng)
-    assert a == "No. Normal." and "[SEG]" not in a
+    plan = Plan(task="seg_answer", name="hex nut", paste=False, geometric=False)
+    p, a = conversation(plan, "hex_nut", "scratch", QA, top_left, seg_first=True, rng=rng)
+    text = a.split(". ", 1)[1]
+    assert a.startswith("It is [SEG]. ") and "hex nut" not in text  # the answer says "part"
+    assert text in {v.replace("hex nut", prompts.GENERIC_OBJECT) for v in QA.values()}
+
+
+def test_detection_answers_describe_the_final_mask():
+    """The detection answer is written from the sample's final mask (after augmentation and any
+    paste): a real defect is named, a paste alone is "an anomaly", a normal image is "No"."""
+    rng = random.Random(0)
+    real = Plan(task="vqa", name="tavoli", paste=False, geometric=True)
+    top_left, empty = _mask(slice(1, 6), slice(1, 6)), np.zeros((32, 32), bool)
+    p, a = conversation(real, "hex_nut", "scratch", QA, top_left, seg_first=True, rng=rng)
+    assert p == prompts.vqa_prompt("tavoli")  # the question names the (made-up) object
+    assert a == "[SEG] Yes. There is a scratch at the top left."
+    pasted = Plan(task="vqa", name="hex nut", paste=True, geometric=True)
+    bottom = _mask(slice(26, 31), slice(13, 18))
+    _, a = conversation(pasted, "hex_nut", "", QA, bottom, seg_first=False, rng=rng)
+    assert a == "Yes. There is an anomaly at the bottom. [SEG]"
+    _, a = conversation(real, "hex_nut", "", None, empty, seg_first=True, rng=rng)
+    assert a == "[SEG] No. It looks normal."
+
+
+def test_plans_balance_the_detection_question():
+    """Normal images asked the detection question get a paste (a true "Yes") at
+    detect_paste_prob; made-up names at name_swap_prob; a seed fixes every choice."""
+    cfg = TrainConfig(
+        task_mix=TaskMix(seg=0.0, seg_answer=0.0, vqa=1.0),
+        detect_paste_prob=0.5,
+        name_swap_prob=0.5,
+    )
+    plans = [plan_sample("hex_nut", False, cfg, random.Random(i)) for i in range(400)]
+    assert plans == [plan_sample("hex_nut", False, cfg, random.Random(i)) for i in range(400)]
+    pasted = sum(p.paste for p in plans) / len(plans)
+    swapped = sum(p.name != "hex nut" for p in plans) / len(plans)
+    assert 0.4 < pasted < 0.6 and 0.4 < swapped < 0.6
+    anomalous = [plan_sample("hex_nut", True, cfg, random.Random(i)) for i in range(50)]
+    assert not any(p.paste for p in anomalous)  # a real defect keeps its own answer
 
 
 def test_labels_cover_only_the_answer():
@@ -102,7 +153,7 @@ def test_loop_lowers_the_loss_and_is_seeded(tmp_path):
     curves = []
     for _ in range(2):
         model = build_vmad(CFG, tok, seed=0)
-        curves.append(train(model, tok, table, {}, lambda c: "Fine.", cfg))
+        curves.append(train(model, tok, table, {}, cfg))
     assert curves[0]["loss"] == curves[1]["loss"]  # same seed, same curve
     assert np.mean(curves[0]["loss"][-3:]) < np.mean(curves[0]["loss"][:3])
     assert len(curves[0]["lr"]) == 12 and curves[0]["lr"][-1] < max(curves[0]["lr"])
@@ -129,7 +180,7 @@ def test_bf16_training_with_dssl_and_gradient_checkpointing(tmp_path):
         precision="bf16",
         gradient_checkpointing=True,
     )
-    curves = train(model, tok, table, {}, lambda c: "Fine.", cfg)
+    curves = train(model, tok, table, {}, cfg)
     assert all(np.isfinite(curves["loss"]))
     assert np.isfinite(curves["pbsd"][1:]).all()  # queues hold both states after step 1
     assert model.vision.clip.embeddings.patch_embedding.weight.dtype == torch.bfloat16

@@ -57,7 +57,7 @@ def load_predictor(
 def predict_eval_set(
     predictor, eval_set: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Anomaly maps (at ``eval_size``) and their maxima from the segmentation prompt; the answer
+    """Anomaly maps (at ``eval_size``) and their maxima, the answer
     to the detection question and P(yes); ``scores``, the image scores of ``score_source``."""
     from vmad_pipeline.datasets.manifest import row_files
     from vmad_pipeline.images import load_batch
@@ -72,7 +72,6 @@ def predict_eval_set(
         output_size=cfg.eval_size,
         batch_size=cfg.batch_size,
         progress=cfg.progress,
-        detection_tokens=cfg.answer_max_new_tokens,
     )
     if not pred.seg_found.all():
         log.warning(

@@ -1,0 +1,110 @@
+"""Greedy decoding that draws the mask as it goes: one prefill per image.
+
+The prompt is encoded once (KV cache); at the step where a row's input token is [SEG], that
+token's last-layer state is its [SEG] state: the mask is decoded from it there, and with mask
+evidence (``models/evidence.py``) the tokens after it read what the mask shows. No second pass
+over the sequence. A row that never emits [SEG] falls back to the state of its last token (its
+end-of-sequence token or the last one generated; LISA users meet this after fine-tuning), and
+says so in ``seg_found``.
+
+``forced`` tokens are fed first whatever the model would say (teacher forcing a shared prefix,
+e.g. the " [SEG] " both "Yes" and "No" answers start with): the distribution at the first free
+step is returned, from which P(yes) is read.
+
+Written here because transformers' ``generate`` cannot call back into the model between steps
+(the mask has to be drawn, and the evidence added, before the next token is embedded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # B x G generated (forced ones included); pad after end of sequence
+    lengths: torch.Tensor  # B: tokens up to and including the end of sequence (or G)
+    mask_logits: torch.Tensor  # B x H x W
+    seg_found: torch.Tensor  # B bool
+    free_logits: torch.Tensor  # B x V: the next-token logits at the first step not forced
+
+    def answer_ids(self) -> list[list[int]]:
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths.tolist(), strict=True)]
+
+
+def _step(llm, x, mask, positions, past):
+    out = llm(
+        inputs_embeds=x,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=past,
+        use_cache=True,
+        output_hidden_states=True,
+    )
+    return out.logits[:, -1], out.hidden_states[-1][:, -1], out.past_key_values
+
+
+@torch.no_grad()
+def generate_with_masks(
+    model,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    images_sam: torch.Tensor,
+    visual: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    output_size: tuple[int, int],
+    forced: tuple[int, ...] = (),
+) -> Generation:
+    """Greedy answers to left-padded prompts (``embeds`` B x T x d with their ``attention_mask``),
+    the mask of each row's first [SEG] (at ``output_size``) and the logits of the first free
+    step. ``visual``: the rows' visual tokens (mask evidence pools them)."""
+    b, device = len(embeds), embeds.device
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    logits, state, past = _step(model.llm, embeds, attention_mask, positions, None)
+    mask, next_pos = attention_mask, positions[:, -1:] + 1
+    embed = model.llm.get_input_embeddings()
+    evidence = torch.zeros_like(embeds[:, 0])  # (B, d): added after a row's [SEG]
+    masks = torch.zeros((b, *output_size), device=device, dtype=torch.float32)
+    seg_found = torch.zeros(b, dtype=torch.bool, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    fallback = state
+    tokens, free_logits = [], None
+    for step in range(len(forced) + max_new_tokens):
+        if step < len(forced):
+            token = torch.full((b,), forced[step], dtype=torch.long, device=device)
+        else:
+            free_logits = logits if free_logits is None else free_logits
+            token = logits.argmax(-1).masked_fill(done, model.pad_token_id)
+        tokens.append(token)
+        x = (embed(token) + evidence.to(embeds.dtype))[:, None]
+        mask = torch.cat([mask, (~done).long()[:, None]], 1)
+        logits, state, past = _step(model.llm, x, mask, next_pos, past)
+        next_pos = next_pos + 1
+        fallback = torch.where(done[:, None], fallback, state)
+        new = (token == model.seg_token_id) & ~seg_found & ~done
+        if new.any():
+            rows = torch.nonzero(new).flatten()
+            drawn = model.masks_from_states(state[rows], images_sam[rows], output_size)
+            masks[rows] = drawn.float()
+            seg_found[rows] = True
+            if model.evidence is not None:
+                evidence[rows] = model.evidence(drawn.sigmoid(), visual[rows]).to(evidence.dtype)
+        done = done | (token == model.eos_token_id)
+        if step >= len(forced) and bool(done.all()):
+            break
+    stacked = torch.stack(tokens, 1)
+    if not seg_found.all():
+        rows = torch.nonzero(~seg_found).flatten()
+        masks[rows] = model.masks_from_states(fallback[rows], images_sam[rows], output_size).float()
+    is_end = stacked == model.eos_token_id
+    lengths = torch.where(is_end.any(1), is_end.float().argmax(1) + 1, stacked.shape[1])
+    return Generation(
+        tokens=stacked,
+        lengths=lengths,
+        mask_logits=masks,
+        seg_found=seg_found,
+        free_logits=free_logits if free_logits is not None else logits,
+    )
