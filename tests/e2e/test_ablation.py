@@ -96,7 +96,7 @@ def test_ablation_pipeline_reuses_cells_and_logs_nested_runs(tmp_path, monkeypat
     vmad = [r for r in runs if r.data.tags["ablation_cells"] == "t3/vmad,t4/ltc"]
     assert {r.data.tags["seed"] for r in vmad} == {"0", "1"}
     tags = vmad[0].data.tags
-    assert (tags["preset"], tags["projector"], tags["dssl"]) == ("tiny", "ltc", "on")
+    assert (tags["preset"], tags["projector"], tags["dssl"]) == ("small", "ltc", "on")
     assert len(tags["dataset_hash"]) == 32 and "test/pixel_auroc" in vmad[0].data.metrics
 
     # A rerun with the same parameters and data trains nothing and reports the same numbers.

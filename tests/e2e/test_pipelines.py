@@ -54,7 +54,7 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
         auroc = roc_auc_score(group["label"], group["score"])
         assert metrics["per_class"][cls]["image_auroc"] == pytest.approx(auroc, abs=1e-6)
     assert metrics["settings"]["eval_size"] == 32
-    assert metrics["settings"]["score_source"] == "map_max"
+    assert metrics["settings"]["score_source"] == "fused"
     assert set(metrics["mean"]) >= {
         "image_ap",
         "image_f1_max",
@@ -88,7 +88,7 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     assert "git_commit" in run_data.tags and "dataset_hash" in run_data.tags
     assert run_data.tags["mlflow.runName"] == "default"  # named by pipeline, not __default__
     assert {k: run_data.tags[k] for k in ("preset", "projector", "ltc", "dssl", "seed")} == {
-        "preset": "tiny",
+        "preset": "small",
         "projector": "ltc",
         "ltc": "on",
         "dssl": "on",
@@ -108,7 +108,8 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     evaluated = graded.set_index("image_path")["score"]
     rel = image.relative_to(data / "01_raw" / "synthetic").as_posix()
     assert out["score"][0] == pytest.approx(evaluated[rel], abs=1e-5)
-    assert out["score"][0] == pytest.approx(np.max(out["anomaly_map"][0]), abs=1e-4)
+    fused = 0.5 * out["p_yes"][0] + 0.5 * np.max(out["anomaly_map"][0])  # the fused rule
+    assert out["score"][0] == pytest.approx(fused, abs=1e-4)
 
     # The export pipeline merges LoRA into a standalone model that loads without peft.
     run(project, "export", SMALL)
@@ -221,5 +222,6 @@ def test_walkthrough_notebook_runs_top_to_bottom(tmp_path, monkeypatch, capfd):
             logging.getLogger(name).setLevel(level)
     assert matplotlib.get_backend() == "svg"
     assert printed[1] < 40, f"the run cell printed {printed[1]} lines"
-    out = namespace["out"]  # the map_max rule: the score is the map's maximum
-    assert out["score"][0] == pytest.approx(np.max(out["anomaly_map"][0]), abs=1e-4)
+    out = namespace["out"]
+    fused = 0.5 * out["p_yes"][0] + 0.5 * np.max(out["anomaly_map"][0])  # the fused rule
+    assert out["score"][0] == pytest.approx(fused, abs=1e-4)

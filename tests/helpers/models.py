@@ -45,6 +45,15 @@ VMAD_CFG = dataclasses.replace(
     projector=ProjectorConfig(name="ltc", heads=2, ltc=LtcConfig(heads=2, levels=(1, 2))),
     dssl=DsslConfig(boxes=4, queue_size=8, proj_dim=8, meta_hidden=8),
 )
+# The small preset (frozen ImageNet EfficientNet-Lite0 for both image branches) at test sizes.
+SMALL_CFG = dataclasses.replace(
+    VMAD_CFG,
+    preset="small",
+    vision=VisionConfig(image_size=32, patch_size=8, hidden_size=32, select_layer=2),
+    projector=ProjectorConfig(
+        name="ltc", heads=2, positions=True, ltc=LtcConfig(heads=2, levels=(1, 3))
+    ),
+)
 B = 2
 
 

@@ -33,6 +33,7 @@ SMALL = {
         "model": {
             "vision": {
                 "image_size": 32,
+                "patch_size": 8,
                 "hidden_size": 32,
                 "intermediate_size": 64,
                 "num_heads": 2,

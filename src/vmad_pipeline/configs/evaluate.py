@@ -41,6 +41,30 @@ class EvalDatasetConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """The training-free reference beside the model (``evaluation/reference.py``): each test
+    patch scored by its distance to the nearest patches of the other test images of its class
+    (MuSc's mutual scoring), on the small preset's frozen ImageNet features. A different,
+    transductive protocol: it reads the whole test set of a class at once."""
+
+    enabled: bool = True
+    image_size: int = 160  # the backbone's input side
+    levels: tuple[int, ...] = (1, 2)  # backbone feature levels (0..3 = strides 4, 8, 16, 32)
+    fraction: float = 0.3  # mean of the lowest share of the per-image nearest distances
+    blur_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at eval_size
+
+    def __post_init__(self) -> None:
+        check(self.image_size >= 32, "image_size", "must be >= 32")
+        check(
+            bool(self.levels) and all(0 <= i <= 3 for i in self.levels),
+            "levels",
+            "one or more of 0, 1, 2, 3",
+        )
+        check(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
+        check(self.blur_sigma >= 0.0, "blur_sigma", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class ScoreRule:
     """How an image's anomaly score is made (metrics.md): ``map_max`` (max of the anomaly map),
     ``p_yes`` (P("Yes") vs "No" as the first answer token of the detection question), or
@@ -79,6 +103,7 @@ class EvaluateConfig:
     curve_points: int = 201  # FPR grid of the PRO curve files (the AUPRO number is exact)
     mmad: MmadEvalConfig = field(default_factory=MmadEvalConfig)
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     # Classes the model was trained on, met in another tree or MMAD: report them in a separate,
     # labelled "seen" section (never in the unseen mean) | refuse to evaluate. (In the split's
     # own test classes they are always an error: the split changed after training.)

@@ -25,7 +25,7 @@ from vmad_pipeline.metrics import (
 log = logging.getLogger(__name__)
 
 
-def _nan_to_none(x: float) -> float | None:
+def nan_to_none(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
 
 
@@ -48,19 +48,18 @@ def _mean_flag(flags: pd.Series) -> float:
     return float(known.astype(bool).mean()) if len(known) else float("nan")
 
 
-def _class_metrics(
+def map_metrics(
     labels: np.ndarray,
     scores: np.ndarray,
     masks: list[np.ndarray],
     maps: list[np.ndarray],
-    graded: pd.DataFrame,
     fpr_limit: float,
 ) -> dict[str, float]:
-    """Every metric of one class; NaN where undefined (one label only, no anomalous pixel)."""
+    """The image and pixel metrics of one class (IMAGE_METRICS + PIXEL_METRICS); NaN where
+    undefined (one label only, no anomalous pixel)."""
     nan = float("nan")
     both = 0 < labels.sum() < len(labels)
     has_pixels = any(m.any() for m in masks)
-    parsed = [None if pd.isna(v) else bool(v) for v in graded["said_anomalous"]]
     return {
         "image_auroc": image_auroc(labels, scores) if both else nan,
         "image_ap": image_ap(labels, scores) if both else nan,
@@ -71,9 +70,25 @@ def _class_metrics(
         "pro_200_thresholds": pro_200_thresholds(masks, maps, fpr_limit=fpr_limit)
         if has_pixels
         else nan,
+    }
+
+
+def _class_metrics(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: list[np.ndarray],
+    maps: list[np.ndarray],
+    graded: pd.DataFrame,
+    fpr_limit: float,
+) -> dict[str, float]:
+    """Every metric of one class; NaN where undefined."""
+    both = 0 < labels.sum() < len(labels)
+    parsed = [None if pd.isna(v) else bool(v) for v in graded["said_anomalous"]]
+    return {
+        **map_metrics(labels, scores, masks, maps, fpr_limit),
         "answer_accuracy": answer_accuracy(labels, parsed),
         "answer_balanced_accuracy": balanced_answer_accuracy(labels, parsed),
-        "p_yes_auroc": _p_yes_auroc(labels, graded["p_yes"]) if both else nan,
+        "p_yes_auroc": _p_yes_auroc(labels, graded["p_yes"]) if both else float("nan"),
         "defect_type_accuracy": _mean_flag(graded["type_correct"]),
         "location_accuracy": _mean_flag(graded["location_correct"]),
         "object_name_accuracy": _mean_flag(graded["object_correct"]),
@@ -166,10 +181,10 @@ def class_report(
         for k in METRICS
     }
     report = {
-        "mean": {k: _nan_to_none(v) for k, v in means.items()},
+        "mean": {k: nan_to_none(v) for k, v in means.items()},
         "per_class": {
             r["category"]: {
-                k: _nan_to_none(v) if isinstance(v, float) else v
+                k: nan_to_none(v) if isinstance(v, float) else v
                 for k, v in r.items()
                 if k != "category"
             }

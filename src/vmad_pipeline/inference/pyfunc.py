@@ -4,8 +4,9 @@ Input: a DataFrame with a column ``image`` holding image file paths or base64-en
 bytes, and optionally ``category`` (the object name used in the prompt; default "object").
 Output: a DataFrame with ``score`` (image anomaly score, by the score rule the model was
 registered with: the evaluate parameters' ``score_source``, ``fusion_weight`` and
-``max_new_tokens``, logged as its ``model_config``), ``answer`` (generated text), ``seg_found`` and ``anomaly_map`` (H x W nested
-lists of floats in [0, 1]).
+``max_new_tokens``, logged as its ``model_config``), ``p_yes`` (P("Yes") against P("No") as the
+detection answer's first word), ``answer`` (generated text), ``seg_found`` and ``anomaly_map``
+(H x W nested lists of floats in [0, 1]).
 
 The real preset rebuilds its frozen backbone from local weight files: pass them as
 ``model_config={"weights": {"llava_dir": ..., "sam_checkpoint": ...}}`` to ``load_model``, or set
@@ -93,6 +94,7 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(
             {
                 "score": pred.scores.astype(float),
+                "p_yes": pred.p_yes.astype(float),
                 "answer": pred.answers,
                 "seg_found": pred.seg_found.astype(bool),
                 "anomaly_map": [np.round(m, 4).tolist() for m in pred.maps],
@@ -101,8 +103,8 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def signature():
-    """Input: ``image`` (path or base64), optional ``category``; output: ``score``, ``answer``,
-    ``seg_found``, ``anomaly_map``."""
+    """Input: ``image`` (path or base64), optional ``category``; output: ``score``, ``p_yes``,
+    ``answer``, ``seg_found``, ``anomaly_map``."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
@@ -116,6 +118,7 @@ def signature():
         outputs=Schema(
             [
                 ColSpec(DataType.double, "score"),
+                ColSpec(DataType.double, "p_yes"),
                 ColSpec(DataType.string, "answer"),
                 ColSpec(DataType.boolean, "seg_found"),
                 ColSpec(Array(Array(DataType.double)), "anomaly_map"),

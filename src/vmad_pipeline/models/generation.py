@@ -17,6 +17,7 @@ Written here because transformers' ``generate`` cannot call back into the model 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -34,16 +35,24 @@ class Generation:
         return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths.tolist(), strict=True)]
 
 
+def _cache_name(llm) -> str:
+    """The forward argument holding the KV cache: ``cache`` since transformers 5.x (which
+    deprecates ``past_key_values``), ``past_key_values`` before."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _step(llm, x, mask, positions, past):
+    name = _cache_name(llm)
     out = llm(
         inputs_embeds=x,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=past,
         use_cache=True,
         output_hidden_states=True,
+        **{name: past},
     )
-    return out.logits[:, -1], out.hidden_states[-1][:, -1], out.past_key_values
+    return out.logits[:, -1], out.hidden_states[-1][:, -1], getattr(out, name)
 
 
 @torch.no_grad()

@@ -66,6 +66,22 @@ def test_the_shipped_real_preset_is_valid_and_matches_sam_vit_h():
     assert model.weights.llava_dir and model.weights.sam_checkpoint
 
 
+def test_the_default_is_the_small_preset_and_tiny_stays_shipped():
+
+    import yaml
+
+    conf = REPO / "conf"
+    default = yaml.safe_load((conf / "base" / "parameters_train.yml").read_text())["train"]
+    tiny = yaml.safe_load((conf / "presets" / "tiny" / "parameters_train.yml").read_text())["train"]
+    _, small_model = parse_train_params(default)
+    tiny_cfg, tiny_model = parse_train_params(tiny)
+    assert small_model.preset == "small" and small_model.seg_evidence
+    assert tiny_model.preset == "tiny" and not tiny_model.seg_evidence
+    # the tiny preset as it was the default: LTC on CLIP levels 1 and 2, 900 steps
+    assert tiny_model.projector.ltc.levels == (1, 2) and tiny_cfg.steps == 900
+    assert set(default) == set(tiny) | {"detect_paste_prob", "name_swap_prob", "evidence_oracle"}
+
+
 def test_the_shipped_llm_annotation_preset_is_valid_over_the_defaults():
 
     import yaml

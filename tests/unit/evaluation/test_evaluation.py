@@ -149,7 +149,7 @@ def test_params_validate_score_source_and_weight() -> None:
     with pytest.raises(ConfigError, match="evaluate.colour"):
         parse_evaluate_params({"colour": 1})
     shipped = yaml.safe_load((REPO / "conf/base/parameters_evaluate.yml").read_text())
-    assert parse_evaluate_params(shipped["evaluate"]).score_source == "map_max"
+    assert parse_evaluate_params(shipped["evaluate"]).score_source == "fused"
 
 
 def test_image_scores_by_source() -> None:

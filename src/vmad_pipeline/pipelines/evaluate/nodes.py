@@ -119,6 +119,44 @@ def compute_metrics(
     return compute(eval_set, predictions, masks, graded, parse_evaluate_params(params))
 
 
+def reference_metrics(
+    eval_set: pd.DataFrame,
+    roots: dict[str, str],
+    masks: list[np.ndarray],
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The training-free, transductive reference beside the model (``evaluation/reference.py``):
+    reference_metrics.json and its MLflow metrics (``reference/...``); off: a note only."""
+    import dataclasses
+
+    from vmad_pipeline.datasets.manifest import row_files
+    from vmad_pipeline.evaluation.reference import reference_maps, reference_report
+    from vmad_pipeline.images import load_batch
+    from vmad_pipeline.models.efficientnet import FrozenEfficientNet, load_efficientnet_lite0
+
+    cfg = parse_evaluate_params(params)
+    if not cfg.reference.enabled:
+        return {"enabled": False}, {}
+    images, _ = load_batch(row_files(eval_set, roots)[0], None, cfg.reference.image_size)
+    backbone = FrozenEfficientNet(load_efficientnet_lite0())
+    maps = reference_maps(
+        images,
+        list(eval_set["category"]),
+        cfg.reference,
+        cfg.eval_size,
+        backbone,
+        progress=cfg.progress,
+    )
+    report, flat = reference_report(eval_set, maps, masks, cfg.fpr_limit)
+    mean = report["mean"]
+    log.info(
+        "training-free reference (transductive): image AUROC %s, pixel AUROC %s, AUPRO %s",
+        *(mean[k] for k in ("image_auroc", "pixel_auroc", "aupro")),
+    )
+    settings = {**dataclasses.asdict(cfg.reference), "eval_size": cfg.eval_size}
+    return {**report, "settings": settings, "n_images": len(eval_set)}, flat
+
+
 def curve_data(
     eval_set: pd.DataFrame,
     predictions: dict[str, Any],

@@ -13,6 +13,7 @@ from .nodes import (
     load_predictor,
     plot_overlays,
     predict_eval_set,
+    reference_metrics,
     select_eval_set,
 )
 
@@ -68,6 +69,12 @@ def _report_nodes() -> list:
     """Tables, curves, figures and MMAD, from what the scoring nodes computed."""
     return [
         node(headline_metrics, "metrics", "headline_metrics", name="headline_metrics"),
+        node(
+            reference_metrics,
+            ["eval_set", "eval_roots", "eval_masks", "params:evaluate"],
+            ["reference_metrics", "reference_mlflow"],
+            name="reference_metrics",
+        ),
         node(
             class_table_markdown,
             ["metrics_per_class", "metrics"],

@@ -1,0 +1,127 @@
+"""A training-free reference on the small preset's frozen features: mutual scoring (MuSc).
+
+Each test patch is scored by its distance to the nearest patches of the *other* test images of
+its class (Li et al., "MuSc: zero-shot industrial anomaly classification and segmentation with
+mutual scoring of the unlabeled images", ICLR 2024): a normal patch finds a close match in most
+other images, an anomalous one in few. Per other image the nearest-patch distance; per patch the
+mean of the lowest ``fraction`` of those (MuSc's interval average: it stays low for a normal
+patch even where some other images are anomalous). Features: two mid-level maps of the frozen
+ImageNet EfficientNet-Lite0, averaged over 3 x 3 neighbourhoods (PatchCore's local aggregation,
+Roth et al., CVPR 2022). Map = the patch scores upsampled and smoothed; image score = its max.
+
+A different, transductive protocol: it reads the whole test set of a class at once (the model
+reads one image), so it is reported apart, as what the frozen features alone achieve.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+from tqdm.auto import tqdm
+
+from vmad_pipeline.configs.evaluate import ReferenceConfig
+from vmad_pipeline.evaluation.report import IMAGE_METRICS, PIXEL_METRICS, map_metrics, nan_to_none
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = (
+    "training-free, transductive (MuSc-style mutual scoring): each test patch scored against "
+    "the other test images of its class; not the model's protocol (one image at a time)"
+)
+
+
+@torch.no_grad()
+def patch_features(
+    images: torch.Tensor, backbone: torch.nn.Module, levels: tuple[int, ...], batch_size: int = 16
+) -> torch.Tensor:
+    """uint8 N x 3 x S x S -> N x C x h x w: the chosen levels at the finest one's grid,
+    concatenated, each averaged over its 3 x 3 neighbourhood."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        maps = backbone(images[s : s + batch_size].float() / 255.0)
+        chosen = [maps[i] for i in levels]
+        size = max(m.shape[-1] for m in chosen)
+        chosen = [
+            F.interpolate(m, (size, size), mode="bilinear", align_corners=False)
+            if m.shape[-1] != size
+            else m
+            for m in chosen
+        ]
+        feats = torch.cat(chosen, 1)
+        out.append(F.avg_pool2d(feats, 3, stride=1, padding=1, count_include_pad=False))
+    return torch.cat(out)
+
+
+def mutual_scores(features: torch.Tensor, fraction: float) -> torch.Tensor:
+    """N x C x h x w features of one class's images -> N x h x w patch scores: for each patch,
+    the mean of the lowest ``fraction`` (at least one) of its nearest-patch distances to each
+    other image. One image alone has nothing to be scored against: zeros."""
+    n, _, h, w = features.shape
+    if n < 2:
+        return torch.zeros(n, h, w)
+    flat = features.flatten(2).transpose(1, 2).float()  # (N, P, C)
+    # Centred: distances are unchanged, and cdist's fast (matrix-product) form loses less.
+    flat = flat - flat.mean((0, 1))
+    keep = max(1, round(fraction * (n - 1)))
+    scores = torch.empty(n, h * w)
+    for i in range(n):
+        nearest = torch.stack(
+            [torch.cdist(flat[i], flat[j]).amin(1) for j in range(n) if j != i], 1
+        )  # (P, N - 1)
+        scores[i] = nearest.sort(1).values[:, :keep].mean(1)
+    return scores.view(n, h, w)
+
+
+def reference_maps(
+    images: torch.Tensor,
+    categories: list[str],
+    cfg: ReferenceConfig,
+    output_size: int,
+    backbone: torch.nn.Module,
+    *,
+    progress: bool = False,
+) -> np.ndarray:
+    """Anomaly maps (N x output_size x output_size, float32) of every image, each class scored
+    on its own images only."""
+    maps = np.zeros((len(images), output_size, output_size), np.float32)
+    groups = pd.Series(categories).groupby(categories).indices
+    for _, idx in tqdm(groups.items(), desc="reference", disable=not progress, leave=False):
+        feats = patch_features(images[idx], backbone, cfg.levels)
+        scores = mutual_scores(feats, cfg.fraction)[:, None]
+        up = F.interpolate(scores, (output_size, output_size), mode="bilinear", align_corners=False)
+        if cfg.blur_sigma > 0:
+            kernel = 2 * int(4 * cfg.blur_sigma + 0.5) + 1  # +-4 sigma
+            up = gaussian_blur(up, [kernel, kernel], [cfg.blur_sigma, cfg.blur_sigma])
+        maps[idx] = up[:, 0].numpy()
+    return maps
+
+
+def reference_report(
+    eval_set: pd.DataFrame, maps: np.ndarray, masks: list[np.ndarray], fpr_limit: float
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The image and pixel metrics of the reference per class and as the unweighted class mean
+    (the model's definitions, ``metrics.md``); (report, flat dict for MLflow)."""
+    labels = eval_set["label"].to_numpy().astype(np.int64)
+    scores = maps.reshape(len(maps), -1).max(1).astype(np.float64)
+    per_class = {}
+    for cls, idx in eval_set.groupby("category").indices.items():
+        per_class[cls] = map_metrics(
+            labels[idx], scores[idx], [masks[i] for i in idx], [maps[i] for i in idx], fpr_limit
+        )
+    table = pd.DataFrame.from_dict(per_class, orient="index")
+    names = IMAGE_METRICS + PIXEL_METRICS
+    mean = {k: float(table[k].mean(skipna=True)) if len(table) else float("nan") for k in names}
+    report = {
+        "protocol": PROTOCOL,
+        "mean": {k: nan_to_none(v) for k, v in mean.items()},
+        "per_class": {c: {k: nan_to_none(v) for k, v in m.items()} for c, m in per_class.items()},
+    }
+    flat = {k: v for k, v in mean.items() if not np.isnan(v)}
+    flat |= {f"{c}/{k}": v for c, m in per_class.items() for k, v in m.items() if not np.isnan(v)}
+    return report, flat
