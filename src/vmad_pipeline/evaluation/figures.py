@@ -36,6 +36,7 @@ LABELS = {
     "defect_type_accuracy": "Type acc",
     "location_accuracy": "Loc acc",
     "object_name_accuracy": "Name acc",
+    "object_named_share": "Named share",
 }
 CASES = ("best anomalous", "worst anomalous", "best normal", "worst normal")
 

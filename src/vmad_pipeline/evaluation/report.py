@@ -38,6 +38,7 @@ TEXT_METRICS = (
     "defect_type_accuracy",
     "location_accuracy",
     "object_name_accuracy",
+    "object_named_share",
 )
 METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS
 
@@ -92,6 +93,11 @@ def _class_metrics(
         "defect_type_accuracy": _mean_flag(graded["type_correct"]),
         "location_accuracy": _mean_flag(graded["location_correct"]),
         "object_name_accuracy": _mean_flag(graded["object_correct"]),
+        # share of answers that name an object at all (the default answers name none, so the
+        # name accuracy above is then undefined, not perfect)
+        "object_named_share": float(graded["named_object"].notna().mean())
+        if len(graded)
+        else float("nan"),
     }
 
 

@@ -82,6 +82,22 @@ def test_the_default_is_the_small_preset_and_tiny_stays_shipped():
     assert set(default) == set(tiny) | {"detect_paste_prob", "name_swap_prob", "evidence_oracle"}
 
 
+def test_a_preset_copied_into_conf_local_replaces_the_default(tmp_path):
+    """The README's `cp conf/presets/tiny/parameters_train.yml conf/local/`, through Kedro's own
+    config loader: the whole `train` block is the preset's."""
+    import shutil
+
+    from kedro.config import OmegaConfigLoader
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf" / "base", conf / "base")
+    (conf / "local").mkdir()
+    shutil.copy(REPO / "conf" / "presets" / "tiny" / "parameters_train.yml", conf / "local")
+    params = OmegaConfigLoader(str(conf), base_env="base", default_run_env="local")["parameters"]
+    cfg, model = parse_train_params(params["train"])
+    assert model.preset == "tiny" and cfg.steps == 900 and cfg.detect_paste_prob == 0.0
+
+
 def test_the_shipped_llm_annotation_preset_is_valid_over_the_defaults():
 
     import yaml

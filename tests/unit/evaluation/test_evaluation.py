@@ -225,6 +225,19 @@ def test_grade_answers_rows() -> None:
     assert graded["p_yes"].tolist() == P_YES
 
 
+def test_object_name_accuracy_counts_only_answers_that_name_one() -> None:
+    pred = {**predictions(), "detection_answers": list(ANSWERS)}
+    pred["detection_answers"][0] = "No, the alpha looks normal."  # named, right
+    pred["detection_answers"][1] = "Yes. A scratch on the top left of the cable."  # named, wrong
+    cfg = parse_evaluate_params(PARAMS)
+    graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
+    report, _, _ = compute_metrics(eval_set(), scored(pred, cfg), masks(), graded, cfg)
+    alpha, beta = report["per_class"]["alpha"], report["per_class"]["beta"]
+    assert alpha["object_name_accuracy"] == 0.5 and alpha["object_named_share"] == 0.5
+    # beta's answers name no object: its name accuracy is undefined, not perfect
+    assert beta["object_name_accuracy"] is None and beta["object_named_share"] == 0.0
+
+
 # ----------------------------------------------------------------------------- reports
 
 

@@ -1,0 +1,86 @@
+"""Benchmark: the trained default model on a tree the generator did not draw (transfer).
+
+Writes the transfer tree of tests/helpers/transfer.py (other object families, textures and
+defect types: gear, resistor, tablet, marble, perforated_sheet, knit; bubble, cut, dent,
+foreign_object, fold) and evaluates the model of a project that has run `kedro run` on it:
+
+    python benchmarks/default_run.py --total --keep /tmp/default
+    python benchmarks/transfer.py --project /tmp/default/total
+
+(`kedro run --pipeline evaluate --params evaluate.dataset.root=<tree>,evaluate.dataset.name=transfer`;
+reports in <project>/data/08_reporting/external/transfer/). Writes
+benchmarks/results/transfer.{json,md}: the model's metrics and the training-free reference's,
+per class and as the class mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from default_run import REPO, machine, timed  # noqa: E402
+from helpers.transfer import write_transfer_tree  # noqa: E402
+
+from vmad_pipeline.evaluation.report import HEADLINE  # noqa: E402
+
+# the headline metrics but the object's name (the default answers name none)
+MODEL = tuple(m for m in HEADLINE if m != "object_name_accuracy")
+
+
+def _cell(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def markdown(model: dict, reference: dict) -> str:
+    lines = ["| class | " + " | ".join(MODEL) + " | reference image / pixel AUROC, AUPRO |"]
+    lines.append("|---" * (len(MODEL) + 2) + "|")
+    rows = {**model["per_class"], "**mean**": model["mean"]}
+    refs = {**reference["per_class"], "**mean**": reference["mean"]}
+    for cls, m in rows.items():
+        r = refs.get(cls, {})
+        ref = " / ".join(_cell(r.get(k)) for k in ("image_auroc", "pixel_auroc", "aupro"))
+        lines.append(f"| {cls} | " + " | ".join(_cell(m.get(k)) for k in MODEL) + f" | {ref} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--project", type=Path, required=True, help="a project after `kedro run`")
+    ap.add_argument("--tree", type=Path, help="where to write the tree (default: in --project)")
+    args = ap.parse_args()
+    tree = args.tree or args.project / "data" / "01_raw" / "transfer"
+    counts = write_transfer_tree(tree)
+    params = f"evaluate.dataset.root={tree.resolve()},evaluate.dataset.name=transfer"
+    seconds = timed(["kedro", "run", "--pipeline", "evaluate", "--params", params], args.project)
+    reports = args.project / "data" / "08_reporting" / "external" / "transfer"
+    model = json.loads((reports / "metrics.json").read_text())
+    reference = json.loads((reports / "reference_metrics.json").read_text())
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=args.project, capture_output=True, text=True
+    ).stdout.strip()
+    out = REPO / "benchmarks" / "results"
+    result = {
+        "command": "python benchmarks/transfer.py --project <clone after kedro run>",
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "images_per_class": counts,
+        "evaluate_seconds": seconds,
+        "model": {"mean": model["mean"], "per_class": model["per_class"]},
+        "settings": model.get("settings"),
+        "reference": {"mean": reference["mean"], "per_class": reference["per_class"]},
+    }
+    (out / "transfer.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(model, reference)
+    (out / "transfer.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
