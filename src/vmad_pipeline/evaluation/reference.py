@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from vmad_pipeline.configs.evaluate import ReferenceConfig
 from vmad_pipeline.evaluation.report import IMAGE_METRICS, PIXEL_METRICS, map_metrics, nan_to_none
+from vmad_pipeline.evaluation.scores import map_max
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def reference_report(
     """The image and pixel metrics of the reference per class and as the unweighted class mean
     (the model's definitions, ``metrics.md``); (report, flat dict for MLflow)."""
     labels = eval_set["label"].to_numpy().astype(np.int64)
-    scores = maps.reshape(len(maps), -1).max(1).astype(np.float64)
+    scores = map_max(maps)  # the model's map_max rule
     per_class = {}
     for cls, idx in eval_set.groupby("category").indices.items():
         per_class[cls] = map_metrics(
