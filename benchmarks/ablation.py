@@ -34,7 +34,7 @@ def set_seeds(clone: Path, seeds: list[int]) -> None:
 
     base = yaml.safe_load((clone / "conf/base/parameters_ablation.yml").read_text())
     base["ablation"]["seeds"] = list(seeds)
-    (clone / "conf/local/parameters_ablation.yml").write_text(yaml.safe_dump(base))
+    (clone / "conf/local/parameters_ablation.yml").write_text(yaml.safe_dump(base, sort_keys=False))
 
 
 def main() -> None:
