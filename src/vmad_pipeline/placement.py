@@ -4,6 +4,8 @@ training, evaluation and inference."""
 from __future__ import annotations
 
 import contextlib
+import resource
+import sys
 
 import torch
 from torch import nn
@@ -61,3 +63,12 @@ def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[st
             moved[id(value)] = value.to(device)
         out[name] = moved[id(value)]
     return out
+
+
+def peak_memory_mb() -> dict[str, float | None]:
+    """Peak memory of this process so far, in MiB: host (resident set, ``getrusage``) and GPU
+    (``torch.cuda.max_memory_allocated`` on the current device; None without CUDA)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    host = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_host_memory_mb": round(host, 1), "peak_gpu_memory_mb": gpu and round(gpu, 1)}

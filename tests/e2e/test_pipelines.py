@@ -96,6 +96,10 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     }
     assert "train.steps" in run_data.params
     assert "train/loss" in run_data.metrics and "train/pbsd" in run_data.metrics
+    # what the run cost: throughput and peak memory (no GPU here: no GPU figure, not a zero)
+    assert run_data.metrics["train/images_per_s"] > 0
+    assert run_data.metrics["train/peak_host_memory_mb"] > 100
+    assert "train/peak_gpu_memory_mb" not in run_data.metrics
     model = mlflow.pyfunc.load_model(f"models:/vmad/{versions[0].version}")
     # The registered model knows what it was trained on (as its checkpoint does).
     trained_on = model.metadata.metadata["trained_on"]

@@ -16,7 +16,7 @@ from vmad_pipeline.annotation.templates import normal_answer
 from vmad_pipeline.configs import ModelConfig, TrainConfig
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.vmad import VmadModel
-from vmad_pipeline.placement import resolve_placement
+from vmad_pipeline.placement import peak_memory_mb, resolve_placement
 from vmad_pipeline.training.data import ImageTable, answer_texts, conversation_texts
 from vmad_pipeline.training.loop import seed_everything, train
 from vmad_pipeline.training.tokenizer import train_tokenizer
@@ -89,6 +89,8 @@ def fit_vmad(
         "train_images": len(rows),
         "steps": cfg.steps,
         "train_seconds": round(seconds, 2),
+        "images_per_s": round(cfg.steps * cfg.batch_size / seconds, 2),
+        **peak_memory_mb(),
         "params_trainable": n_train,
         "params_total": n_total,
         "visual_tokens": model.num_image_tokens,

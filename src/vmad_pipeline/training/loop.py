@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import numpy as np
 import torch
@@ -140,7 +141,8 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
     bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.progress)
-    for _step in bar:
+    start = time.perf_counter()
+    for step in bar:
         batch = make_batch(model, tokenizer, table, next(sampler), qa, cfg, rng, gen)
         with autocast(device, dtype):
             out = model(**to_device(batch, device))
@@ -151,7 +153,8 @@ def train(
         opt.step()
         sched.step()
         _record(history, out, loss, sched.get_last_lr()[0])
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        rate = (step + 1) * cfg.batch_size / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", img_s=f"{rate:.1f}")
     if cfg.gradient_checkpointing:
         with quiet_peft():
             _checkpointing(model.llm, "disable")()

@@ -86,6 +86,7 @@ def test_train_uses_the_split_training_rows(ran):
     assert summary["train_images"] == len(train_rows)
     assert summary["train_classes"] == sorted(set(train_rows["category"]))
     assert summary["steps"] == SMALL["train"]["steps"]
+    assert summary["images_per_s"] > 0 and summary["peak_host_memory_mb"] > 100
 
 
 def test_evaluate_scores_every_unseen_image_once(ran):

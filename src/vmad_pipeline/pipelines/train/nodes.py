@@ -36,8 +36,8 @@ def train_model(
 ) -> tuple[tuple, dict[str, list[float]], pd.DataFrame, dict[str, Any]]:
     """Build the preset and train it with LoRA on every image of the training classes.
 
-    Returns (model, tokenizer), the per-step curves (for MLflow and as a table for DVC plots)
-    and a summary.
+    Returns (model, tokenizer), the per-step curves with the run's throughput and peak memory
+    (for MLflow), the curves as a table (for DVC plots) and a summary.
     """
     from vmad_pipeline.training.fit import fit_vmad
 
@@ -47,7 +47,9 @@ def train_model(
     trained = fit_vmad(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=record)
     summary = {"train_classes": list(splits["train_classes"]), **trained.summary}
     table = pd.DataFrame({"step": range(1, cfg.steps + 1), **trained.curves})
-    return (trained.model, tokenizer), trained.curves, table, summary
+    cost = ("images_per_s", "peak_host_memory_mb", "peak_gpu_memory_mb")
+    tracked = {**trained.curves, **{k: summary[k] for k in cost if summary.get(k) is not None}}
+    return (trained.model, tokenizer), tracked, table, summary
 
 
 def package_model(checkpoint, evaluate: dict[str, Any]) -> dict[str, Any]:
