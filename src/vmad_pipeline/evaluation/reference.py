@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from vmad_pipeline.configs.evaluate import ReferenceConfig
 from vmad_pipeline.evaluation.report import IMAGE_METRICS, PIXEL_METRICS, map_metrics, nan_to_none
 from vmad_pipeline.evaluation.scores import map_max
+from vmad_pipeline.models.efficientnet import to_grid
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,7 @@ def patch_features(
         maps = backbone(images[s : s + batch_size].float() / 255.0)
         chosen = [maps[i] for i in levels]
         size = max(m.shape[-1] for m in chosen)
-        chosen = [
-            F.interpolate(m, (size, size), mode="bilinear", align_corners=False)
-            if m.shape[-1] != size
-            else m
-            for m in chosen
-        ]
+        chosen = [to_grid(m, size) for m in chosen]
         feats = torch.cat(chosen, 1)
         out.append(F.avg_pool2d(feats, 3, stride=1, padding=1, count_include_pad=False))
     return torch.cat(out)

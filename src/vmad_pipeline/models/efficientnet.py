@@ -16,6 +16,7 @@ import weakref
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vmad_pipeline.configs import ConfigError
@@ -44,6 +45,16 @@ _REST = {
 }
 _BLOCK = re.compile(r"^_blocks\.(\d+)\.(\w+)\.(\w+)$")
 _WHERE = [(stage, i) for stage, depth in enumerate(STAGE_DEPTHS) for i in range(depth)]
+
+
+def to_grid(level: torch.Tensor, grid: int) -> torch.Tensor:
+    """A B x C x h x w feature level at grid x grid: average-pooled when finer, bilinearly
+    upsampled when coarser, as it is when equal (the towers, the SAM neck and the reference)."""
+    if level.shape[-1] > grid:
+        return F.adaptive_avg_pool2d(level, grid)
+    if level.shape[-1] < grid:
+        return F.interpolate(level, (grid, grid), mode="bilinear", align_corners=False)
+    return level
 
 
 def timm_key(key: str) -> str:

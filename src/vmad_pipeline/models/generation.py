@@ -42,8 +42,8 @@ def _cache_name(llm) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _step(llm, x, mask, positions, past):
-    name = _cache_name(llm)
+def _step(llm, name, x, mask, positions, past):
+    """One forward with the KV cache passed as ``name`` (:func:`_cache_name`)."""
     out = llm(
         inputs_embeds=x,
         attention_mask=mask,
@@ -72,7 +72,8 @@ def generate_with_masks(
     step. ``visual``: the rows' visual tokens (mask evidence pools them)."""
     b, device = len(embeds), embeds.device
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    logits, state, past = _step(model.llm, embeds, attention_mask, positions, None)
+    cache = _cache_name(model.llm)  # once, not per step
+    logits, state, past = _step(model.llm, cache, embeds, attention_mask, positions, None)
     mask, next_pos = attention_mask, positions[:, -1:] + 1
     embed = model.llm.get_input_embeddings()
     evidence = torch.zeros_like(embeds[:, 0])  # (B, d): added after a row's [SEG]
@@ -90,7 +91,7 @@ def generate_with_masks(
         tokens.append(token)
         x = (embed(token) + evidence.to(embeds.dtype))[:, None]
         mask = torch.cat([mask, (~done).long()[:, None]], 1)
-        logits, state, past = _step(model.llm, x, mask, next_pos, past)
+        logits, state, past = _step(model.llm, cache, x, mask, next_pos, past)
         next_pos = next_pos + 1
         fallback = torch.where(done[:, None], fallback, state)
         new = (token == model.seg_token_id) & ~seg_found & ~done

@@ -6,9 +6,9 @@ Cai et al. 2024). It also hands DSSL its visual teacher: the frozen features the
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vmad_pipeline.models.efficientnet import to_grid
 from vmad_pipeline.models.projectors.ltc import LayerNorm2d
 
 
@@ -45,16 +45,9 @@ class EfficientNetMaskEncoder(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def _at_grid(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] > self.grid:
-            return F.adaptive_avg_pool2d(x, self.grid)
-        if x.shape[-1] < self.grid:
-            return F.interpolate(x, (self.grid, self.grid), mode="bilinear", align_corners=False)
-        return x
-
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(image embedding B x d_sam x g x g, DSSL's frozen teacher B x teacher_dim x g x g)."""
-        levels = [self._at_grid(x) for x in self.backbone(images)]
+        levels = [to_grid(x, self.grid) for x in self.backbone(images)]
         fused = sum(lat(x) for lat, x in zip(self.lateral, levels, strict=True))
         teacher = torch.cat([levels[i] for i in self.teacher_levels], 1)
         return self.neck(fused), teacher

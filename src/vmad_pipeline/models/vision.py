@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from vmad_pipeline.configs import VisionConfig
+from vmad_pipeline.models.efficientnet import to_grid
 
 
 def clip_config(cfg: VisionConfig) -> CLIPVisionConfig:
@@ -96,15 +96,7 @@ class EfficientNetTower(nn.Module):
         """images: B x 3 x S x S in [0, 1] -> one B x grid^2 x width tensor per level."""
         out = []
         for level, adaptor in zip(self.backbone(images), self.adaptors, strict=True):
-            level = (
-                F.adaptive_avg_pool2d(level, self.grid)
-                if level.shape[-1] > self.grid
-                else (
-                    F.interpolate(
-                        level, (self.grid, self.grid), mode="bilinear", align_corners=False
-                    )
-                )
-            )
+            level = to_grid(level, self.grid)
             out.append(adaptor(level.flatten(2).transpose(1, 2)))  # (B, grid^2, width)
         return tuple(out)
 
