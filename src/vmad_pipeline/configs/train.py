@@ -37,6 +37,67 @@ class TaskMix:
         )
 
 
+STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How many local worker processes train and how they share the model (training/engine.py).
+    ``processes``: one GPU each where CUDA has them, else CPU processes (gloo)."""
+
+    processes: int = 1
+    strategy: str = "ddp"  # ddp | fsdp | deepspeed_zero2 | deepspeed_zero3
+    # DeepSpeed's JSON config; empty: conf/engine/<strategy>.json
+    deepspeed_config: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.processes >= 1, "processes", "must be >= 1")
+        check(self.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The streaming loader (training/data.py)."""
+
+    workers: int = 0  # DataLoader worker processes per training process; 0 = in the main one
+    on_error: str = "raise"  # an unreadable image: raise (names the file) | skip (counted)
+
+    def __post_init__(self) -> None:
+        check(self.workers >= 0, "workers", "must be >= 0")
+        check(self.on_error in ("raise", "skip"), "on_error", "one of raise, skip")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Training checkpoints for exact resume (training/state.py)."""
+
+    every_steps: int = 0  # 0 = none (a SIGTERM still writes one)
+    keep: int = 2  # the last N are kept
+    dir: str = "data/06_models/training_state"
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 0, "every_steps", "must be >= 0")
+        check(self.keep >= 1, "keep", "must be >= 1")
+        check(bool(self.dir), "dir", "must be a directory path")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """A held-out slice of the training classes, scored while training (never a test class)."""
+
+    fraction: float = 0.0  # share of each training class's images held out; 0 = no validation
+    max_images: int = 64  # at most this many, drawn evenly over classes
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.fraction < 1.0, "fraction", "must be in [0, 1)")
+        check(self.max_images >= 1, "max_images", "must be >= 1")
+
+
+# Parameters that change how a run goes but never what it computes: a checkpoint written under
+# other values of these still resumes exactly (training/state.py).
+RUN_ONLY = ("progress", "num_threads", "data.workers", "checkpoint")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
@@ -64,10 +125,33 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
     gradient_checkpointing: bool = False  # the LLM's, for the real preset on a GPU
     progress: bool = True
+    # batch_size is the global batch of one optimiser step: processes x grad_accum_steps
+    # micro-batches of batch_size / (processes x grad_accum_steps) images each
+    grad_accum_steps: int = 1
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    eval_every: int = 0  # steps between validation passes; 0 = only at the end (if any)
+    keep: str = "last"  # last | best (by the validation pixel AUROC)
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "steps", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+        check(
+            self.batch_size % (self.grad_accum_steps * self.engine.processes) == 0,
+            "batch_size",
+            f"{self.batch_size} is not divisible by grad_accum_steps x engine.processes "
+            f"({self.grad_accum_steps} x {self.engine.processes})",
+        )
+        check(self.eval_every >= 0, "eval_every", "must be >= 0")
+        check(self.keep in ("last", "best"), "keep", "one of last, best")
+        check(
+            self.keep == "last" or self.validation.fraction > 0,
+            "keep",
+            "best needs a validation slice (validation.fraction > 0)",
+        )
         check(self.lr > 0, "lr", "must be > 0")
         check(len(self.betas) == 2, "betas", "must be two numbers")
         check(0 <= self.warmup_steps, "warmup_steps", "must be >= 0")
@@ -76,6 +160,11 @@ class TrainConfig:
         check(0.0 <= self.detect_paste_prob <= 1.0, "detect_paste_prob", "must be in [0, 1]")
         check(0.0 <= self.evidence_oracle <= 1.0, "evidence_oracle", "must be in [0, 1]")
         check_placement(self.device, self.precision)
+
+    @property
+    def micro_batch(self) -> int:
+        """Images per process per forward pass."""
+        return self.batch_size // (self.grad_accum_steps * self.engine.processes)
 
 
 def parse_train_params(

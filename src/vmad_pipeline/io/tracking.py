@@ -10,7 +10,8 @@ from kedro.io import AbstractDataset, DatasetError
 
 
 class MlflowCurvesDataset(AbstractDataset):
-    """Logs ``{name: value or [values per step]}`` to the active MLflow run in batches.
+    """Logs ``{name: value, [values per step] or {step: value}}`` to the active MLflow run in
+    batches.
 
     kedro-mlflow's history datasets send one request per point; a training curve of a few
     thousand points is sent here with ``log_batch`` (1000 metrics per request, MLflow's limit).
@@ -32,8 +33,11 @@ class MlflowCurvesDataset(AbstractDataset):
         now = int(time.time() * 1000)
         points = []
         for name, value in data.items():
-            values = value if isinstance(value, list | tuple) else [value]
-            for step, v in enumerate(values):
+            if isinstance(value, dict):  # {step: value}: points at chosen steps
+                pairs = list(value.items())
+            else:
+                pairs = list(enumerate(value if isinstance(value, list | tuple) else [value]))
+            for step, v in pairs:
                 if v is not None and np.isfinite(v):
                     points.append(Metric(f"{self._prefix}{name}", float(v), now, step))
         client = mlflow.MlflowClient()

@@ -124,6 +124,34 @@ class MemoryQueue(nn.Module):
         return self.feats[filled], grid[0][filled], grid[1][filled]
 
 
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (B x ...) of every rank, concatenated in rank order (B may differ between ranks: a
+    skipped sample); gradients flow back to each rank's own rows. ``t`` itself outside
+    torch.distributed or with one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [
+        torch.zeros((), dtype=torch.long, device=t.device) for _ in range(dist.get_world_size())
+    ]
+    dist.all_gather(sizes, torch.tensor(len(t), device=t.device))
+    most = int(max(sizes))
+    padded = torch.cat([t, t.new_zeros((most - len(t), *t.shape[1:]))])
+    parts = all_gather(padded) if t.requires_grad else _gather_plain(padded)
+    return torch.cat([p[: int(n)] for p, n in zip(parts, sizes, strict=True)])
+
+
+def _gather_plain(t: torch.Tensor) -> list[torch.Tensor]:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return parts
+
+
 @dataclass
 class DsslOutput:
     pbsd: torch.Tensor  # scalar, KL(p_v || p_t) per box, mean
@@ -176,19 +204,27 @@ class Dssl(nn.Module):
         masks: torch.Tensor,
         class_idx: torch.Tensor,
         generator: torch.Generator | None = None,
+        boxes: torch.Tensor | None = None,
     ) -> DsslOutput:
         """sam_embedding B x d_sam x h x w (detached: teacher); llm_visual B x d_llm x s x s (the
         LLM's last hidden layer at the image tokens); clip_global B x d_clip; state_words
         2 x d_llm (normal, abnormal); masks B x H x W (H = W = image size); class_idx B (long, an
-        index outside the training classes counts as unknown). Enqueues only in training mode."""
+        index outside the training classes counts as unknown); boxes B x n x 4 (xyxy pixels; drawn
+        from ``generator`` when None). Enqueues only in training mode.
+
+        Under torch.distributed, the bank's own entries and the enqueued features are the whole
+        global batch (gathered over ranks in rank order, with gradients for the own entries), so
+        N processes learn as one with their batches together (MoCo's gather, He et al. 2020)."""
         cfg, size = self.cfg, masks.shape[-1]
         known = (class_idx >= 0) & (class_idx < self.n_classes)
         class_idx = torch.where(known, class_idx, -1)  # (B,)
         state = (masks > 0).flatten(1).any(1).long()  # (B,)
-        device = generator.device if generator is not None else masks.device
-        boxes = sample_boxes(
-            masks.shape[0], cfg.boxes, size, cfg.box_min, cfg.box_max, generator, device
-        ).to(masks.device)  # (B, n, 4)
+        if boxes is None:
+            device = generator.device if generator is not None else masks.device
+            boxes = sample_boxes(
+                masks.shape[0], cfg.boxes, size, cfg.box_min, cfg.box_max, generator, device
+            )
+        boxes = boxes.to(masks.device, torch.float32)  # (B, n, 4)
         labels = box_abnormal(masks, boxes, cfg.abnormal_fraction)  # (B, n)
 
         sam = sam_embedding.detach()
@@ -197,20 +233,23 @@ class Dssl(nn.Module):
         u = F.normalize(self.head_t(roi_features(llm_visual, boxes, size, cfg.roi_size)), dim=-1)
         s = self.semantic_tokens(g, clip_global, state, state_words)  # (B, d_llm)
 
+        all_g, all_s = gather_rows(g), gather_rows(s)  # (B_global, .): the global batch
+        all_class, all_state = gather_rows(class_idx), gather_rows(state)
+
         def against(queue: MemoryQueue, own: torch.Tensor, queries: torch.Tensor):
             feats, cls, st = queue.bank()
-            bank = torch.cat([feats.to(own.dtype), own])  # (M + B, D)
+            bank = torch.cat([feats.to(own.dtype), own])  # (M + B_global, D)
             return normal_log_prob(
                 queries,
                 bank,
-                torch.cat([cls, class_idx]),
-                torch.cat([st, state]),
+                torch.cat([cls, all_class]),
+                torch.cat([st, all_state]),
                 class_idx,
                 cfg.tau,
             )
 
-        lv_n, lv_a, valid_v = against(self.queue_v, g, z)  # (B, n), (B, n), (B,)
-        lt_n, lt_a, valid_t = against(self.queue_t, s, u)  # (B, n), (B, n), (B,)
+        lv_n, lv_a, valid_v = against(self.queue_v, all_g, z)  # (B, n), (B, n), (B,)
+        lt_n, lt_a, valid_t = against(self.queue_t, all_s, u)  # (B, n), (B, n), (B,)
         valid = valid_v & valid_t
         out = DsslOutput(
             pbsd=pbsd_loss(lv_n, lv_a, lt_n, lt_a, valid),
@@ -221,6 +260,6 @@ class Dssl(nn.Module):
             valid=valid,
         )
         if self.training:
-            self.queue_v.enqueue(g, class_idx, state)
-            self.queue_t.enqueue(s, class_idx, state)
+            self.queue_v.enqueue(all_g, all_class, all_state)
+            self.queue_t.enqueue(all_s, all_class, all_state)
         return out

@@ -30,6 +30,7 @@ class VmadOutput:
     dice: torch.Tensor | None
     pbsd: torch.Tensor | None  # DSSL: KL(p_v || p_t), None when DSSL is off
     patch_bce: torch.Tensor | None  # DSSL: the visual head's box BCE
+    dssl_valid: torch.Tensor | None  # B bool: the samples DSSL's two terms average over
     logits: torch.Tensor  # B x T x V
     mask_logits: torch.Tensor | None  # B_seg x H x W, one per sample that holds [SEG]
     seg_index: torch.Tensor  # indices (into the batch) of the samples with a mask prediction
@@ -191,11 +192,13 @@ class VmadModel(nn.Module):
         masks: torch.Tensor | None = None,
         class_idx: torch.Tensor | None = None,
         oracle: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
     ) -> VmadOutput:
         """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W
         at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL;
         oracle: B bool, the samples whose mask evidence comes from ``masks`` (the ground truth)
-        instead of the drawn mask (training with evidence).
+        instead of the drawn mask (training with evidence); boxes: B x n x 4 DSSL boxes (drawn
+        here when None).
 
         Returns every loss term separately; how they are weighted is the trainer's business
         (``training.objective.weighted_loss``)."""
@@ -210,10 +213,10 @@ class VmadModel(nn.Module):
         last = out.hidden_states[-1]  # (B, T, d)
         use_dssl = self.dssl is not None and class_idx is not None and masks is not None
         sam_emb, teacher = self.encode_images(images_sam) if use_dssl else (None, None)
-        pbsd = patch_bce = None
+        pbsd = patch_bce = dssl_valid = None
         if use_dssl:
-            extra = self._dssl_terms(teacher, last, input_ids, clip_global, masks, class_idx)
-            pbsd, patch_bce = extra.pbsd, extra.patch_bce
+            extra = self._dssl_terms(teacher, last, input_ids, clip_global, masks, class_idx, boxes)
+            pbsd, patch_bce, dssl_valid = extra.pbsd, extra.patch_bce, extra.valid
         seg_index, mask_logits = self._seg_masks(last, input_ids, images_sam, masks, sam_emb)
         bce = dice = None
         if mask_logits is not None and masks is not None:
@@ -233,6 +236,7 @@ class VmadModel(nn.Module):
             dice=dice,
             pbsd=pbsd,
             patch_bce=patch_bce,
+            dssl_valid=dssl_valid,
             logits=out.logits,
             mask_logits=mask_logits,
             seg_index=seg_index,
@@ -250,8 +254,11 @@ class VmadModel(nn.Module):
             add[seg_index] = after.unsqueeze(-1).to(embeds.dtype) * ev[:, None].to(embeds.dtype)
         return self.llm(inputs_embeds=embeds + add, attention_mask=attention_mask, labels=labels)
 
-    def _dssl_terms(self, teacher, last, input_ids, clip_global, masks, class_idx) -> DsslOutput:
+    def _dssl_terms(
+        self, teacher, last, input_ids, clip_global, masks, class_idx, boxes
+    ) -> DsslOutput:
         return self.dssl(
+            boxes=boxes,
             sam_embedding=teacher,
             llm_visual=self.image_states(last, input_ids),
             clip_global=clip_global,

@@ -4,22 +4,33 @@ on the training rows. The train pipeline and the ablation both call these."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from vmad_pipeline.annotation.geometry import LOCATIONS
 from vmad_pipeline.annotation.templates import normal_answer
-from vmad_pipeline.configs import ModelConfig, TrainConfig
+from vmad_pipeline.configs import ModelConfig, TrainConfig, to_dict
+from vmad_pipeline.configs.train import RUN_ONLY
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import peak_memory_mb, resolve_placement
-from vmad_pipeline.training.data import ImageTable, answer_texts, conversation_texts
+from vmad_pipeline.training.data import (
+    SampleSpec,
+    TrainingSamples,
+    answer_texts,
+    conversation_texts,
+)
+from vmad_pipeline.training.launch import distributed_env, launch
 from vmad_pipeline.training.loop import seed_everything, train
+from vmad_pipeline.training.state import Checkpoints, stable_hash
 from vmad_pipeline.training.tokenizer import train_tokenizer
+from vmad_pipeline.training.validation import validation_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +65,138 @@ class Trained:
     model: VmadModel
     tokenizer: PreTrainedTokenizerBase
     curves: dict[str, list[float]]  # per-step curves (training.loop.CURVES)
-    summary: dict[str, Any]  # sizes, time, final loss
+    summary: dict[str, Any]  # sizes, time, final loss, cost
+    validation: list[dict]  # the validation passes (step, losses, pixel AUROC)
+
+
+@dataclass
+class TrainJob:
+    """Everything a training process needs (picklable: spawned workers receive it)."""
+
+    rows: pd.DataFrame  # the rows trained on
+    val_rows: pd.DataFrame  # the held-out slice of the training classes
+    roots: dict[str, str]
+    qa: dict[tuple[str, str], dict]
+    tokenizer: PreTrainedTokenizerBase
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    train_classes: list[str]
+    trained_on: dict
+    data_hash: str
+
+
+def make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=None) -> TrainJob:
+    """Split off the validation slice and hash the data the run depends on."""
+    qa = qa_lookup(riad_qa)
+    v = cfg.validation
+    train_rows, val_rows = validation_rows(rows, v.fraction, v.max_images, cfg.seed)
+    return TrainJob(
+        rows=train_rows,
+        val_rows=val_rows,
+        roots=dict(roots),
+        qa=qa,
+        tokenizer=tokenizer,
+        cfg=cfg,
+        model_cfg=model_cfg,
+        train_classes=sorted(set(rows["category"])),
+        trained_on=dict(trained_on or {}),
+        data_hash=data_hash(rows, qa, tokenizer),
+    )
+
+
+def data_hash(rows: pd.DataFrame, qa: dict, tokenizer) -> str:
+    """What the training data are: the rows (files by content hash), their RIAD answers and the
+    tokenizer's vocabulary."""
+    cols = [
+        c for c in ("source", "category", "image_path", "mask_path", "label", "sha256") if c in rows
+    ]
+    records = rows[cols].astype(str).values.tolist()
+    answers = sorted(
+        (k, {f: str(v) for f, v in qa[k].items()})
+        for k in map(tuple, rows[["source", "image_path"]].values)
+        if k in qa
+    )
+    return stable_hash(
+        {"rows": records, "qa": answers, "vocab": sorted(tokenizer.get_vocab().items())}
+    )
+
+
+def resume_params(cfg: TrainConfig, model_cfg: ModelConfig) -> dict:
+    """The parameters that decide what training computes (``RUN_ONLY`` left out)."""
+    params = to_dict(cfg)
+    for key in RUN_ONLY:
+        head, _, tail = key.partition(".")
+        if tail:
+            params[head].pop(tail, None)
+        else:
+            params.pop(head, None)
+    return {"train": params, "model": to_dict(model_cfg)}
+
+
+def _build(job: TrainJob) -> VmadModel:
+    seed_everything(job.cfg.seed)
+    _, dtype = resolve_placement(job.cfg.device, job.cfg.precision)
+    model = build_vmad(  # loaded in the training precision: a 7B checkpoint at half the memory
+        job.model_cfg,
+        job.tokenizer,
+        seed=job.cfg.seed,
+        train_classes=job.train_classes,
+        dtype=dtype,
+    )
+    model.trained_on = dict(job.trained_on)
+    return model
+
+
+def _spec(model: VmadModel) -> SampleSpec:
+    dssl = model.dssl.cfg if model.dssl is not None else None
+    return SampleSpec(
+        size=model.config.sam.image_size,
+        num_image_tokens=model.num_image_tokens,
+        seg_first=model.config.seg_first,
+        classes=tuple(model.config.dssl.classes),
+        boxes=dssl.boxes if dssl else 0,
+        box_min=dssl.box_min if dssl else 0.0,
+        box_max=dssl.box_max if dssl else 0.0,
+    )
+
+
+def run_job(job: TrainJob) -> dict | None:
+    """Train in this process (one of the run's ranks). Rank 0 returns the model, the progress
+    and the run's cost; the others None."""
+    model = _build(job)
+    cfg, spec = job.cfg, _spec(model)
+    samples = TrainingSamples(job.rows, job.roots, job.qa, cfg, spec, job.tokenizer)
+    val = None
+    if len(job.val_rows):
+        val = TrainingSamples(job.val_rows, job.roots, job.qa, cfg, spec, job.tokenizer, fixed=True)
+    checkpoints = Checkpoints(
+        cfg.checkpoint.dir, resume_params(cfg, job.model_cfg), job.data_hash, cfg.checkpoint.keep
+    )
+    start = time.perf_counter()
+    progress = train(model, job.tokenizer, samples, cfg, validation=val, checkpoints=checkpoints)
+    seconds = time.perf_counter() - start
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    ran = cfg.steps - progress.resumed_from
+    cost = {
+        "steps_this_run": ran,
+        "train_seconds": round(seconds, 2),
+        "images_per_s": round(ran * cfg.batch_size / seconds, 2) if ran else None,
+        **peak_memory_mb(),
+    }
+    return {"model": model, "progress": progress, "cost": cost}
+
+
+def _rank0_result(job: TrainJob) -> dict | None:
+    """A worker's entry: the trained state (trainable weights and buffers) instead of the model,
+    which the launching process rebuilds (a model with its frozen 7B does not travel by pickle)."""
+    out = run_job(job)
+    if out is None:
+        return None
+    out.pop("model")
+    out["state"] = out["progress"].state
+    out["progress"].state = out["progress"].best = None
+    return out
 
 
 def fit_vmad(
@@ -65,42 +207,55 @@ def fit_vmad(
     cfg: TrainConfig,
     model_cfg: ModelConfig,
     trained_on: dict | None = None,
-) -> Trained:
+) -> Trained | None:
     """Build the preset (its DSSL queues: one row per training class) and train it with LoRA on
-    ``rows`` (every image of the training classes); ``trained_on`` (``splitting.training_record``)
-    is kept on the model and saved with it."""
-    seed_everything(cfg.seed)
-    _, dtype = resolve_placement(cfg.device, cfg.precision)
-    model = build_vmad(  # loaded in the training precision: a 7B checkpoint at half the memory
-        model_cfg,
-        tokenizer,
-        seed=cfg.seed,
-        train_classes=sorted(set(rows["category"])),
-        dtype=dtype,
-    )
-    model.trained_on = dict(trained_on or {})
-    table = ImageTable.load(rows, roots, model.config.sam.image_size, progress=cfg.progress)
-    start = time.perf_counter()
-    curves = train(model, tokenizer, table, qa_lookup(riad_qa), cfg)
-    seconds = time.perf_counter() - start
+    ``rows`` (every image of the training classes but the validation slice), in this process or
+    in ``cfg.engine.processes`` local workers; ``trained_on`` (``splitting.training_record``) is
+    kept on the model and saved with it. Under an outside launcher (torchrun, accelerate
+    launch: ``WORLD_SIZE`` set) this process is one rank; ranks other than 0 return None."""
+    job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on)
+    processes = cfg.engine.processes
+    if processes == 1 or distributed_env():  # in this process (one rank of a launched run)
+        out = run_job(job)
+        if out is None:
+            return None  # not rank 0: rank 0 reports
+    else:
+        threads = max(1, (cfg.num_threads or torch.get_num_threads()) // processes)
+        out = launch(_rank0_result, (job,), processes, threads)
+        model = _build(job)
+        missing, unexpected = model.load_state_dict(out.pop("state"), strict=False)
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        if unexpected or trained & set(missing):
+            raise RuntimeError(f"trained state does not fit the model: {unexpected or missing}")
+        out["model"] = model.eval()
+    return _trained(job, out)
+
+
+def _trained(job: TrainJob, out: dict) -> Trained:
+    model, progress, cfg = out["model"], out["progress"], job.cfg
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     summary = {
-        "train_images": len(rows),
+        "train_images": len(job.rows),
+        "validation_images": len(job.val_rows),
         "steps": cfg.steps,
-        "train_seconds": round(seconds, 2),
-        "images_per_s": round(cfg.steps * cfg.batch_size / seconds, 2),
-        **peak_memory_mb(),
+        **out["cost"],
         "params_trainable": n_train,
         "params_total": n_total,
         "visual_tokens": model.num_image_tokens,
-        "final_loss": curves["loss"][-1],
+        "final_loss": progress.history["loss"][-1],
+        "skipped_images": progress.skipped,
+        "processes": cfg.engine.processes,
+        "strategy": cfg.engine.strategy,
     }
+    if progress.best is not None:
+        summary["best_step"] = progress.best["step"]
     log.info(
-        "trained %d steps in %.1f s (%d / %d parameters trainable)",
+        "trained %d steps (%d in this run) in %.1f s (%d / %d parameters trainable)",
         cfg.steps,
-        seconds,
+        out["cost"]["steps_this_run"],
+        out["cost"]["train_seconds"],
         n_train,
         n_total,
     )
-    return Trained(model=model, tokenizer=tokenizer, curves=curves, summary=summary)
+    return Trained(model, job.tokenizer, progress.history, summary, progress.validation)

@@ -1,34 +1,42 @@
-"""The training loop as plain functions: AdamW, warm-up then cosine, gradient clipping."""
+"""The training loop: AdamW, warm-up then cosine, gradient clipping, on the distributed engine
+(``training.engine``), fed by the streaming loader (``training.data``), with checkpoints and
+exact resume (``training.state``) and validation (``training.validation``).
+
+Every process runs :func:`train`; rank 0 alone writes checkpoints and shows progress.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+import signal
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
 from vmad_pipeline.configs import TrainConfig
-from vmad_pipeline.images import to_model_inputs
 from vmad_pipeline.models.llm import quiet_peft
-from vmad_pipeline.models.vmad import VmadModel, VmadOutput
-from vmad_pipeline.placement import autocast, place_model, resolve_placement, to_device
-from vmad_pipeline.prompts import IGNORE, encode_conversation, pad_batch
-from vmad_pipeline.training.data import ImageTable
-from vmad_pipeline.training.objective import weighted_loss
-from vmad_pipeline.training.samples import (
-    augment,
-    batch_sampler,
-    conversation,
-    paste_anomalies,
-    plan_sample,
-)
+from vmad_pipeline.models.vmad import VmadModel
+from vmad_pipeline.placement import place_model, resolve_dtype
+from vmad_pipeline.training import engine as eng
+from vmad_pipeline.training.data import StepBatches, TrainingSamples, collate, model_inputs
+from vmad_pipeline.training.objective import combine, local_counts, shares
+from vmad_pipeline.training.state import Checkpoints, rng_state, set_rng_state
+from vmad_pipeline.training.validation import validate
 
 log = logging.getLogger(__name__)
 CURVES = ("loss", "ce", "bce", "dice", "pbsd", "patch_bce", "lr")
+TERMS = CURVES[1:-1]
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM stopped training; a checkpoint of the step it stopped at was written."""
 
 
 def seed_everything(seed: int) -> None:
@@ -51,112 +59,300 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def make_batch(
-    model: VmadModel,
-    tokenizer: PreTrainedTokenizerFast,
-    table: ImageTable,
-    idx: list[int],
-    qa: dict[tuple[str, str], dict],
-    cfg: TrainConfig,
-    rng: random.Random,
-    gen: torch.Generator,
-) -> dict[str, torch.Tensor]:
-    """The model inputs of one batch: per sample a plan (task, name, paste), then augmentation
-    and pasted anomalies, then the conversation, written from the final mask so that its text
-    (location, yes / no) stays true."""
-    rows = [table.rows.iloc[i] for i in idx]
-    plans = [plan_sample(r.category, bool(r.label), cfg, rng) for r in rows]
-    images, masks = table.images[idx], table.masks[idx]
-    if cfg.augment:
-        images, masks = augment(images, masks, gen, [p.geometric for p in plans])
-    pasted = [k for k, p in enumerate(plans) if p.paste]
-    images, masks = paste_anomalies(images, masks, pasted, gen)
-    ids, labels = [], []
-    for plan, r, mask in zip(plans, rows, masks.numpy(), strict=True):
-        prompt, answer = conversation(
-            plan,
-            r.category,
-            str(getattr(r, "defect_type", "") or ""),
-            qa.get((r.source, r.image_path)),
-            mask,
-            seg_first=model.config.seg_first,
-            rng=rng,
-        )
-        a, b = encode_conversation(tokenizer, prompt, answer, model.num_image_tokens)
-        ids.append(a)
-        labels.append(b)
-    input_ids, attention = pad_batch(ids, tokenizer.pad_token_id)
-    label_ids, _ = pad_batch(labels, IGNORE)
-    images_clip, images_sam = to_model_inputs(images, model.config.vision.image_size)
-    classes = list(model.config.dssl.classes)
-    class_idx = torch.tensor(
-        [classes.index(r.category) if r.category in classes else -1 for r in rows]
+@dataclass
+class Progress:
+    """What a run has done so far; saved in every checkpoint."""
+
+    step: int = 0
+    history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in CURVES})
+    validation: list[dict] = field(default_factory=list)  # one entry per validation pass
+    best: dict | None = None  # {"step", "score", "state"} of the best validation score
+    skipped: int = 0  # unreadable samples skipped (data.on_error: skip)
+    resumed_from: int = 0  # the step this run started at
+    # the final trainable weights and buffers, full (rank 0), of a run of several processes:
+    # what the launching process loads into its own copy of the model
+    state: dict | None = None
+
+
+@dataclass
+class Stop:
+    """SIGTERM's flag: the loop checkpoints at the end of the current step and stops."""
+
+    requested: bool = False
+    previous: dict = field(default_factory=dict)
+
+    def install(self) -> None:
+        try:
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM: writing a checkpoint at the end of this step, then stopping")
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+def _loader(samples: TrainingSamples, sampler: StepBatches, cfg: TrainConfig, pad_id: int, cuda):
+    return DataLoader(
+        samples,
+        batch_sampler=sampler,
+        num_workers=cfg.data.workers,
+        collate_fn=functools.partial(collate, pad_id=pad_id),
+        pin_memory=cuda,
+        worker_init_fn=_worker_init,
     )
-    oracle = torch.tensor([rng.random() < cfg.evidence_oracle for _ in rows])
-    return {
-        "oracle": oracle,
-        "images_clip": images_clip,
-        "images_sam": images_sam,
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "labels": label_ids,
-        "masks": masks,
-        "class_idx": class_idx,
-    }
 
 
-def _record(history: dict[str, list[float]], out: VmadOutput, loss: torch.Tensor, lr: float):
-    history["loss"].append(loss.item())
-    for key in ("ce", "bce", "dice", "pbsd", "patch_bce"):
-        value = getattr(out, key)
-        history[key].append(value.item() if value is not None else float("nan"))
-    history["lr"].append(lr)
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers: the training process keeps the cores
 
 
 def train(
     model: VmadModel,
     tokenizer: PreTrainedTokenizerFast,
-    table: ImageTable,
-    qa: dict[tuple[str, str], dict],
+    samples: TrainingSamples,
     cfg: TrainConfig,
-) -> dict[str, list[float]]:
-    """Train in place; returns per-step curves (``CURVES``)."""
+    *,
+    validation: TrainingSamples | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> Progress:
+    """Train ``model`` in place (every process of the run calls this); returns the progress
+    (curves, validation passes, skipped samples). With ``keep: best`` the model ends with the
+    best validation state."""
     seed_everything(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    rng = random.Random(cfg.seed)
-    device, dtype = resolve_placement(cfg.device, cfg.precision)
-    place_model(model, device, dtype)
+    dtype = resolve_dtype(cfg.precision, torch.device("cuda" if _cuda(cfg) else "cpu"))
+    ds = {
+        "micro_batch": cfg.micro_batch,
+        "accum": cfg.grad_accum_steps,
+        "grad_clip": cfg.grad_clip,
+        "bf16": dtype == torch.bfloat16,
+    }
+    acc = eng.make_accelerator(cfg.engine, cfg.device, ds)
+    _check_world(cfg, acc.num_processes)
+    torch.manual_seed(cfg.seed + acc.process_index)  # dropout differs between ranks
+    place_model(model, acc.device, dtype)
     if cfg.gradient_checkpointing:
         with quiet_peft():
             _checkpointing(model.llm, "enable")({"use_reentrant": False})
-    log.info("training on %s in %s", device, dtype)
-    params = trainable_parameters(model)
-    opt = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    optimizer = functools.partial(_adamw, cfg=cfg)
+    engine = eng.wrap(acc, model, optimizer, cfg.engine.strategy, dtype, cfg.grad_accum_steps)
+    sched = get_cosine_schedule_with_warmup(
+        engine.optimizer, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps
     )
-    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps)
-    history: dict[str, list[float]] = {k: [] for k in CURVES}
-    sampler = batch_sampler(len(table.rows), cfg.batch_size, rng)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    bar = tqdm(range(cfg.steps), desc="train", disable=not cfg.progress)
-    start = time.perf_counter()
-    for step in bar:
-        batch = make_batch(model, tokenizer, table, next(sampler), qa, cfg, rng, gen)
-        with autocast(device, dtype):
-            out = model(**to_device(batch, device))
-            loss = weighted_loss(out, cfg.loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        _record(history, out, loss, sched.get_last_lr()[0])
-        rate = (step + 1) * cfg.batch_size / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", img_s=f"{rate:.1f}")
+    progress = _resume(engine, sched, checkpoints)
+    progress.resumed_from = progress.step
+    if engine.is_main:
+        log.info("training on %s x %d (%s) in %s", acc.device, engine.world, engine.strategy, dtype)
+    stop = Stop()
+    stop.install()
+    try:
+        _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, stop)
+    finally:
+        stop.restore()
+        if stop.requested:  # checkpoint written: now what SIGTERM means to the rest
+            signal.raise_signal(signal.SIGTERM)
+    if cfg.keep == "best" and progress.best is not None:
+        eng.load_model_state(engine, engine.broadcast_object(progress.best["state"]))
+        if engine.is_main:
+            log.info("kept the best validation state: step %d", progress.best["step"])
+    if engine.world > 1:
+        progress.state = eng.model_state(engine)
     if cfg.gradient_checkpointing:
         with quiet_peft():
             _checkpointing(model.llm, "disable")()
     model.eval()
-    return history
+    return progress
+
+
+def _cuda(cfg: TrainConfig) -> bool:
+    return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def _check_world(cfg: TrainConfig, world: int) -> None:
+    if cfg.batch_size % (cfg.grad_accum_steps * world):
+        raise ValueError(
+            f"train.batch_size {cfg.batch_size} is not divisible by grad_accum_steps x processes "
+            f"({cfg.grad_accum_steps} x {world})"
+        )
+
+
+def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        trainable_parameters(model),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def _resume(engine: eng.Engine, sched, checkpoints: Checkpoints | None) -> Progress:
+    """The progress of the newest intact checkpoint of this training (its weights, optimiser,
+    scheduler and RNG states loaded), or a fresh one (saying why when other checkpoints exist)."""
+    if checkpoints is None:
+        return Progress()
+    found = checkpoints.latest() if engine.is_main else None
+    found = engine.broadcast_object(found)
+    if found is None:
+        if engine.is_main:
+            checkpoints.explain_fresh()
+        return Progress()
+    step, state = found
+    eng.load_model_state(engine, state["model"])
+    eng.load_optimizer_state(engine, state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rngs = state["rng"]
+    if len(rngs) == engine.world:
+        set_rng_state(rngs[engine.rank])
+    else:
+        log.warning(
+            "checkpoint of %d processes resumed by %d: RNG reseeded", len(rngs), engine.world
+        )
+    if engine.is_main:
+        log.info("resumed from the checkpoint of step %d (%s)", step, checkpoints.dir)
+    return state["progress"]
+
+
+def _save(engine: eng.Engine, sched, progress: Progress, checkpoints: Checkpoints | None) -> None:
+    """A checkpoint of the current step (collective: every rank gives its state; rank 0 writes)."""
+    if checkpoints is None:
+        return
+    state = {
+        "model": eng.model_state(engine),
+        "optimizer": eng.optimizer_state(engine),
+        "scheduler": sched.state_dict(),
+        "rng": engine.gather_objects(rng_state()),
+        "progress": progress,
+    }
+    if engine.is_main:
+        checkpoints.write(progress.step, state)
+    engine.barrier()
+
+
+def _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, stop) -> None:
+    """The steps from ``progress.step`` to ``cfg.steps``. Why one function of this length: the
+    step's parts (micro-batches, counts, backward, logging, validation, checkpoints) share the
+    same dozen locals; split, each piece would take them all as arguments."""
+    sampler = StepBatches(
+        len(samples),
+        cfg.batch_size,
+        seed=cfg.seed,
+        steps=cfg.steps,
+        start=progress.step,
+        rank=engine.rank,
+        world=engine.world,
+        accum=cfg.grad_accum_steps,
+    )
+    batches = iter(_loader(samples, sampler, cfg, samples.tokenizer.pad_token_id, _cuda(cfg)))
+    params = trainable_parameters(engine.model)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=progress.step,
+        desc="train",
+        disable=not (cfg.progress and engine.is_main),
+    )
+    model.train()
+    start, done = time.perf_counter(), 0
+    while progress.step < cfg.steps:
+        micro = [next(batches) for _ in range(cfg.grad_accum_steps)]
+        values = _step(engine, model, micro, cfg, params)
+        sched.step()
+        progress.step += 1
+        done += 1
+        _record(progress, values, sched.get_last_lr()[0])
+        rate = done * cfg.batch_size / (time.perf_counter() - start)
+        post = {"loss": f"{progress.history['loss'][-1]:.3f}", "img_s": f"{rate:.1f}"}
+        if validation is not None and cfg.eval_every and progress.step % cfg.eval_every == 0:
+            post.update(_validate(engine, model, validation, cfg, progress))
+        bar.set_postfix(post)
+        bar.update(1)
+        last = progress.step == cfg.steps
+        every = cfg.checkpoint.every_steps
+        if (
+            validation is not None
+            and last
+            and not (cfg.eval_every and progress.step % cfg.eval_every == 0)
+        ):
+            _validate(engine, model, validation, cfg, progress)
+        saved = bool(every and (progress.step % every == 0 or last))
+        if saved:
+            _save(engine, sched, progress, checkpoints)
+        if engine.sum(torch.tensor([float(stop.requested)])).item() > 0:
+            if not saved:
+                _save(engine, sched, progress, checkpoints)
+            raise TrainingInterrupted(f"stopped by SIGTERM at step {progress.step}")
+    bar.close()
+
+
+def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.Tensor:
+    """One optimiser step over the micro-batches of this rank; returns the step's loss and
+    terms summed over ranks (``loss, ce, bce, dice, pbsd, patch_bce``)."""
+    boxes = model.dssl.cfg.boxes if model.dssl is not None else 0
+    skipped = sum(b["skipped"] for b in micro)
+    known = torch.zeros(3, dtype=torch.float64)  # tokens, masks, skipped (known before forward)
+    for b in micro:
+        if b["size"]:
+            known[0] += float((b["labels"][:, 1:] != -100).sum())
+            known[1] += float((b["input_ids"] == model.seg_token_id).any(1).sum())
+    known[2] = skipped
+    known = engine.sum(known)
+    values = torch.zeros(2 + len(TERMS), dtype=torch.float64)  # loss, terms, DSSL boxes
+    for k, batch in enumerate(micro):
+        if not batch["size"]:
+            if engine.world > 1:
+                raise RuntimeError("every sample of a micro-batch was unreadable and skipped")
+            continue
+        with engine.sync(k == len(micro) - 1), engine.autocast():
+            out = engine.model(**model_inputs(batch, model, engine.device))
+            local = local_counts(out, batch["labels"], boxes)
+            dssl = engine.sum(torch.tensor([local["boxes"]], dtype=torch.float64)).item()
+            total = {
+                "tokens": known[0].item(),
+                "masks": known[1].item(),
+                "boxes": dssl * len(micro),
+            }
+            parts = shares(out, local, total)
+            loss = combine(parts, cfg.loss, out.logits)
+            engine.backward(loss * engine.world)
+        values[0] += float(loss.detach())
+        for i, term in enumerate(TERMS, start=1):
+            values[i] += float(parts[term].detach()) if term in parts else 0.0
+        values[-1] += dssl
+    engine.clip(params, cfg.grad_clip)
+    engine.optimizer.step()
+    engine.optimizer.zero_grad(set_to_none=True)
+    summed = engine.sum(values[:-1])
+    counts = {"ce": known[0], "bce": known[1], "dice": known[1]}
+    for i, term in enumerate(TERMS, start=1):  # a term no sample of the step had: NaN
+        if float(counts.get(term, values[-1])) == 0:
+            summed[i] = float("nan")
+    return torch.cat([summed, known[2:3]])
+
+
+def _record(progress: Progress, values: torch.Tensor, lr: float) -> None:
+    progress.history["loss"].append(float(values[0]))
+    for i, term in enumerate(TERMS, start=1):
+        progress.history[term].append(float(values[i]))
+    progress.history["lr"].append(lr)
+    progress.skipped += int(values[-1])
+
+
+def _validate(engine, model, validation, cfg, progress: Progress) -> dict[str, str]:
+    """A validation pass: recorded, the best state kept (rank 0), shown on the bar."""
+    result = validate(engine, model, validation, cfg)
+    result["step"] = progress.step
+    progress.validation.append(result)
+    score = result["pixel_auroc"]
+    if cfg.keep == "best" and np.isfinite(score):
+        best = progress.best
+        if best is None or score > best["score"]:
+            state = eng.model_state(engine)
+            progress.best = {"step": progress.step, "score": score, "state": state}
+    model.train()
+    return {"val_loss": f"{result['loss']:.3f}", "val_px": f"{score:.3f}"}

@@ -17,9 +17,58 @@ WEIGHT_OF = {"ce": "txt", "bce": "bce", "dice": "dice", "pbsd": "pbsd", "patch_b
 
 def weighted_loss(out: VmadOutput, weights: LossWeights) -> torch.Tensor:
     """The weighted sum of the loss terms present in ``out`` (a scalar)."""
-    total = out.logits.new_zeros(())
+    present = {t: getattr(out, t) for t in TERMS if getattr(out, t) is not None}
+    return combine(present, weights, out.logits)
+
+
+# The count each term is a mean over (VmadOutput's means): answer tokens, [SEG] masks, and the
+# boxes of the images DSSL scored.
+COUNTED_BY = {
+    "ce": "tokens",
+    "bce": "masks",
+    "dice": "masks",
+    "pbsd": "boxes",
+    "patch_bce": "boxes",
+}
+
+
+def local_counts(out: VmadOutput, labels: torch.Tensor, boxes: int) -> dict[str, float]:
+    """How many items each of this micro-batch's means is over (tokens: labels after the causal
+    shift, as the LLM's loss counts them)."""
+    valid = 0 if out.dssl_valid is None else int(out.dssl_valid.sum())
+    return {
+        "tokens": float((labels[:, 1:] != -100).sum()),
+        "masks": float(len(out.seg_index)) if out.mask_logits is not None else 0.0,
+        "boxes": float(valid * boxes),
+    }
+
+
+def shares(
+    out: VmadOutput, local: dict[str, float], total: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """Each term's share of the optimiser step's value: ``mean x local count / total count``
+    (``total``: the count over every rank and micro-batch of the step). Summed over ranks and
+    micro-batches, a term is its mean over the whole global batch, whatever the split: N
+    processes or accumulation steps learn as one process with the whole batch (the rule behind
+    transformers' ``num_items_in_batch``)."""
+    out_shares = {}
     for term in TERMS:
-        value = getattr(out, term)
-        if value is not None:
-            total = total + getattr(weights, WEIGHT_OF[term]) * value
+        value, kind = getattr(out, term), COUNTED_BY[term]
+        if value is None:
+            continue
+        factor = local[kind] / total[kind] if local[kind] and total[kind] else 0.0
+        if factor or torch.isfinite(value):
+            # a term over no item counts zero, but stays in the graph: DDP expects a gradient,
+            # if zero, for every weight the forward pass used
+            out_shares[term] = value * factor
+    return out_shares
+
+
+def combine(
+    parts: dict[str, torch.Tensor], weights: LossWeights, like: torch.Tensor
+) -> torch.Tensor:
+    """The weighted sum of term shares (zero when none)."""
+    total = like.new_zeros(())
+    for term, value in parts.items():
+        total = total + getattr(weights, WEIGHT_OF[term]) * value
     return total

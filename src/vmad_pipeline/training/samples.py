@@ -85,71 +85,65 @@ def _renamed(text: str, category: str, name: str) -> str:
     return text
 
 
-def batch_sampler(n: int, batch_size: int, rng: random.Random):
-    """Endless shuffled epochs of indices."""
-    while True:
-        order = list(range(n))
-        rng.shuffle(order)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield order[i : i + batch_size]
+def sample_random(seed: int, epoch: int, index: int) -> tuple[random.Random, torch.Generator]:
+    """The random streams of one sample at one epoch: every choice about it (task, name, paste,
+    augmentation, DSSL boxes) is a function of (seed, epoch, index) alone, so a sample is the
+    same whichever batch, worker or process draws it."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)
+    return random.Random(int(state[0])), torch.Generator().manual_seed(int(state[1]) >> 1)
 
 
 def augment(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    gen: torch.Generator,
-    geometric: list[bool] | None = None,
+    image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, geometric: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Geometric and colour augmentation of a uint8 batch (B x 3 x S x S, masks B x S x S).
+    """Geometric and colour augmentation of one uint8 image (3 x S x S, mask S x S).
 
     Flips, 90-degree rotations (where ``geometric`` allows them), a channel permutation and
     brightness/contrast jitter: a defect is defined by its contrast with its surroundings, not
     by an object's absolute colour, and this keeps the model from memorising the training
     classes' appearance. The random draws are the same whatever ``geometric`` says.
     """
-    images, masks = images.clone(), masks.clone()
-    for i in range(len(images)):
-        k = int(torch.randint(4, (1,), generator=gen))
-        flip = bool(torch.randint(2, (1,), generator=gen))
-        if geometric is not None and not geometric[i]:
-            k, flip = 0, False
-        img, msk = torch.rot90(images[i], k, (1, 2)), torch.rot90(masks[i], k, (0, 1))
-        if flip:
-            img, msk = img.flip(2), msk.flip(1)
-        img = img[torch.randperm(3, generator=gen)].float()
-        gain = 0.7 + 0.6 * torch.rand((), generator=gen)
-        bias = 40.0 * (torch.rand((), generator=gen) - 0.5)
-        mean = img.mean()
-        images[i] = ((img - mean) * gain + mean + bias).clamp(0, 255).to(torch.uint8)
-        masks[i] = msk
-    return images, masks
+    k = int(torch.randint(4, (1,), generator=gen))
+    flip = bool(torch.randint(2, (1,), generator=gen))
+    if not geometric:
+        k, flip = 0, False
+    img, msk = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (0, 1))
+    if flip:
+        img, msk = img.flip(2), msk.flip(1)
+    img = img[torch.randperm(3, generator=gen)].float()
+    gain = 0.7 + 0.6 * torch.rand((), generator=gen)
+    bias = 40.0 * (torch.rand((), generator=gen) - 0.5)
+    mean = img.mean()
+    out = ((img - mean) * gain + mean + bias).clamp(0, 255).to(torch.uint8)
+    return out, msk.contiguous()
 
 
-def paste_anomalies(
-    images: torch.Tensor, masks: torch.Tensor, which: list[int], gen: torch.Generator
+def paste_anomaly(
+    image: torch.Tensor, mask: torch.Tensor, source: torch.Tensor, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste an elliptical patch of another image of the batch (shifted) into each sample in
-    ``which`` and add it to its mask: self-supervised anomaly synthesis in the spirit of
-    CutPaste (Li et al., CVPR 2021) and DRAEM (Zavrtanik et al., ICCV 2021). It teaches the
-    model "a region that does not belong here" rather than the training classes' defects,
-    which is what transfers to unseen classes. Written here because no library offers it for
-    tensors with masks.
+    """Paste an elliptical patch of ``source`` (another training image, shifted) into ``image``
+    (3 x S x S uint8) and add it to ``mask`` (S x S): self-supervised anomaly synthesis in the
+    spirit of CutPaste (Li et al., CVPR 2021) and DRAEM (Zavrtanik et al., ICCV 2021). It
+    teaches the model "a region that does not belong here" rather than the training classes'
+    defects, which is what transfers to unseen classes. Written here because no library offers
+    it for tensors with masks.
     """
-    if len(images) < 2 or not which:
-        return images, masks
-    images, masks = images.clone(), masks.clone()
-    size = images.shape[-1]
+    image, mask = image.clone(), mask.clone()
+    size = image.shape[-1]
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    for i in which:
-        j = (i + 1 + int(torch.randint(len(images) - 1, (1,), generator=gen))) % len(images)
-        r1, r2 = (size * (0.03 + 0.11 * torch.rand(2, generator=gen))).tolist()
-        cx, cy = (size * (0.15 + 0.7 * torch.rand(2, generator=gen))).tolist()
-        theta = float(torch.rand((), generator=gen)) * math.pi
-        u = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
-        v = -(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)
-        blob = (u / r1) ** 2 + (v / r2) ** 2 <= 1  # (S, S)
-        shift = [int(t) for t in torch.randint(-size // 2, size // 2, (2,), generator=gen)]
-        source = torch.roll(images[j], shift, (1, 2))
-        images[i][:, blob] = source[:, blob]
-        masks[i][blob] = 1
-    return images, masks
+    r1, r2 = (size * (0.03 + 0.11 * torch.rand(2, generator=gen))).tolist()
+    cx, cy = (size * (0.15 + 0.7 * torch.rand(2, generator=gen))).tolist()
+    theta = float(torch.rand((), generator=gen)) * math.pi
+    u = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
+    v = -(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)
+    blob = (u / r1) ** 2 + (v / r2) ** 2 <= 1  # (S, S)
+    shift = [int(t) for t in torch.randint(-size // 2, size // 2, (2,), generator=gen)]
+    shifted = torch.roll(source, shift, (1, 2))
+    image[:, blob] = shifted[:, blob]
+    mask[blob] = 1
+    return image, mask
+
+
+def paste_source(index: int, n: int, gen: torch.Generator) -> int:
+    """Another training image than ``index`` (of ``n``), drawn from the sample's own stream."""
+    return (index + 1 + int(torch.randint(n - 1, (1,), generator=gen))) % n

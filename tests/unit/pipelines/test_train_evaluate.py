@@ -60,6 +60,7 @@ def ran(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     params = parameters()
     params["ingest"]["cache"] = None  # nothing on disk but the tree and the checkpoint
+    params["train"]["checkpoint"]["dir"] = str(tmp / "training_state")
     catalog = DataCatalog(
         {
             **params_datasets(params),
@@ -83,7 +84,9 @@ def test_train_uses_the_split_training_rows(ran):
     catalog, _ = ran
     train_rows, _ = split_rows(catalog.load("manifest"), catalog.load("splits"))
     summary = catalog.load("training_summary")
-    assert summary["train_images"] == len(train_rows)
+    # every image of the training classes: trained on, or in the held-out validation slice
+    assert summary["train_images"] + summary["validation_images"] == len(train_rows)
+    assert summary["validation_images"] >= 1
     assert summary["train_classes"] == sorted(set(train_rows["category"]))
     assert summary["steps"] == SMALL["train"]["steps"]
     assert summary["images_per_s"] > 0 and summary["peak_host_memory_mb"] > 100

@@ -9,39 +9,36 @@ import torch
 from vmad_pipeline import prompts
 from vmad_pipeline.configs import TaskMix, TrainConfig
 from vmad_pipeline.prompts import IGNORE, encode_conversation
-from vmad_pipeline.training.data import ImageTable
-from vmad_pipeline.training.loop import train
 from vmad_pipeline.training.samples import (
     Plan,
     augment,
     conversation,
-    paste_anomalies,
+    paste_anomaly,
     plan_sample,
 )
 
 
 def test_augment_keeps_image_and_mask_aligned():
-    img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
-    img[0, :, 2:5, 9:12] = 200  # a bright square ...
-    mask = torch.zeros(1, 16, 16, dtype=torch.uint8)
-    mask[0, 2:5, 9:12] = 1  # ... and its mask
+    img = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    img[:, 2:5, 9:12] = 200  # a bright square ...
+    mask = torch.zeros(16, 16, dtype=torch.uint8)
+    mask[2:5, 9:12] = 1  # ... and its mask
     for seed in range(8):
         a, m = augment(img, mask, torch.Generator().manual_seed(seed))
-        bright = a[0].float().mean(0) > a[0].float().mean()
-        assert torch.equal(bright, m[0].bool())
+        bright = a.float().mean(0) > a.float().mean()
+        assert torch.equal(bright, m.bool())
 
 
 def test_paste_marks_exactly_the_pasted_region():
     g = torch.Generator().manual_seed(0)
-    images = torch.stack([torch.full((3, 32, 32), v, dtype=torch.uint8) for v in (10, 200, 90)])
-    masks = torch.zeros(3, 32, 32, dtype=torch.uint8)
-    out, m = paste_anomalies(images, masks, [0], g)
-    assert m[0].sum() > 0 and m[1:].sum() == 0
-    changed = (out[0] != images[0]).any(0)
-    assert torch.equal(changed, m[0].bool())  # pasted from an image of another colour
-    assert torch.equal(out[1:], images[1:]) and torch.equal(
-        images[0], torch.full((3, 32, 32), 10, dtype=torch.uint8)
-    )
+    image = torch.full((3, 32, 32), 10, dtype=torch.uint8)
+    source = torch.full((3, 32, 32), 200, dtype=torch.uint8)
+    mask = torch.zeros(32, 32, dtype=torch.uint8)
+    out, m = paste_anomaly(image, mask, source, g)
+    assert m.sum() > 0 and mask.sum() == 0  # the input is not changed
+    changed = (out != image).any(0)
+    assert torch.equal(changed, m.bool())  # pasted from an image of another colour
+    assert torch.equal(image, torch.full((3, 32, 32), 10, dtype=torch.uint8))
 
 
 QA = {
@@ -115,30 +112,39 @@ def test_labels_cover_only_the_answer():
     assert tok.decode(ids[n_prompt:]).strip().startswith("It is") and ids[-1] == tok.eos_token_id
 
 
-def small_table(tmp_path):
+def small_table(tmp_path, n: int = 4, classes: tuple[str, ...] = ("part",)):
+    """``n`` flat images per class in a tmp source; returns (rows, roots, tokenizer)."""
     from PIL import Image
 
     from vmad_pipeline.training.tokenizer import train_tokenizer
 
     rows = []
-    for i in range(4):
-        img = np.full((32, 32, 3), 60 + 30 * i, np.uint8)
-        Image.fromarray(img).save(tmp_path / f"{i}.png")
-        rows.append(
-            {
-                "source": "s",
-                "category": "part",
-                "image_path": f"{i}.png",
-                "mask_path": "",
-                "label": 0,
-            }
-        )
-    table = ImageTable.load(pd.DataFrame(rows), {"s": str(tmp_path)}, 32, progress=False)
-    tok = train_tokenizer(
-        [prompts.seg_prompt("part"), prompts.vqa_prompt("part"), "It is [SEG].", "No. Fine."] * 3,
-        vocab_size=300,
-    )
-    return table, tok
+    for c in classes:
+        for i in range(n):
+            img = np.full((32, 32, 3), 60 + 30 * i, np.uint8)
+            Image.fromarray(img).save(tmp_path / f"{c}{i}.png")
+            rows.append(
+                {
+                    "source": "s",
+                    "category": c,
+                    "image_path": f"{c}{i}.png",
+                    "mask_path": "",
+                    "label": 0,
+                }
+            )
+    texts = [prompts.seg_prompt(c) for c in classes] + [prompts.vqa_prompt(c) for c in classes]
+    tok = train_tokenizer(texts + ["It is [SEG].", "No. Fine."] * 3, vocab_size=300)
+    return pd.DataFrame(rows), {"s": str(tmp_path)}, tok
+
+
+def run_small(model, tok, rows, roots, cfg):
+    """``training.loop.train`` on the rows, without checkpoints: the curves."""
+    from vmad_pipeline.training.data import TrainingSamples
+    from vmad_pipeline.training.fit import _spec
+    from vmad_pipeline.training.loop import train
+
+    samples = TrainingSamples(rows, roots, {}, cfg, _spec(model), tok)
+    return train(model, tok, samples, cfg).history
 
 
 def test_loop_lowers_the_loss_and_is_seeded(tmp_path):
@@ -146,14 +152,14 @@ def test_loop_lowers_the_loss_and_is_seeded(tmp_path):
 
     from vmad_pipeline.models.build import build_vmad
 
-    table, tok = small_table(tmp_path)
+    rows, roots, tok = small_table(tmp_path)
     cfg = TrainConfig(
         steps=12, batch_size=4, lr=3e-3, warmup_steps=2, progress=False, paste_prob=0.5
     )
     curves = []
     for _ in range(2):
         model = build_vmad(CFG, tok, seed=0)
-        curves.append(train(model, tok, table, {}, cfg))
+        curves.append(run_small(model, tok, rows, roots, cfg))
     assert curves[0]["loss"] == curves[1]["loss"]  # same seed, same curve
     assert np.mean(curves[0]["loss"][-3:]) < np.mean(curves[0]["loss"][:3])
     assert len(curves[0]["lr"]) == 12 and curves[0]["lr"][-1] < max(curves[0]["lr"])
@@ -168,7 +174,7 @@ def test_bf16_training_with_dssl_and_gradient_checkpointing(tmp_path):
 
     from vmad_pipeline.models.build import build_vmad
 
-    table, tok = small_table(tmp_path)
+    rows, roots, tok = small_table(tmp_path)
     model_cfg = dataclasses.replace(VMAD_CFG, frozen=("vision", "sam_encoder"))
     model = build_vmad(model_cfg, tok, train_classes=["part"])
     cfg = TrainConfig(
@@ -180,7 +186,7 @@ def test_bf16_training_with_dssl_and_gradient_checkpointing(tmp_path):
         precision="bf16",
         gradient_checkpointing=True,
     )
-    curves = train(model, tok, table, {}, cfg)
+    curves = run_small(model, tok, rows, roots, cfg)
     assert all(np.isfinite(curves["loss"]))
     assert np.isfinite(curves["pbsd"][1:]).all()  # queues hold both states after step 1
     assert model.vision.clip.embeddings.patch_embedding.weight.dtype == torch.bfloat16
@@ -201,7 +207,7 @@ def test_a_model_built_in_bf16_trains_its_weights_in_fp32(tmp_path):
     from vmad_pipeline.models.build import build_vmad
     from vmad_pipeline.placement import place_model
 
-    _, tok = small_table(tmp_path)
+    _, _, tok = small_table(tmp_path)
     cfg = dataclasses.replace(VMAD_CFG, frozen=("vision", "sam_encoder"))
     model = build_vmad(cfg, tok, train_classes=["part"], dtype=torch.bfloat16)
     assert any(p.dtype == torch.bfloat16 for p in model.llm.parameters() if p.requires_grad)

@@ -45,11 +45,23 @@ def train_model(
     rows = split_rows(manifest, splits)[0]
     record = training_record(rows, splits)
     trained = fit_vmad(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=record)
+    if trained is None:  # a rank other than 0 of a run over several machines (worker.py)
+        return None
+    return training_outputs(trained, splits, cfg.steps)
+
+
+def training_outputs(trained, splits: dict[str, Any], steps: int):
+    """The train node's outputs from a ``training.fit.Trained`` (also written by the multi-node
+    worker, ``pipelines/train/worker.py``)."""
     summary = {"train_classes": list(splits["train_classes"]), **trained.summary}
-    table = pd.DataFrame({"step": range(1, cfg.steps + 1), **trained.curves})
-    cost = ("images_per_s", "peak_host_memory_mb", "peak_gpu_memory_mb")
+    if trained.validation:
+        summary["validation"] = trained.validation[-1]
+    table = pd.DataFrame({"step": range(1, steps + 1), **trained.curves})
+    cost = ("images_per_s", "peak_host_memory_mb", "peak_gpu_memory_mb", "skipped_images")
     tracked = {**trained.curves, **{k: summary[k] for k in cost if summary.get(k) is not None}}
-    return (trained.model, tokenizer), tracked, table, summary
+    for key in ("loss", "pixel_auroc"):  # validation passes at their steps
+        tracked[f"val_{key}"] = {v["step"] - 1: v[key] for v in trained.validation}
+    return (trained.model, trained.tokenizer), tracked, table, summary
 
 
 def package_model(checkpoint, evaluate: dict[str, Any]) -> dict[str, Any]:

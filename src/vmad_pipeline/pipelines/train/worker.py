@@ -1,0 +1,58 @@
+"""The training worker for runs over several machines: one command per node, the same
+parameters everywhere (docs/training.md)::
+
+    kedro run --pipeline train --to-nodes fit_tokenizer          # once: data, split, tokenizer
+    torchrun --nnodes 2 --node-rank $NODE --nproc-per-node 8 \\
+        --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 \\
+        -m vmad_pipeline.pipelines.train.worker [--env ENV] [--params k=v,...]
+    kedro run --pipeline train --from-nodes register_model       # once: register the model
+
+Every rank loads the train node's inputs from the catalog and trains its share; rank 0 alone
+writes the checkpoint, the curves and the summary through the catalog, and logs the curves to
+an MLflow run. On one machine ``kedro run --pipeline train`` launches its workers itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+INPUTS = ("manifest", "splits", "dataset_roots", "riad_qa", "tokenizer")
+OUTPUTS = ("vmad_model", "training_curves", "training_curves_table", "training_summary")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from kedro.framework.cli.utils import _split_params
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", default=None)
+    parser.add_argument("--params", default="", help="as kedro run --params")
+    args = parser.parse_args(argv)
+    params = _split_params(None, None, args.params) if args.params else {}
+    project = Path.cwd()
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=args.env, runtime_params=params) as session:
+        catalog = session.load_context().catalog
+        train(catalog)
+
+
+def train(catalog) -> None:
+    """Train this rank's share; rank 0 writes the outputs."""
+    from vmad_pipeline.pipelines.train.nodes import train_model
+
+    inputs = [catalog.load(name) for name in INPUTS]
+    outputs = train_model(*inputs, catalog.load("params:train"), catalog.load("params:weights"))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    import mlflow
+
+    with mlflow.start_run(run_name="train-worker"):
+        for name, value in zip(OUTPUTS, outputs, strict=True):
+            catalog.save(name, value)
+
+
+if __name__ == "__main__":
+    main()
