@@ -149,3 +149,7 @@ def test_a_signalled_run_ends_as_killed_with_what_it_logged(tmp_path, sig):
     assert [r.info.status for r in runs] == ["KILLED"], log.read_text()[-2000:]
     assert runs[0].data.params["train.steps"] == "100000"
     assert proc.returncode != 0
+    if sig == signal.SIGTERM:  # a checkpoint of the step it stopped at, named in the log
+        written = list((project / "data" / "06_models" / "training_state").glob("*/step-*"))
+        assert len(written) == 1, log.read_text()[-2000:]
+        assert f"step {int(written[0].name[5:])} ->" in log.read_text()

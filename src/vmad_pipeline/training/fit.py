@@ -179,6 +179,7 @@ def run_job(job: TrainJob) -> dict | None:
         return None
     ran = cfg.steps - progress.resumed_from
     cost = {
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),
         "steps_this_run": ran,
         "train_seconds": round(seconds, 2),
         "images_per_s": round(ran * cfg.batch_size / seconds, 2) if ran else None,
@@ -220,6 +221,7 @@ def fit_vmad(
         if out is None:
             return None  # not rank 0: rank 0 reports
     else:
+        _check_gpus(cfg)
         threads = max(1, (cfg.num_threads or torch.get_num_threads()) // processes)
         out = launch(_rank0_result, (job,), processes, threads)
         model = _build(job)
@@ -229,6 +231,17 @@ def fit_vmad(
             raise RuntimeError(f"trained state does not fit the model: {unexpected or missing}")
         out["model"] = model.eval()
     return _trained(job, out)
+
+
+def _check_gpus(cfg: TrainConfig) -> None:
+    """One GPU per process: more processes than GPUs is refused before anything starts."""
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return
+    if cfg.engine.processes > torch.cuda.device_count():
+        raise ValueError(
+            f"train.engine.processes={cfg.engine.processes} but this machine has "
+            f"{torch.cuda.device_count()} GPU(s); one process per GPU"
+        )
 
 
 def _trained(job: TrainJob, out: dict) -> Trained:
@@ -245,7 +258,6 @@ def _trained(job: TrainJob, out: dict) -> Trained:
         "visual_tokens": model.num_image_tokens,
         "final_loss": progress.history["loss"][-1],
         "skipped_images": progress.skipped,
-        "processes": cfg.engine.processes,
         "strategy": cfg.engine.strategy,
     }
     if progress.best is not None:

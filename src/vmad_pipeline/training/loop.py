@@ -258,7 +258,7 @@ def _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, 
         disable=not (cfg.progress and engine.is_main),
     )
     model.train()
-    start, done = time.perf_counter(), 0
+    start, done, shown = time.perf_counter(), 0, {}
     while progress.step < cfg.steps:
         micro = [next(batches) for _ in range(cfg.grad_accum_steps)]
         values = _step(engine, model, micro, cfg, params)
@@ -267,19 +267,14 @@ def _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, 
         done += 1
         _record(progress, values, sched.get_last_lr()[0])
         rate = done * cfg.batch_size / (time.perf_counter() - start)
-        post = {"loss": f"{progress.history['loss'][-1]:.3f}", "img_s": f"{rate:.1f}"}
-        if validation is not None and cfg.eval_every and progress.step % cfg.eval_every == 0:
-            post.update(_validate(engine, model, validation, cfg, progress))
-        bar.set_postfix(post)
+        last, every = progress.step == cfg.steps, cfg.checkpoint.every_steps
+        periodic = bool(cfg.eval_every) and progress.step % cfg.eval_every == 0
+        if validation is not None and (periodic or last):
+            shown = _validate(engine, model, validation, cfg, progress)  # stays on the bar
+        bar.set_postfix(
+            {"loss": f"{progress.history['loss'][-1]:.3f}", "img_s": f"{rate:.1f}", **shown}
+        )
         bar.update(1)
-        last = progress.step == cfg.steps
-        every = cfg.checkpoint.every_steps
-        if (
-            validation is not None
-            and last
-            and not (cfg.eval_every and progress.step % cfg.eval_every == 0)
-        ):
-            _validate(engine, model, validation, cfg, progress)
         saved = bool(every and (progress.step % every == 0 or last))
         if saved:
             _save(engine, sched, progress, checkpoints)
