@@ -79,7 +79,8 @@ def one_run(n: int, folder: Path) -> dict:
         ),
     )
     tok = train_tokenizer(
-        [prompts.seg_prompt("part"), prompts.vqa_prompt("bolt"), prompts.SEG_ANSWER] * 3, 300
+        [prompts.seg_prompt("part"), prompts.vqa_prompt("bolt"), prompts.SEG_ANSWER] * 3,
+        vocab_size=300,
     )
     cfg = TrainConfig(
         steps=5,

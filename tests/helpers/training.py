@@ -26,7 +26,7 @@ def corpus(tmp_path, n: int = 4, classes=("part", "bolt")):
     rows = []
     for c in classes:
         for i in range(n):
-            rng = np.random.default_rng(hash((c, i)) % 2**32)
+            rng = np.random.default_rng([classes.index(c), i])  # the same in every process
             img = rng.integers(40, 90, (32, 32, 3), dtype=np.uint8)
             mask_path = ""
             if i % 2:
@@ -58,3 +58,29 @@ def corpus(tmp_path, n: int = 4, classes=("part", "bolt")):
 def trainable(model) -> dict[str, torch.Tensor]:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v for k, v in model.state_dict().items() if k in names}
+
+
+def train_config(tmp_path, **overrides):
+    """A few steps of batch 4 with pasted anomalies, one thread, checkpoints under tmp_path."""
+    from vmad_pipeline.configs import TrainConfig
+    from vmad_pipeline.configs.train import CheckpointConfig
+
+    base = dict(
+        steps=6,
+        batch_size=4,
+        warmup_steps=1,
+        progress=False,
+        paste_prob=0.5,
+        detect_paste_prob=0.5,
+        num_threads=1,
+        checkpoint=CheckpointConfig(dir=str(tmp_path / "ckpt"), every_steps=2, keep=2),
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def fit(data, cfg, model=None):
+    """``training.fit.fit_vmad`` of ``corpus`` data with ``model`` (``MODEL`` by default)."""
+    from vmad_pipeline.training.fit import fit_vmad
+
+    rows, roots, qa, tok = data
+    return fit_vmad(rows, roots, qa, tok, cfg, model or MODEL)

@@ -103,9 +103,7 @@ def train_and_evaluate(
         "params_trainable": summary["params_trainable"],
         "params_total": summary["params_total"],
         "train_seconds": summary["train_seconds"],
-        "train_images_per_s": round(
-            summary["steps"] * cfg.batch_size / summary["train_seconds"], 2
-        ),
+        "train_images_per_s": summary["images_per_s"],  # None when resumed at its end
         "final_loss": round(float(trained.curves["loss"][-1]), 5),
         "eval_images": n_images,
         "eval_seconds": round(predict_s, 2),

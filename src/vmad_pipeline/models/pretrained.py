@@ -12,7 +12,6 @@ setting to fill in and the file it lives in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from transformers import (
 )
 
 from vmad_pipeline.configs import ConfigError, LLMConfig, ModelConfig, SamConfig, VisionConfig
+from vmad_pipeline.datasets.manifest import file_sha256
 from vmad_pipeline.models.sam import PIXEL_MEAN, PIXEL_STD, build_sam
 from vmad_pipeline.prompts import IMAGE_TOKEN, SEG_TOKEN
 
@@ -362,14 +362,6 @@ def load_llava(llava_dir: str | Path | None, *, dtype: torch.dtype = torch.float
 # --------------------------------------------------------------------------- fingerprints
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def weights_fingerprint(cfg: ModelConfig) -> dict[str, dict[str, object]]:
     """Names and fingerprints of the local weight files a preset is built on, recorded in the
     checkpoint instead of this machine's paths: the SAM checkpoint's full sha256 (one file of
@@ -381,7 +373,7 @@ def weights_fingerprint(cfg: ModelConfig) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     sam = Path(cfg.weights.sam_checkpoint or "").expanduser()
     if cfg.weights.sam_checkpoint and sam.is_file():
-        out["sam_checkpoint"] = {"name": sam.name, "sha256": _sha256(sam)}
+        out["sam_checkpoint"] = {"name": sam.name, "sha256": file_sha256(sam)}
     llava = Path(cfg.weights.llava_dir or "").expanduser()
     if cfg.weights.llava_dir and (llava / "config.json").is_file():
         shards = sorted(
@@ -389,7 +381,7 @@ def weights_fingerprint(cfg: ModelConfig) -> dict[str, dict[str, object]]:
         )
         out["llava_dir"] = {
             "name": llava.name,
-            "config_sha256": _sha256(llava / "config.json"),
+            "config_sha256": file_sha256(llava / "config.json"),
             "shards": {p.name: p.stat().st_size for p in shards},
         }
     return out

@@ -131,25 +131,31 @@ def deepspeed_config_path(cfg: EngineConfig) -> Path:
     return Path(cfg.deepspeed_config) if cfg.deepspeed_config else CONF_DIR / f"{cfg.strategy}.json"
 
 
-def deepspeed_plugin(cfg: EngineConfig, cpu: bool, settings: dict):
-    """Accelerate's DeepSpeed plugin from the strategy's JSON config, with the batch, accumulation,
-    clipping and precision of the training parameters written in (``settings``). DeepSpeed needs
-    CUDA and the ``deepspeed`` package (neither is on the CPU machines: this path is untested
-    there)."""
+def check_strategy(cfg: EngineConfig, cpu: bool) -> None:
+    """Refuse, before any model is built or process started, a strategy this machine cannot run:
+    DeepSpeed needs CUDA, the ``deepspeed`` package and its JSON config."""
     import importlib.util
 
+    if not cfg.strategy.startswith("deepspeed"):
+        return
     if cpu:
         raise RuntimeError(f"engine.strategy {cfg.strategy} needs CUDA GPUs; use ddp or fsdp")
     if importlib.util.find_spec("deepspeed") is None:
         raise RuntimeError(
             f"engine.strategy {cfg.strategy} needs the deepspeed package: pip install deepspeed"
         )
+    if not deepspeed_config_path(cfg).is_file():
+        raise FileNotFoundError(f"no DeepSpeed config at {deepspeed_config_path(cfg)}")
+
+
+def deepspeed_plugin(cfg: EngineConfig, cpu: bool, settings: dict):
+    """Accelerate's DeepSpeed plugin from the strategy's JSON config, with the batch, accumulation,
+    clipping and precision of the training parameters written in (``settings``). Untested on
+    the CPU machines, which cannot run DeepSpeed."""
     from accelerate.utils import DeepSpeedPlugin
 
-    path = deepspeed_config_path(cfg)
-    if not path.is_file():
-        raise FileNotFoundError(f"no DeepSpeed config at {path}")
-    return DeepSpeedPlugin(hf_ds_config=deepspeed_config(path, settings))
+    check_strategy(cfg, cpu)
+    return DeepSpeedPlugin(hf_ds_config=deepspeed_config(deepspeed_config_path(cfg), settings))
 
 
 def deepspeed_config(path: Path, settings: dict) -> dict:

@@ -26,6 +26,7 @@ from vmad_pipeline.training.data import (
     answer_texts,
     conversation_texts,
 )
+from vmad_pipeline.training.engine import check_strategy
 from vmad_pipeline.training.launch import distributed_env, launch
 from vmad_pipeline.training.loop import seed_everything, train
 from vmad_pipeline.training.state import Checkpoints, stable_hash
@@ -214,6 +215,8 @@ def fit_vmad(
     in ``cfg.engine.processes`` local workers; ``trained_on`` (``splitting.training_record``) is
     kept on the model and saved with it. Under an outside launcher (torchrun, accelerate
     launch: ``WORLD_SIZE`` set) this process is one rank; ranks other than 0 return None."""
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    check_strategy(cfg.engine, cpu)
     job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on)
     processes = cfg.engine.processes
     if processes == 1 or distributed_env():  # in this process (one rank of a launched run)

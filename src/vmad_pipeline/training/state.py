@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from vmad_pipeline.atomic import atomic_directory
+from vmad_pipeline.datasets.manifest import file_sha256
 
 log = logging.getLogger(__name__)
 STATE, META = "state.pt", "meta.json"
@@ -35,14 +36,6 @@ def stable_hash(obj: Any) -> str:
     """SHA-256 of ``obj`` as canonical JSON (sorted keys)."""
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resume_key(params: dict, data_hash: str) -> str:

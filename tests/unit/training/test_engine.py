@@ -8,27 +8,17 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers.training import MODEL, corpus, trainable
+from helpers.training import MODEL, corpus, fit, train_config, trainable
 
 from vmad_pipeline.configs import TrainConfig
 from vmad_pipeline.configs.train import CheckpointConfig, EngineConfig
-from vmad_pipeline.training.fit import fit_vmad
 
 
-def run(tmp_path, data, **overrides):
-    rows, roots, qa, tok = data
-    base = dict(
-        steps=3,
-        batch_size=4,
-        warmup_steps=1,
-        progress=False,
-        paste_prob=0.5,
-        detect_paste_prob=0.5,
-        num_threads=1,
-        checkpoint=CheckpointConfig(dir=str(tmp_path / "ckpt")),
-    )
-    cfg = TrainConfig(**{**base, **overrides})
-    return fit_vmad(rows, roots, qa, tok, cfg, MODEL)
+def run(tmp_path, data, model=None, **overrides):
+    """3 steps, no periodic checkpoint."""
+    ckpt = CheckpointConfig(dir=str(tmp_path / "ckpt"))
+    cfg = train_config(tmp_path, **{"steps": 3, "checkpoint": ckpt, **overrides})
+    return fit(data, cfg, model)
 
 
 def assert_close(a: dict, b: dict, atol: float) -> None:
@@ -63,16 +53,9 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
     """Without DSSL (whose queue takes the first micro-batch's features before the second is
     seen, a different bank than one batch has): 2 accumulation steps of 2 = one batch of 4."""
     data = corpus(tmp_path)
-    global MODEL
-    saved, MODEL = (
-        MODEL,
-        dataclasses.replace(MODEL, dssl=dataclasses.replace(MODEL.dssl, enabled=False)),
-    )
-    try:
-        whole = run(tmp_path / "a", data)
-        accum = run(tmp_path / "b", data, grad_accum_steps=2)
-    finally:
-        MODEL = saved
+    no_dssl = dataclasses.replace(MODEL, dssl=dataclasses.replace(MODEL.dssl, enabled=False))
+    whole = run(tmp_path / "a", data, no_dssl)
+    accum = run(tmp_path / "b", data, no_dssl, grad_accum_steps=2)
     assert_close(trainable(whole.model), trainable(accum.model), atol=1e-5)
 
 
@@ -81,3 +64,25 @@ def test_batch_not_divisible_is_refused():
 
     with pytest.raises(ConfigError, match="divisible"):
         TrainConfig(batch_size=6, grad_accum_steps=4)
+
+
+def test_deepspeed_is_refused_on_a_cpu_naming_what_it_needs(tmp_path):
+    data = corpus(tmp_path)
+    cfg = train_config(tmp_path, engine=EngineConfig(strategy="deepspeed_zero2"), device="cpu")
+    with pytest.raises(RuntimeError, match="deepspeed_zero2 needs CUDA GPUs"):
+        fit(data, cfg)
+    assert not (tmp_path / "ckpt").exists()  # refused before anything was written
+
+
+def test_the_shipped_deepspeed_configs_take_the_training_settings():
+    from helpers import REPO
+
+    from vmad_pipeline.training.engine import deepspeed_config
+
+    settings = {"micro_batch": 2, "accum": 10, "grad_clip": 1.0, "bf16": True}
+    for stage in (2, 3):
+        config = deepspeed_config(REPO / f"conf/engine/deepspeed_zero{stage}.json", settings)
+        assert config["zero_optimization"]["stage"] == stage
+        assert config["train_micro_batch_size_per_gpu"] == 2
+        assert config["gradient_accumulation_steps"] == 10
+        assert config["bf16"] == {"enabled": True} and config["gradient_clipping"] == 1.0

@@ -14,30 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.training import MODEL, corpus, trainable
+from helpers.training import MODEL, corpus, fit, trainable
+from helpers.training import train_config as config
 
-from vmad_pipeline.configs import TrainConfig
-from vmad_pipeline.configs.train import CheckpointConfig, DataConfig, ValidationConfig
-from vmad_pipeline.training.fit import fit_vmad
-
-
-def config(tmp_path, **overrides) -> TrainConfig:
-    base = dict(
-        steps=6,
-        batch_size=4,
-        warmup_steps=1,
-        progress=False,
-        paste_prob=0.5,
-        detect_paste_prob=0.5,
-        num_threads=1,
-        checkpoint=CheckpointConfig(dir=str(tmp_path / "ckpt"), every_steps=2, keep=2),
-    )
-    return TrainConfig(**{**base, **overrides})
-
-
-def fit(data, cfg):
-    rows, roots, qa, tok = data
-    return fit_vmad(rows, roots, qa, tok, cfg, MODEL)
+from vmad_pipeline.configs.train import DataConfig, ValidationConfig
 
 
 def steps_written(tmp_path) -> list[int]:
@@ -57,20 +37,42 @@ def test_checkpoints_every_n_steps_keep_the_last_and_resume_a_finished_run(tmp_p
     assert again.curves["loss"] == first.curves["loss"]
 
 
-def test_a_resumed_run_ends_bitwise_as_an_uninterrupted_one(tmp_path):
-    """Interrupted after step 4 (its checkpoint, as SIGKILL would leave it), rerun: the same
-    weights, DSSL queues and curves as a run never stopped."""
-    data = corpus(tmp_path)
-    straight = fit(
-        data, config(tmp_path / "a", checkpoint=CheckpointConfig(dir=str(tmp_path / "a")))
-    )
-    fit(data, config(tmp_path, steps=6))  # writes step 4 and 6 ...
-    ckpt = next((tmp_path / "ckpt").glob("*/step-0000006"))
-    import shutil
+KILLED_RUN = textwrap.dedent(
+    """
+    import sys, time
+    sys.path[:0] = [{tests!r}]
+    from helpers.training import corpus, fit, train_config as config
+    from pathlib import Path
+    import vmad_pipeline.training.loop as loop
+    tmp = Path({tmp!r})
+    original = loop._save
+    def save(engine, sched, progress, checkpoints):
+        original(engine, sched, progress, checkpoints)
+        print("checkpoint", progress.step, flush=True)
+        time.sleep(600)  # SIGKILL comes here, after the first checkpoint
+    loop._save = save
+    fit(corpus(tmp), config(tmp))
+    """
+)
 
-    shutil.rmtree(ckpt)  # ... and "dies" before step 6 is written
-    resumed = fit(data, config(tmp_path))
-    assert resumed.summary["steps_this_run"] == 2
+
+def test_a_run_killed_after_a_checkpoint_resumes_bitwise(tmp_path):
+    """SIGKILL after the checkpoint of step 2, then the same command again: the same weights,
+    DSSL queues and curves as a run never stopped (bitwise: the batches are a function of the
+    step, every RNG state is restored, and the CPU kernels are deterministic)."""
+    straight = fit(corpus(tmp_path), config(tmp_path / "straight"))
+    script = KILLED_RUN.format(tests=str(Path(__file__).parents[2]), tmp=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "checkpoint 2"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert steps_written(tmp_path) == [2]
+    resumed = fit(corpus(tmp_path), config(tmp_path))
+    assert resumed.summary["steps_this_run"] == 4
     a, b = trainable(straight.model), trainable(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(straight.model.dssl.queue_v.feats, resumed.model.dssl.queue_v.feats)
@@ -141,17 +143,32 @@ def test_the_batch_split_over_ranks_and_accumulation_is_the_global_batch():
     assert resumed == one[3:]
 
 
-def test_an_unreadable_image_stops_training_naming_it_or_is_skipped(tmp_path, caplog):
+def test_an_unreadable_image_stops_training_naming_it_or_is_skipped(tmp_path, caplog, monkeypatch):
+    """An image found unreadable after the checkpoint of step 2: the run stops naming the file
+    and the checkpoint stays intact; with on_error: skip the run goes on and counts it."""
+    from vmad_pipeline.training.state import Checkpoints
+
     data = corpus(tmp_path)
     rows, roots, _, _ = data
-    (Path(roots["s"]) / rows.iloc[2]["image_path"]).write_bytes(b"not an image")
-    cfg = config(tmp_path, steps=4, checkpoint=CheckpointConfig(dir=str(tmp_path / "ckpt")))
+    bad = Path(roots["s"]) / rows.iloc[2]["image_path"]
+    good = bad.read_bytes()
+    write = Checkpoints.write
+
+    def write_then_break(self, step, state):
+        out = write(self, step, state)
+        bad.write_bytes(b"not an image")
+        return out
+
+    monkeypatch.setattr(Checkpoints, "write", write_then_break)
     with pytest.raises(ValueError, match=rows.iloc[2]["image_path"]):
-        fit(data, cfg)
+        fit(data, config(tmp_path))
+    monkeypatch.undo()
+    assert steps_written(tmp_path) == [2]  # the last checkpoint stays
     caplog.set_level("INFO")
-    skipped = fit(data, config(tmp_path, steps=4, data=DataConfig(on_error="skip")))
+    skipped = fit(data, config(tmp_path / "skip", data=DataConfig(on_error="skip")))
     assert skipped.summary["skipped_images"] >= 1
     assert "skipped a training sample" in caplog.text
+    bad.write_bytes(good)
 
 
 def test_validation_scores_a_held_out_slice_and_keeps_the_best(tmp_path):
@@ -173,9 +190,8 @@ def test_validation_scores_a_held_out_slice_and_keeps_the_best(tmp_path):
 SIGTERM_RUN = textwrap.dedent(
     """
     import sys, os
-    sys.path[:0] = [{tests!r}, {here!r}]
-    from test_resume import config, fit
-    from helpers.training import corpus
+    sys.path[:0] = [{tests!r}]
+    from helpers.training import corpus, fit, train_config as config
     from pathlib import Path
     import vmad_pipeline.training.loop as loop
     tmp = Path({tmp!r})
@@ -193,7 +209,7 @@ SIGTERM_RUN = textwrap.dedent(
 
 def test_sigterm_writes_a_checkpoint_at_the_step_it_stopped(tmp_path):
     here = Path(__file__).parent
-    script = SIGTERM_RUN.format(tests=str(here.parents[1]), here=str(here), tmp=str(tmp_path))
+    script = SIGTERM_RUN.format(tests=str(here.parents[1]), tmp=str(tmp_path))
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
     )
