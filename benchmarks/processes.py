@@ -54,7 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clone = fresh_clone(Path(tmp), "processes")
         shutil.copy(clone / "conf/presets/tiny/parameters_train.yml", clone / "conf/local/")
-        timed(["kedro", "run", "--pipeline", "split"], clone)  # the data, once
+        timed(["kedro", "run", "--pipeline", "train", "--to-nodes", "fit_tokenizer"], clone)  # data
         for seed in args.seeds.split(","):
             for n in args.processes.split(","):
                 params = ["--params", f"train.seed={seed},train.engine.processes={n}"]

@@ -19,6 +19,7 @@ from vmad_pipeline.configs.base import from_dict
 from vmad_pipeline.configs.evaluate import parse_evaluate_params
 from vmad_pipeline.configs.ingest import parse_ingest_params
 from vmad_pipeline.configs.model import WeightsConfig
+from vmad_pipeline.configs.predict import parse_predict_params
 from vmad_pipeline.configs.split import parse_split_params
 from vmad_pipeline.configs.train import parse_train_params, run_tags
 from vmad_pipeline.datasets.manifest import manifest_hash
@@ -91,6 +92,7 @@ BLOCK_CHECKS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "train": lambda p: parse_train_params(p.get("train") or {}, p.get("weights")),
     "weights": lambda p: from_dict(WeightsConfig, p.get("weights"), "weights"),
     "evaluate": lambda p: parse_evaluate_params(p.get("evaluate")),
+    "predict": lambda p: parse_predict_params(p.get("predict")),
     "ablation": _ablation,
 }
 

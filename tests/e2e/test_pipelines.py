@@ -148,6 +148,18 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     metrics = json.loads(external.read_text())
     assert set(metrics["per_class"]) == {"gadget"} and metrics["settings"]["n_images"] == 4
 
+    # Predict on new images (the other tree's, a plain folder of any layout): a line, a mask,
+    # a map and an overlay per image; a rerun does nothing new.
+    predict = {**SMALL, "predict": {"input": str(other), "progress": False}}
+    run(project, "predict", predict)
+    out = data / "08_reporting" / "predictions"
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {r["category"] for r in lines} == {"gadget"}
+    assert all((out / r["files"]["overlay"]).is_file() for r in lines)
+    run(project, "predict", predict)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["already_done"] == 4 and summary["predicted"] == 0
+
 
 def only_source(root: Path) -> dict:
     """SMALL, reading one MVTec-layout root instead of generating data."""

@@ -1,0 +1,41 @@
+"""Predict: a thin adapter over ``inference.batch`` (which images, the run) with the model loaded
+once and scoring by the evaluate parameters' rule, as the evaluation and the registered model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmad_pipeline.configs import WeightsConfig, from_dict
+from vmad_pipeline.configs.evaluate import parse_evaluate_params
+from vmad_pipeline.configs.predict import parse_predict_params
+
+
+def predict_images(
+    checkpoint,
+    store,
+    taxonomy: dict[str, Any],
+    params: dict[str, Any],
+    evaluate: dict[str, Any],
+    weights: dict[str, Any],
+) -> dict[str, Any]:
+    """Masks, maps, overlays and a JSON line for every image of ``predict.input`` not yet done;
+    returns the counts and where they are."""
+    from vmad_pipeline.annotation.taxonomy import Taxonomy
+    from vmad_pipeline.inference.batch import list_inputs, predict_items
+    from vmad_pipeline.inference.predictor import Predictor
+    from vmad_pipeline.placement import resolve_placement
+
+    cfg, rule = parse_predict_params(params), parse_evaluate_params(evaluate)
+    items = list_inputs(cfg.input, cfg.category)  # before the model loads: a bad input is quick
+    device, dtype = resolve_placement(cfg.device, cfg.precision)
+    model, tokenizer = checkpoint.load(from_dict(WeightsConfig, weights, "weights"), dtype=dtype)
+    predictor = Predictor(
+        model,
+        tokenizer,
+        max_new_tokens=rule.max_new_tokens,
+        rule=rule.score_rule,
+        device=device,
+        dtype=dtype,
+    )
+    counts = predict_items(predictor, items, store, cfg, Taxonomy.from_dict(taxonomy))
+    return {**counts, "predictions": str(store.lines), "input": cfg.input}

@@ -1,0 +1,109 @@
+"""Prediction on new images: which files and names, the files and lines written, resume, and
+unreadable files reported while the rest goes on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from helpers import REPO
+from helpers.models import CFG
+from PIL import Image
+
+from vmad_pipeline import prompts
+from vmad_pipeline.configs.predict import PredictConfig
+from vmad_pipeline.inference.batch import folder_category, list_inputs, predict_items
+from vmad_pipeline.inference.predictor import Predictor
+from vmad_pipeline.inference.store import PredictionStore
+from vmad_pipeline.models.build import build_vmad
+from vmad_pipeline.training.tokenizer import train_tokenizer
+
+
+def tree(root, sizes=((40, 30), (64, 64))):
+    """An MVTec-style class folder and a plain folder, images of several sizes."""
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        for folder in ("screw/test/crack", "plain"):
+            path = root / folder / f"{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((h, w, 3), 40 * i + 30, np.uint8)).save(path)
+            paths.append(path)
+    return paths
+
+
+def test_folder_glob_and_manifest_name_their_images_and_objects(tmp_path):
+    tree(tmp_path)
+    assert folder_category(tmp_path / "screw/test/crack/000.png") == "screw"
+    assert folder_category(tmp_path / "plain/000.png") == "plain"
+    whole = list_inputs(str(tmp_path))
+    assert [(i.key, i.category) for i in whole] == [
+        ("plain__000", "plain"),
+        ("plain__001", "plain"),
+        ("screw__test__crack__000", "screw"),
+        ("screw__test__crack__001", "screw"),
+    ]
+    globbed = list_inputs(str(tmp_path / "*/test/*/*.png"), category="bolt")
+    assert [(i.key, i.category) for i in globbed] == [
+        ("screw__test__crack__000", "bolt"),
+        ("screw__test__crack__001", "bolt"),
+    ]
+    pd.DataFrame({"image_path": ["plain/001.png"], "category": ["washer"]}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
+    (item,) = list_inputs(str(tmp_path / "m.csv"))
+    assert item.category == "washer" and item.path == tmp_path / "plain/001.png"
+    with pytest.raises(FileNotFoundError, match="no image found"):
+        list_inputs(str(tmp_path / "nothing/*.png"))
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    texts = [prompts.vqa_prompt(c) for c in ("screw", "plain")] * 5
+    texts += ["Yes. A scratch on the top left.", "No. The part looks normal."] * 5
+    tok = train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    return Predictor(build_vmad(CFG, tok).eval(), tok, max_new_tokens=6)
+
+
+def taxonomy():
+    from vmad_pipeline.annotation.taxonomy import Taxonomy
+
+    return Taxonomy.from_dict(yaml.safe_load((REPO / "conf/base/taxonomy.yml").read_text()))
+
+
+def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, predictor):
+    tree(tmp_path / "in")
+    (tmp_path / "in/plain/002.png").write_bytes(b"not an image")  # reported, not fatal
+    store = PredictionStore(tmp_path / "out")
+    cfg = PredictConfig(input=str(tmp_path / "in"), batch_size=2, progress=False)
+    counts = predict_items(predictor, list_inputs(cfg.input), store, cfg, taxonomy())
+    assert counts == {"images": 5, "already_done": 0, "predicted": 4, "failed": 1}
+    records = {r["key"]: r for r in store.records()}
+    assert "cannot read image" in records["plain__002"]["error"]
+    good = records["screw__test__crack__000"]
+    assert set(good) >= {"score", "anomalous", "answer", "seg_found", "location", "defect_type"}
+    assert good["anomalous"] == (good["score"] >= 0.5) and "[SEG]" not in good["answer"]
+    for kind in ("mask", "map", "overlay"):
+        with Image.open(tmp_path / "out" / good["files"][kind]) as im:
+            assert im.size == (40, 30)  # the input image's own size
+    with Image.open(tmp_path / "out" / good["files"]["mask"]) as im:
+        assert set(np.unique(np.asarray(im))) <= {0, 255}
+
+
+def test_a_rerun_skips_what_is_done_and_a_partial_line_is_ignored(tmp_path, predictor):
+    tree(tmp_path / "in")
+    store = PredictionStore(tmp_path / "out")
+    cfg = PredictConfig(input=str(tmp_path / "in"), batch_size=4, progress=False)
+    items = list_inputs(cfg.input)
+    predict_items(predictor, items[:2], store, cfg)
+    with open(store.lines, "a") as fh:
+        fh.write('{"key": "plain__00')  # a run killed while writing its last line
+    counts = predict_items(predictor, items, store, cfg)
+    assert counts["already_done"] == 2 and counts["predicted"] == 2
+    keys = [r["key"] for r in store.records()]
+    assert sorted(keys) == sorted(i.key for i in items) and len(keys) == 4
+    assert json.loads(store.lines.read_text().splitlines()[0])["key"] == items[0].key
