@@ -115,6 +115,16 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     fused = 0.5 * out["p_yes"][0] + 0.5 * np.max(out["anomaly_map"][0])  # the fused rule
     assert out["score"][0] == pytest.approx(fused, abs=1e-4)
 
+    # The decision thresholds: calibrated on held-out normal images of the training classes,
+    # stored with the model, used by the registered model and reported by the evaluation.
+    summary = json.loads((data / "08_reporting" / "training_summary.json").read_text())
+    decision = summary["decision"]
+    assert decision["calibrated"] and decision["image_rule"] == "fpr@0.05"
+    assert decision["n_normal"] >= 1 and decision["n_anomalous"] == 0
+    assert bool(out["anomalous"][0]) == (out["score"][0] >= decision["image_threshold"])
+    assert metrics["decision"]["threshold"] == decision["image_threshold"]
+    assert {"tp", "fp", "tn", "fn", "precision", "recall", "f1"} <= set(metrics["decision"])
+
     # The export pipeline merges LoRA into a standalone model that loads without peft.
     run(project, "export", SMALL)
     from vmad_pipeline.models.checkpoint import load_exported
@@ -159,6 +169,8 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     run(project, "predict", predict)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["already_done"] == 4 and summary["predicted"] == 0
+    assert summary["image_threshold"] == decision["image_threshold"]  # the model's own
+    assert summary["image_from"] == "calibrated: fpr@0.05"
 
 
 def only_source(root: Path) -> dict:

@@ -17,8 +17,10 @@ class PredictConfig:
     # the object name in the question; null: the manifest's category, else the folder name
     # (in an MVTec layout, the class folder above train/ or test/)
     category: str | None = None
-    image_threshold: float = 0.5  # decision: anomalous when the image score >= this
-    pixel_threshold: float = 0.5  # the binary mask: map >= this
+    # decision: anomalous when the image score >= this; the mask: map >= this. null: the
+    # thresholds calibrated with the model (train.calibration), 0.5 where it has none
+    image_threshold: float | None = None
+    pixel_threshold: float | None = None
     batch_size: int = 8
     device: str = "auto"
     precision: str = "auto"
@@ -27,8 +29,9 @@ class PredictConfig:
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "a folder, a glob or a manifest file")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        check(0.0 <= self.image_threshold <= 1.0, "image_threshold", "must be in [0, 1]")
-        check(0.0 <= self.pixel_threshold <= 1.0, "pixel_threshold", "must be in [0, 1]")
+        for key in ("image_threshold", "pixel_threshold"):
+            value = getattr(self, key)
+            check(value is None or 0.0 <= value <= 1.0, key, "must be in [0, 1] or null")
         check_placement(self.device, self.precision)
 
 

@@ -87,10 +87,36 @@ class ValidationConfig:
 
     fraction: float = 0.0  # share of each training class's images held out; 0 = no validation
     max_images: int = 64  # at most this many, drawn evenly over classes
+    anomalous: bool = True  # hold out defect images too (false: normal images only)
 
     def __post_init__(self) -> None:
         check(0.0 <= self.fraction < 1.0, "fraction", "must be in [0, 1)")
         check(self.max_images >= 1, "max_images", "must be >= 1")
+
+
+def check_threshold_rule(rule: str, key: str) -> None:
+    """``f1`` (the F1-max threshold) or ``fpr@<rate>`` (the threshold that passes that share of
+    normal images, or of normal pixels), ``rate`` in (0, 1)."""
+    ok = rule == "f1"
+    if rule.startswith("fpr@"):
+        try:
+            ok = 0.0 < float(rule[4:]) < 1.0
+        except ValueError:
+            ok = False
+    check(ok, key, f"{rule!r} is not f1 or fpr@<rate in (0, 1)>, e.g. fpr@0.05")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How the decision thresholds stored with the model are chosen on the validation slice
+    (evaluation/calibration.py)."""
+
+    image: str = "fpr@0.05"  # f1 | fpr@<rate>: image score threshold
+    pixel: str = "fpr@0.05"  # f1 | fpr@<rate>: anomaly-map threshold of the mask
+
+    def __post_init__(self) -> None:
+        check_threshold_rule(self.image, "image")
+        check_threshold_rule(self.pixel, "pixel")
 
 
 # Parameters that change how a run goes but never what it computes: a checkpoint written under
@@ -132,6 +158,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     eval_every: int = 0  # steps between validation passes; 0 = only at the end (if any)
     keep: str = "last"  # last | best (by the validation pixel AUROC)
 

@@ -127,6 +127,9 @@ def compute_metrics(
         cfg.score_source,
         *(mean[k] for k in ("image_auroc", "pixel_auroc", "aupro", "answer_accuracy")),
     )
+    if predictions.get("decision"):
+        report["decision"], flat_decision = _decision(eval_set, predictions, ~seen)
+        flat |= flat_decision
     table = table.assign(seen=False)
     if seen.any():
         part, part_flat, part_table = class_report(
@@ -139,6 +142,21 @@ def compute_metrics(
         flat |= {f"seen/{k}": v for k, v in part_flat.items()}
         table = pd.concat([table, part_table.assign(seen=True)], ignore_index=True)
     return report, flat, table
+
+
+def _decision(eval_set, predictions, keep: np.ndarray) -> tuple[dict, dict[str, float]]:
+    """The decision at the model's image threshold on the unseen images (confusion counts,
+    precision, recall, F1), beside the threshold-free metrics; what the threshold came from."""
+    from vmad_pipeline.evaluation.calibration import decision_metrics
+
+    chosen = predictions["decision"]
+    labels = eval_set["label"].to_numpy()[keep]
+    scores = np.asarray(predictions["scores"])[keep]
+    at = decision_metrics(labels, scores, chosen["image_threshold"])
+    keys = ("image_threshold", "pixel_threshold", "image_from", "pixel_from", "calibrated")
+    out = {**at, **{k: chosen.get(k) for k in keys}}
+    flat = {f"decision/{k}": float(at[k]) for k in ("precision", "recall", "f1", "threshold")}
+    return out, {k: v for k, v in flat.items() if np.isfinite(v)}
 
 
 def _subset(eval_set, predictions, masks, graded, keep: np.ndarray):

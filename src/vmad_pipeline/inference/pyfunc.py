@@ -4,7 +4,8 @@ Input: a DataFrame with a column ``image`` holding image file paths or base64-en
 bytes, and optionally ``category`` (the object name used in the prompt; default "object").
 Output: a DataFrame with ``score`` (image anomaly score, by the score rule the model was
 registered with: the evaluate parameters' ``score_source``, ``fusion_weight`` and
-``max_new_tokens``, logged as its ``model_config``), ``p_yes`` (P("Yes") against P("No") as the
+``max_new_tokens``, logged as its ``model_config``), ``anomalous`` (score >= the threshold
+calibrated with the model, ``inference.calibrate``), ``p_yes`` (P("Yes") against P("No") as the
 detection answer's first word), ``answer`` (generated text), ``seg_found`` and ``anomaly_map``
 (H x W nested lists of floats in [0, 1]).
 
@@ -75,6 +76,9 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
             rule=rule,
             max_new_tokens=int(config.get("max_new_tokens", EvaluateConfig.max_new_tokens)),
         )
+        from vmad_pipeline.inference.calibrate import thresholds
+
+        self.threshold = thresholds(model.decision, rule.source)["image_threshold"]
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None
@@ -94,6 +98,7 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(
             {
                 "score": pred.scores.astype(float),
+                "anomalous": pred.scores >= self.threshold,  # the model's calibrated threshold
                 "p_yes": pred.p_yes.astype(float),
                 "answer": pred.answers,
                 "seg_found": pred.seg_found.astype(bool),
@@ -103,7 +108,8 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def signature():
-    """Input: ``image`` (path or base64), optional ``category``; output: ``score``, ``p_yes``,
+    """Input: ``image`` (path or base64), optional ``category``; output: ``score``,
+    ``anomalous``, ``p_yes``,
     ``answer``, ``seg_found``, ``anomaly_map``."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
@@ -118,6 +124,7 @@ def signature():
         outputs=Schema(
             [
                 ColSpec(DataType.double, "score"),
+                ColSpec(DataType.boolean, "anomalous"),
                 ColSpec(DataType.double, "p_yes"),
                 ColSpec(DataType.string, "answer"),
                 ColSpec(DataType.boolean, "seg_found"),

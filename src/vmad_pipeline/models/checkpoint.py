@@ -117,6 +117,7 @@ def _write_config(directory: Path, model: VmadModel, cfg: ModelConfig, **extra) 
         "model": config,
         "weights_files": weights_fingerprint(cfg) if cfg.preset in FROM_WEIGHT_FILES else {},
         "trained_on": model.trained_on,
+        "decision": getattr(model, "decision", {}),
         **extra,
     }
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
@@ -206,7 +207,8 @@ def load_checkpoint(
     check_adapter(llm, path / "adapter")
     model = assemble(bb, tokenizer, llm)
     _load_parts(model, path)
-    model.trained_on = _read_meta(path).get("trained_on", {})
+    meta = _read_meta(path)
+    model.trained_on, model.decision = meta.get("trained_on", {}), meta.get("decision", {})
     return model.eval(), tokenizer
 
 
@@ -276,7 +278,8 @@ def load_exported(
     expected = set(_state(model, names, trained_only=False, keys_only=True))
     parts = model.parts()
     load_parts({n: parts[n] for n in names}, path / "weights.safetensors", expected)
-    model.trained_on = _read_meta(path).get("trained_on", {})
+    meta = _read_meta(path)
+    model.trained_on, model.decision = meta.get("trained_on", {}), meta.get("decision", {})
     return model.eval(), tokenizer
 
 
@@ -297,6 +300,11 @@ class Checkpoint:
     def trained_on(self) -> dict:
         """What the model was trained on (``splitting.training_record``); {} if unrecorded."""
         return _read_meta(self.path).get("trained_on", {})
+
+    @property
+    def decision(self) -> dict:
+        """The calibrated decision thresholds (``inference.calibrate``); {} if uncalibrated."""
+        return _read_meta(self.path).get("decision", {})
 
     def load(
         self, weights: WeightsConfig | None = None, *, dtype: torch.dtype = torch.float32

@@ -94,6 +94,9 @@ class VmadModel(nn.Module):
         # What the model was trained on (classes, sources, split hash): set by the trainer,
         # saved with every checkpoint, read back on load. Evaluation checks it.
         self.trained_on: dict = {}
+        # The decision thresholds calibrated after training (image score, anomaly map), saved
+        # with every checkpoint; {} until calibrated (inference/calibrate.py).
+        self.decision: dict = {}
 
     # ------------------------------------------------------------------ pieces
     @property

@@ -68,6 +68,7 @@ class Trained:
     curves: dict[str, list[float]]  # per-step curves (training.loop.CURVES)
     summary: dict[str, Any]  # sizes, time, final loss, cost
     validation: list[dict]  # the validation passes (step, losses, pixel AUROC)
+    validation_rows: pd.DataFrame  # the held-out slice (the thresholds are calibrated on it)
 
 
 @dataclass
@@ -90,7 +91,7 @@ def make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=None) -
     """Split off the validation slice and hash the data the run depends on."""
     qa = qa_lookup(riad_qa)
     v = cfg.validation
-    train_rows, val_rows = validation_rows(rows, v.fraction, v.max_images, cfg.seed)
+    train_rows, val_rows = validation_rows(rows, v.fraction, v.max_images, cfg.seed, v.anomalous)
     return TrainJob(
         rows=train_rows,
         val_rows=val_rows,
@@ -273,4 +274,6 @@ def _trained(job: TrainJob, out: dict) -> Trained:
         n_train,
         n_total,
     )
-    return Trained(model, job.tokenizer, progress.history, summary, progress.validation)
+    return Trained(
+        model, job.tokenizer, progress.history, summary, progress.validation, job.val_rows
+    )

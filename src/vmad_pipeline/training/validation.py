@@ -17,15 +17,18 @@ from vmad_pipeline.training.data import collate, model_inputs
 MAX_SIDE = 128  # the AUROC is taken on maps and masks at most this side (a 1024 px run: 64x less)
 
 
-def validation_rows(rows: pd.DataFrame, fraction: float, max_images: int, seed: int):
+def validation_rows(
+    rows: pd.DataFrame, fraction: float, max_images: int, seed: int, anomalous: bool = True
+):
     """(training rows, validation rows): ``fraction`` of each class's images (at least one where
     the fraction is > 0 and the class has two or more), at most ``max_images`` in all, drawn with
-    ``seed``; normal and anomalous images alike."""
+    ``seed``; normal and anomalous images alike, or (``anomalous`` false) normal ones only."""
     if fraction <= 0:
         return rows, rows.iloc[0:0]
     rng = np.random.default_rng(seed)
     held: list[int] = []
-    for _, group in rows.groupby("category", sort=True):
+    pool = rows if anomalous else rows[rows["label"] == 0]
+    for _, group in pool.groupby("category", sort=True):
         n = min(len(group) - 1, max(1, round(fraction * len(group))))
         held += rng.choice(group.index.to_numpy(), size=max(n, 0), replace=False).tolist()
     if len(held) > max_images:

@@ -79,7 +79,13 @@ def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, pred
     tree(tmp_path / "in")
     (tmp_path / "in/plain/002.png").write_bytes(b"not an image")  # reported, not fatal
     store = PredictionStore(tmp_path / "out")
-    cfg = PredictConfig(input=str(tmp_path / "in"), batch_size=2, progress=False)
+    cfg = PredictConfig(
+        input=str(tmp_path / "in"),
+        batch_size=2,
+        progress=False,
+        image_threshold=0.5,
+        pixel_threshold=0.5,
+    )
     counts = predict_items(predictor, list_inputs(cfg.input), store, cfg, taxonomy())
     assert counts == {"images": 5, "already_done": 0, "predicted": 4, "failed": 1}
     records = {r["key"]: r for r in store.records()}
@@ -97,7 +103,13 @@ def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, pred
 def test_a_rerun_skips_what_is_done_and_a_partial_line_is_ignored(tmp_path, predictor):
     tree(tmp_path / "in")
     store = PredictionStore(tmp_path / "out")
-    cfg = PredictConfig(input=str(tmp_path / "in"), batch_size=4, progress=False)
+    cfg = PredictConfig(
+        input=str(tmp_path / "in"),
+        batch_size=4,
+        progress=False,
+        image_threshold=0.5,
+        pixel_threshold=0.5,
+    )
     items = list_inputs(cfg.input)
     predict_items(predictor, items[:2], store, cfg)
     with open(store.lines, "a") as fh:

@@ -79,7 +79,19 @@ def predict_eval_set(
             int((~pred.seg_found).sum()),
             len(pred.seg_found),
         )
-    return pred.as_dict()
+    return {**pred.as_dict(), "decision": _decision(predictor.model.decision, cfg.score_source)}
+
+
+def _decision(decision: dict, score_source: str) -> dict | None:
+    """The thresholds calibrated with the model, for the decision metrics; None (with a
+    warning) when they belong to another score than this evaluation's."""
+    from vmad_pipeline.inference.calibrate import thresholds
+
+    try:
+        return thresholds(decision, score_source) | decision
+    except ValueError as err:
+        log.warning("no decision metrics: %s", err)
+        return None
 
 
 def load_ground_truth(

@@ -3,6 +3,7 @@ once and scoring by the evaluate parameters' rule, as the evaluation and the reg
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from vmad_pipeline.configs import WeightsConfig, from_dict
@@ -22,11 +23,18 @@ def predict_images(
     returns the counts and where they are."""
     from vmad_pipeline.annotation.taxonomy import Taxonomy
     from vmad_pipeline.inference.batch import list_inputs, predict_items
+    from vmad_pipeline.inference.calibrate import thresholds
     from vmad_pipeline.inference.predictor import Predictor
     from vmad_pipeline.placement import resolve_placement
 
     cfg, rule = parse_predict_params(params), parse_evaluate_params(evaluate)
     items = list_inputs(cfg.input, cfg.category)  # before the model loads: a bad input is quick
+    chosen = thresholds(
+        checkpoint.decision, rule.score_source, cfg.image_threshold, cfg.pixel_threshold
+    )
+    cfg = dataclasses.replace(
+        cfg, image_threshold=chosen["image_threshold"], pixel_threshold=chosen["pixel_threshold"]
+    )
     device, dtype = resolve_placement(cfg.device, cfg.precision)
     model, tokenizer = checkpoint.load(from_dict(WeightsConfig, weights, "weights"), dtype=dtype)
     predictor = Predictor(
@@ -38,4 +46,4 @@ def predict_images(
         dtype=dtype,
     )
     counts = predict_items(predictor, items, store, cfg, Taxonomy.from_dict(taxonomy))
-    return {**counts, "predictions": str(store.lines), "input": cfg.input}
+    return {**counts, **chosen, "predictions": str(store.lines), "input": cfg.input}

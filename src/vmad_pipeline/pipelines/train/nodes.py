@@ -33,12 +33,17 @@ def train_model(
     tokenizer,
     params: dict[str, Any],
     weights: dict[str, Any],
+    evaluate: dict[str, Any],
 ) -> tuple[tuple, dict[str, list[float]], pd.DataFrame, dict[str, Any]]:
-    """Build the preset and train it with LoRA on every image of the training classes.
+    """Build the preset, train it with LoRA on every image of the training classes but the
+    validation slice, and calibrate its decision thresholds on that slice (scoring by the
+    ``evaluate`` rule, as everything downstream does).
 
     Returns (model, tokenizer), the per-step curves with the run's throughput and peak memory
     (for MLflow), the curves as a table (for DVC plots) and a summary.
     """
+    from vmad_pipeline.configs.evaluate import parse_evaluate_params
+    from vmad_pipeline.inference.calibrate import calibrate_model
     from vmad_pipeline.training.fit import fit_vmad
 
     cfg, model_cfg = parse_train_params(params, weights)
@@ -47,6 +52,8 @@ def train_model(
     trained = fit_vmad(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=record)
     if trained is None:  # a rank other than 0 of a run over several machines (worker.py)
         return None
+    rule = parse_evaluate_params(evaluate)
+    calibrate_model(trained.model, tokenizer, trained.validation_rows, roots, cfg.calibration, rule)
     return training_outputs(trained, splits, cfg.steps)
 
 
@@ -54,11 +61,14 @@ def training_outputs(trained, splits: dict[str, Any], steps: int):
     """The train node's outputs from a ``training.fit.Trained`` (also written by the multi-node
     worker, ``pipelines/train/worker.py``)."""
     summary = {"train_classes": list(splits["train_classes"]), **trained.summary}
+    summary["decision"] = trained.model.decision
     if trained.validation:
         summary["validation"] = trained.validation[-1]
     table = pd.DataFrame({"step": range(1, steps + 1), **trained.curves})
     cost = ("images_per_s", "peak_host_memory_mb", "peak_gpu_memory_mb", "skipped_images")
     tracked = {**trained.curves, **{k: summary[k] for k in cost if summary.get(k) is not None}}
+    for key in ("image_threshold", "pixel_threshold"):
+        tracked[f"decision_{key}"] = trained.model.decision.get(key)
     for key in ("loss", "pixel_auroc"):  # validation passes at their steps
         tracked[f"val_{key}"] = {v["step"] - 1: v[key] for v in trained.validation}
     return (trained.model, trained.tokenizer), tracked, table, summary
@@ -73,5 +83,5 @@ def package_model(checkpoint, evaluate: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "model_config": model_config(parse_evaluate_params(evaluate)),
-        "metadata": {"trained_on": checkpoint.trained_on},
+        "metadata": {"trained_on": checkpoint.trained_on, "decision": checkpoint.decision},
     }

@@ -26,6 +26,7 @@ def training_nodes() -> Pipeline:
                     "tokenizer",
                     "params:train",
                     "params:weights",
+                    "params:evaluate",
                 ],
                 ["vmad_model", "training_curves", "training_curves_table", "training_summary"],
                 name="train_model",

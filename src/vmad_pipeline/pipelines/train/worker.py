@@ -44,7 +44,8 @@ def train(catalog) -> None:
     from vmad_pipeline.pipelines.train.nodes import train_model
 
     inputs = [catalog.load(name) for name in INPUTS]
-    outputs = train_model(*inputs, catalog.load("params:train"), catalog.load("params:weights"))
+    params = [catalog.load(f"params:{name}") for name in ("train", "weights", "evaluate")]
+    outputs = train_model(*inputs, *params)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     import mlflow

@@ -1,0 +1,69 @@
+"""Decision thresholds from a validation set, and the decision metrics at a threshold.
+
+A rule is ``f1`` (the threshold of the highest F1 over the validation set) or ``fpr@<rate>``
+(the lowest threshold that flags at most that share of the normal images, or of the normal
+pixels: with n normals, at most floor(rate x n) of them score at or above it). The same rules
+serve image scores and anomaly maps. Pure functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
+
+def _fpr_threshold(normal: np.ndarray, rate: float) -> float:
+    """Just above the (k+1)-th highest normal value, k = floor(rate x n): k normals pass."""
+    if normal.size == 0:
+        raise ValueError("an fpr@ threshold needs normal images in the validation set")
+    ordered = np.sort(normal.astype(np.float64))[::-1]
+    k = min(math.floor(rate * len(ordered)), len(ordered) - 1)
+    return float(np.nextafter(ordered[k], np.inf))
+
+
+def _f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    if labels.min() == labels.max():
+        raise ValueError("an f1 threshold needs normal and anomalous items in the validation set")
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def threshold(rule: str, labels, scores) -> float:
+    """The threshold of ``rule`` (``f1`` | ``fpr@<rate>``) for ``scores`` (higher = more
+    anomalous) with binary ``labels``; decision: anomalous when score >= threshold."""
+    labels = np.asarray(labels).astype(int).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if rule == "f1":
+        return _f1_threshold(labels, scores)
+    return _fpr_threshold(scores[labels == 0], float(rule[4:]))
+
+
+def pixel_threshold(rule: str, maps, masks) -> float:
+    """:func:`threshold` over every pixel of ``maps`` (N x H x W) against ``masks`` (N x H x W)."""
+    maps = np.asarray(maps, dtype=np.float32).ravel()
+    masks = (np.asarray(masks) > 0).ravel()
+    return threshold(rule, masks, maps)
+
+
+def decision_metrics(labels, scores, at: float) -> dict[str, float | int]:
+    """Confusion counts, precision, recall and F1 of ``score >= at``."""
+    labels = np.asarray(labels).astype(bool)
+    flagged = np.asarray(scores, dtype=np.float64) >= at
+    tp, fp = int((flagged & labels).sum()), int((flagged & ~labels).sum())
+    fn, tn = int((~flagged & labels).sum()), int((~flagged & ~labels).sum())
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    return {
+        "threshold": at,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }

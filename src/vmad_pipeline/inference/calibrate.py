@@ -1,0 +1,102 @@
+"""The decision thresholds stored with a model: its predictor run on the held-out validation
+slice of the training classes (never a test class), the rules of ``evaluation.calibration``."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from vmad_pipeline.datasets.manifest import row_files
+from vmad_pipeline.evaluation.calibration import decision_metrics, pixel_threshold, threshold
+from vmad_pipeline.images import load_batch
+
+log = logging.getLogger(__name__)
+UNCALIBRATED = {"image_threshold": 0.5, "pixel_threshold": 0.5, "calibrated": False}
+
+
+def calibrate(predictor, rows: pd.DataFrame, roots: dict[str, str], calibration) -> dict:
+    """Image and pixel thresholds by ``calibration.image`` / ``.pixel`` on ``rows`` (the
+    validation slice), with what they were chosen on and the decision metrics there. No rows:
+    the uncalibrated 0.5 / 0.5, said in a warning."""
+    if rows is None or not len(rows):
+        log.warning(
+            "no validation slice (train.validation.fraction is 0): decision thresholds stay at "
+            "0.5; set train.validation to calibrate them"
+        )
+        return dict(UNCALIBRATED)
+    size = predictor.image_size
+    images, masks = load_batch(*row_files(rows, roots), size)
+    pred = predictor.predict(images, list(rows["category"]), output_size=size)
+    labels = rows["label"].to_numpy().astype(int)
+    at = threshold(calibration.image, labels, pred.scores)
+    out = {
+        "image_threshold": at,
+        "pixel_threshold": pixel_threshold(calibration.pixel, pred.maps, masks.numpy()),
+        "calibrated": True,
+        "image_rule": calibration.image,
+        "pixel_rule": calibration.pixel,
+        "score_source": predictor.rule.source,
+        "n_normal": int((labels == 0).sum()),
+        "n_anomalous": int((labels == 1).sum()),
+        "at_threshold": decision_metrics(labels, pred.scores, at),
+    }
+    log.info(
+        "decision thresholds on %d validation images: image %.4f (%s), pixel %.4f (%s)",
+        len(rows),
+        out["image_threshold"],
+        calibration.image,
+        out["pixel_threshold"],
+        calibration.pixel,
+    )
+    return out
+
+
+def calibrate_model(model, tokenizer, rows, roots, calibration, evaluate) -> dict:
+    """:func:`calibrate` with a predictor that scores as the evaluation does (``evaluate``: its
+    score rule and decoding budget); the thresholds are set on the model (saved with it)."""
+    from vmad_pipeline.inference.predictor import Predictor
+
+    predictor = Predictor(
+        model, tokenizer, max_new_tokens=evaluate.max_new_tokens, rule=evaluate.score_rule
+    )
+    model.decision = as_json(calibrate(predictor, rows, roots, calibration))
+    return model.decision
+
+
+def thresholds(decision: dict, score_source: str, image=None, pixel=None) -> dict:
+    """The thresholds a prediction uses: given ones (parameters) win, else the model's calibrated
+    ones, else 0.5. A calibrated image threshold belongs to the score it was chosen on: another
+    ``score_source`` is refused (its scale is another)."""
+    calibrated = bool(decision.get("calibrated"))
+    source = decision.get("score_source")
+    if image is None and calibrated and source != score_source:
+        raise ValueError(
+            f"the model's image threshold was calibrated on score_source {source!r}, not "
+            f"{score_source!r}: set predict.image_threshold, or evaluate.score_source={source}"
+        )
+    how = "calibrated: " if calibrated else "default "
+    return {
+        "image_threshold": image if image is not None else decision.get("image_threshold", 0.5),
+        "pixel_threshold": pixel if pixel is not None else decision.get("pixel_threshold", 0.5),
+        "image_from": "parameter"
+        if image is not None
+        else how + str(decision.get("image_rule", "")),
+        "pixel_from": "parameter"
+        if pixel is not None
+        else how + str(decision.get("pixel_rule", "")),
+    }
+
+
+def as_json(decision: dict) -> dict:
+    """NaN-free for JSON files and MLflow."""
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v
+
+    return clean(decision)
