@@ -106,7 +106,9 @@ class TrainingSamples(Dataset):
         if self.cfg.augment and not self.fixed:
             image, mask = augment(image, mask, gen, plan.geometric)
         if plan.paste and len(self) > 1:
-            other, _ = self.read(paste_source(index, len(self), gen))
+            other, blank = self.read(paste_source(index, len(self), gen))
+            if self.cfg.augment and not self.fixed:  # its own colours, as a batch-mate's were
+                other, _ = augment(other, blank, gen)
             image, mask = paste_anomaly(image, mask, other, gen)
         prompt, answer = conversation(
             plan,
