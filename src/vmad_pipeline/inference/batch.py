@@ -42,14 +42,17 @@ def folder_category(path: Path) -> str:
     return path.parent.name or "object"
 
 
+def _is_image(f: Path) -> bool:
+    """An image file, not a mask of an MVTec layout (under ``ground_truth/``)."""
+    return f.suffix.lower() in IMAGE_SUFFIXES and "ground_truth" not in f.parts and f.is_file()
+
+
 def _images_of(spec: str) -> tuple[list[Path], Path]:
     """The image files a folder or glob names, sorted, and the folder keys are relative to."""
     p = Path(spec)
     if p.is_dir():
-        files = [f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
-        return sorted(files), p
-    files = [Path(f) for f in glob.glob(spec, recursive=True)]
-    files = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+        return sorted(f for f in p.rglob("*") if _is_image(f)), p
+    files = [f for f in map(Path, glob.glob(spec, recursive=True)) if _is_image(f)]
     prefix = re.split(r"[*?\[]", spec, maxsplit=1)[0]  # the folders before the first wildcard
     base = Path(prefix) if prefix.endswith(("/", "\\")) or not prefix else Path(prefix).parent
     return sorted(files), base

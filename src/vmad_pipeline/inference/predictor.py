@@ -72,6 +72,28 @@ class Predictor:
         self.device, self.dtype = param.device, param.dtype
         self.yes_no = yes_no_tokens(tokenizer, seg_first=model.config.seg_first)
 
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint,
+        weights,
+        *,
+        rule: ScoreRule,
+        max_new_tokens: int,
+        device: str,
+        precision: str,
+    ) -> Predictor:
+        """The checkpoint's model (a ``models.checkpoint.Checkpoint`` handle; ``weights``: this
+        machine's weight paths) loaded once, on ``device`` in ``precision`` (the parameters'
+        ``auto`` / ``cpu`` / ``cuda`` and ``auto`` / ``fp32`` / ``bf16``)."""
+        from vmad_pipeline.placement import resolve_placement
+
+        dev, dtype = resolve_placement(device, precision)
+        model, tokenizer = checkpoint.load(weights, dtype=dtype)
+        return cls(
+            model, tokenizer, max_new_tokens=max_new_tokens, rule=rule, device=dev, dtype=dtype
+        )
+
     @property
     def image_size(self) -> int:
         """The side images are given at (the SAM input size)."""

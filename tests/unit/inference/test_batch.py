@@ -37,6 +37,9 @@ def tree(root, sizes=((40, 30), (64, 64))):
 
 def test_folder_glob_and_manifest_name_their_images_and_objects(tmp_path):
     tree(tmp_path)
+    masks = tmp_path / "screw/ground_truth/crack"  # an MVTec layout's masks are not inputs
+    masks.mkdir(parents=True)
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(masks / "000_mask.png")
     assert folder_category(tmp_path / "screw/test/crack/000.png") == "screw"
     assert folder_category(tmp_path / "plain/000.png") == "plain"
     whole = list_inputs(str(tmp_path))
@@ -46,6 +49,7 @@ def test_folder_glob_and_manifest_name_their_images_and_objects(tmp_path):
         ("screw__test__crack__000", "screw"),
         ("screw__test__crack__001", "screw"),
     ]
+    assert len(list_inputs(str(tmp_path / "**/*.png"))) == 4
     globbed = list_inputs(str(tmp_path / "*/test/*/*.png"), category="bolt")
     assert [(i.key, i.category) for i in globbed] == [
         ("screw__test__crack__000", "bolt"),
@@ -69,6 +73,16 @@ def predictor():
     return Predictor(build_vmad(CFG, tok).eval(), tok, max_new_tokens=6)
 
 
+def config(folder, batch_size: int) -> PredictConfig:
+    return PredictConfig(
+        input=str(folder),
+        batch_size=batch_size,
+        progress=False,
+        image_threshold=0.5,
+        pixel_threshold=0.5,
+    )
+
+
 def taxonomy():
     from vmad_pipeline.annotation.taxonomy import Taxonomy
 
@@ -79,13 +93,7 @@ def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, pred
     tree(tmp_path / "in")
     (tmp_path / "in/plain/002.png").write_bytes(b"not an image")  # reported, not fatal
     store = PredictionStore(tmp_path / "out")
-    cfg = PredictConfig(
-        input=str(tmp_path / "in"),
-        batch_size=2,
-        progress=False,
-        image_threshold=0.5,
-        pixel_threshold=0.5,
-    )
+    cfg = config(tmp_path / "in", batch_size=2)
     counts = predict_items(predictor, list_inputs(cfg.input), store, cfg, taxonomy())
     assert counts == {"images": 5, "already_done": 0, "predicted": 4, "failed": 1}
     records = {r["key"]: r for r in store.records()}
@@ -103,13 +111,7 @@ def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, pred
 def test_a_rerun_skips_what_is_done_and_a_partial_line_is_ignored(tmp_path, predictor):
     tree(tmp_path / "in")
     store = PredictionStore(tmp_path / "out")
-    cfg = PredictConfig(
-        input=str(tmp_path / "in"),
-        batch_size=4,
-        progress=False,
-        image_threshold=0.5,
-        pixel_threshold=0.5,
-    )
+    cfg = config(tmp_path / "in", batch_size=4)
     items = list_inputs(cfg.input)
     predict_items(predictor, items[:2], store, cfg)
     with open(store.lines, "a") as fh:

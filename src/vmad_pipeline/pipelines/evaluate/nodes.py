@@ -39,18 +39,15 @@ def load_predictor(
     """The trained model, loaded once, on the evaluation device and precision, scoring by
     ``score_source``; after the eval set passed its checks (``eval_set`` orders it after them)."""
     from vmad_pipeline.inference.predictor import Predictor
-    from vmad_pipeline.placement import resolve_placement
 
     cfg = parse_evaluate_params(params)
-    device, dtype = resolve_placement(cfg.device, cfg.precision)
-    model, tokenizer = checkpoint.load(from_dict(WeightsConfig, weights, "weights"), dtype=dtype)
-    return Predictor(
-        model,
-        tokenizer,
-        max_new_tokens=cfg.max_new_tokens,
+    return Predictor.from_checkpoint(
+        checkpoint,
+        from_dict(WeightsConfig, weights, "weights"),
         rule=cfg.score_rule,
-        device=device,
-        dtype=dtype,
+        max_new_tokens=cfg.max_new_tokens,
+        device=cfg.device,
+        precision=cfg.precision,
     )
 
 

@@ -25,7 +25,6 @@ def predict_images(
     from vmad_pipeline.inference.batch import list_inputs, predict_items
     from vmad_pipeline.inference.calibrate import thresholds
     from vmad_pipeline.inference.predictor import Predictor
-    from vmad_pipeline.placement import resolve_placement
 
     cfg, rule = parse_predict_params(params), parse_evaluate_params(evaluate)
     items = list_inputs(cfg.input, cfg.category)  # before the model loads: a bad input is quick
@@ -35,15 +34,13 @@ def predict_images(
     cfg = dataclasses.replace(
         cfg, image_threshold=chosen["image_threshold"], pixel_threshold=chosen["pixel_threshold"]
     )
-    device, dtype = resolve_placement(cfg.device, cfg.precision)
-    model, tokenizer = checkpoint.load(from_dict(WeightsConfig, weights, "weights"), dtype=dtype)
-    predictor = Predictor(
-        model,
-        tokenizer,
-        max_new_tokens=rule.max_new_tokens,
+    predictor = Predictor.from_checkpoint(
+        checkpoint,
+        from_dict(WeightsConfig, weights, "weights"),
         rule=rule.score_rule,
-        device=device,
-        dtype=dtype,
+        max_new_tokens=rule.max_new_tokens,
+        device=cfg.device,
+        precision=cfg.precision,
     )
     counts = predict_items(predictor, items, store, cfg, Taxonomy.from_dict(taxonomy))
     return {**counts, **chosen, "predictions": str(store.lines), "input": cfg.input}
