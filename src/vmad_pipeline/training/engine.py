@@ -115,6 +115,8 @@ def make_accelerator(cfg: EngineConfig, device: str, ds_settings: dict):
         raise ValueError(
             f"train.device {device!r} names one GPU; with engine.processes > 1 use auto or cuda"
         )
+    if device.startswith("cuda:"):  # one process on a named GPU: Accelerate takes the current
+        torch.cuda.set_device(torch.device(device))
     kwargs = {}
     if cfg.strategy.startswith("deepspeed"):
         kwargs["deepspeed_plugin"] = deepspeed_plugin(cfg, cpu, ds_settings)
