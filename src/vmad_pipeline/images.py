@@ -54,13 +54,24 @@ def as_rgb8(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(source: Source, size: int) -> np.ndarray:
-    """An image resized to size x size (bilinear), uint8 H x W x 3 (:func:`as_rgb8` first)."""
+def read_rgb(source: Source) -> np.ndarray:
+    """An image at its own size, uint8 H x W x 3 (:func:`as_rgb8`); a file that cannot be read
+    is a ValueError naming it."""
     try:
         with _open(source) as im:
-            return np.array(as_rgb8(im).resize((size, size), Image.BILINEAR))
+            return np.array(as_rgb8(im))
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read image {_name(source)}: {err}") from err
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 H x W x 3 resized to size x size (bilinear)."""
+    return np.array(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
+def load_rgb(source: Source, size: int) -> np.ndarray:
+    """An image resized to size x size (bilinear), uint8 H x W x 3 (:func:`as_rgb8` first)."""
+    return resize_rgb(read_rgb(source), size)
 
 
 def read_mask_values(path: str | Path) -> np.ndarray:

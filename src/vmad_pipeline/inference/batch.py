@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vmad_pipeline.images import load_rgb
+from vmad_pipeline.images import read_rgb, resize_rgb
 from vmad_pipeline.metrics.text import parse_defect_type, parse_location
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -114,13 +114,6 @@ def pictures(image: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str,
     }
 
 
-def _original(path: Path) -> np.ndarray:
-    from vmad_pipeline.images import as_rgb8
-
-    with Image.open(path) as im:
-        return np.asarray(as_rgb8(im))
-
-
 def predict_items(predictor, items: list[Item], store, cfg, taxonomy=None) -> dict:
     """Predict every item not yet in ``store``; returns counts (done before, predicted, failed)."""
     done = store.done()
@@ -133,12 +126,14 @@ def predict_items(predictor, items: list[Item], store, cfg, taxonomy=None) -> di
         ok, originals, tensors = [], [], []
         for it in chunk:
             try:
-                tensors.append(torch.from_numpy(load_rgb(it.path, size)).permute(2, 0, 1))
-                originals.append(_original(it.path))
-                ok.append(it)
-            except (ValueError, OSError) as err:
+                original = read_rgb(it.path)  # read once: its size for the outputs, resized here
+            except ValueError as err:
                 store.write(_base(it) | {"error": str(err)})
                 counts["failed"] += 1
+                continue
+            tensors.append(torch.from_numpy(resize_rgb(original, size)).permute(2, 0, 1))
+            originals.append(original)
+            ok.append(it)
         if ok:
             pred = predictor.predict(
                 torch.stack(tensors), [it.category for it in ok], output_size=size

@@ -248,9 +248,13 @@ def model_state(engine: Engine) -> dict[str, torch.Tensor]:
 
 def load_model_state(engine: Engine, state: dict[str, torch.Tensor]) -> None:
     """The inverse of :func:`model_state`; every trainable key must be there."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    expected = set(model_state(engine)) if engine.world == 1 else None
+    if engine.world == 1:  # the keys only: no copy of the weights
+        options = _options(ignore_frozen_params=True)
+        expected = set(get_model_state_dict(engine.model, options=options))
+    else:
+        expected = None
     if expected is not None and expected != set(state):
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ValueError(f"training state mismatch: missing {missing[:5]}, unexpected {extra[:5]}")

@@ -26,7 +26,7 @@ from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import place_model, resolve_dtype
 from vmad_pipeline.training import engine as eng
 from vmad_pipeline.training.data import StepBatches, TrainingSamples, collate, model_inputs
-from vmad_pipeline.training.objective import combine, local_counts, shares
+from vmad_pipeline.training.objective import answer_tokens, combine, local_counts, shares
 from vmad_pipeline.training.state import Checkpoints, rng_state, set_rng_state
 from vmad_pipeline.training.validation import validate
 
@@ -293,7 +293,7 @@ def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.T
     known = torch.zeros(3, dtype=torch.float64)  # tokens, masks, skipped (known before forward)
     for b in micro:
         if b["size"]:
-            known[0] += float((b["labels"][:, 1:] != -100).sum())
+            known[0] += answer_tokens(b["labels"])
             known[1] += float((b["input_ids"] == model.seg_token_id).any(1).sum())
     known[2] = skipped
     known = engine.sum(known)

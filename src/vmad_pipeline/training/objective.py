@@ -10,6 +10,7 @@ import torch
 
 from vmad_pipeline.configs import LossWeights
 from vmad_pipeline.models.vmad import VmadOutput
+from vmad_pipeline.prompts import IGNORE
 
 TERMS = ("ce", "bce", "dice", "pbsd", "patch_bce")  # VmadOutput fields, in LossWeights' order
 WEIGHT_OF = {"ce": "txt", "bce": "bce", "dice": "dice", "pbsd": "pbsd", "patch_bce": "patch_bce"}
@@ -32,12 +33,17 @@ COUNTED_BY = {
 }
 
 
+def answer_tokens(labels: torch.Tensor) -> float:
+    """The tokens the LLM's cross-entropy is a mean over: labels after the causal shift that are
+    not ``prompts.IGNORE``."""
+    return float((labels[:, 1:] != IGNORE).sum())
+
+
 def local_counts(out: VmadOutput, labels: torch.Tensor, boxes: int) -> dict[str, float]:
-    """How many items each of this micro-batch's means is over (tokens: labels after the causal
-    shift, as the LLM's loss counts them)."""
+    """How many items each of this micro-batch's means is over."""
     valid = 0 if out.dssl_valid is None else int(out.dssl_valid.sum())
     return {
-        "tokens": float((labels[:, 1:] != -100).sum()),
+        "tokens": answer_tokens(labels),
         "masks": float(len(out.seg_index)) if out.mask_logits is not None else 0.0,
         "boxes": float(valid * boxes),
     }

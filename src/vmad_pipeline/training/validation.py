@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from vmad_pipeline.metrics.pixel import pixel_auroc
 from vmad_pipeline.training.data import collate, model_inputs
+from vmad_pipeline.training.objective import answer_tokens
 
 MAX_SIDE = 128  # the AUROC is taken on maps and masks at most this side (a 1024 px run: 64x less)
 
@@ -64,7 +65,7 @@ def validate(engine, model, samples, cfg) -> dict[str, float]:
             out = engine.model(**inputs)
         if chunk is None:
             continue
-        tokens = float((batch["labels"][:, 1:] != -100).sum())
+        tokens = answer_tokens(batch["labels"])
         n = len(out.seg_index)
         sums += [_f(out.ce) * tokens, _f(out.bce) * n, _f(out.dice) * n]
         counts += [tokens, n]
