@@ -45,6 +45,11 @@ def user_turn(question: str) -> str:
     return f"{SYSTEM}USER: {IMAGE_TOKEN} {question} ASSISTANT:"
 
 
+def next_turn(question: str) -> str:
+    """A follow-up question of a conversation, after an answer's end-of-sequence token."""
+    return f" USER: {question} ASSISTANT:"
+
+
 def seg_prompt(category: str) -> str:
     return user_turn(SEG_QUESTION.format(object=object_name(category)))
 
@@ -68,6 +73,18 @@ def vqa_prompt(category: str) -> str:
 DETECT_DEFECT = "Yes. There is {a_defect} at the {location}."
 DETECT_ANOMALY = "Yes. There is an anomaly at the {location}."
 DETECT_NORMAL = "No. It looks normal."
+# Follow-up questions after the detection answer (multi-turn chat): kind -> the questions
+# training draws from (the chat accepts any question). Answers: ``training.samples``.
+FOLLOW_UPS = {
+    "location": ("Where is it?", "Where is the defect?"),
+    "type": ("What kind of defect is it?", "What type of defect is it?"),
+    "description": ("Describe it.", "What does it look like?"),
+    "impact": ("How severe is it?", "What is its impact?"),
+    "suggestion": ("What should be done?", "How should it be fixed?"),
+}
+FOLLOW_UP_LOCATION = "It is at the {location}."
+FOLLOW_UP_TYPE = "It is {a_defect}."
+FOLLOW_UP_NONE = "There is no defect to point at: the part looks normal."
 GENERIC_OBJECT = "part"  # how stored answers (RIAD) refer to the object in training
 
 
@@ -84,12 +101,16 @@ def detection_answer(
     if not anomalous:
         text = DETECT_NORMAL
     elif defect:
-        name = defect.replace("_", " ")
-        article = "an" if name[:1] in "aeiou" else "a"
-        text = DETECT_DEFECT.format(a_defect=f"{article} {name}", location=location or "center")
+        text = DETECT_DEFECT.format(a_defect=a_defect(defect), location=location or "center")
     else:
         text = DETECT_ANOMALY.format(location=location or "center")
     return f"{SEG_TOKEN} {text}" if seg_first else f"{text} {SEG_TOKEN}"
+
+
+def a_defect(defect: str) -> str:
+    """ "a scratch", "an oil spot": a defect type's name with its article."""
+    name = defect.replace("_", " ")
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 _SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
@@ -140,9 +161,33 @@ def encode_conversation(
     tokenizer: Tokenizer, prompt: str, answer: str, num_image_tokens: int
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels: loss only on the answer (and its end-of-sequence token)."""
-    p = encode_prompt(tokenizer, prompt, num_image_tokens)
-    a = encode_answer(tokenizer, answer)
-    return p + a, [IGNORE] * len(p) + a
+    return encode_turns(tokenizer, [(prompt, answer)], num_image_tokens)
+
+
+def encode_turns(
+    tokenizer: Tokenizer, turns: Sequence[tuple[str, list[int] | str | None]], num_image_tokens: int
+) -> tuple[list[int], list[int]]:
+    """A multi-turn conversation's ids and labels: the first turn is a full prompt (with the
+    image, e.g. :func:`vqa_prompt`), later ones are questions (:func:`next_turn`); each answer is
+    text (encoded as :func:`encode_answer`, with its EOS) or the token ids a model generated
+    (EOS included), and carries the loss. A last answer of None leaves the prompt open for the
+    next answer (inference)."""
+    ids, labels = [], []
+    for k, (question, answer) in enumerate(turns):
+        if k == 0:
+            prompt = encode_prompt(tokenizer, question, num_image_tokens)
+        else:
+            prompt = tokenizer.encode(next_turn(question), add_special_tokens=False)
+        ids += prompt
+        labels += [IGNORE] * len(prompt)
+        if answer is None:
+            if k != len(turns) - 1:
+                raise ValueError("only the last turn of a conversation may lack its answer")
+            break
+        a = encode_answer(tokenizer, answer) if isinstance(answer, str) else list(answer)
+        ids += a
+        labels += a
+    return ids, labels
 
 
 def pad_batch(

@@ -22,16 +22,22 @@ class LossWeights:
 
 @dataclass(frozen=True)
 class TaskMix:
-    """Probabilities of the three training task types (method.md section 1)."""
+    """Probabilities of the training task types (method.md section 1, and multi-turn chat)."""
 
     seg: float = 0.6  # "... output the defect segmentation result" -> "It is [SEG]."
     seg_answer: float = 0.2  # + description / impact analysis / suggestion
     vqa: float = 0.2  # the detection question: yes / no, where, what (and [SEG])
+    # the detection question, then one follow-up (where / what kind / describe / how severe /
+    # what to do), answered from the same image (prompts.FOLLOW_UPS)
+    chat: float = 0.0
+
+    def weights(self) -> list[float]:
+        """In the order of ``training.samples.TASKS``."""
+        return [self.seg, self.seg_answer, self.vqa, self.chat]
 
     def __post_init__(self) -> None:
-        total = self.seg + self.seg_answer + self.vqa
         check(
-            min(self.seg, self.seg_answer, self.vqa) >= 0 and total > 0,
+            min(self.weights()) >= 0 and sum(self.weights()) > 0,
             "task_mix",
             "weights must be >= 0 and not all zero",
         )

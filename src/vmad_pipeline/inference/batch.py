@@ -15,12 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from vmad_pipeline.images import read_rgb, resize_rgb
-from vmad_pipeline.metrics.text import parse_defect_type, parse_location
+from vmad_pipeline.images import read_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = ("train", "test", "ground_truth", "validation", "val")
@@ -100,48 +97,28 @@ def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
         yield items[i : i + size]
 
 
-def pictures(image: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """The mask, map and overlay PNG arrays at the image's size from a square map ``prob``."""
-    h, w = image.shape[:2]
-    big = np.asarray(Image.fromarray(prob.astype(np.float32)).resize((w, h), Image.BILINEAR))
-    mask = big >= threshold
-    overlay = image.copy()
-    overlay[mask] = (0.5 * overlay[mask] + 0.5 * np.array([255, 0, 0])).astype(np.uint8)
-    return {
-        "masks": mask.astype(np.uint8) * 255,
-        "maps": np.clip(np.rint(big * 255), 0, 255).astype(np.uint8),
-        "overlays": overlay,
-    }
-
-
-def predict_items(predictor, items: list[Item], store, cfg, taxonomy=None) -> dict:
-    """Predict every item not yet in ``store``; returns counts (done before, predicted, failed)."""
+def predict_items(detector, items: list[Item], store, batch_size: int, progress: bool) -> dict:
+    """Predict every item not yet in ``store`` with ``detector`` (``inference.service``: its
+    thresholds decide); returns counts (done before, predicted, failed)."""
     done = store.done()
     todo = [it for it in items if it.key not in done]
-    size = predictor.image_size
     counts = {"images": len(items), "already_done": len(items) - len(todo), "predicted": 0}
     counts["failed"] = 0
-    bar = tqdm(total=len(todo), desc="predict", disable=not cfg.progress)
-    for chunk in _chunks(todo, cfg.batch_size):
-        ok, originals, tensors = [], [], []
+    bar = tqdm(total=len(todo), desc="predict", disable=not progress)
+    for chunk in _chunks(todo, batch_size):
+        ok, originals = [], []
         for it in chunk:
             try:
-                original = read_rgb(it.path)  # read once: its size for the outputs, resized here
+                originals.append(read_rgb(it.path))  # read once: its size for the outputs
             except ValueError as err:
                 store.write(_base(it) | {"error": str(err)})
                 counts["failed"] += 1
                 continue
-            tensors.append(torch.from_numpy(resize_rgb(original, size)).permute(2, 0, 1))
-            originals.append(original)
             ok.append(it)
-        if ok:
-            pred = predictor.predict(
-                torch.stack(tensors), [it.category for it in ok], output_size=size
-            )
-            for k, it in enumerate(ok):
-                record = _record(it, pred, k, cfg, taxonomy)
-                store.write(record, pictures(originals[k], pred.maps[k], cfg.pixel_threshold))
-            counts["predicted"] += len(ok)
+        found = detector.inspect(originals, [it.category for it in ok])
+        for it, seen in zip(ok, found, strict=True):
+            store.write(_record(it, seen, detector), _pictures(seen))
+        counts["predicted"] += len(ok)
         bar.update(len(chunk))
     bar.close()
     return counts
@@ -151,16 +128,17 @@ def _base(it: Item) -> dict:
     return {"key": it.key, "image": str(it.path), "category": it.category}
 
 
-def _record(it: Item, pred, k: int, cfg, taxonomy) -> dict:
-    answer = pred.answers[k]
-    defect = parse_defect_type(answer, taxonomy) if taxonomy is not None else None
-    score = float(pred.scores[k])
+def _pictures(seen) -> dict[str, np.ndarray]:
+    return {"masks": seen.mask, "maps": seen.map, "overlays": seen.overlay}
+
+
+def _record(it: Item, seen, detector) -> dict:
     return _base(it) | {
-        "score": round(score, 6),
-        "anomalous": score >= cfg.image_threshold,
-        "image_threshold": cfg.image_threshold,
-        "defect_type": defect.name if defect is not None else None,
-        "location": parse_location(answer),
-        "answer": answer,
-        "seg_found": bool(pred.seg_found[k]),
+        "score": round(seen.score, 6),
+        "anomalous": seen.anomalous,
+        "image_threshold": detector.image_threshold,
+        "defect_type": seen.defect_type,
+        "location": seen.location,
+        "answer": seen.answer,
+        "seg_found": seen.seg_found,
     }

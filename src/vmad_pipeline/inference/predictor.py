@@ -22,7 +22,7 @@ from vmad_pipeline.evaluation.scores import image_scores, map_max
 from vmad_pipeline.images import to_model_inputs
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import autocast, to_device
-from vmad_pipeline.prompts import encode_prompt, pad_batch, yes_no_tokens
+from vmad_pipeline.prompts import encode_prompt, encode_turns, pad_batch, yes_no_tokens
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Predictions:
     scores: np.ndarray  # N: image score by the predictor's ScoreRule
     answers: list[str]  # the answers to the detection question, as a user reads them
     seg_found: np.ndarray  # N bool: [SEG] was emitted (else the fallback state was used)
+    answer_ids: list[list[int]] | None = None  # the generated tokens ([SEG], EOS included)
 
     @property
     def detection_answers(self) -> list[str]:
@@ -105,9 +106,16 @@ class Predictor:
 
     def _run(self, images, texts, *, output_size: int, max_new_tokens: int, forced=()):
         seqs = [encode_prompt(self.tokenizer, t, self.model.num_image_tokens) for t in texts]
+        return self._generate(
+            images, seqs, output_size=output_size, max_new_tokens=max_new_tokens, forced=forced
+        )
+
+    def _generate(self, images, seqs, *, output_size, max_new_tokens, forced=(), prompt_masks=None):
         ids, att = pad_batch(seqs, self.tokenizer.pad_token_id, left=True)
         clip, sam = to_model_inputs(images, self.model.config.vision.image_size)
         t = to_device({"ids": ids, "att": att, "clip": clip, "sam": sam}, self.device)
+        if prompt_masks is not None:
+            prompt_masks = torch.as_tensor(prompt_masks).to(self.device)
         with autocast(self.device, self.dtype):
             return self.model.predict(
                 images_clip=t["clip"],
@@ -117,7 +125,37 @@ class Predictor:
                 output_size=(output_size, output_size),
                 max_new_tokens=max_new_tokens,
                 forced=tuple(forced),
+                prompt_masks=prompt_masks,
             )
+
+    def text(self, ids: list[int]) -> str:
+        """Generated tokens as a user reads them: special tokens ([SEG], EOS) dropped, stripped."""
+        return self._text([ids])[0]
+
+    def follow_up(
+        self,
+        image: torch.Tensor,
+        turns: list[tuple[str, list[int]]],
+        question: str,
+        *,
+        earlier_map: np.ndarray | None,
+        max_new_tokens: int,
+    ):
+        """The next answer of a conversation about one image (3 x S x S uint8): ``turns`` are the
+        earlier (question, generated ids) pairs, the first a full prompt; ``earlier_map`` the
+        map (S x S probabilities) of the conversation's first [SEG], which the tokens after it
+        read as in training. Returns the model's ``Prediction`` for this turn."""
+        ids, _ = encode_turns(
+            self.tokenizer, [*turns, (question, None)], self.model.num_image_tokens
+        )
+        masks = None if earlier_map is None else np.asarray(earlier_map, np.float32)[None]
+        return self._generate(
+            image[None],
+            [ids],
+            output_size=self.image_size,
+            max_new_tokens=max_new_tokens,
+            prompt_masks=masks,
+        )
 
     def _text(self, ids: list[list[int]]) -> list[str]:
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
@@ -135,7 +173,7 @@ class Predictor:
         object name each), from one pass over the detection question: the tokens "Yes" and "No"
         answers share are fed first (e.g. " [SEG] "), P(yes) = P(Yes) / (P(Yes) + P(No)) at the
         next step, then the answer goes on greedily."""
-        maps, answers, found, p_yes = [], [], [], []
+        maps, answers, found, p_yes, raw = [], [], [], [], []
         for s in self._batches(len(images), batch_size, "predict", progress):
             texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
             pred = self._run(
@@ -149,6 +187,7 @@ class Predictor:
             p_yes.append(pair.softmax(-1)[:, 0].cpu().numpy())
             maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
             answers += self._text(pred.answer_ids)
+            raw += pred.answer_ids  # the forced prefix included
             found.append(pred.seg_found.cpu().numpy())
         empty = np.zeros((0, output_size, output_size), np.float32)
         maps_arr = np.concatenate(maps).astype(np.float32) if maps else empty
@@ -161,6 +200,7 @@ class Predictor:
             scores=image_scores(maxima, p, self.rule),
             answers=answers,
             seg_found=np.concatenate(found) if found else np.zeros(0, bool),
+            answer_ids=raw,
         )
 
     def answer(

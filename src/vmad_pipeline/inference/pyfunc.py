@@ -1,41 +1,38 @@
-"""The MLflow pyfunc model: ``mlflow.pyfunc.load_model("models:/vmad/<version>").predict(df)``.
+"""The MLflow pyfunc model: ``mlflow.pyfunc.load_model("models:/vmad/<version>").predict(df)``,
+and what ``mlflow models serve`` answers.
 
-Input: a DataFrame with a column ``image`` holding image file paths or base64-encoded image
-bytes, and optionally ``category`` (the object name used in the prompt; default "object").
-Output: a DataFrame with ``score`` (image anomaly score, by the score rule the model was
-registered with: the evaluate parameters' ``score_source``, ``fusion_weight`` and
-``max_new_tokens``, logged as its ``model_config``), ``anomalous`` (score >= the threshold
-calibrated with the model, ``inference.calibrate``), ``p_yes`` (P("Yes") against P("No") as the
-detection answer's first word), ``answer`` (generated text), ``seg_found`` and ``anomaly_map``
-(H x W nested lists of floats in [0, 1]).
+Input and output columns: ``inference.serving`` (base64 ``image`` or an allowed ``path``,
+optional ``category``; score, decision, answer text, [SEG] emitted, location, mask and anomaly
+map as PNG base64 at the input's size). Scoring: the evaluate parameters' ``score_source``,
+``fusion_weight`` and ``max_new_tokens`` the model was registered with (its ``model_config``);
+the decision: the thresholds calibrated with the model (``inference.calibrate``).
+
+A refused request raises an ``MlflowException`` with status 400 and a message for the client;
+any other failure is logged here in full and answered with status 500 and no stack trace.
 
 The real preset rebuilds its frozen backbone from local weight files: pass them as
 ``model_config={"weights": {"llava_dir": ..., "sam_checkpoint": ...}}`` to ``load_model``, or set
-``VMAD_LLAVA_DIR`` and ``VMAD_SAM_CHECKPOINT`` (e.g. for ``mlflow models serve``).
+``VMAD_LLAVA_DIR`` and ``VMAD_SAM_CHECKPOINT`` (e.g. for ``mlflow models serve``). The serving
+limits (``inference.serving.ServeConfig``): ``model_config`` keys ``allowed_root``,
+``max_pixels``, ``max_rows``, or ``VMAD_SERVE_ALLOWED_ROOT`` / ``_MAX_PIXELS`` / ``_MAX_ROWS``.
 """
 
-import base64
+import logging
 import os
-from pathlib import Path
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 
 from vmad_pipeline.configs.evaluate import EvaluateConfig, ScoreRule
-from vmad_pipeline.images import Source, load_batch
+from vmad_pipeline.inference.serving import (
+    RequestError,
+    ServeConfig,
+    as_frame,
+    read_request,
+    response,
+)
 
-
-def _source(value: str | bytes) -> Source:
-    """A file path (short strings naming an existing file) or base64-decoded image bytes."""
-    if isinstance(value, bytes):
-        return value
-    if len(value) < 1024 and Path(value).is_file():
-        return Path(value)
-    try:
-        return base64.b64decode(value, validate=True)
-    except ValueError as err:
-        raise ValueError("image: expected a file path or base64-encoded image bytes") from err
+log = logging.getLogger(__name__)
 
 
 def _weights(model_config: dict):
@@ -59,7 +56,9 @@ def model_config(cfg: EvaluateConfig) -> dict:
 
 class VmadPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        from vmad_pipeline.inference.calibrate import thresholds
         from vmad_pipeline.inference.predictor import Predictor
+        from vmad_pipeline.inference.service import Detector
         from vmad_pipeline.models.checkpoint import load_checkpoint
 
         config = dict(context.model_config or {})
@@ -67,57 +66,53 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
             source=config.get("score_source", "map_max"),
             fusion_weight=config.get("fusion_weight", 0.5),
         )
+        self.limits = ServeConfig.from_settings(config)
         model, tokenizer = load_checkpoint(
             context.artifacts["checkpoint"], weights=_weights(config)
         )
-        self.predictor = Predictor(
+        predictor = Predictor(
             model,
             tokenizer,
             rule=rule,
             max_new_tokens=int(config.get("max_new_tokens", EvaluateConfig.max_new_tokens)),
         )
-        from vmad_pipeline.inference.calibrate import thresholds
-
-        self.threshold = thresholds(model.decision, rule.source)["image_threshold"]
-
-    def predict(
-        self, context, model_input: pd.DataFrame, params: dict | None = None
-    ) -> pd.DataFrame:
-        """model_input: a DataFrame (see the module docstring) -> a DataFrame, one row per image
-        (the registered model's explicit signature names the columns)."""
-        if "image" not in model_input.columns:
-            raise ValueError("model input needs a column 'image' (file path or base64 bytes)")
-        size = self.predictor.image_size
-        images, _ = load_batch([_source(v) for v in model_input["image"]], None, size)
-        cats = (
-            list(model_input["category"])
-            if "category" in model_input.columns
-            else ["object"] * len(images)
+        chosen = thresholds(model.decision, rule.source)
+        self.detector = Detector(
+            predictor,
+            image_threshold=chosen["image_threshold"],
+            pixel_threshold=chosen["pixel_threshold"],
         )
-        pred = self.predictor.predict(images, cats, output_size=size)
-        return pd.DataFrame(
-            {
-                "score": pred.scores.astype(float),
-                "anomalous": pred.scores >= self.threshold,  # the model's calibrated threshold
-                "p_yes": pred.p_yes.astype(float),
-                "answer": pred.answers,
-                "seg_found": pred.seg_found.astype(bool),
-                "anomaly_map": [np.round(m, 4).tolist() for m in pred.maps],
-            }
-        )
+
+    def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
+        """Rows in (a DataFrame, a dict of columns or a list of rows; ``inference.serving``) ->
+        a DataFrame, one row per image."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
+
+        try:
+            images, names = read_request(as_frame(model_input), self.limits)
+            return response(self.detector.inspect(images, names))
+        except RequestError as err:
+            raise MlflowException(str(err), error_code=BAD_REQUEST) from None
+        except Exception as err:  # logged here in full; the client learns nothing internal
+            log.exception("prediction failed")
+            raise MlflowException(
+                f"internal error while predicting ({type(err).__name__}); see the server log",
+                error_code=INTERNAL_ERROR,
+            ) from None
 
 
 def signature():
-    """Input: ``image`` (path or base64), optional ``category``; output: ``score``,
-    ``anomalous``, ``p_yes``,
-    ``answer``, ``seg_found``, ``anomaly_map``."""
+    """Input: ``image`` (base64) or ``path``, optional ``category``; output: the columns of
+    ``inference.serving.response``."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import ColSpec, DataType, Schema
 
     return ModelSignature(
         inputs=Schema(
             [
-                ColSpec(DataType.string, "image"),
+                ColSpec(DataType.string, "image", required=False),
+                ColSpec(DataType.string, "path", required=False),
                 ColSpec(DataType.string, "category", required=False),
             ]
         ),
@@ -128,7 +123,11 @@ def signature():
                 ColSpec(DataType.double, "p_yes"),
                 ColSpec(DataType.string, "answer"),
                 ColSpec(DataType.boolean, "seg_found"),
-                ColSpec(Array(Array(DataType.double)), "anomaly_map"),
+                ColSpec(DataType.string, "location"),
+                ColSpec(DataType.long, "width"),
+                ColSpec(DataType.long, "height"),
+                ColSpec(DataType.string, "mask_png"),
+                ColSpec(DataType.string, "anomaly_map_png"),
             ]
         ),
     )

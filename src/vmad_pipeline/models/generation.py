@@ -66,17 +66,24 @@ def generate_with_masks(
     max_new_tokens: int,
     output_size: tuple[int, int],
     forced: tuple[int, ...] = (),
+    evidence: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Generation:
     """Greedy answers to left-padded prompts (``embeds`` B x T x d with their ``attention_mask``),
     the mask of each row's first [SEG] (at ``output_size``) and the logits of the first free
-    step. ``visual``: the rows' visual tokens (mask evidence pools them)."""
+    step. ``visual``: the rows' visual tokens (mask evidence pools them). ``evidence``: (B x d, B bool)
+    what the generated tokens read from a [SEG] already in the prompt, and the rows holding one."""
     b, device = len(embeds), embeds.device
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     cache = _cache_name(model.llm)  # once, not per step
     logits, state, past = _step(model.llm, cache, embeds, attention_mask, positions, None)
     mask, next_pos = attention_mask, positions[:, -1:] + 1
     embed = model.llm.get_input_embeddings()
-    evidence = torch.zeros_like(embeds[:, 0])  # (B, d): added after a row's [SEG]
+    # (B, d): added after a row's first [SEG], in the prompt or generated
+    had_seg = torch.zeros(b, dtype=torch.bool, device=device)
+    if evidence is None:
+        evidence = torch.zeros_like(embeds[:, 0])
+    else:
+        evidence, had_seg = evidence[0].to(embeds.dtype), evidence[1]
     masks = torch.zeros((b, *output_size), device=device, dtype=torch.float32)
     seg_found = torch.zeros(b, dtype=torch.bool, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -100,8 +107,10 @@ def generate_with_masks(
             drawn = model.masks_from_states(state[rows], images_sam[rows], output_size)
             masks[rows] = drawn.float()
             seg_found[rows] = True
-            if model.evidence is not None:
-                evidence[rows] = model.evidence(drawn.sigmoid(), visual[rows]).to(evidence.dtype)
+            if model.evidence is not None:  # only a row's first [SEG] gives evidence
+                keep = rows[~had_seg[rows]]
+                fresh = model.evidence(drawn.sigmoid(), visual[rows]).to(evidence.dtype)
+                evidence[keep] = fresh[~had_seg[rows]]
         done = done | (token == model.eos_token_id)
         if step >= len(forced) and bool(done.all()):
             break

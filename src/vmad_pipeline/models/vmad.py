@@ -252,10 +252,14 @@ class VmadModel(nn.Module):
         add = torch.zeros_like(embeds)
         if probs is not None and len(seg_index):
             ev = self.evidence(probs, visual[seg_index])  # (B_seg, d)
-            is_seg = input_ids[seg_index] == self.seg_token_id
-            after = is_seg.long().cumsum(1) - is_seg.long() > 0  # positions after the first [SEG]
+            after = self.after_first_seg(input_ids[seg_index])
             add[seg_index] = after.unsqueeze(-1).to(embeds.dtype) * ev[:, None].to(embeds.dtype)
         return self.llm(inputs_embeds=embeds + add, attention_mask=attention_mask, labels=labels)
+
+    def after_first_seg(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """B x T bool: the positions after each row's first [SEG] (they read its mask evidence)."""
+        is_seg = (input_ids == self.seg_token_id).long()
+        return is_seg.cumsum(1) - is_seg > 0
 
     def _dssl_terms(
         self, teacher, last, input_ids, clip_global, masks, class_idx, boxes
@@ -308,11 +312,21 @@ class VmadModel(nn.Module):
         output_size: tuple[int, int],
         max_new_tokens: int = 8,
         forced: tuple[int, ...] = (),
+        prompt_masks: torch.Tensor | None = None,
     ) -> Prediction:
         """Greedy answers to left-padded prompts, each row's mask drawn at its [SEG] as it is
         generated (``models/generation.py``: one prefill, the KV cache after it), ``forced``
-        tokens fed first."""
+        tokens fed first. ``prompt_masks`` (B x H x W probabilities): the masks of a [SEG] already
+        in the prompt (an earlier turn of a conversation); with mask evidence, every token after
+        it reads that mask's evidence, as in training."""
         embeds, _, visual = self.embed_inputs(input_ids, images_clip)
+        start = None
+        if prompt_masks is not None and self.evidence is not None:
+            after = self.after_first_seg(input_ids)  # (B, T)
+            has = after.any(1)
+            ev = self.evidence(prompt_masks.to(embeds.dtype), visual) * has[:, None]
+            embeds = embeds + after.unsqueeze(-1).to(embeds.dtype) * ev[:, None].to(embeds.dtype)
+            start = (ev, has)
         gen = generate_with_masks(
             self,
             embeds,
@@ -322,6 +336,7 @@ class VmadModel(nn.Module):
             max_new_tokens=max_new_tokens,
             output_size=output_size,
             forced=forced,
+            evidence=start,
         )
         return Prediction(
             mask_logits=gen.mask_logits,

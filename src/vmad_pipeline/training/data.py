@@ -23,7 +23,7 @@ from vmad_pipeline.images import load_mask, load_rgb, to_model_inputs
 from vmad_pipeline.training.samples import (
     Plan,
     augment,
-    conversation,
+    conversation_turns,
     paste_anomaly,
     paste_source,
     plan_sample,
@@ -110,7 +110,7 @@ class TrainingSamples(Dataset):
             if self.cfg.augment and not self.fixed:  # its own colours, as a batch-mate's were
                 other, _ = augment(other, blank, gen)
             image, mask = paste_anomaly(image, mask, other, gen)
-        prompt, answer = conversation(
+        turns = conversation_turns(
             plan,
             category,
             self.defects[index],
@@ -119,9 +119,7 @@ class TrainingSamples(Dataset):
             seg_first=self.spec.seg_first,
             rng=rng,
         )
-        ids, labels = prompts.encode_conversation(
-            self.tokenizer, prompt, answer, self.spec.num_image_tokens
-        )
+        ids, labels = prompts.encode_turns(self.tokenizer, turns, self.spec.num_image_tokens)
         spec = self.spec
         classes = spec.classes
         sample = {
@@ -253,4 +251,9 @@ def answer_texts(defect_types: list[str], locations: tuple[str, ...], seed: int)
             for d in defect_types
         ]
     texts += [prompts.vqa_prompt(prompts.random_name(rng)) for _ in range(400)]
+    # the multi-turn chat's follow-ups and their short answers
+    texts += [prompts.next_turn(q) for qs in prompts.FOLLOW_UPS.values() for q in qs]
+    texts += [prompts.FOLLOW_UP_LOCATION.format(location=loc) for loc in locations]
+    texts += [prompts.FOLLOW_UP_TYPE.format(a_defect=prompts.a_defect(d)) for d in defect_types]
+    texts.append(prompts.FOLLOW_UP_NONE)
     return texts

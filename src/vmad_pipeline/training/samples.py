@@ -3,6 +3,7 @@ pasted anomalies. Every random choice comes from the generators passed in, so a 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from vmad_pipeline.annotation.geometry import mask_geometry
 from vmad_pipeline.annotation.taxonomy import normalise_name
 from vmad_pipeline.annotation.templates import normal_answer
 
-TASKS = ("seg", "seg_answer", "vqa")
+TASKS = ("seg", "seg_answer", "vqa", "chat")
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,14 @@ def plan_sample(category: str, anomalous: bool, cfg, rng: random.Random) -> Plan
     normal images asked the detection question (``detect_paste_prob``: the answer describes the
     paste)."""
     mix = cfg.task_mix
-    task = rng.choices(TASKS, [mix.seg, mix.seg_answer, mix.vqa])[0]
+    task = rng.choices(TASKS, mix.weights())[0]  # chat last: a zero weight draws as before
     swap = rng.random() < cfg.name_swap_prob
     name = prompts.random_name(rng) if swap else prompts.object_name(category)
-    chance = {"seg": cfg.paste_prob, "vqa": 0.0 if anomalous else cfg.detect_paste_prob}
+    detect = 0.0 if anomalous else cfg.detect_paste_prob
+    chance = {"seg": cfg.paste_prob, "vqa": detect, "chat": detect}
     paste = rng.random() < chance.get(task, 0.0)
-    return Plan(task=task, name=name, paste=paste, geometric=task != "seg_answer")
+    # stored RIAD answers name fixed locations: no flips or rotations under them
+    return Plan(task=task, name=name, paste=paste, geometric=task in ("seg", "vqa"))
 
 
 def conversation(
@@ -75,6 +78,56 @@ def conversation(
         seg_first=seg_first,
     )
     return prompts.vqa_prompt(name), answer
+
+
+def conversation_turns(
+    plan: Plan,
+    category: str,
+    defect_type: str,
+    qa: dict | None,
+    mask: np.ndarray,
+    *,
+    seg_first: bool,
+    rng: random.Random,
+) -> list[tuple[str, str]]:
+    """The (question, answer) turns of one sample: :func:`conversation`'s one turn, or for the
+    chat task the detection turn and one follow-up (a kind and a wording of
+    ``prompts.FOLLOW_UPS``) answered from the same mask and RIAD answers."""
+    if plan.task != "chat":
+        return [conversation(plan, category, defect_type, qa, mask, seg_first=seg_first, rng=rng)]
+    first = conversation(
+        dataclasses.replace(plan, task="vqa"),
+        category,
+        defect_type,
+        qa,
+        mask,
+        seg_first=seg_first,
+        rng=rng,
+    )
+    anomalous = bool(mask.any())
+    has_text = not anomalous or bool(qa)  # a paste on a normal image has no RIAD answers
+    kind = rng.choice(list(prompts.FOLLOW_UPS) if has_text else ["location", "type"])
+    question = rng.choice(prompts.FOLLOW_UPS[kind])
+    defect = None if plan.paste else (defect_type or None)
+    return [first, (question, follow_up_answer(kind, mask, defect, qa, category))]
+
+
+def follow_up_answer(
+    kind: str, mask: np.ndarray, defect: str | None, qa: dict | None, category: str
+) -> str:
+    """The answer to a follow-up of ``kind``: where (the mask's location), what kind (the
+    defect type), or the stored RIAD description / impact / suggestion told about "the part"."""
+    generic = prompts.GENERIC_OBJECT
+    if not mask.any():
+        return normal_answer(generic) if kind in prompts.ANSWER_KINDS else prompts.FOLLOW_UP_NONE
+    if kind == "location":
+        return prompts.FOLLOW_UP_LOCATION.format(location=mask_geometry(mask)["location"])
+    if kind == "type":
+        name = prompts.a_defect(defect) if defect else "an anomaly"
+        return prompts.FOLLOW_UP_TYPE.format(a_defect=name)
+    if not qa:
+        raise ValueError(f"a {kind!r} follow-up needs the image's RIAD answers")
+    return _renamed(str(qa[kind]), category, generic)
 
 
 def _renamed(text: str, category: str, name: str) -> str:

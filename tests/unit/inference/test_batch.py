@@ -15,9 +15,9 @@ from helpers.models import CFG
 from PIL import Image
 
 from vmad_pipeline import prompts
-from vmad_pipeline.configs.predict import PredictConfig
 from vmad_pipeline.inference.batch import folder_category, list_inputs, predict_items
 from vmad_pipeline.inference.predictor import Predictor
+from vmad_pipeline.inference.service import Detector
 from vmad_pipeline.inference.store import PredictionStore
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.training.tokenizer import train_tokenizer
@@ -73,16 +73,6 @@ def predictor():
     return Predictor(build_vmad(CFG, tok).eval(), tok, max_new_tokens=6)
 
 
-def config(folder, batch_size: int) -> PredictConfig:
-    return PredictConfig(
-        input=str(folder),
-        batch_size=batch_size,
-        progress=False,
-        image_threshold=0.5,
-        pixel_threshold=0.5,
-    )
-
-
 def taxonomy():
     from vmad_pipeline.annotation.taxonomy import Taxonomy
 
@@ -93,8 +83,8 @@ def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, pred
     tree(tmp_path / "in")
     (tmp_path / "in/plain/002.png").write_bytes(b"not an image")  # reported, not fatal
     store = PredictionStore(tmp_path / "out")
-    cfg = config(tmp_path / "in", batch_size=2)
-    counts = predict_items(predictor, list_inputs(cfg.input), store, cfg, taxonomy())
+    detector = Detector(predictor, image_threshold=0.5, pixel_threshold=0.5, taxonomy=taxonomy())
+    counts = predict_items(detector, list_inputs(str(tmp_path / "in")), store, 2, False)
     assert counts == {"images": 5, "already_done": 0, "predicted": 4, "failed": 1}
     records = {r["key"]: r for r in store.records()}
     assert "cannot read image" in records["plain__002"]["error"]
@@ -111,12 +101,12 @@ def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, pred
 def test_a_rerun_skips_what_is_done_and_a_partial_line_is_ignored(tmp_path, predictor):
     tree(tmp_path / "in")
     store = PredictionStore(tmp_path / "out")
-    cfg = config(tmp_path / "in", batch_size=4)
-    items = list_inputs(cfg.input)
-    predict_items(predictor, items[:2], store, cfg)
+    detector = Detector(predictor, image_threshold=0.5, pixel_threshold=0.5)
+    items = list_inputs(str(tmp_path / "in"))
+    predict_items(detector, items[:2], store, 4, False)
     with open(store.lines, "a") as fh:
         fh.write('{"key": "plain__00')  # a run killed while writing its last line
-    counts = predict_items(predictor, items, store, cfg)
+    counts = predict_items(detector, items, store, 4, False)
     assert counts["already_done"] == 2 and counts["predicted"] == 2
     keys = [r["key"] for r in store.records()]
     assert sorted(keys) == sorted(i.key for i in items) and len(keys) == 4

@@ -182,3 +182,42 @@ def _seg_then_text(tokenizer, model):
     ids, _ = pad_batch([p[0] for p in pairs], tokenizer.pad_token_id)
     labels, _ = pad_batch([p[1] for p in pairs], -100)
     return ids, labels
+
+
+def test_a_follow_up_reads_the_earlier_masks_evidence_as_in_training(tokenizer):
+    """A conversation's second answer: the predicted next token's logits, given the first turn's
+    mask as ``prompt_masks``, equal the training forward's at that position with the same mask
+    as the oracle (every token after the first [SEG] reads it, the prompt's included)."""
+    cfg = dataclasses.replace(CFG, seg_evidence=True)
+    torch.manual_seed(0)
+    model = build_vmad(cfg, tokenizer).eval()
+    with torch.no_grad():
+        model.evidence.net[-1].weight.normal_()
+    first = (prompts.vqa_prompt("screw"), prompts.detection_answer(anomalous=True))
+    ids, _ = prompts.encode_turns(
+        tokenizer, [first, ("Where is it?", None)], model.num_image_tokens
+    )
+    ids = torch.tensor([ids])
+    images = torch.rand(1, 3, 32, 32)
+    masks = (torch.rand(1, 32, 32) > 0.8).float()
+    with torch.no_grad():
+        trained = model(
+            images_clip=images,
+            images_sam=images,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            masks=masks,
+            oracle=torch.tensor([True]),
+        )
+    kwargs = dict(
+        images_clip=images,
+        images_sam=images,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        output_size=(32, 32),
+        max_new_tokens=1,
+    )
+    chat = model.predict(**kwargs, prompt_masks=masks)
+    torch.testing.assert_close(chat.free_logits, trained.logits[:, -1])
+    blind = model.predict(**kwargs)  # without the earlier mask the answer reads nothing
+    assert not torch.allclose(blind.free_logits, trained.logits[:, -1])

@@ -1,10 +1,13 @@
 """Training helpers: augmentation, anomaly pasting, conversations, the loop on a tiny model."""
 
+import dataclasses
 import random
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
+from helpers.models import tiny_tokenizer
 
 from vmad_pipeline import prompts
 from vmad_pipeline.configs import TaskMix, TrainConfig
@@ -13,6 +16,7 @@ from vmad_pipeline.training.samples import (
     Plan,
     augment,
     conversation,
+    conversation_turns,
     paste_anomaly,
     plan_sample,
 )
@@ -82,6 +86,72 @@ def test_detection_answers_describe_the_final_mask():
     assert a == "Yes. There is an anomaly at the bottom. [SEG]"
     _, a = conversation(real, "hex_nut", "", None, empty, seg_first=True, rng=rng)
     assert a == "[SEG] No. It looks normal."
+
+
+def test_chat_samples_add_a_follow_up_answered_from_the_same_image():
+    """The chat task: the detection turn, then one follow-up of every kind over the draws, each
+    answered from the mask (where), the defect type (what kind) or the RIAD answers told about
+    "the part"; a normal image's follow-ups say so; a paste alone is asked where or what only."""
+    chat = Plan(task="chat", name="hex nut", paste=False, geometric=False)
+    top_left, empty = _mask(slice(1, 6), slice(1, 6)), np.zeros((32, 32), bool)
+    seen = {}
+    for i in range(60):
+        turns = conversation_turns(
+            chat, "hex_nut", "scratch", QA, top_left, seg_first=True, rng=random.Random(i)
+        )
+        assert turns[0] == (
+            prompts.vqa_prompt("hex nut"),
+            "[SEG] Yes. There is a scratch at the top left.",
+        )
+        (question, answer) = turns[1]
+        kind = next(k for k, qs in prompts.FOLLOW_UPS.items() if question in qs)
+        seen[kind] = answer
+    assert seen == {
+        "location": "It is at the top left.",
+        "type": "It is a scratch.",
+        "description": "A scratch at the top of the part.",
+        "impact": "Weakens the part.",
+        "suggestion": "Polish it.",
+    }
+    for i in range(20):
+        (_, no), (q, a) = conversation_turns(
+            chat, "hex_nut", "", None, empty, seg_first=True, rng=random.Random(i)
+        )
+        assert no == "[SEG] No. It looks normal." and "normal" in a
+    pasted = dataclasses.replace(chat, paste=True)
+    for i in range(20):
+        _, (q, a) = conversation_turns(
+            pasted, "hex_nut", "", None, top_left, seg_first=True, rng=random.Random(i)
+        )
+        assert a in ("It is at the top left.", "It is an anomaly.")
+    one = Plan(task="vqa", name="hex nut", paste=False, geometric=True)
+    assert conversation_turns(
+        one, "hex_nut", "scratch", QA, top_left, seg_first=True, rng=random.Random(0)
+    ) == [
+        conversation(one, "hex_nut", "scratch", QA, top_left, seg_first=True, rng=random.Random(0))
+    ]
+
+
+def test_a_conversation_encodes_every_answer_with_its_loss():
+    """encode_turns: the image in the first prompt only, every answer (text or generated ids)
+    labelled with its EOS, the questions not; one turn equals encode_conversation."""
+    tok = tiny_tokenizer()
+    first = prompts.vqa_prompt("screw")
+    ids, labels = prompts.encode_turns(
+        tok, [(first, "No. It looks normal."), ("Where is it?", None)], 4
+    )
+    a1 = prompts.encode_answer(tok, "No. It looks normal.")
+    p1 = prompts.encode_prompt(tok, first, 4)
+    q2 = tok.encode(prompts.next_turn("Where is it?"), add_special_tokens=False)
+    assert ids == p1 + a1 + q2
+    assert labels == [prompts.IGNORE] * len(p1) + a1 + [prompts.IGNORE] * len(q2)
+    assert ids.count(tok.convert_tokens_to_ids(prompts.IMAGE_TOKEN)) == 4
+    generated = a1[:-1] + [tok.eos_token_id]
+    assert prompts.encode_turns(tok, [(first, generated)], 4) == prompts.encode_conversation(
+        tok, first, "No. It looks normal.", 4
+    )
+    with pytest.raises(ValueError, match="only the last turn"):
+        prompts.encode_turns(tok, [(first, None), ("Where is it?", "x")], 4)
 
 
 def test_plans_balance_the_detection_question():

@@ -3,7 +3,6 @@ once and scoring by the evaluate parameters' rule, as the evaluation and the reg
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from vmad_pipeline.configs import WeightsConfig, from_dict
@@ -25,14 +24,12 @@ def predict_images(
     from vmad_pipeline.inference.batch import list_inputs, predict_items
     from vmad_pipeline.inference.calibrate import thresholds
     from vmad_pipeline.inference.predictor import Predictor
+    from vmad_pipeline.inference.service import Detector
 
     cfg, rule = parse_predict_params(params), parse_evaluate_params(evaluate)
     items = list_inputs(cfg.input, cfg.category)  # before the model loads: a bad input is quick
     chosen = thresholds(
         checkpoint.decision, rule.score_source, cfg.image_threshold, cfg.pixel_threshold
-    )
-    cfg = dataclasses.replace(
-        cfg, image_threshold=chosen["image_threshold"], pixel_threshold=chosen["pixel_threshold"]
     )
     predictor = Predictor.from_checkpoint(
         checkpoint,
@@ -42,5 +39,11 @@ def predict_images(
         device=cfg.device,
         precision=cfg.precision,
     )
-    counts = predict_items(predictor, items, store, cfg, Taxonomy.from_dict(taxonomy))
+    detector = Detector(
+        predictor,
+        image_threshold=chosen["image_threshold"],
+        pixel_threshold=chosen["pixel_threshold"],
+        taxonomy=Taxonomy.from_dict(taxonomy),
+    )
+    counts = predict_items(detector, items, store, cfg.batch_size, cfg.progress)
     return {**counts, **chosen, "predictions": str(store.lines), "input": cfg.input}

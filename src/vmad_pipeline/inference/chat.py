@@ -1,0 +1,116 @@
+"""A conversation about one image (``vmad-pipeline chat``, the web demo).
+
+It opens with the detection question (:meth:`Detector.inspect`: score, decision, map, answer);
+every follow-up ("where is it?", "how severe is it?", "what should be done?") is answered from the
+same image with the earlier turns as context, the way training writes multi-turn conversations
+(``training.samples.conversation_turns``, ``prompts.encode_turns``). The tokens after the
+conversation's first [SEG] read that mask's evidence, as in training. A turn whose answer emits
+[SEG] draws its own mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vmad_pipeline import prompts
+from vmad_pipeline.inference.service import Inspection, pictures
+
+FORBIDDEN = (prompts.IMAGE_TOKEN, prompts.SEG_TOKEN)  # a question may not place these
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str  # as a user reads it
+    seg_found: bool
+    mask: np.ndarray | None  # H x W uint8 (255 inside) at the image's size, where [SEG] was said
+    overlay: np.ndarray | None
+
+
+class Conversation:
+    """The turns so far about one image (H x W x 3 uint8) of the object ``category``."""
+
+    def __init__(
+        self, detector, image: np.ndarray, category: str, *, max_new_tokens: int = 48
+    ) -> None:
+        self.detector, self.image, self.category = detector, image, category
+        self.max_new_tokens = max_new_tokens
+        self.tensor = detector.tensor(image)
+        (self.inspection,) = detector.inspect([image], [category])
+        first = self.inspection
+        self._turns: list[tuple[str, list[int]]] = [
+            (prompts.vqa_prompt(category), self._closed(first.answer_ids))
+        ]
+        self._seg_map = first.square_map if first.seg_found else None
+        self.turns = [
+            Turn(
+                prompts.VQA_QUESTION.format(object=prompts.object_name(category)),
+                first.answer,
+                first.seg_found,
+                first.mask if first.seg_found else None,
+                first.overlay if first.seg_found else None,
+            )
+        ]
+
+    @property
+    def first(self) -> Inspection:
+        return self.inspection
+
+    def _closed(self, ids: list[int]) -> list[int]:
+        """Generated ids as history: ending with EOS (an answer cut by the budget is closed)."""
+        eos = self.detector.predictor.tokenizer.eos_token_id
+        return list(ids) if ids and ids[-1] == eos else [*ids, eos]
+
+    def ask(self, question: str) -> Turn:
+        """The answer to ``question`` about the same image, the conversation kept. A question
+        that is empty or places the image or [SEG] tokens is a ValueError; when the
+        conversation outgrows the model's context, its oldest follow-ups are dropped (the first
+        turn, which holds the image, stays)."""
+        question = " ".join(str(question).split())
+        if not question:
+            raise ValueError("empty question")
+        if any(t in question for t in FORBIDDEN):
+            raise ValueError(f"a question may not contain {' or '.join(FORBIDDEN)}")
+        predictor = self.detector.predictor
+        history = self._fit(question)
+        pred = predictor.follow_up(
+            self.tensor,
+            history,
+            question,
+            earlier_map=self._seg_map,
+            max_new_tokens=self.max_new_tokens,
+        )
+        ids = pred.answer_ids[0]
+        found = bool(pred.seg_found[0])
+        square = pred.mask_logits[0].sigmoid().float().cpu().numpy()
+        mask = overlay = None
+        if found:
+            pics = pictures(self.image, square, self.detector.pixel_threshold)
+            mask, overlay = pics["masks"], pics["overlays"]
+            if self._seg_map is None:
+                self._seg_map = square
+        self._turns.append((question, self._closed(ids)))
+        turn = Turn(question, predictor.text(ids), found, mask, overlay)
+        self.turns.append(turn)
+        return turn
+
+    def _fit(self, question: str) -> list[tuple[str, list[int]]]:
+        """The turns that fit the context with the new question and its answer's budget."""
+        predictor = self.detector.predictor
+        limit = predictor.model.config.llm.max_positions - self.max_new_tokens
+        turns = list(self._turns)
+        while True:
+            ids, _ = prompts.encode_turns(
+                predictor.tokenizer, [*turns, (question, None)], predictor.model.num_image_tokens
+            )
+            if len(ids) <= limit:
+                return turns
+            if len(turns) == 1:
+                raise ValueError(
+                    f"the question is too long for the model's context ({len(ids)} tokens with "
+                    f"the image; {limit} fit)"
+                )
+            del turns[1]
+            del self._turns[1]

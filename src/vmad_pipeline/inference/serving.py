@@ -1,0 +1,200 @@
+"""What the REST server (``mlflow models serve`` of the registered model) accepts and returns.
+
+Requests: rows with ``image`` (base64 of an image file: line breaks and a ``data:...;base64,``
+prefix allowed) or ``path`` (a file under the serving configuration's allowed root, refused
+when none is named), and optionally ``category`` (the object's name; default "object"). Every
+refusal is a :class:`RequestError` with a message for the client; nothing is decoded before the
+image's size in its header is checked against the pixel limit (decompression bombs).
+
+Responses: per row the score, the decision, P(yes), the answer as text, whether [SEG] was
+emitted, the location the answer names, and the mask and the anomaly map as PNG images (base64)
+at the input image's size.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from vmad_pipeline.images import read_rgb
+
+DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; larger images are refused before decoding
+DEFAULT_MAX_ROWS = 64
+_DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+
+
+class RequestError(ValueError):
+    """A request the server refuses: the client gets this message with a 4xx status."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits of the server: ``allowed_root`` (None: ``path`` is refused), ``max_pixels`` per
+    image, ``max_rows`` per request."""
+
+    allowed_root: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_rows: int = DEFAULT_MAX_ROWS
+
+    @classmethod
+    def from_settings(cls, given: Mapping | None = None, env: Mapping | None = None) -> ServeConfig:
+        """From ``model_config`` keys (``allowed_root``, ``max_pixels``, ``max_rows``), else the
+        environment (``VMAD_SERVE_ALLOWED_ROOT``, ``VMAD_SERVE_MAX_PIXELS``,
+        ``VMAD_SERVE_MAX_ROWS``: ``mlflow models serve`` passes no model_config)."""
+        given, env = dict(given or {}), os.environ if env is None else env
+
+        def pick(key: str, default):
+            value = given.get(key)
+            return env.get(f"VMAD_SERVE_{key.upper()}", default) if value is None else value
+
+        root = pick("allowed_root", None)
+        out = cls(
+            allowed_root=str(root) if root else None,
+            max_pixels=int(pick("max_pixels", DEFAULT_MAX_PIXELS)),
+            max_rows=int(pick("max_rows", DEFAULT_MAX_ROWS)),
+        )
+        if out.max_pixels < 1 or out.max_rows < 1:
+            raise ValueError(f"serving limits must be >= 1: {out}")
+        if out.allowed_root and not Path(out.allowed_root).is_dir():
+            raise ValueError(f"allowed_root {out.allowed_root!r} is not a folder")
+        return out
+
+
+def as_frame(model_input) -> pd.DataFrame:
+    """A request's rows as a DataFrame: a DataFrame, a dict of columns (the ``{"inputs":
+    {...}}`` form), a list of row dicts, or a dict of scalars (one row)."""
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    if isinstance(model_input, Mapping):
+        columns = {k: np.atleast_1d(np.asarray(v, dtype=object)) for k, v in model_input.items()}
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise RequestError(
+                f"columns of different lengths: { {k: len(v) for k, v in columns.items()} }"
+            )
+        return pd.DataFrame({k: list(v) for k, v in columns.items()})
+    if isinstance(model_input, list) and all(isinstance(r, Mapping) for r in model_input):
+        return pd.DataFrame(model_input)
+    raise RequestError(
+        "expected rows with a column 'image' (base64) or 'path', e.g. "
+        '{"dataframe_records": [{"image": "<base64>", "category": "screw"}]}'
+    )
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and value != ""
+
+
+def decode_base64(value) -> bytes:
+    """An image file's bytes from base64 text (a data-URI prefix and whitespace allowed)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if not isinstance(value, str):
+        raise RequestError(f"image: expected base64 text, got {type(value).__name__}")
+    text = _DATA_URI.sub("", value.strip(), count=1)
+    text = "".join(text.split())  # MIME line breaks
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RequestError("image: not valid base64") from err
+    if not data:
+        raise RequestError("image: empty")
+    return data
+
+
+def resolve_path(value, allowed_root: str | None) -> Path:
+    """A served file: refused without an allowed root, and outside it (symlinks resolved)."""
+    if not allowed_root:
+        raise RequestError(
+            "path: file paths are refused by this server; send the image as base64 in 'image' "
+            "(or start the server with VMAD_SERVE_ALLOWED_ROOT=<folder>)"
+        )
+    root = Path(allowed_root).resolve()
+    target = Path(str(value))
+    target = (target if target.is_absolute() else root / target).resolve()
+    if not target.is_relative_to(root):
+        raise RequestError("path: outside the allowed root")
+    if not target.is_file():
+        raise RequestError("path: no such file under the allowed root")
+    return target
+
+
+def check_size(source: bytes | Path, max_pixels: int) -> None:
+    """The image's size from its header (nothing decoded yet) within ``max_pixels``."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as err:  # PIL's own, far larger limit
+        raise RequestError(f"image: over this server's limit of {max_pixels} pixels") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise RequestError(
+            "image: not an image file PIL can read (PNG, JPEG, BMP, TIFF, ...)"
+        ) from err
+    if w < 1 or h < 1:
+        raise RequestError(f"image: empty ({w} x {h} pixels)")
+    if w * h > max_pixels:
+        raise RequestError(f"image: {w} x {h} pixels is over this server's limit of {max_pixels}")
+
+
+def read_request(frame: pd.DataFrame, cfg: ServeConfig) -> tuple[list[np.ndarray], list[str]]:
+    """The images (H x W x 3 uint8) and object names of a request, or a RequestError naming the
+    first bad row."""
+    if len(frame) == 0:
+        raise RequestError("no rows: send at least one image")
+    if len(frame) > cfg.max_rows:
+        raise RequestError(f"{len(frame)} rows: this server takes at most {cfg.max_rows} a request")
+    if "image" not in frame.columns and "path" not in frame.columns:
+        raise RequestError("each row needs 'image' (base64 of an image file) or 'path'")
+    images, names = [], []
+    for i, row in enumerate(frame.to_dict("records")):
+        image, path = row.get("image"), row.get("path")
+        if _present(image) == _present(path):
+            raise RequestError(f"row {i}: give exactly one of 'image' (base64) and 'path'")
+        try:
+            source = (
+                decode_base64(image) if _present(image) else resolve_path(path, cfg.allowed_root)
+            )
+            check_size(source, cfg.max_pixels)
+            images.append(read_rgb(source))
+        except RequestError as err:
+            raise RequestError(f"row {i}: {err}") from None
+        except ValueError as err:  # decodable header, unreadable pixels
+            raise RequestError(f"row {i}: image: cannot be decoded") from err
+        category = row.get("category")
+        names.append(str(category) if _present(category) else "object")
+    return images, names
+
+
+def png_base64(array: np.ndarray) -> str:
+    """A uint8 image (H x W or H x W x 3) as base64 PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def response(inspections) -> pd.DataFrame:
+    """The rows a request gets back (``inference.service.Inspection`` each)."""
+    return pd.DataFrame(
+        {
+            "score": [float(x.score) for x in inspections],
+            "anomalous": [bool(x.anomalous) for x in inspections],
+            "p_yes": [float(x.p_yes) for x in inspections],
+            "answer": [x.answer for x in inspections],
+            "seg_found": [bool(x.seg_found) for x in inspections],
+            "location": [x.location or "" for x in inspections],
+            "width": [int(x.mask.shape[1]) for x in inspections],
+            "height": [int(x.mask.shape[0]) for x in inspections],
+            "mask_png": [png_base64(x.mask) for x in inspections],
+            "anomaly_map_png": [png_base64(x.map) for x in inspections],
+        }
+    )
