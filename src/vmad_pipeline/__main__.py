@@ -1,4 +1,6 @@
-"""``python -m vmad_pipeline`` runs the project like ``kedro run``."""
+"""``python -m vmad_pipeline`` (the ``vmad-pipeline`` command) runs the project like ``kedro
+run``; ``vmad-pipeline chat IMAGE`` and ``vmad-pipeline demo`` start the interactive programs
+(``apps.commands``)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,14 @@ from pathlib import Path
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
+APPS = ("chat", "demo")
+
 
 def main(*args, **kwargs):
+    if len(sys.argv) > 1 and sys.argv[1] in APPS and not args and not kwargs:
+        from vmad_pipeline.apps.commands import main as app
+
+        return app(sys.argv[1:])
     package_name = Path(__file__).parent.name
     configure_project(package_name)
     run = find_run_command(package_name)

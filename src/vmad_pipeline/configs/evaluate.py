@@ -101,6 +101,9 @@ class EvaluateConfig:
     score_source: str = "map_max"
     fusion_weight: float = 0.5  # w of the fused score (weight of P(yes))
     curve_points: int = 201  # FPR grid of the PRO curve files (the AUPRO number is exact)
+    # after the detection answer, anomalous images are asked "Where is it?" and "What kind of
+    # defect is it?" (multi-turn chat); their answers are graded as follow-up accuracies
+    follow_ups: bool = True
     mmad: MmadEvalConfig = field(default_factory=MmadEvalConfig)
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)

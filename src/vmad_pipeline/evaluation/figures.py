@@ -35,6 +35,8 @@ LABELS = {
     "p_yes_auroc": "P(yes) AUROC",
     "defect_type_accuracy": "Type acc",
     "location_accuracy": "Loc acc",
+    "follow_up_location_accuracy": "Follow-up loc acc",
+    "follow_up_type_accuracy": "Follow-up type acc",
     "object_name_accuracy": "Name acc",
     "object_named_share": "Named share",
 }

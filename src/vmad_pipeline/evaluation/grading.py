@@ -42,6 +42,7 @@ def grade_answers(
         )
     tax = Taxonomy.from_dict(taxonomy) if taxonomy else None
     p_yes, scores = predictions.get("p_yes"), predictions["scores"]
+    follow = predictions.get("follow_ups") or {}
     rows = []
     for i, r in enumerate(eval_set.itertuples()):
         answer, anomalous = answers[i], bool(r.label)
@@ -75,6 +76,26 @@ def grade_answers(
                 "type_correct": (named is not None and named.id == gt_id)
                 if (tax is not None and anomalous and gt_id >= 0)
                 else None,
+                **_follow_ups(follow, i, gt_location, gt_id if anomalous else -1, tax),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _follow_ups(follow: dict, i: int, gt_location, gt_id: int, tax) -> dict:
+    """The follow-up answers of image ``i`` (``follow``: kind -> answer or None per image) and
+    whether they are right: the location against the mask's, the type against the label's."""
+    where = (follow.get("location") or [None] * (i + 1))[i]
+    what = (follow.get("type") or [None] * (i + 1))[i]
+    location = parse_location(where) if where is not None else None
+    named = parse_defect_type(what, tax) if (what is not None and tax) else None
+    return {
+        "follow_up_location_answer": where,
+        "follow_up_location_correct": (location == gt_location)
+        if (where is not None and gt_location)
+        else None,
+        "follow_up_type_answer": what,
+        "follow_up_type_correct": (named is not None and named.id == gt_id)
+        if (what is not None and tax is not None and gt_id >= 0)
+        else None,
+    }

@@ -37,14 +37,18 @@ TEXT_METRICS = (
     "p_yes_auroc",
     "defect_type_accuracy",
     "location_accuracy",
+    "follow_up_location_accuracy",
+    "follow_up_type_accuracy",
     "object_name_accuracy",
     "object_named_share",
 )
 METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS
 
 
-def _mean_flag(flags: pd.Series) -> float:
-    """Share of True among the set (non-null) flags; NaN when none is set."""
+def _mean_flag(flags: pd.Series | None) -> float:
+    """Share of True among the set (non-null) flags; NaN when none is set (or no column)."""
+    if flags is None:
+        return float("nan")
     known = flags.dropna()
     return float(known.astype(bool).mean()) if len(known) else float("nan")
 
@@ -92,6 +96,9 @@ def _class_metrics(
         "p_yes_auroc": _p_yes_auroc(labels, graded["p_yes"]) if both else float("nan"),
         "defect_type_accuracy": _mean_flag(graded["type_correct"]),
         "location_accuracy": _mean_flag(graded["location_correct"]),
+        # the same asked as follow-ups after the detection answer (multi-turn chat)
+        "follow_up_location_accuracy": _mean_flag(graded.get("follow_up_location_correct")),
+        "follow_up_type_accuracy": _mean_flag(graded.get("follow_up_type_correct")),
         "object_name_accuracy": _mean_flag(graded["object_correct"]),
         # share of answers that name an object at all (the default answers name none, so the
         # name accuracy above is then undefined, not perfect)

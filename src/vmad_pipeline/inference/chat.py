@@ -38,10 +38,11 @@ class Conversation:
         self.detector, self.image, self.category = detector, image, category
         self.max_new_tokens = max_new_tokens
         self.tensor = detector.tensor(image)
+        self._eos = detector.predictor.tokenizer.eos_token_id
         (self.inspection,) = detector.inspect([image], [category])
         first = self.inspection
         self._turns: list[tuple[str, list[int]]] = [
-            (prompts.vqa_prompt(category), self._closed(first.answer_ids))
+            (prompts.vqa_prompt(category), _closed(first.answer_ids, self._eos))
         ]
         self._seg_map = first.square_map if first.seg_found else None
         self.turns = [
@@ -58,11 +59,6 @@ class Conversation:
     def first(self) -> Inspection:
         return self.inspection
 
-    def _closed(self, ids: list[int]) -> list[int]:
-        """Generated ids as history: ending with EOS (an answer cut by the budget is closed)."""
-        eos = self.detector.predictor.tokenizer.eos_token_id
-        return list(ids) if ids and ids[-1] == eos else [*ids, eos]
-
     def ask(self, question: str) -> Turn:
         """The answer to ``question`` about the same image, the conversation kept. A question
         that is empty or places the image or [SEG] tokens is a ValueError; when the
@@ -73,26 +69,24 @@ class Conversation:
             raise ValueError("empty question")
         if any(t in question for t in FORBIDDEN):
             raise ValueError(f"a question may not contain {' or '.join(FORBIDDEN)}")
-        predictor = self.detector.predictor
         history = self._fit(question)
-        pred = predictor.follow_up(
-            self.tensor,
-            history,
-            question,
-            earlier_map=self._seg_map,
+        pred = self.detector.predictor.follow_up(
+            self.tensor[None],
+            [history],
+            [question],
+            earlier_maps=None if self._seg_map is None else self._seg_map[None],
             max_new_tokens=self.max_new_tokens,
         )
-        ids = pred.answer_ids[0]
-        found = bool(pred.seg_found[0])
-        square = pred.mask_logits[0].sigmoid().float().cpu().numpy()
+        ids, found, square = pred.answer_ids[0], bool(pred.seg_found[0]), pred.maps[0]
+        text = pred.texts[0]
         mask = overlay = None
         if found:
             pics = pictures(self.image, square, self.detector.pixel_threshold)
             mask, overlay = pics["masks"], pics["overlays"]
             if self._seg_map is None:
                 self._seg_map = square
-        self._turns.append((question, self._closed(ids)))
-        turn = Turn(question, predictor.text(ids), found, mask, overlay)
+        self._turns.append((question, _closed(ids, self._eos)))
+        turn = Turn(question, text, found, mask, overlay)
         self.turns.append(turn)
         return turn
 
@@ -114,3 +108,44 @@ class Conversation:
                 )
             del turns[1]
             del self._turns[1]
+
+
+def ask_after_detection(
+    predictor,
+    images,
+    categories: list[str],
+    predictions,
+    rows: np.ndarray,
+    question: str,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[str | None]:
+    """The answer to ``question`` asked after each selected image's detection answer (``rows``:
+    bool per image; ``predictions``: the predictor's ``Predictions`` of those images, whose
+    answers and maps are the conversation so far); None for the images not asked."""
+    picked = np.flatnonzero(rows)
+    eos = predictor.tokenizer.eos_token_id
+    histories = [
+        [(prompts.vqa_prompt(categories[i]), _closed(predictions.answer_ids[i], eos))]
+        for i in picked
+    ]
+    asked = predictor.follow_up(
+        images[picked],
+        histories,
+        [question] * len(picked),
+        earlier_maps=predictions.maps[picked],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    out: list[str | None] = [None] * len(rows)
+    for k, i in enumerate(picked):
+        out[i] = asked.texts[k]
+    return out
+
+
+def _closed(ids: list[int], eos: int) -> list[int]:
+    """Generated ids as history: ending with EOS (an answer cut by the budget is closed)."""
+    return list(ids) if ids and ids[-1] == eos else [*ids, eos]

@@ -49,6 +49,14 @@ class Answers:
     p_yes: np.ndarray | None = None  # N: P(yes) of the detection question, where computed
 
 
+@dataclass
+class FollowUps:
+    answer_ids: list[list[int]]  # the generated tokens of each answer
+    texts: list[str]  # as a user reads them
+    seg_found: np.ndarray  # N bool: the answer said [SEG]
+    maps: np.ndarray  # N x S x S: the map of that [SEG] (else the fallback state's)
+
+
 class Predictor:
     """Wraps a trained model (eval mode) on its device, in its precision (autocast)."""
 
@@ -128,37 +136,54 @@ class Predictor:
                 prompt_masks=prompt_masks,
             )
 
-    def text(self, ids: list[int]) -> str:
+    def _text(self, ids: list[list[int]]) -> list[str]:
         """Generated tokens as a user reads them: special tokens ([SEG], EOS) dropped, stripped."""
-        return self._text([ids])[0]
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def follow_up(
         self,
-        image: torch.Tensor,
-        turns: list[tuple[str, list[int]]],
-        question: str,
+        images: torch.Tensor,
+        histories: list[list[tuple[str, list[int]]]],
+        questions: list[str],
         *,
-        earlier_map: np.ndarray | None,
+        earlier_maps: np.ndarray | None,
         max_new_tokens: int,
-    ):
-        """The next answer of a conversation about one image (3 x S x S uint8): ``turns`` are the
-        earlier (question, generated ids) pairs, the first a full prompt; ``earlier_map`` the
-        map (S x S probabilities) of the conversation's first [SEG], which the tokens after it
-        read as in training. Returns the model's ``Prediction`` for this turn."""
-        ids, _ = encode_turns(
-            self.tokenizer, [*turns, (question, None)], self.model.num_image_tokens
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> FollowUps:
+        """The next answer of a conversation about each image (N x 3 x S x S uint8):
+        ``histories`` hold each one's earlier (question, generated ids) turns, the first a full
+        prompt; ``earlier_maps`` (N x H x W probabilities) the maps of their first [SEG], which
+        the tokens after it read as in training. A [SEG] in the new answer draws its map at S."""
+        n = len(images)
+        if not (len(histories) == len(questions) == n):
+            raise ValueError(f"{n} images, {len(histories)} histories, {len(questions)} questions")
+        ids, texts, found, maps = [], [], [], []
+        for s in self._batches(n, batch_size, "follow-up", progress):
+            part = slice(s, s + batch_size)
+            seqs = [
+                encode_turns(self.tokenizer, [*h, (q, None)], self.model.num_image_tokens)[0]
+                for h, q in zip(histories[part], questions[part], strict=True)
+            ]
+            masks = None if earlier_maps is None else np.asarray(earlier_maps[part], np.float32)
+            pred = self._generate(
+                images[part],
+                seqs,
+                output_size=self.image_size,
+                max_new_tokens=max_new_tokens,
+                prompt_masks=masks,
+            )
+            ids += pred.answer_ids
+            texts += self._text(pred.answer_ids)
+            found.append(pred.seg_found.cpu().numpy())
+            maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
+        empty = np.zeros((0, self.image_size, self.image_size), np.float32)
+        return FollowUps(
+            answer_ids=ids,
+            texts=texts,
+            seg_found=np.concatenate(found) if found else np.zeros(0, bool),
+            maps=np.concatenate(maps) if maps else empty,
         )
-        masks = None if earlier_map is None else np.asarray(earlier_map, np.float32)[None]
-        return self._generate(
-            image[None],
-            [ids],
-            output_size=self.image_size,
-            max_new_tokens=max_new_tokens,
-            prompt_masks=masks,
-        )
-
-    def _text(self, ids: list[list[int]]) -> list[str]:
-        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def predict(
         self,

@@ -62,6 +62,46 @@ class Detector:
         self.predictor = predictor
         self.image_threshold, self.pixel_threshold = float(image_threshold), float(pixel_threshold)
         self.taxonomy = taxonomy
+        self.thresholds: dict = {}  # where the thresholds came from (inference.calibrate)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint,
+        weights,
+        evaluate,
+        *,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        taxonomy=None,
+    ) -> Detector:
+        """The checkpoint's model (``models.checkpoint.Checkpoint``; ``weights``: this machine's
+        weight paths) scoring by ``evaluate``'s rule and decoding budget, deciding with the
+        given thresholds, else the ones calibrated with it (``inference.calibrate.thresholds``)."""
+        from vmad_pipeline.inference.calibrate import thresholds
+        from vmad_pipeline.inference.predictor import Predictor
+
+        chosen = thresholds(
+            checkpoint.decision, evaluate.score_source, image_threshold, pixel_threshold
+        )
+        predictor = Predictor.from_checkpoint(
+            checkpoint,
+            weights,
+            rule=evaluate.score_rule,
+            max_new_tokens=evaluate.max_new_tokens,
+            device=device,
+            precision=precision,
+        )
+        out = cls(
+            predictor,
+            image_threshold=chosen["image_threshold"],
+            pixel_threshold=chosen["pixel_threshold"],
+            taxonomy=taxonomy,
+        )
+        out.thresholds = chosen
+        return out
 
     @property
     def image_size(self) -> int:

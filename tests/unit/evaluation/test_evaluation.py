@@ -225,6 +225,38 @@ def test_grade_answers_rows() -> None:
     assert graded["p_yes"].tolist() == P_YES
 
 
+def test_follow_up_answers_are_graded_on_the_anomalous_images() -> None:
+    """The follow-ups asked after the detection answer: where (against the mask's location)
+    and what kind (against the label's type); images not asked have no flag."""
+    follow = {
+        "location": [None, None, "It is at the top left.", "It is at the top.", None, "Unsure."],
+        "type": [None, None, "It is a scratch.", "It is a crack.", None, "It is a scratch."],
+    }
+    pred = {**predictions(), "follow_ups": follow}
+    cfg = parse_evaluate_params(PARAMS)
+    graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
+    assert graded["follow_up_location_correct"].tolist()[2:4] == [True, False]
+    assert graded["follow_up_type_correct"].tolist()[2:4] == [True, True]
+    assert (
+        not graded.loc[5, "follow_up_location_correct"]
+        and not graded.loc[5, "follow_up_type_correct"]
+    )
+    assert (
+        graded[["follow_up_location_correct", "follow_up_type_correct"]]
+        .iloc[[0, 1, 4]]
+        .isna()
+        .all()
+        .all()
+    )
+    report, flat, _ = compute_metrics(eval_set(), scored(pred, cfg), masks(), graded, cfg)
+    alpha, beta = report["per_class"]["alpha"], report["per_class"]["beta"]
+    assert (alpha["follow_up_location_accuracy"], alpha["follow_up_type_accuracy"]) == (0.5, 1.0)
+    assert (beta["follow_up_location_accuracy"], beta["follow_up_type_accuracy"]) == (0.0, 0.0)
+    without = grade_answers(eval_set(), predictions(), masks(), TAXONOMY)  # none asked
+    report, _, _ = compute_metrics(eval_set(), scored(predictions(), cfg), masks(), without, cfg)
+    assert report["mean"]["follow_up_location_accuracy"] is None
+
+
 def test_object_name_accuracy_counts_only_answers_that_name_one() -> None:
     pred = {**predictions(), "detection_answers": list(ANSWERS)}
     pred["detection_answers"][0] = "No, the alpha looks normal."  # named, right

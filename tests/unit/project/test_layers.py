@@ -29,6 +29,7 @@ LAYERS = {
     "settings": 6,
     "pipeline_registry": 6,
     "__main__": 6,
+    "apps": 6,
 }
 # Imports between different packages of one layer that the design allows (a rule needed by two
 # packages of a layer lives in the one that is used).
@@ -41,6 +42,7 @@ SAME_LAYER = {
     ("evaluation", "datasets"),
     ("training", "annotation"),
     ("settings", "hooks"),  # Kedro settings register the hooks
+    ("__main__", "apps"),  # the command line starts the chat and the demo
 }
 
 

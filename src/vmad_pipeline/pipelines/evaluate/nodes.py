@@ -76,7 +76,32 @@ def predict_eval_set(
             int((~pred.seg_found).sum()),
             len(pred.seg_found),
         )
-    return {**pred.as_dict(), "decision": _decision(predictor.model.decision, cfg.score_source)}
+    out = {**pred.as_dict(), "decision": _decision(predictor.model.decision, cfg.score_source)}
+    if cfg.follow_ups:
+        out["follow_ups"] = _follow_ups(predictor, images, eval_set, pred, cfg)
+    return out
+
+
+def _follow_ups(predictor, images, eval_set: pd.DataFrame, pred, cfg) -> dict[str, list]:
+    """The anomalous images' answers to the location and defect-type follow-ups."""
+    from vmad_pipeline import prompts
+    from vmad_pipeline.inference.chat import ask_after_detection
+
+    rows = eval_set["label"].to_numpy().astype(bool)
+    return {
+        kind: ask_after_detection(
+            predictor,
+            images,
+            list(eval_set["category"]),
+            pred,
+            rows,
+            prompts.FOLLOW_UPS[kind][0],
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+        )
+        for kind in ("location", "type")
+    }
 
 
 def _decision(decision: dict, score_source: str) -> dict | None:

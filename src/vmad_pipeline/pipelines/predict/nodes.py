@@ -22,28 +22,19 @@ def predict_images(
     returns the counts and where they are."""
     from vmad_pipeline.annotation.taxonomy import Taxonomy
     from vmad_pipeline.inference.batch import list_inputs, predict_items
-    from vmad_pipeline.inference.calibrate import thresholds
-    from vmad_pipeline.inference.predictor import Predictor
     from vmad_pipeline.inference.service import Detector
 
     cfg, rule = parse_predict_params(params), parse_evaluate_params(evaluate)
     items = list_inputs(cfg.input, cfg.category)  # before the model loads: a bad input is quick
-    chosen = thresholds(
-        checkpoint.decision, rule.score_source, cfg.image_threshold, cfg.pixel_threshold
-    )
-    predictor = Predictor.from_checkpoint(
+    detector = Detector.from_checkpoint(
         checkpoint,
         from_dict(WeightsConfig, weights, "weights"),
-        rule=rule.score_rule,
-        max_new_tokens=rule.max_new_tokens,
+        rule,
+        image_threshold=cfg.image_threshold,
+        pixel_threshold=cfg.pixel_threshold,
         device=cfg.device,
         precision=cfg.precision,
-    )
-    detector = Detector(
-        predictor,
-        image_threshold=chosen["image_threshold"],
-        pixel_threshold=chosen["pixel_threshold"],
         taxonomy=Taxonomy.from_dict(taxonomy),
     )
     counts = predict_items(detector, items, store, cfg.batch_size, cfg.progress)
-    return {**counts, **chosen, "predictions": str(store.lines), "input": cfg.input}
+    return {**counts, **detector.thresholds, "predictions": str(store.lines), "input": cfg.input}

@@ -1,0 +1,131 @@
+"""``vmad-pipeline chat IMAGE`` and ``vmad-pipeline demo``: the trained model of the project in
+the current folder, asked about one image in a terminal, or shown in a browser.
+
+``chat`` opens with the detection answer (decision, score, location, mask), then answers
+follow-up questions about the same image: typed at a prompt when stdin is a terminal, else one
+question per line of stdin with one JSON line per answer on stdout (``--json`` forces that).
+A turn whose answer emits [SEG] writes its mask and overlay under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+QUIT = {"", "quit", "exit", "q"}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="vmad-pipeline", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    chat = sub.add_parser("chat", help="ask the trained model about one image")
+    chat.add_argument("image", help="an image file")
+    chat.add_argument("--category", help="the object's name (default: from its folders)")
+    chat.add_argument("--json", action="store_true", help="JSON lines, even at a terminal")
+    chat.add_argument("--out", default="data/08_reporting/chat", help="where masks are written")
+    chat.add_argument("--max-new-tokens", type=int, default=48, help="an answer's token budget")
+    demo = sub.add_parser("demo", help="the web demo (Gradio) on this machine")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=7860)
+    for p in (chat, demo):
+        p.add_argument("--project", default=".", help="the Kedro project (default: here)")
+        p.add_argument("--env", default=None, help="a Kedro configuration environment")
+    return top
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from vmad_pipeline.apps.project import load_detector
+
+    try:
+        if args.command == "chat":
+            from vmad_pipeline.images import read_rgb
+
+            image = read_rgb(args.image)  # an unreadable file stops before the model loads
+            return chat(load_detector(args.project, args.env), image, args)
+        from vmad_pipeline.apps.demo import launch
+
+        examples = sorted(Path(args.project).glob("data/01_raw/synthetic/*/test/*/*.png"))[:4]
+        launch(
+            load_detector(args.project, args.env),
+            host=args.host,
+            port=args.port,
+            examples=[str(p) for p in examples],
+        )
+        return 0
+    except (FileNotFoundError, ValueError) as err:
+        print(f"vmad-pipeline {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+def chat(detector, image, args, stdin=None, stdout=None) -> int:
+    """The conversation about ``image``; questions from ``stdin``, answers to ``stdout``."""
+    from vmad_pipeline.inference.batch import folder_category
+    from vmad_pipeline.inference.chat import Conversation
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    as_json = args.json or not stdin.isatty()
+    category = args.category or folder_category(Path(args.image))
+    out = Path(args.out) / Path(args.image).stem
+    talk = Conversation(detector, image, category, max_new_tokens=args.max_new_tokens)
+    first = talk.inspection
+    opening = {
+        "score": round(first.score, 6),
+        "anomalous": first.anomalous,
+        "image_threshold": detector.image_threshold,
+        "location": first.location,
+        "defect_type": first.defect_type,
+        "mask_fraction": round(first.mask_fraction, 6),
+    }
+    _say(talk.turns[0], 0, out, stdout, as_json, opening)
+    k = 0
+    while True:
+        if not as_json:
+            stdout.write("> ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip().lower() in QUIT:
+            return 0
+        try:
+            turn = talk.ask(line)
+        except ValueError as err:
+            _error(err, stdout, as_json)
+            continue
+        k += 1
+        _say(turn, k, out, stdout, as_json, {})
+
+
+def _say(turn, k: int, out: Path, stdout, as_json: bool, extra: dict) -> None:
+    files = {}
+    if turn.mask is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, array in (("mask", turn.mask), ("overlay", turn.overlay)):
+            path = out / f"turn-{k:02d}-{name}.png"
+            Image.fromarray(array).save(path)
+            files[name] = str(path)
+    if as_json:
+        record = {"turn": k, "question": turn.question, "answer": turn.answer}
+        record |= {"seg_found": turn.seg_found, **extra, "files": files}
+        stdout.write(json.dumps(record) + "\n")
+    else:
+        if extra:
+            verdict = "ANOMALOUS" if extra["anomalous"] else "normal"
+            stdout.write(
+                f"{verdict} (score {extra['score']:.3f}, threshold "
+                f"{extra['image_threshold']:.3f}, mask {100 * extra['mask_fraction']:.1f}% of "
+                "the image)\n"
+            )
+        stdout.write(turn.answer + "\n")
+        if files:
+            stdout.write(f"  mask: {files['mask']}\n")
+    stdout.flush()
+
+
+def _error(err: Exception, stdout, as_json: bool) -> None:
+    text = json.dumps({"error": str(err)}) if as_json else f"  ({err})"
+    stdout.write(text + "\n")
+    stdout.flush()

@@ -1,0 +1,123 @@
+"""The multi-turn chat about one image (``inference.chat``) and its command (``apps.commands``) on
+a tiny untrained model: the conversation is kept, follow-ups see the earlier turns, a [SEG]
+writes its mask at the image's size, bad questions are refused and the context never overflows."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers.models import CFG, tiny_tokenizer
+from PIL import Image
+
+from vmad_pipeline import prompts
+from vmad_pipeline.apps.commands import chat
+from vmad_pipeline.inference.chat import Conversation
+from vmad_pipeline.inference.predictor import Predictor
+from vmad_pipeline.inference.service import Detector
+from vmad_pipeline.models.build import build_vmad
+
+
+@pytest.fixture(scope="module")
+def detector():
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    predictor = Predictor(build_vmad(CFG, tok).eval(), tok, max_new_tokens=6)
+    return Detector(predictor, image_threshold=0.5, pixel_threshold=0.5)
+
+
+def image(h: int = 30, w: int = 40) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_follow_ups_are_answered_with_the_earlier_turns_as_context(detector, monkeypatch):
+    talk = Conversation(detector, image(), "screw", max_new_tokens=4)
+    assert talk.inspection.score == detector.inspect([image()], ["screw"])[0].score
+    seen = []
+    real = detector.predictor.follow_up
+
+    def spy(tensor, histories, questions, **kw):
+        seen.append([q for q, _ in histories[0]] + questions)
+        return real(tensor, histories, questions, **kw)
+
+    monkeypatch.setattr(detector.predictor, "follow_up", spy)
+    first = talk.ask("Where is it?")
+    talk.ask("  How severe   is it? ")
+    assert seen == [
+        [prompts.vqa_prompt("screw"), "Where is it?"],
+        [prompts.vqa_prompt("screw"), "Where is it?", "How severe is it?"],
+    ]
+    assert [t.question for t in talk.turns][1:] == ["Where is it?", "How severe is it?"]
+    assert "[SEG]" not in first.answer and "</s>" not in first.answer
+    eos = detector.predictor.tokenizer.eos_token_id
+    assert all(ids[-1] == eos for _, ids in talk._turns)  # each answer closed in the history
+
+
+def test_bad_questions_are_refused_and_the_conversation_goes_on(detector):
+    talk = Conversation(detector, image(), "screw", max_new_tokens=4)
+    for bad in ("", "   ", "show <image> again", "draw [SEG]"):
+        with pytest.raises(ValueError):
+            talk.ask(bad)
+    assert len(talk.turns) == 1
+    talk.ask("What should be done?")
+    assert len(talk.turns) == 2
+
+
+def test_a_long_conversation_drops_its_oldest_follow_ups_not_the_image(detector):
+    talk = Conversation(detector, image(), "screw", max_new_tokens=4)
+    limit = detector.predictor.model.config.llm.max_positions
+    for _ in range(20):
+        talk.ask("What does it look like in every detail of its surface?")
+    assert talk._turns[0][0] == prompts.vqa_prompt("screw")  # the turn with the image stays
+    ids, _ = prompts.encode_turns(
+        detector.predictor.tokenizer, talk._turns, detector.predictor.model.num_image_tokens
+    )
+    assert len(ids) <= limit and len(talk.turns) == 21
+    with pytest.raises(ValueError, match="too long"):
+        talk.ask("why " * limit)
+
+
+def test_an_answer_with_seg_writes_its_mask_at_the_images_size(detector):
+    """The model made to say [SEG] first: that turn carries a mask and overlay at 30 x 40."""
+    model = detector.predictor.model
+    head = model.llm.get_output_embeddings()
+
+    def prefer_seg(module, inputs, output):
+        bump = torch.zeros_like(output)
+        bump[..., model.seg_token_id] = 1e4
+        return output + bump
+
+    talk = Conversation(detector, image(), "screw", max_new_tokens=3)
+    handle = head.register_forward_hook(prefer_seg)
+    try:
+        turn = talk.ask("Where is it?")
+    finally:
+        handle.remove()
+    assert turn.seg_found and turn.mask.shape == (30, 40) and turn.overlay.shape == (30, 40, 3)
+    assert set(np.unique(turn.mask)) <= {0, 255}
+
+
+def test_the_chat_command_answers_questions_from_stdin_as_json_lines(detector, tmp_path):
+    path = tmp_path / "screw" / "test" / "crack" / "000.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(image()).save(path)
+    args = argparse.Namespace(
+        image=str(path), category=None, json=False, out=str(tmp_path / "out"), max_new_tokens=4
+    )
+    stdin = io.StringIO("Where is it?\n[SEG]\nWhat should be done?\n")
+    stdout = io.StringIO()
+    assert chat(detector, image(), args, stdin=stdin, stdout=stdout) == 0
+    lines = [json.loads(x) for x in stdout.getvalue().splitlines()]
+    assert [x.get("turn") for x in lines] == [0, 1, None, 2]
+    assert lines[0]["question"] == "Is there any defect in the screw?"  # named by its folders
+    assert {"score", "anomalous", "image_threshold", "mask_fraction"} <= set(lines[0])
+    assert "may not contain" in lines[2]["error"]
+    assert lines[0]["anomalous"] == (lines[0]["score"] >= 0.5)
+    for line in lines[:2]:
+        for file in line["files"].values():
+            with Image.open(file) as im:
+                assert im.size == (40, 30)
