@@ -37,9 +37,15 @@ VARIANTS = {
     "vmad": "",
     "baseline": "train.model.projector.name=avgpool,train.model.dssl.enabled=false",
     "tiny": "(conf/presets/tiny/ in conf/local/)",
+    # without the multi-turn chat samples: the task mix before issue 14
+    "no_chat": "train.task_mix.chat=0,train.task_mix.vqa=0.5",
 }
-# the headline metrics but the object's name (the default answers name none)
-METRICS = tuple(m for m in HEADLINE if m != "object_name_accuracy")
+# the headline metrics but the object's name (the default answers name none), and the
+# follow-ups' accuracies (issue 14)
+METRICS = tuple(m for m in HEADLINE if m != "object_name_accuracy") + (
+    "follow_up_location_accuracy",
+    "follow_up_type_accuracy",
+)
 REFERENCE = ("image_auroc", "pixel_auroc", "aupro")
 
 

@@ -7,13 +7,15 @@ import io
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from helpers import REPO
-from helpers.project import SMALL, make_project, run
+from helpers.project import SMALL, make_project, run, write_local_parameters
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -46,7 +48,7 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     assert (ckpt / "weights.safetensors").is_file()
     assert not [p for p in (data / "06_models").iterdir() if p.name.startswith(".")]  # no temp dirs
 
-    metrics = json.loads((data / "08_reporting" / "metrics.json").read_text())
+    metrics = metrics_default = json.loads((data / "08_reporting" / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"pcb", "washer"}
     per_class = pd.read_csv(data / "08_reporting" / "metrics_per_class.csv")
     for key in ("image_auroc", "pixel_auroc", "aupro"):  # the unweighted mean of the classes
@@ -179,6 +181,34 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     assert summary["already_done"] == 4 and summary["predicted"] == 0
     assert summary["image_threshold"] == decision["image_threshold"]  # the model's own
     assert summary["image_from"] == "calibrated: fpr@0.05"
+
+    # The README's registered-model example, as written, in the project folder.
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- pyfunc-example -->")[1].split("<!-- /pyfunc-example -->")[0]
+    code = "\n".join(x[2:] for x in block.split("```python")[1].split("```")[0].splitlines())
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+    assert namespace["out"]["score"].between(0, 1).all()
+    mlflow.set_tracking_uri(store)  # the example set the relative URI
+
+    # The chat, scripted as docs/chat.md shows: questions on stdin, JSON lines on stdout.
+    write_local_parameters(project, {"evaluate": SMALL["evaluate"]})
+    image = data / "01_raw" / "synthetic" / "pcb" / "test" / "good" / "000.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "vmad_pipeline", "chat", str(image), "--category", "pcb"],
+        input="Where is it?\nHow severe is it?\nWhat should be done?\n",
+        capture_output=True,
+        text=True,
+        cwd=project,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [json.loads(x) for x in done.stdout.splitlines()]  # nothing else on stdout
+    assert [x["turn"] for x in said] == [0, 1, 2, 3]
+    assert said[0]["anomalous"] == (said[0]["score"] >= decision["image_threshold"])
+    assert all("[SEG]" not in x["answer"] for x in said) and all(x["answer"] for x in said[1:])
+    # the follow-ups are trained and measured: the evaluation reports them
+    assert metrics_default["mean"]["follow_up_location_accuracy"] is not None
 
 
 def only_source(root: Path) -> dict:

@@ -10,6 +10,7 @@ A turn whose answer emits [SEG] writes its mask and overlay under ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -39,27 +40,28 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    from vmad_pipeline.apps.project import load_detector
-
     try:
         if args.command == "chat":
             from vmad_pipeline.images import read_rgb
 
             image = read_rgb(args.image)  # an unreadable file stops before the model loads
-            return chat(load_detector(args.project, args.env), image, args)
-        from vmad_pipeline.apps.demo import launch
+            return chat(_detector(args), image, args)
+        from vmad_pipeline.apps.demo import example_images, launch
 
-        examples = sorted(Path(args.project).glob("data/01_raw/synthetic/*/test/*/*.png"))[:4]
-        launch(
-            load_detector(args.project, args.env),
-            host=args.host,
-            port=args.port,
-            examples=[str(p) for p in examples],
-        )
+        examples = example_images(args.project)
+        launch(_detector(args), host=args.host, port=args.port, examples=examples)
         return 0
     except (FileNotFoundError, ValueError) as err:
         print(f"vmad-pipeline {args.command}: {err}", file=sys.stderr)
         return 2
+
+
+def _detector(args):
+    """The project's model; what loading it logs goes to stderr (stdout carries answers)."""
+    from vmad_pipeline.apps.project import load_detector
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_detector(args.project, args.env)
 
 
 def chat(detector, image, args, stdin=None, stdout=None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,8 @@ def predict_items(detector, items: list[Item], store, batch_size: int, progress:
     todo = [it for it in items if it.key not in done]
     counts = {"images": len(items), "already_done": len(items) - len(todo), "predicted": 0}
     counts["failed"] = 0
-    bar = tqdm(total=len(todo), desc="predict", disable=not progress)
+    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
+    start = time.perf_counter()
     for chunk in _chunks(todo, batch_size):
         ok, originals = [], []
         for it in chunk:
@@ -121,6 +123,9 @@ def predict_items(detector, items: list[Item], store, batch_size: int, progress:
         counts["predicted"] += len(ok)
         bar.update(len(chunk))
     bar.close()
+    seconds = time.perf_counter() - start
+    counts["seconds"] = round(seconds, 2)
+    counts["images_per_s"] = round(len(todo) / seconds, 2) if todo and seconds > 0 else None
     return counts
 
 

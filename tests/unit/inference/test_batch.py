@@ -85,7 +85,9 @@ def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, pred
     store = PredictionStore(tmp_path / "out")
     detector = Detector(predictor, image_threshold=0.5, pixel_threshold=0.5, taxonomy=taxonomy())
     counts = predict_items(detector, list_inputs(str(tmp_path / "in")), store, 2, False)
+    timing = {k: counts.pop(k) for k in ("seconds", "images_per_s")}
     assert counts == {"images": 5, "already_done": 0, "predicted": 4, "failed": 1}
+    assert timing["seconds"] > 0 and timing["images_per_s"] > 0
     records = {r["key"]: r for r in store.records()}
     assert "cannot read image" in records["plain__002"]["error"]
     good = records["screw__test__crack__000"]

@@ -1,0 +1,249 @@
+"""The web demo (``vmad-pipeline demo``): a Gradio page over one trained detector, for a quality
+engineer who wants to see what the model says of an image without writing code.
+
+One image is inspected as everywhere else (:class:`~vmad_pipeline.inference.chat.Conversation`
+over :meth:`Detector.inspect`, so the page, ``kedro run --pipeline predict`` and the served model
+agree), then follow-up questions are answered in the same conversation. Uploads are decoded by
+:func:`~vmad_pipeline.images.read_rgb` from the file the browser sent, never by Gradio's own
+conversion (which would clip a 16-bit image). Gradio is imported only when a page is built: it is
+slow to import and people who never run the demo should not pay for it. Nothing here reaches the
+internet: analytics are off and the theme uses the system's fonts, not Google's.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from vmad_pipeline.images import read_rgb
+from vmad_pipeline.inference.batch import folder_category
+from vmad_pipeline.inference.chat import Conversation
+from vmad_pipeline.inference.service import Inspection
+
+DEFAULT_OBJECT = "object"  # the object name when none is typed (the prompt needs one)
+EXAMPLES_GLOB = "data/01_raw/synthetic/*/test/*/*.png"
+IMAGE_HEIGHT = 300  # px: the upload and the overlay side by side, the chat still in view
+NO_ANSWER = "(no answer)"  # an empty answer still shows as a chat bubble
+
+
+def _gradio():
+    """Gradio with its analytics off (set before the import: the machines have no internet)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    import gradio as gr
+
+    return gr
+
+
+def example_images(project: str | Path = ".", limit: int = 4) -> list[str]:
+    """Up to ``limit`` images of the project's synthetic test set, one per defect folder first
+    (a good part and a defective one show more than two good parts)."""
+    files = sorted(Path(project).glob(EXAMPLES_GLOB))
+    firsts = {f.parent: f for f in reversed(files)}  # the first file of each folder
+    ordered = sorted(firsts.values()) + [f for f in files if f not in firsts.values()]
+    return [str(f) for f in ordered[:limit]]
+
+
+def decision_text(inspection: Inspection, detector) -> str:
+    """The decision, the score and the threshold it was compared with (and where that came
+    from, when the model was loaded from a project: calibrated or a parameter)."""
+    verdict, sign = ("Anomalous", "≥") if inspection.anomalous else ("Normal", "<")
+    source = detector.thresholds.get("image_from")
+    origin = f" ({source})" if source else ""
+    return (
+        f"## {verdict}\n\nScore **{inspection.score:.3f}** {sign} image threshold "
+        f"{detector.image_threshold:.3f}{origin}"
+    )
+
+
+def significance_text(inspection: Inspection, detector) -> str:
+    """How much the mask says: its share of the image, the map's peak, the location named."""
+    drawn = "the answer's [SEG]" if inspection.seg_found else "the fallback map (no [SEG] said)"
+    return "\n".join(
+        [
+            f"- Mask: **{100 * inspection.mask_fraction:.2f} %** of the image's pixels "
+            f"(pixel threshold {detector.pixel_threshold:.2f})",
+            f"- Map maximum: **{int(inspection.map.max(initial=0)) / 255:.2f}**",
+            f"- Location named in the answer: **{inspection.location or 'none'}**",
+            f"- Mask drawn from {drawn}",
+        ]
+    )
+
+
+def messages(conversation: Conversation) -> list[dict[str, str]]:
+    """The conversation as the chat shows it (Gradio's role/content messages)."""
+    out = []
+    for turn in conversation.turns:
+        out.append({"role": "user", "content": turn.question})
+        out.append({"role": "assistant", "content": turn.answer.strip() or NO_ANSWER})
+    return out
+
+
+def _shown(message: str) -> str:
+    """A message as Gradio's toasts show it: they render HTML, which would swallow ``<image>``."""
+    return html.escape(message, quote=False)
+
+
+def read_upload(path: str | None) -> np.ndarray:
+    """The uploaded file as every other reader decodes it; a readable gr.Error otherwise (the
+    user's mistake: no stack trace in the page or the terminal)."""
+    gr = _gradio()
+    if not path:
+        raise gr.Error("Upload an image first (or pick an example).", print_exception=False)
+    try:
+        return read_rgb(path)
+    except ValueError as err:  # named by the file's name: its cache path means nothing to users
+        reason = str(err).replace(str(path), Path(path).name)
+        message = _shown(f"Not an image this demo can read: {reason}")
+        raise gr.Error(message, print_exception=False) from err
+
+
+def on_inspect(detector, path: str | None, category: str | None):
+    """Inspect the upload; the conversation starts with the detection question."""
+    image = read_upload(path)
+    conversation = Conversation(detector, image, (category or "").strip() or DEFAULT_OBJECT)
+    first = conversation.inspection
+    return (
+        conversation,
+        decision_text(first, detector),
+        significance_text(first, detector),
+        first.overlay,
+        messages(conversation),
+    )
+
+
+def on_ask(conversation: Conversation | None, question: str | None):
+    """Answer a follow-up; a turn that says [SEG] replaces the overlay with its own mask. A
+    question refused is a warning, not an error: an error would blank the conversation shown."""
+    gr = _gradio()
+    if conversation is None:
+        gr.Warning("Inspect an image first, then ask about it.")
+        return gr.skip(), gr.skip(), gr.skip()
+    try:
+        turn = conversation.ask(question or "")
+    except ValueError as err:  # empty, or places <image> / [SEG], or too long
+        gr.Warning(_shown(f"Cannot ask that: {err}"))
+        return gr.skip(), gr.skip(), gr.skip()
+    overlay = turn.overlay if turn.overlay is not None else gr.skip()
+    return messages(conversation), overlay, ""
+
+
+def _theme(gr):
+    """Gradio's default look with the system's fonts (the default fetches Google Fonts)."""
+    return gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"],
+        font_mono=["ui-monospace", "monospace"],
+    )
+
+
+def _upload(gr, **kwargs):
+    """An image upload whose callback gets the file as sent, undecoded: gr.Image would open it
+    with PIL first (a file that is no image fails there with a message no user should read);
+    :func:`read_upload` decodes it as everything else. Patched on the instance: a subclass of a
+    Gradio component writes a ``.pyi`` stub next to this module whenever it is defined."""
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)  # image_mode=None: no convert
+    decode = image.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path:
+            return payload.path
+        return decode(payload)  # nothing, or pasted data: written to a file
+
+    image.preprocess = preprocess
+    return image
+
+
+def _inputs(gr, examples: list[str]):
+    """The upload, the object name, the button and the example images."""
+    image = _upload(
+        gr, sources=["upload", "clipboard"], label="Image", elem_id="image", height=IMAGE_HEIGHT
+    )
+    category = gr.Textbox(
+        label="Object name (optional)", placeholder="e.g. screw, pcb", elem_id="category"
+    )
+    button = gr.Button("Inspect", variant="primary", elem_id="inspect")
+    if examples:
+        gr.Examples(
+            [[path, folder_category(Path(path))] for path in examples],
+            inputs=[image, category],
+            label="Example images",
+        )
+    return image, category, button
+
+
+def _outputs(gr):
+    """Decision, significance and the overlay."""
+    decision = gr.Markdown("Upload an image and press **Inspect**.", elem_id="decision")
+    significance = gr.Markdown(elem_id="significance")
+    overlay = gr.Image(
+        label="Mask (red) over the image",
+        format="png",  # lossless: the mask's edge stays where the model drew it
+        interactive=False,
+        buttons=["download", "fullscreen"],  # no "share": it posts to Hugging Face
+        elem_id="overlay",
+        height=IMAGE_HEIGHT,
+    )
+    return decision, significance, overlay
+
+
+def build_app(detector, examples: list[str] | None = None):
+    """The demo page (a ``gradio.Blocks``) over ``detector``; ``examples``: image paths offered
+    as examples, their object name taken from their folders."""
+    gr = _gradio()
+    with gr.Blocks(title="VMAD anomaly inspection", analytics_enabled=False) as app:
+        gr.Markdown(
+            "# VMAD anomaly inspection\nUpload an image of a part, name the object, press "
+            "**Inspect**; then ask the model about the image."
+        )
+        state = gr.State()
+        with gr.Row():
+            with gr.Column():
+                image, category, button = _inputs(gr, examples or [])
+            with gr.Column():
+                decision, significance, overlay = _outputs(gr)
+        chat = gr.Chatbot(
+            label="Conversation", elem_id="chat", height=320, buttons=["copy", "copy_all"]
+        )
+        with gr.Row():
+            question = gr.Textbox(
+                label="Follow-up question",
+                placeholder="e.g. Where is the defect? How severe is it?",
+                elem_id="question",
+                scale=4,
+            )
+            ask = gr.Button("Ask", elem_id="ask", scale=1)
+        button.click(
+            partial(on_inspect, detector),
+            [image, category],
+            [state, decision, significance, overlay, chat],
+            concurrency_id="model",  # one model call at a time, inspections and questions alike
+        )
+        for event in (question.submit, ask.click):
+            event(on_ask, [state, question], [chat, overlay, question], concurrency_id="model")
+        chat.clear(lambda: None, None, state)  # a cleared chat ends the conversation too
+    return app
+
+
+def launch(
+    detector,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    examples: list[str] | None = None,
+    *,
+    block: bool = True,
+):
+    """Serve the demo on ``host``:``port``; ``block=False`` returns at once with the page
+    served from a thread (the tests; close it with ``app.close()``). Returns the Blocks."""
+    gr = _gradio()
+    app = build_app(detector, examples)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        show_error=True,  # an error's message (never its stack trace) in the page
+        theme=_theme(gr),
+    )
+    return app

@@ -1,0 +1,266 @@
+"""The web demo (``apps.demo``) on a tiny untrained model: its callbacks called directly (fast),
+then the real page in a headless Chromium driven by Selenium, as a quality engineer uses it:
+upload, inspect, read the decision and the overlay, ask a follow-up, and upload a file that is
+no image."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from helpers.models import CFG, tiny_tokenizer
+from PIL import Image
+
+from vmad_pipeline.apps import demo
+from vmad_pipeline.images import read_rgb
+from vmad_pipeline.inference.predictor import Predictor
+from vmad_pipeline.inference.service import Detector
+from vmad_pipeline.models.build import build_vmad
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (  # this machine has no network: without these Chromium hangs on start
+    "--headless=new --no-sandbox --disable-gpu --disable-quic --no-first-run "
+    "--disable-background-networking --disable-component-update --disable-sync "
+    "--disable-dev-shm-usage --window-size=1280,1400"
+).split()
+WAIT_S = 60
+H, W = 40, 48
+SCORE = re.compile(r"Score \*{0,2}(\d+\.\d+)")
+PAGE_IDS = {
+    "image",
+    "category",
+    "inspect",
+    "decision",
+    "significance",
+    "overlay",
+    "chat",
+    "question",
+}
+
+
+@pytest.fixture(scope="module")
+def detector():
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    predictor = Predictor(build_vmad(CFG, tok).eval(), tok, max_new_tokens=6)
+    return Detector(predictor, image_threshold=0.5, pixel_threshold=0.5)
+
+
+@pytest.fixture(autouse=True)
+def _gradio_cache(tmp_path, monkeypatch):
+    """Gradio's uploads and outputs in the test's folder, not the machine's /tmp/gradio."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def write_png(path: Path, h: int = H, w: int = W) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def not_an_image(path: Path) -> Path:
+    path.write_text("this is a text file with an image's name")
+    return path
+
+
+# --- the callbacks, without a browser ---------------------------------------------------------
+
+
+def test_the_page_has_the_elements_users_and_the_browser_test_rely_on(detector, tmp_path):
+    example = write_png(tmp_path / "data/01_raw/synthetic/pcb/test/good/000.png")
+    app = demo.build_app(detector, examples=[str(example)])
+    assert isinstance(app, gr.Blocks)
+    ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
+    assert PAGE_IDS <= ids
+    assert app.analytics_enabled is False
+    assert not Path(demo.__file__).with_suffix(".pyi").exists()  # Gradio stubs a subclass there
+
+
+def test_inspect_shows_the_decision_its_score_the_overlay_and_the_first_turn(detector, tmp_path):
+    path = write_png(tmp_path / "part.png")
+    conversation, decision, significance, overlay, chat = demo.on_inspect(detector, str(path), "")
+    first = conversation.inspection
+    assert decision.startswith("## Anomalous" if first.anomalous else "## Normal")
+    assert float(SCORE.search(decision).group(1)) == pytest.approx(first.score, abs=1e-3)
+    assert "threshold 0.500" in decision
+    assert f"{100 * first.mask_fraction:.2f} %" in significance
+    assert overlay.shape == (H, W, 3) and overlay.dtype == np.uint8  # at the image's own size
+    assert chat[0] == {"role": "user", "content": "Is there any defect in the object?"}
+    assert chat[1]["role"] == "assistant" and chat[1]["content"]  # never an empty bubble
+
+
+def test_an_upload_is_read_as_everywhere_else_16_bit_included(detector, tmp_path):
+    """A 16-bit PNG is scaled to 8 bits by ``read_rgb`` (Gradio's own conversion would clip it
+    white): the page must score the image every other reader sees."""
+    path = tmp_path / "deep.png"
+    ramp = np.linspace(0, 65535, H * W).reshape(H, W).astype(np.uint16)
+    Image.fromarray(ramp).save(path)
+    upload = demo._upload(gr)
+    payload = gr.Image.data_model(path=str(path), orig_name="deep.png")
+    assert upload.preprocess(payload) == str(path)  # handed over undecoded
+    conversation = demo.on_inspect(detector, upload.preprocess(payload), "screw")[0]
+    expected = detector.inspect([read_rgb(path)], ["screw"])[0]
+    assert conversation.inspection.score == pytest.approx(expected.score)
+    np.testing.assert_array_equal(conversation.inspection.overlay, expected.overlay)
+
+
+def test_a_file_that_is_no_image_is_a_readable_error(detector, tmp_path):
+    bad = not_an_image(tmp_path / "bad.png")
+    with pytest.raises(gr.Error) as refused:
+        demo.on_inspect(detector, str(bad), "pcb")
+    message = refused.value.message
+    assert "Not an image this demo can read" in message and "bad.png" in message
+    assert str(tmp_path) not in message  # the file's name, not Gradio's cache path
+    with pytest.raises(gr.Error, match="Upload an image"):
+        demo.on_inspect(detector, None, "pcb")
+
+
+def test_follow_ups_keep_the_conversation_and_refusals_leave_it_shown(detector, tmp_path):
+    conversation = demo.on_inspect(detector, str(write_png(tmp_path / "a.png")), "screw")[0]
+    chat, _, box = demo.on_ask(conversation, "Where is it?")
+    assert [m["content"] for m in chat][2] == "Where is it?" and len(chat) == 4
+    assert box == ""  # the question box is cleared for the next one
+    with pytest.warns(UserWarning, match=r"may not contain &lt;image&gt;"):
+        refused = demo.on_ask(conversation, "<image> what is this?")
+    assert refused == (gr.skip(),) * 3  # the chat and the question stay as they were
+    assert len(conversation.turns) == 2
+    with pytest.warns(UserWarning, match="Inspect an image first"):
+        demo.on_ask(None, "Where is it?")
+
+
+def test_examples_are_one_per_defect_folder_first(tmp_path):
+    for name in ("good/000.png", "good/001.png", "good/002.png", "scratch/000.png"):
+        write_png(tmp_path / "data/01_raw/synthetic/pcb/test" / name, 8, 8)
+    found = [Path(p).relative_to(tmp_path).parts[-2:] for p in demo.example_images(tmp_path, 3)]
+    assert found == [("good", "000.png"), ("scratch", "000.png"), ("good", "001.png")]
+    assert demo.example_images(tmp_path / "nowhere") == []
+
+
+# --- the real page in a headless browser ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def page_url(detector):
+    """The demo served as ``vmad-pipeline demo`` serves it, on a free port, from a thread."""
+    port = free_port()
+    app = demo.launch(detector, port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's Chromium driven by Selenium through Debian's chromedriver (nothing downloaded)."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if missing:
+        pytest.skip(
+            f"no browser to drive: {', '.join(missing)} absent (apt-get install chromium "
+            "chromium-driver)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, condition, what: str):
+    """``condition(driver)`` once truthy (its value), else a failure naming what never came."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(condition)
+    except TimeoutException:
+        body = driver.find_element("tag name", "body").text
+        pytest.fail(f"{what} did not appear within {WAIT_S} s; the page reads:\n{body}")
+
+
+def loaded_image(driver, selector: str):
+    """The first ``<img>`` under ``selector`` once the browser has decoded it, else None."""
+    for img in driver.find_elements("css selector", f"{selector} img"):
+        if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img):
+            return img
+    return None
+
+
+def bot_messages(driver) -> list[str]:
+    return [m.text for m in driver.find_elements("css selector", "#chat [data-testid='bot']")]
+
+
+def upload(driver, path: Path) -> None:
+    """Choose ``path`` in the image's file input, once it is there (after a removal it comes
+    back), and wait for the page to show something for it."""
+    field = wait_for(
+        driver, lambda d: d.find_elements("css selector", "#image input[type=file]"), "the upload"
+    )
+    field[0].send_keys(str(path))
+    wait_for(
+        driver, lambda d: d.find_elements("css selector", "#image img"), "the upload's preview"
+    )
+
+
+def decision(driver) -> str | None:
+    """The decision as shown, once it carries a score."""
+    text = driver.find_element("id", "decision").text
+    return text if SCORE.search(text) else None
+
+
+@pytest.mark.slow
+def test_a_user_inspects_an_image_and_chats_about_it_in_a_real_browser(browser, page_url, tmp_path):
+    browser.get(page_url)
+    wait_for(browser, lambda d: d.find_elements("id", "inspect"), "the page")
+    upload(browser, write_png(tmp_path / "part.png"))
+    browser.find_element("css selector", "#category textarea").send_keys("pcb")
+    browser.find_element("id", "inspect").click()
+
+    shown = wait_for(browser, decision, "the decision with its score")
+    assert re.search(r"\b(Anomalous|Normal)\b", shown), shown
+    assert "threshold 0.500" in shown
+    overlay = wait_for(browser, lambda d: loaded_image(d, "#overlay"), "the overlay image")
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) == W
+    assert "% of the image's pixels" in browser.find_element("id", "significance").text
+    assert len(wait_for(browser, bot_messages, "the first answer")) == 1
+
+    browser.find_element("css selector", "#question textarea").send_keys("Where is the defect?")
+    browser.find_element("id", "ask").click()
+    wait_for(browser, lambda d: len(bot_messages(d)) == 2, "the follow-up's answer")
+    assert "Where is the defect?" in browser.find_element("id", "chat").text
+    shot = tmp_path / "demo.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5_000
+
+    browser.find_element("css selector", "#image button[aria-label='Remove Image']").click()
+    upload(browser, not_an_image(tmp_path / "notes.png"))
+    browser.find_element("id", "inspect").click()
+    toasts = "[data-testid='toast-body']"
+    toast = wait_for(
+        browser,
+        lambda d: [t.text for t in d.find_elements("css selector", toasts) if t.text.strip()],
+        "the error message",
+    )
+    assert any("Not an image this demo can read" in t and "notes.png" in t for t in toast), toast
+    assert "Traceback" not in browser.find_element("tag name", "body").text
