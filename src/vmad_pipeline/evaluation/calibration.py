@@ -1,8 +1,9 @@
 """Decision thresholds from a validation set, and the decision metrics at a threshold.
 
-A rule is ``f1`` (the threshold of the highest F1 over the validation set) or ``fpr@<rate>``
+A rule is ``f1`` (the threshold of the highest F1 over the validation set), ``fpr@<rate>``
 (the lowest threshold that flags at most that share of the normal images, or of the normal
-pixels: with n normals, at most floor(rate x n) of them score at or above it). The same rules
+pixels: with n normals, at most floor(rate x n) of them score at or above it), or
+``fixed@<value>`` (that value, whatever the validation set). The same rules
 serve image scores and anomaly maps. Pure functions.
 """
 
@@ -32,8 +33,10 @@ def _f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def threshold(rule: str, labels, scores) -> float:
-    """The threshold of ``rule`` (``f1`` | ``fpr@<rate>``) for ``scores`` (higher = more
+    """The threshold of ``rule`` (``f1`` | ``fpr@<rate>`` | ``fixed@<value>``) for ``scores`` (higher = more
     anomalous) with binary ``labels``; decision: anomalous when score >= threshold."""
+    if rule.startswith("fixed@"):
+        return float(rule[6:])
     labels = np.asarray(labels).astype(int).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if rule == "f1":

@@ -42,6 +42,7 @@ def calibrate(predictor, rows: pd.DataFrame, roots: dict[str, str], calibration)
         "n_anomalous": int((labels == 1).sum()),
         "at_threshold": decision_metrics(labels, pred.scores, at),
     }
+    warn_if_degenerate(out["pixel_threshold"], calibration.pixel)
     log.info(
         "decision thresholds on %d validation images: image %.4f (%s), pixel %.4f (%s)",
         len(rows),
@@ -51,6 +52,23 @@ def calibrate(predictor, rows: pd.DataFrame, roots: dict[str, str], calibration)
         calibration.pixel,
     )
     return out
+
+
+DEGENERATE_PIXEL = 0.01
+
+
+def warn_if_degenerate(pixel: float, rule: str) -> None:
+    """A pixel threshold so low that almost any map value passes: masks of unseen classes would
+    cover most of the image."""
+    if pixel < DEGENERATE_PIXEL:
+        log.warning(
+            "pixel threshold %.3g (%s) is below %s: the validation maps are ~0 on normal pixels, "
+            "so masks of new images would cover the whole image; set train.calibration.pixel to "
+            "fixed@0.5, or f1 with anomalous validation images (train.validation.anomalous)",
+            pixel,
+            rule,
+            DEGENERATE_PIXEL,
+        )
 
 
 def calibrate_model(model, tokenizer, rows, roots, calibration, evaluate) -> dict:

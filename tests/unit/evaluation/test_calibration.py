@@ -54,3 +54,23 @@ def test_rules_are_checked_and_thresholds_belong_to_their_score():
     with pytest.raises(ValueError, match="calibrated on score_source 'fused'"):
         thresholds(decision, "map_max")
     assert thresholds({}, "map_max")["image_threshold"] == 0.5  # uncalibrated: 0.5
+
+
+def test_a_fixed_rule_keeps_its_value_and_a_degenerate_pixel_threshold_is_named(caplog):
+    """The default run once calibrated its pixel threshold on normal pixels only to 2.4e-7
+    (the maps are ~0 there), so every mask of an unseen class covered the whole image: the
+    default is now fixed@0.5 (the mask loss's own boundary), and an fpr rule that lands that
+    low says so."""
+    assert threshold("fixed@0.5", [0, 1], [0.1, 0.9]) == 0.5
+    assert pixel_threshold("fixed@0.3", np.zeros((1, 2, 2)), np.zeros((1, 2, 2))) == 0.3
+    assert CalibrationConfig().pixel == "fixed@0.5"
+    for bad in ("fixed@", "fixed@1.5", "fixed@x"):
+        with pytest.raises(ConfigError, match="fixed@"):
+            CalibrationConfig(pixel=bad)
+    from vmad_pipeline.inference.calibrate import warn_if_degenerate
+
+    warn_if_degenerate(2.4e-7, "fpr@0.05")
+    assert "pixel threshold 2.4e-07" in caplog.text and "whole image" in caplog.text
+    caplog.clear()
+    warn_if_degenerate(0.3, "fpr@0.05")
+    assert not caplog.text
