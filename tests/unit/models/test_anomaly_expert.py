@@ -1,0 +1,119 @@
+"""Anomaly-OV's anomaly expert against naive references: LTFM's significance map against a loop
+over patches, the token selector's weighting and pooling, the Q-Former's shapes and where its
+gradients go, the image score and the adverb."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vmad_pipeline.models.anomaly_expert import (
+    LTFM,
+    AnomalyExpert,
+    ExpertShape,
+    adverb,
+    image_score,
+    select_tokens,
+)
+
+
+@torch.no_grad()
+def test_ltfm_matches_a_loop_over_patches():
+    torch.manual_seed(0)
+    ltfm = LTFM(8, temperature=0.07)
+    tokens = torch.randn(2, 16, 8)
+    got = ltfm(tokens)
+    for b in range(2):
+        context = sum(ltfm.select(tokens[b, n]) for n in range(16)) / 16
+        abnormal = ltfm.mlp(torch.cat([ltfm.embeddings[0], context]))
+        normal = ltfm.mlp(torch.cat([ltfm.embeddings[1], context]))
+        for n in range(16):
+            v = tokens[b, n]
+            a = torch.dot(v, abnormal) / (v.norm() * abnormal.norm()) / 0.07
+            z = torch.dot(v, normal) / (v.norm() * normal.norm()) / 0.07
+            want = math.exp(a) / (math.exp(a) + math.exp(z))
+            assert got[b, n].item() == pytest.approx(want, rel=1e-4)
+    assert got.shape == (2, 16) and ((got > 0) & (got < 1)).all()
+
+
+def test_the_selector_weighs_then_pools_on_the_grid():
+    tokens = torch.arange(2 * 16 * 3, dtype=torch.float32).reshape(2, 16, 3)
+    significance = torch.zeros(2, 16)
+    significance[0, 0] = 1.0  # one suspicious token at the grid's top-left corner
+    significance[1] = 0.5
+    out = select_tokens(tokens, significance, pool=2)
+    assert out.shape == (2, 4, 3)
+    # image 0: only token 0 survives; its 2 x 2 window's mean is a quarter of it
+    torch.testing.assert_close(out[0, 0], tokens[0, 0] / 4)
+    assert out[0, 1:].abs().sum() == 0  # normal tokens went to zero
+    # image 1: every window is half the mean of its 4 tokens (grid rows of 4)
+    for q, (r, c) in enumerate([(0, 0), (0, 2), (2, 0), (2, 2)]):
+        window = [tokens[1, (r + i) * 4 + c + j] for i in range(2) for j in range(2)]
+        torch.testing.assert_close(out[1, q], 0.5 * sum(window) / 4)
+    with pytest.raises(ValueError, match="square grid"):
+        select_tokens(torch.zeros(1, 12, 3), torch.zeros(1, 12), pool=2)
+
+
+def test_the_expert_gives_maps_score_and_tokens_and_gradients_reach_what_it_uses():
+    torch.manual_seed(0)
+    shape = ExpertShape(level_widths=(6, 10, 12, 8), width=16, llm_width=24, pool=2, heads=2)
+    expert = AnomalyExpert(shape)
+    levels = tuple(torch.randn(3, 16, c) for c in shape.level_widths)
+    out = expert(levels)
+    assert out.level_maps.shape == (3, 4, 16) and out.significance.shape == (3, 16)
+    assert out.tokens.shape == (3, 4, 24) and out.score.shape == (3,)
+    torch.testing.assert_close(out.significance, out.level_maps.mean(1))
+    out.tokens.sum().backward()
+    for name, p in expert.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="takes 4 levels"):
+        expert(levels[:3])
+
+
+def test_the_score_is_the_mean_of_the_top_tenth_and_sets_the_adverb():
+    m = torch.tensor([[0.9] + [0.1] * 19, [0.5] * 20])
+    torch.testing.assert_close(image_score(m, 0.1), torch.tensor([0.5, 0.5]))  # top 2 of 20
+    torch.testing.assert_close(image_score(m[:, :3], 0.1), torch.tensor([0.9, 0.5]))  # >= 1
+    assert [adverb(s, (0.7, 0.4)) for s in (0.95, 0.7, 0.5, 0.1)] == [
+        "highly",
+        "highly",
+        "moderately",
+        "slightly",
+    ]
+    with pytest.raises(ValueError, match="high >= moderate"):
+        adverb(0.5, (0.3, 0.6))
+
+
+def test_a_frozen_expert_gets_no_gradient_but_its_tokens_still_carry_one_onward():
+    """Stage 2 of the paper's recipe freezes the expert: nothing of it learns, and what reads its
+    tokens still trains."""
+    torch.manual_seed(0)
+    expert = AnomalyExpert(ExpertShape(level_widths=(8, 8), width=8, llm_width=8))
+    expert.requires_grad_(False)
+    head = torch.nn.Linear(8, 1)
+    out = expert((torch.randn(1, 16, 8), torch.randn(1, 16, 8)))
+    F.softplus(head(out.tokens)).sum().backward()
+    assert all(p.grad is None for p in expert.parameters())
+    assert head.weight.grad is not None
+
+
+def test_the_stage_one_loss_by_hand():
+    from vmad_pipeline.losses.expert import expert_loss, token_targets
+
+    masks = torch.zeros(1, 4, 4)
+    masks[0, :2, :2] = 1  # the top-left token of a 2 x 2 grid
+    masks[0, 2, 2] = 1  # a quarter of the bottom-right one
+    torch.testing.assert_close(token_targets(masks, 4), torch.tensor([[1.0, 0.0, 0.0, 0.25]]))
+    maps = torch.tensor([[[0.9, 0.2, 0.1, 0.5]]])  # one level
+    score, label = torch.tensor([0.8]), torch.tensor([1])
+
+    def bce(p, y):
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    tokens = (bce(0.9, 1) + bce(0.2, 0) + bce(0.1, 0) + bce(0.5, 0.25)) / 4
+    want = tokens + 2.0 * bce(0.8, 1)
+    got = expert_loss(maps, score, masks, label, image_weight=2.0)
+    assert got.item() == pytest.approx(want, rel=1e-5)
