@@ -117,3 +117,17 @@ def test_the_stage_one_loss_by_hand():
     want = tokens + 2.0 * bce(0.8, 1)
     got = expert_loss(maps, score, masks, label, image_weight=2.0)
     assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_the_expert_builds_at_the_real_presets_shapes_on_the_meta_device():
+    """LLaVA-1.5's CLIP ViT-L/14-336 (4 of its layers, 576 patch tokens of 1,024) into a 4,096
+    wide LLM: 144 suspicious tokens (24 x 24 pooled 2 x 2), in bf16, without allocating."""
+    shape = ExpertShape(level_widths=(1024,) * 4, width=1024, llm_width=4096, pool=2, heads=16)
+    with torch.device("meta"):
+        expert = AnomalyExpert(shape).to(torch.bfloat16)
+        levels = tuple(torch.empty(2, 576, 1024, dtype=torch.bfloat16) for _ in range(4))
+        out = expert(levels)
+    assert out.tokens.shape == (2, 144, 4096) and out.tokens.dtype == torch.bfloat16
+    assert out.level_maps.shape == (2, 4, 576) and out.score.shape == (2,)
+    params = sum(p.numel() for p in expert.parameters())
+    assert 40e6 < params < 60e6  # 50M: about 0.7 % of a 7B LLM
