@@ -51,6 +51,13 @@ def timed(cmd: list[str], cwd: Path) -> float:
     return round(seconds, 1)
 
 
+def commit() -> str:
+    """The short hash of the checkout's HEAD."""
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def machine() -> dict:
     import torch
 

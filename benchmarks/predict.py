@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from default_run import REPO, machine, timed
+from default_run import REPO, commit, machine, timed
 from PIL import Image
 
 
@@ -55,12 +55,9 @@ def main() -> None:
         params = f"predict.input={folder},predict.batch_size={args.batch_size}"
         seconds = timed(["kedro", "run", "--pipeline", "predict", "--params", params], project)
         summary = json.loads((out / "summary.json").read_text())
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
     result = {
         "machine": machine(),
-        "commit": commit,
+        "commit": commit(),
         "date": time.strftime("%F"),
         "settings": {
             "images": args.images,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -133,14 +132,11 @@ def main() -> None:
             "speedup": round(ref / ours, 2),
         }
         print(batch, rows[f"batch_{batch}"], flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    from default_run import machine
+    from default_run import commit, machine
 
     result = {
         "machine": machine(),
-        "commit": commit,
+        "commit": commit(),
         "date": time.strftime("%F"),
         "settings": {
             "model": args.checkpoint or "small preset, untrained",

@@ -12,15 +12,11 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
-import torch
-from helpers.models import CFG, tiny_tokenizer
+from helpers.models import tiny_detector
 from PIL import Image
 
 from vmad_pipeline.apps import demo
 from vmad_pipeline.images import read_rgb
-from vmad_pipeline.inference.predictor import Predictor
-from vmad_pipeline.inference.service import Detector
-from vmad_pipeline.models.build import build_vmad
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (  # this machine has no network: without these Chromium hangs on start
@@ -45,10 +41,7 @@ PAGE_IDS = {
 
 @pytest.fixture(scope="module")
 def detector():
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    predictor = Predictor(build_vmad(CFG, tok).eval(), tok, max_new_tokens=6)
-    return Detector(predictor, image_threshold=0.5, pixel_threshold=0.5)
+    return tiny_detector()
 
 
 @pytest.fixture(autouse=True)

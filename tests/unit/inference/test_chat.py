@@ -11,23 +11,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers.models import CFG, tiny_tokenizer
+from helpers.models import tiny_detector
 from PIL import Image
 
 from vmad_pipeline import prompts
 from vmad_pipeline.apps.commands import chat
 from vmad_pipeline.inference.chat import Conversation
-from vmad_pipeline.inference.predictor import Predictor
-from vmad_pipeline.inference.service import Detector
-from vmad_pipeline.models.build import build_vmad
 
 
 @pytest.fixture(scope="module")
 def detector():
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    predictor = Predictor(build_vmad(CFG, tok).eval(), tok, max_new_tokens=6)
-    return Detector(predictor, image_threshold=0.5, pixel_threshold=0.5)
+    return tiny_detector()
 
 
 def image(h: int = 30, w: int = 40) -> np.ndarray:
