@@ -128,11 +128,19 @@ def test_follow_ups_keep_the_conversation_and_refusals_leave_it_shown(detector, 
         demo.on_ask(None, "Where is it?")
 
 
-def test_examples_are_one_per_defect_folder_first(tmp_path):
-    for name in ("good/000.png", "good/001.png", "good/002.png", "scratch/000.png"):
-        write_png(tmp_path / "data/01_raw/synthetic/pcb/test" / name, 8, 8)
-    found = [Path(p).relative_to(tmp_path).parts[-2:] for p in demo.example_images(tmp_path, 3)]
-    assert found == [("good", "000.png"), ("scratch", "000.png"), ("good", "001.png")]
+def test_examples_show_a_defect_of_each_class_first(tmp_path):
+    for name in ("pcb/test/good/000.png", "pcb/test/good/001.png", "pcb/test/scratch/000.png"):
+        write_png(tmp_path / "data/01_raw/synthetic" / name, 8, 8)
+    for name in ("cap/test/crack/000.png", "cap/test/dent/000.png", "cap/test/good/000.png"):
+        write_png(tmp_path / "data/01_raw/synthetic" / name, 8, 8)
+    found = [Path(p).relative_to(tmp_path).parts[-4:] for p in demo.example_images(tmp_path, 5)]
+    assert [(c, d) for c, _, d, _ in found] == [
+        ("cap", "crack"),
+        ("pcb", "scratch"),
+        ("cap", "dent"),
+        ("cap", "good"),
+        ("pcb", "good"),
+    ]
     assert demo.example_images(tmp_path / "nowhere") == []
 
 

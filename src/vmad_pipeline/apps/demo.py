@@ -39,11 +39,20 @@ def _gradio():
 
 
 def example_images(project: str | Path = ".", limit: int = 4) -> list[str]:
-    """Up to ``limit`` images of the project's synthetic test set, one per defect folder first
-    (a good part and a defective one show more than two good parts)."""
+    """Up to ``limit`` images of the project's synthetic test set: the first defect image of
+    each class in turn, then their good ones, then the rest (several objects and defects show
+    more than four views of one class)."""
     files = sorted(Path(project).glob(EXAMPLES_GLOB))
     firsts = {f.parent: f for f in reversed(files)}  # the first file of each folder
-    ordered = sorted(firsts.values()) + [f for f in files if f not in firsts.values()]
+
+    def order(f: Path) -> tuple:
+        folder = f.parent
+        siblings = sorted(p for p in firsts if p.parent == folder.parent and p.name != "good")
+        rank = siblings.index(folder) if folder in siblings else len(firsts)
+        return (rank, f.parents[2].name)  # each class's k-th defect folder, class by class
+
+    ordered = sorted(firsts.values(), key=order)
+    ordered += [f for f in files if f not in firsts.values()]
     return [str(f) for f in ordered[:limit]]
 
 
@@ -52,7 +61,7 @@ def decision_text(inspection: Inspection, detector) -> str:
     from, when the model was loaded from a project: calibrated or a parameter)."""
     verdict, sign = ("Anomalous", "≥") if inspection.anomalous else ("Normal", "<")
     source = detector.thresholds.get("image_from")
-    origin = f" ({source})" if source else ""
+    origin = f" (`{source}`)" if source else ""  # code: "fpr@0.05" is no e-mail address
     return (
         f"## {verdict}\n\nScore **{inspection.score:.3f}** {sign} image threshold "
         f"{detector.image_threshold:.3f}{origin}"
