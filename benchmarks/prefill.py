@@ -6,7 +6,8 @@ forward over prompt + answer to read [SEG]'s state. The two-pass way is written 
 reference (``two_pass``: Hugging Face ``generate`` on the prompt's embeddings, then one full
 forward with hidden states and the mask drawn from [SEG]'s, or the last token's, state); ours is
 ``VmadModel.predict``. Both decode greedily with the same budget. ms/image at batch 1 and 8 on
-the detection question, over the same images; the answers of both are compared.
+the detection question, over the same images (the reference has no mask evidence, so its
+answers may differ; this measures time only).
 
     python benchmarks/prefill.py --checkpoint /tmp/default/data/06_models/vmad   # a trained model
     python benchmarks/prefill.py                     # the small preset, untrained (full budget)
