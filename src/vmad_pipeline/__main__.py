@@ -1,14 +1,12 @@
 """``python -m vmad_pipeline`` (the ``vmad-pipeline`` command) runs the project like ``kedro
 run``; ``vmad-pipeline chat IMAGE`` and ``vmad-pipeline demo`` start the interactive programs
-(``apps.commands``)."""
+(``apps.commands``). Kedro is imported only for a run: importing it configures its logging,
+which writes to stdout, where the chat's JSON lines go."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-from kedro.framework.cli.utils import find_run_command
-from kedro.framework.project import configure_project
 
 APPS = ("chat", "demo")
 
@@ -18,6 +16,9 @@ def main(*args, **kwargs):
         from vmad_pipeline.apps.commands import main as app
 
         return app(sys.argv[1:])
+    from kedro.framework.cli.utils import find_run_command
+    from kedro.framework.project import configure_project
+
     package_name = Path(__file__).parent.name
     configure_project(package_name)
     run = find_run_command(package_name)
