@@ -17,3 +17,21 @@ import pytest  # noqa: E402
 def _mlflow_tracking_uri(tmp_path, monkeypatch):
     """Any MLflow call outside a Kedro session lands in a throwaway SQLite store."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_run_left():
+    """No test leaves an active MLflow run to the next (a Kedro session in a notebook cell once
+    did, and the next test's ``start_run`` failed); a run whose store a test removed is dropped
+    all the same (``end_run`` pops it before it fails)."""
+    yield
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while mlflow.active_run() is not None:
+        try:
+            mlflow.end_run()
+        except Exception:  # noqa: BLE001 (the run is popped; its store may be gone)
+            pass

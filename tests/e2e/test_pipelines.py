@@ -280,10 +280,6 @@ def test_walkthrough_notebook_runs_top_to_bottom(tmp_path, monkeypatch, capfd):
             out, err = capfd.readouterr()
             printed.append((out + err).count("\n"))
     finally:
-        import mlflow
-
-        while mlflow.active_run():
-            mlflow.end_run()
         for name, level in loggers.items():  # the notebook quiets them: not for later tests
             logging.getLogger(name).setLevel(level)
     assert matplotlib.get_backend() == "svg"
