@@ -60,8 +60,13 @@ def seg_answer_prompt(category: str, kind: str) -> str:
     )
 
 
+def vqa_question(category: str) -> str:
+    """The detection question about ``category``, as a user reads it."""
+    return VQA_QUESTION.format(object=object_name(category))
+
+
 def vqa_prompt(category: str) -> str:
-    return user_turn(VQA_QUESTION.format(object=object_name(category)))
+    return user_turn(vqa_question(category))
 
 
 # The answer to the detection question (VQA_QUESTION): yes / no first, then what and where. It

@@ -60,7 +60,7 @@ def grade_answers(
                 "category": r.category,
                 "label": int(r.label),
                 "defect_type": (getattr(r, "defect_type", "") or "") if anomalous else "",
-                "question": prompts.VQA_QUESTION.format(object=prompts.object_name(r.category)),
+                "question": prompts.vqa_question(r.category),
                 "answer": answer,
                 "p_yes": None if p_yes is None else float(p_yes[i]),
                 "score": float(scores[i]),

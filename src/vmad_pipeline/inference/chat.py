@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmad_pipeline import prompts
-from vmad_pipeline.inference.service import Inspection, pictures
+from vmad_pipeline.inference.service import pictures
 
 FORBIDDEN = (prompts.IMAGE_TOKEN, prompts.SEG_TOKEN)  # a question may not place these
 
@@ -47,17 +47,13 @@ class Conversation:
         self._seg_map = first.square_map if first.seg_found else None
         self.turns = [
             Turn(
-                prompts.VQA_QUESTION.format(object=prompts.object_name(category)),
+                prompts.vqa_question(category),
                 first.answer,
                 first.seg_found,
                 first.mask if first.seg_found else None,
                 first.overlay if first.seg_found else None,
             )
         ]
-
-    @property
-    def first(self) -> Inspection:
-        return self.inspection
 
     def ask(self, question: str) -> Turn:
         """The answer to ``question`` about the same image, the conversation kept. A question

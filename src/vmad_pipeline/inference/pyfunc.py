@@ -103,31 +103,15 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def signature():
-    """Input: ``image`` (base64) or ``path``, optional ``category``; output: the columns of
-    ``inference.serving.response``."""
+    """The columns of ``inference.serving`` (:data:`INPUTS`, each optional; :data:`OUTPUTS`)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, DataType, Schema
 
+    from vmad_pipeline.inference.serving import INPUTS, OUTPUTS
+
     return ModelSignature(
         inputs=Schema(
-            [
-                ColSpec(DataType.string, "image", required=False),
-                ColSpec(DataType.string, "path", required=False),
-                ColSpec(DataType.string, "category", required=False),
-            ]
+            [ColSpec(getattr(DataType, t), n, required=False) for n, t in INPUTS.items()]
         ),
-        outputs=Schema(
-            [
-                ColSpec(DataType.double, "score"),
-                ColSpec(DataType.boolean, "anomalous"),
-                ColSpec(DataType.double, "p_yes"),
-                ColSpec(DataType.string, "answer"),
-                ColSpec(DataType.boolean, "seg_found"),
-                ColSpec(DataType.string, "location"),
-                ColSpec(DataType.long, "width"),
-                ColSpec(DataType.long, "height"),
-                ColSpec(DataType.string, "mask_png"),
-                ColSpec(DataType.string, "anomaly_map_png"),
-            ]
-        ),
+        outputs=Schema([ColSpec(getattr(DataType, t), n) for n, t in OUTPUTS.items()]),
     )

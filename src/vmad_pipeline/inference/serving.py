@@ -33,6 +33,23 @@ DEFAULT_MAX_ROWS = 64
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
+# The request's and the response's columns and their MLflow types (the registered model's
+# signature is built from these: inference.pyfunc.signature).
+INPUTS = {"image": "string", "path": "string", "category": "string"}  # each optional
+OUTPUTS = {
+    "score": "double",
+    "anomalous": "boolean",
+    "p_yes": "double",
+    "answer": "string",
+    "seg_found": "boolean",
+    "location": "string",
+    "width": "long",
+    "height": "long",
+    "mask_png": "string",
+    "anomaly_map_png": "string",
+}
+
+
 class RequestError(ValueError):
     """A request the server refuses: the client gets this message with a 4xx status."""
 
@@ -183,8 +200,9 @@ def png_base64(array: np.ndarray) -> str:
 
 
 def response(inspections) -> pd.DataFrame:
-    """The rows a request gets back (``inference.service.Inspection`` each)."""
-    return pd.DataFrame(
+    """The rows a request gets back (``inference.service.Inspection`` each), columns
+    :data:`OUTPUTS`."""
+    out = pd.DataFrame(
         {
             "score": [float(x.score) for x in inspections],
             "anomalous": [bool(x.anomalous) for x in inspections],
@@ -198,3 +216,4 @@ def response(inspections) -> pd.DataFrame:
             "anomaly_map_png": [png_base64(x.map) for x in inspections],
         }
     )
+    return out[list(OUTPUTS)]
