@@ -54,7 +54,7 @@ class FollowUps:
     answer_ids: list[list[int]]  # the generated tokens of each answer
     texts: list[str]  # as a user reads them
     seg_found: np.ndarray  # N bool: the answer said [SEG]
-    maps: np.ndarray  # N x S x S: the map of that [SEG] (else the fallback state's)
+    maps: np.ndarray  # N x S x S: the map of that [SEG] (zeros where none was said)
 
 
 class Predictor:
@@ -118,7 +118,17 @@ class Predictor:
             images, seqs, output_size=output_size, max_new_tokens=max_new_tokens, forced=forced
         )
 
-    def _generate(self, images, seqs, *, output_size, max_new_tokens, forced=(), prompt_masks=None):
+    def _generate(
+        self,
+        images,
+        seqs,
+        *,
+        output_size,
+        max_new_tokens,
+        forced=(),
+        prompt_masks=None,
+        fallback=True,
+    ):
         ids, att = pad_batch(seqs, self.tokenizer.pad_token_id, left=True)
         clip, sam = to_model_inputs(images, self.model.config.vision.image_size)
         t = to_device({"ids": ids, "att": att, "clip": clip, "sam": sam}, self.device)
@@ -134,6 +144,7 @@ class Predictor:
                 max_new_tokens=max_new_tokens,
                 forced=tuple(forced),
                 prompt_masks=prompt_masks,
+                fallback=fallback,
             )
 
     def _text(self, ids: list[list[int]]) -> list[str]:
@@ -172,11 +183,13 @@ class Predictor:
                 output_size=self.image_size,
                 max_new_tokens=max_new_tokens,
                 prompt_masks=masks,
+                fallback=False,  # a follow-up's map only where it says [SEG]
             )
             ids += pred.answer_ids
             texts += self._text(pred.answer_ids)
-            found.append(pred.seg_found.cpu().numpy())
-            maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
+            said = pred.seg_found.cpu().numpy()
+            found.append(said)
+            maps.append(pred.mask_logits.sigmoid().float().cpu().numpy() * said[:, None, None])
         empty = np.zeros((0, self.image_size, self.image_size), np.float32)
         return FollowUps(
             answer_ids=ids,

@@ -67,11 +67,14 @@ def generate_with_masks(
     output_size: tuple[int, int],
     forced: tuple[int, ...] = (),
     evidence: tuple[torch.Tensor, torch.Tensor] | None = None,
+    draw_fallback: bool = True,
 ) -> Generation:
     """Greedy answers to left-padded prompts (``embeds`` B x T x d with their ``attention_mask``),
     the mask of each row's first [SEG] (at ``output_size``) and the logits of the first free
     step. ``visual``: the rows' visual tokens (mask evidence pools them). ``evidence``: (B x d, B bool)
-    what the generated tokens read from a [SEG] already in the prompt, and the rows holding one."""
+    what the generated tokens read from a [SEG] already in the prompt, and the rows holding one.
+    ``draw_fallback``: draw the last token's mask for rows that never said [SEG] (else they stay 0:
+    a follow-up needs no map it did not ask for, and SAM's encoder is not run for it)."""
     b, device = len(embeds), embeds.device
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     cache = _cache_name(model.llm)  # once, not per step
@@ -115,7 +118,7 @@ def generate_with_masks(
         if step >= len(forced) and bool(done.all()):
             break
     stacked = torch.stack(tokens, 1)
-    if not seg_found.all():
+    if draw_fallback and not seg_found.all():
         rows = torch.nonzero(~seg_found).flatten()
         masks[rows] = model.masks_from_states(fallback[rows], images_sam[rows], output_size).float()
     is_end = stacked == model.eos_token_id

@@ -313,12 +313,14 @@ class VmadModel(nn.Module):
         max_new_tokens: int = 8,
         forced: tuple[int, ...] = (),
         prompt_masks: torch.Tensor | None = None,
+        fallback: bool = True,
     ) -> Prediction:
         """Greedy answers to left-padded prompts, each row's mask drawn at its [SEG] as it is
         generated (``models/generation.py``: one prefill, the KV cache after it), ``forced``
         tokens fed first. ``prompt_masks`` (B x H x W probabilities): the masks of a [SEG] already
         in the prompt (an earlier turn of a conversation); with mask evidence, every token after
-        it reads that mask's evidence, as in training."""
+        it reads that mask's evidence, as in training. ``fallback``: rows without [SEG] get the
+        last token's mask (else zeros)."""
         embeds, _, visual = self.embed_inputs(input_ids, images_clip)
         start = None
         if prompt_masks is not None and self.evidence is not None:
@@ -337,6 +339,7 @@ class VmadModel(nn.Module):
             output_size=output_size,
             forced=forced,
             evidence=start,
+            draw_fallback=fallback,
         )
         return Prediction(
             mask_logits=gen.mask_logits,

@@ -94,6 +94,22 @@ def test_an_answer_with_seg_writes_its_mask_at_the_images_size(detector):
     assert turn.seg_found and turn.mask.shape == (30, 40) and turn.overlay.shape == (30, 40, 3)
     assert set(np.unique(turn.mask)) <= {0, 255}
 
+    def never_seg(module, inputs, output):
+        bump = torch.zeros_like(output)
+        bump[..., model.seg_token_id] = -1e4
+        return output + bump
+
+    handle = head.register_forward_hook(never_seg)
+    try:  # without [SEG] no map is drawn (SAM's encoder is not run for a follow-up)
+        pred = detector.predictor.follow_up(
+            talk.tensor[None], [talk._turns], ["Describe it."], earlier_maps=None, max_new_tokens=3
+        )
+        turn = talk.ask("Describe it.")
+    finally:
+        handle.remove()
+    assert not pred.seg_found[0] and not pred.maps[0].any()
+    assert not turn.seg_found and turn.mask is None
+
 
 def test_the_chat_command_answers_questions_from_stdin_as_json_lines(detector, tmp_path):
     path = tmp_path / "screw" / "test" / "crack" / "000.png"
