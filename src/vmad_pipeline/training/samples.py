@@ -65,15 +65,11 @@ def conversation(
     anomalous = bool(mask.any())
     if plan.task == "seg_answer":
         kind = rng.choice(list(prompts.ANSWER_KINDS))
-        generic = prompts.GENERIC_OBJECT  # answers say "the part", never a class name
-        if anomalous and qa:
-            text = _renamed(str(qa[kind]), category, generic)
-        else:
-            text = normal_answer(generic)
+        text = _stored_answer(kind, anomalous, qa, category)
         return prompts.seg_answer_prompt(name, kind), f"{prompts.SEG_ANSWER} {text}"
     answer = prompts.detection_answer(
         anomalous=anomalous,
-        defect=None if plan.paste else (defect_type or None),
+        defect=_named_defect(plan, defect_type),
         location=mask_geometry(mask)["location"] if anomalous else None,
         seg_first=seg_first,
     )
@@ -93,22 +89,15 @@ def conversation_turns(
     """The (question, answer) turns of one sample: :func:`conversation`'s one turn, or for the
     chat task the detection turn and one follow-up (a kind and a wording of
     ``prompts.FOLLOW_UPS``) answered from the same mask and RIAD answers."""
-    if plan.task != "chat":
-        return [conversation(plan, category, defect_type, qa, mask, seg_first=seg_first, rng=rng)]
-    first = conversation(
-        dataclasses.replace(plan, task="vqa"),
-        category,
-        defect_type,
-        qa,
-        mask,
-        seg_first=seg_first,
-        rng=rng,
-    )
-    anomalous = bool(mask.any())
-    has_text = not anomalous or bool(qa)  # a paste on a normal image has no RIAD answers
+    chat = plan.task == "chat"  # its first turn is the detection question's
+    first_plan = dataclasses.replace(plan, task="vqa") if chat else plan
+    first = conversation(first_plan, category, defect_type, qa, mask, seg_first=seg_first, rng=rng)
+    if not chat:
+        return [first]
+    has_text = not mask.any() or bool(qa)  # a paste on a normal image has no RIAD answers
     kind = rng.choice(list(prompts.FOLLOW_UPS) if has_text else ["location", "type"])
     question = rng.choice(prompts.FOLLOW_UPS[kind])
-    defect = None if plan.paste else (defect_type or None)
+    defect = _named_defect(plan, defect_type)
     return [first, (question, follow_up_answer(kind, mask, defect, qa, category))]
 
 
@@ -117,9 +106,11 @@ def follow_up_answer(
 ) -> str:
     """The answer to a follow-up of ``kind``: where (the mask's location), what kind (the
     defect type), or the stored RIAD description / impact / suggestion told about "the part"."""
-    generic = prompts.GENERIC_OBJECT
-    if not mask.any():
-        return normal_answer(generic) if kind in prompts.ANSWER_KINDS else prompts.FOLLOW_UP_NONE
+    anomalous = bool(mask.any())
+    if not anomalous and kind not in prompts.ANSWER_KINDS:
+        return prompts.FOLLOW_UP_NONE
+    if not anomalous:
+        return _stored_answer(kind, anomalous, qa, category)
     if kind == "location":
         return prompts.FOLLOW_UP_LOCATION.format(location=mask_geometry(mask)["location"])
     if kind == "type":
@@ -127,7 +118,21 @@ def follow_up_answer(
         return prompts.FOLLOW_UP_TYPE.format(a_defect=name)
     if not qa:
         raise ValueError(f"a {kind!r} follow-up needs the image's RIAD answers")
-    return _renamed(str(qa[kind]), category, generic)
+    return _stored_answer(kind, anomalous, qa, category)
+
+
+def _stored_answer(kind: str, anomalous: bool, qa: dict | None, category: str) -> str:
+    """The image's RIAD answer of ``kind`` told about "the part" (answers never name a class);
+    a normal image's (or one without RIAD answers): that the part looks normal."""
+    generic = prompts.GENERIC_OBJECT
+    if anomalous and qa:
+        return _renamed(str(qa[kind]), category, generic)
+    return normal_answer(generic)
+
+
+def _named_defect(plan: Plan, defect_type: str) -> str | None:
+    """The defect type a sample's text may name: none for a paste (its type is unknown)."""
+    return None if plan.paste else (defect_type or None)
 
 
 def _renamed(text: str, category: str, name: str) -> str:
