@@ -145,15 +145,42 @@ class Tokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
-def expand_image(text: str, num_image_tokens: int) -> str:
-    """The prompt with its one image placeholder repeated once per visual token."""
-    return text.replace(IMAGE_TOKEN, IMAGE_TOKEN * num_image_tokens)
+@dataclass(frozen=True)
+class ImageSlots:
+    """What the image placeholder of a prompt expands to: a placeholder per visual token, then,
+    with Anomaly-OV's expert, "with <adv> suspicious feature:" and a placeholder per suspicious
+    token (the adverb is one placeholder too: its embedding is the chosen adverb's, so a prompt's
+    length never depends on the image), then, with region tokens, "region:" and a placeholder
+    per region token. The model fills the placeholders in this order (``VmadModel.embed_inputs``)."""
+
+    visual: int
+    expert: int = 0  # suspicious tokens (0: no expert)
+    region: int = 0  # region tokens (0: none)
+
+    @property
+    def total(self) -> int:
+        """Placeholders in all (the adverb's included)."""
+        return self.visual + (self.expert + 1 if self.expert else 0) + self.region
+
+    def text(self) -> str:
+        text = IMAGE_TOKEN * self.visual
+        if self.expert:
+            text += f" with {IMAGE_TOKEN} suspicious feature: {IMAGE_TOKEN * self.expert}"
+        if self.region:
+            text += f" region: {IMAGE_TOKEN * self.region}"
+        return text
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str, num_image_tokens: int) -> list[int]:
+def expand_image(text: str, slots: int | ImageSlots) -> str:
+    """The prompt with its one image placeholder expanded (an int: that many visual tokens)."""
+    slots = ImageSlots(slots) if isinstance(slots, int) else slots
+    return text.replace(IMAGE_TOKEN, slots.text())
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str, slots: int | ImageSlots) -> list[int]:
     """BOS, then the prompt with the image placeholder expanded."""
     return [tokenizer.bos_token_id] + tokenizer.encode(
-        expand_image(prompt, num_image_tokens), add_special_tokens=False
+        expand_image(prompt, slots), add_special_tokens=False
     )
 
 
@@ -163,14 +190,16 @@ def encode_answer(tokenizer: Tokenizer, answer: str) -> list[int]:
 
 
 def encode_conversation(
-    tokenizer: Tokenizer, prompt: str, answer: str, num_image_tokens: int
+    tokenizer: Tokenizer, prompt: str, answer: str, slots: int | ImageSlots
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels: loss only on the answer (and its end-of-sequence token)."""
-    return encode_turns(tokenizer, [(prompt, answer)], num_image_tokens)
+    return encode_turns(tokenizer, [(prompt, answer)], slots)
 
 
 def encode_turns(
-    tokenizer: Tokenizer, turns: Sequence[tuple[str, list[int] | str | None]], num_image_tokens: int
+    tokenizer: Tokenizer,
+    turns: Sequence[tuple[str, list[int] | str | None]],
+    slots: int | ImageSlots,
 ) -> tuple[list[int], list[int]]:
     """A multi-turn conversation's ids and labels: the first turn is a full prompt (with the
     image, e.g. :func:`vqa_prompt`), later ones are questions (:func:`next_turn`); each answer is
@@ -180,7 +209,7 @@ def encode_turns(
     ids, labels = [], []
     for k, (question, answer) in enumerate(turns):
         if k == 0:
-            prompt = encode_prompt(tokenizer, question, num_image_tokens)
+            prompt = encode_prompt(tokenizer, question, slots)
         else:
             prompt = tokenizer.encode(next_turn(question), add_special_tokens=False)
         ids += prompt

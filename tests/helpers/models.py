@@ -69,7 +69,7 @@ def batch(model, tokenizer, *, seg: bool = True) -> dict[str, torch.Tensor]:
     answer = prompts.SEG_ANSWER if seg else "No. The part looks normal."
     ids, labels = zip(
         *[
-            encode_conversation(tokenizer, prompts.seg_prompt(c), answer, model.num_image_tokens)
+            encode_conversation(tokenizer, prompts.seg_prompt(c), answer, model.image_slots)
             for c in ("screw", "carpet")
         ],
         strict=True,

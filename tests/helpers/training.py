@@ -73,7 +73,12 @@ def train_config(tmp_path, **overrides):
         paste_prob=0.5,
         detect_paste_prob=0.5,
         num_threads=1,
-        checkpoint=CheckpointConfig(dir=str(tmp_path / "ckpt"), every_steps=2, keep=2),
+        checkpoint=CheckpointConfig(
+            dir=str(tmp_path / "ckpt"),
+            every_steps=2,
+            keep=2,
+            expert_dir=str(tmp_path / "expert"),
+        ),
     )
     return TrainConfig(**{**base, **overrides})
 

@@ -15,7 +15,19 @@ from vmad_pipeline.configs.base import check
 # both image branches, the tiny LLM trained here; llava7b_sam_h: local LLaVA-1.5 + SAM ViT-H.
 PRESETS = ("tiny", "small", "llava7b_sam_h")
 PROJECTORS = ("mlp", "avgpool", "resampler", "ldpv2", "ltc")
-MODEL_PARTS = ("vision", "projector", "llm", "sam_encoder", "sam_decoder", "seg_head", "dssl")
+MODEL_PARTS = (
+    "vision",
+    "projector",
+    "llm",
+    "sam_encoder",
+    "sam_decoder",
+    "seg_head",
+    "dssl",
+    "expert",
+    "region",
+)
+EXPERTS = ("none", "anomaly_ov")
+REGION_SOURCES = ("own_mask", "expert")
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,67 @@ class DsslConfig:
 
 
 @dataclass(frozen=True)
+class ExpertConfig:
+    """Anomaly-OV's anomaly expert (``models/anomaly_expert.py``, docs/experts.md): trained alone
+    first (stage 1, ``steps`` > 0), then frozen while the rest is instruction-tuned."""
+
+    name: str = "none"  # one of EXPERTS
+    levels: tuple[int, ...] = ()  # the vision tower's frozen levels it reads (): the last 4
+    width: int = 64  # the expert's own width
+    pool: int = 2  # the selector's average pooling: (grid / pool)^2 suspicious tokens
+    heads: int = 2  # the Q-Former's
+    temperature: float = 0.07
+    top_fraction: float = 0.1  # the image score: mean of this share of the highest map values
+    adverbs: tuple[float, float] = (0.7, 0.4)  # score thresholds of "highly", "moderately"
+    # stage 1 ("professional training" on the training classes' masks and labels)
+    steps: int = 300
+    lr: float = 1.0e-3
+    batch_size: int = 8
+    image_weight: float = 1.0  # of the image-score BCE beside the token BCE
+
+    def __post_init__(self) -> None:
+        check(
+            self.name in EXPERTS,
+            "name",
+            f"unknown expert {self.name!r}; known: {', '.join(EXPERTS)}",
+        )
+        check(min(self.width, self.pool, self.heads) >= 1, "width", "width, pool, heads >= 1")
+        check(self.width % self.heads == 0, "heads", "must divide width")
+        check(0 < self.top_fraction <= 1, "top_fraction", "must be in (0, 1]")
+        check(
+            len(self.adverbs) == 2 and self.adverbs[0] >= self.adverbs[1],
+            "adverbs",
+            f"two thresholds (highly, moderately) with highly >= moderately, got {self.adverbs}",
+        )
+        check(self.steps >= 0 and self.batch_size >= 1, "steps", "steps >= 0, batch_size >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    """IAD-Unify's region tokens (``models/region_tokens.py``, docs/experts.md)."""
+
+    enabled: bool = False
+    grid: int = 2  # grid x grid region tokens
+    source: str = "own_mask"  # the predicted region: one of REGION_SOURCES
+    oracle_prob: float = 0.5  # training: the share of samples given the true region
+    threshold: float = 0.5  # a predicted map's region: its pixels at or above this
+
+    def __post_init__(self) -> None:
+        check(self.grid >= 1, "grid", "must be >= 1")
+        check(
+            self.source in REGION_SOURCES,
+            "source",
+            f"unknown source {self.source!r}; known: {', '.join(REGION_SOURCES)}",
+        )
+        check(0 <= self.oracle_prob <= 1, "oracle_prob", "must be in [0, 1]")
+        check(0 < self.threshold < 1, "threshold", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
 class WeightsConfig:
     """Local weight files of the real preset (``weights:`` in conf/local/parameters_weights.yml)."""
 
@@ -197,6 +270,8 @@ class ModelConfig:
     # Mask evidence: the tokens after [SEG] read what the drawn mask shows (where, how large, the
     # visual tokens under it); models/evidence.py.
     seg_evidence: bool = False
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    region_tokens: RegionConfig = field(default_factory=RegionConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)  # set at build time (real preset)
 
     def __post_init__(self) -> None:
@@ -207,6 +282,12 @@ class ModelConfig:
         )
         bad = [p for p in self.frozen if p not in MODEL_PARTS]
         check(not bad, "frozen", f"unknown part(s) {bad}; known: {', '.join(MODEL_PARTS)}")
+        check(
+            not (self.region_tokens.source == "expert" and self.region_tokens.enabled)
+            or self.expert.enabled,
+            "region_tokens",
+            "source 'expert' needs train.model.expert.name: anomaly_ov",
+        )
 
 
 LTC_STEPS = ("local_context", "spatial_downsampler", "injection", "multi_level")
@@ -225,4 +306,6 @@ def describe_model(model: ModelConfig) -> dict[str, str | bool]:
         "ltc": is_ltc and len(steps) == len(LTC_STEPS),
         "ltc_steps": ",".join(steps),
         "dssl": model.dssl.enabled,
+        "expert": model.expert.name,
+        "region_tokens": model.region_tokens.source if model.region_tokens.enabled else "off",
     }

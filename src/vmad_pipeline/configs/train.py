@@ -80,6 +80,8 @@ class CheckpointConfig:
     every_steps: int = 0  # 0 = none (a SIGTERM still writes one)
     keep: int = 2  # the last N are kept
     dir: str = "data/06_models/training_state"
+    # the anomaly expert's stage-1 results, one file per distinct stage-1 input (reused)
+    expert_dir: str = "data/06_models/expert_stage"
 
     def __post_init__(self) -> None:
         check(self.every_steps >= 0, "every_steps", "must be >= 0")

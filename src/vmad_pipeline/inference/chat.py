@@ -93,7 +93,7 @@ class Conversation:
         turns = list(self._turns)
         while True:
             ids, _ = prompts.encode_turns(
-                predictor.tokenizer, [*turns, (question, None)], predictor.model.num_image_tokens
+                predictor.tokenizer, [*turns, (question, None)], predictor.model.image_slots
             )
             if len(ids) <= limit:
                 return turns

@@ -113,7 +113,7 @@ class Predictor:
         return tqdm(starts, desc=desc, disable=not progress, leave=False)
 
     def _run(self, images, texts, *, output_size: int, max_new_tokens: int, forced=()):
-        seqs = [encode_prompt(self.tokenizer, t, self.model.num_image_tokens) for t in texts]
+        seqs = [encode_prompt(self.tokenizer, t, self.model.image_slots) for t in texts]
         return self._generate(
             images, seqs, output_size=output_size, max_new_tokens=max_new_tokens, forced=forced
         )
@@ -173,7 +173,7 @@ class Predictor:
         for s in self._batches(n, batch_size, "follow-up", progress):
             part = slice(s, s + batch_size)
             seqs = [
-                encode_turns(self.tokenizer, [*h, (q, None)], self.model.num_image_tokens)[0]
+                encode_turns(self.tokenizer, [*h, (q, None)], self.model.image_slots)[0]
                 for h, q in zip(histories[part], questions[part], strict=True)
             ]
             masks = None if earlier_maps is None else np.asarray(earlier_maps[part], np.float32)

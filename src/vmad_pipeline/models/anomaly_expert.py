@@ -139,6 +139,10 @@ class AnomalyExpert(nn.Module):
         self.qformer = QFormer(w, shape.heads)
         self.out = nn.Linear(w, shape.llm_width)
 
+    def num_tokens(self, grid: int) -> int:
+        """Suspicious tokens for a ``grid`` x ``grid`` token grid."""
+        return (grid // self.shape.pool) ** 2
+
     def forward(self, levels: tuple[torch.Tensor, ...]) -> ExpertOutput:
         if len(levels) != len(self.adaptors):
             raise ValueError(f"the expert takes {len(self.adaptors)} levels, got {len(levels)}")

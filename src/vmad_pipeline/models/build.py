@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from vmad_pipeline.configs import ConfigError, ModelConfig
+from vmad_pipeline.models.anomaly_expert import ADVERBS, AnomalyExpert, ExpertShape
 from vmad_pipeline.models.dssl import Dssl
 from vmad_pipeline.models.efficientnet import (
     LEVEL_CHANNELS,
@@ -25,10 +26,12 @@ from vmad_pipeline.models.efficientnet import (
     load_efficientnet_lite0,
 )
 from vmad_pipeline.models.evidence import SegEvidence
+from vmad_pipeline.models.extras import chosen_levels
 from vmad_pipeline.models.llm import add_lora, build_tiny_llm
 from vmad_pipeline.models.mask_encoder import EfficientNetMaskEncoder
 from vmad_pipeline.models.pretrained import load_llava, load_sam
 from vmad_pipeline.models.projectors import MlpProjector, build_projector
+from vmad_pipeline.models.region_tokens import RegionTokens
 from vmad_pipeline.models.sam import build_sam
 from vmad_pipeline.models.vision import EfficientNetTower, VisionTower, build_vision_tower
 from vmad_pipeline.models.vmad import SegHead, VmadModel
@@ -182,6 +185,16 @@ def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel
         )
     model = VmadModel(
         config=cfg,
+        expert=build_expert(cfg, bb.vision),
+        region=RegionTokens(
+            cfg.vision.hidden_size,
+            cfg.llm.hidden_size,
+            grid=cfg.region_tokens.grid,
+            threshold=cfg.region_tokens.threshold,
+        )
+        if cfg.region_tokens.enabled
+        else None,
+        adverb_ids=tuple(tokenizer.encode(" " + a, add_special_tokens=False) for a in ADVERBS),
         vision=bb.vision,
         projector=projector,
         llm=llm,
@@ -196,6 +209,44 @@ def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel
     )
     apply_freezing(model)
     return model
+
+
+def build_expert(cfg: ModelConfig, vision) -> AnomalyExpert | None:
+    """Anomaly-OV's expert on the tower's frozen levels (``train.model.expert``), or None. It is
+    trained before the rest (stage 1), so it reads features stage 2 does not change: a tower
+    trained from scratch (the tiny preset's CLIP) must be frozen for it."""
+    e = cfg.expert
+    if not e.enabled:
+        return None
+    if isinstance(vision, VisionTower) and cfg.preset == "tiny" and "vision" not in cfg.frozen:
+        raise ConfigError(
+            "train.model.expert: the tiny preset trains its vision tower from scratch, which "
+            "would move the features the frozen expert was trained on; add 'vision' to "
+            "train.model.frozen or use the small preset"
+        )
+    widths = vision.expert_widths
+    levels = chosen_levels(len(widths), e.levels)
+    bad = [i for i in levels if not -len(widths) <= i < len(widths)]
+    if bad:
+        raise ConfigError(
+            f"train.model.expert.levels: {bad} out of range; the vision tower has "
+            f"{len(widths)} levels (0 .. {len(widths) - 1})"
+        )
+    if vision.grid % e.pool:
+        raise ConfigError(
+            f"train.model.expert.pool: {e.pool} does not divide the {vision.grid} x "
+            f"{vision.grid} token grid"
+        )
+    shape = ExpertShape(
+        level_widths=tuple(widths[i] for i in levels),
+        width=e.width,
+        llm_width=cfg.llm.hidden_size,
+        pool=e.pool,
+        heads=e.heads,
+        temperature=e.temperature,
+        top_fraction=e.top_fraction,
+    )
+    return AnomalyExpert(shape)
 
 
 def always_frozen(module: torch.nn.Module) -> set[int]:

@@ -49,6 +49,9 @@ from vmad_pipeline.models.strict import check_adapter, from_pretrained_strict, l
 from vmad_pipeline.models.vision import VisionTower
 from vmad_pipeline.models.vmad import VmadModel
 
+# Parts saved whole even where frozen: no weight file holds them (the anomaly expert is frozen
+# in stage 2 after being trained here in stage 1).
+ALWAYS_SAVED = ("expert", "region")
 FORMAT_VERSION = 3  # 3: no machine paths in config.json, weight files fingerprinted
 
 
@@ -77,9 +80,11 @@ def _state(
 def _non_llm_state(model: VmadModel, *, keys_only: bool = False) -> dict[str, torch.Tensor]:
     """Weights outside the LLM: all of them (nothing to reload them from), but for presets
     that rebuild frozen parts from local weight files (only the trained ones, and buffers)."""
-    names = tuple(n for n in model.parts() if n != "llm")
+    names = tuple(n for n in model.parts() if n not in ("llm", *ALWAYS_SAVED))
     trained_only = model.config.preset in FROM_WEIGHT_FILES
-    return _state(model, names, trained_only=trained_only, keys_only=keys_only)
+    state = _state(model, names, trained_only=trained_only, keys_only=keys_only)
+    saved = tuple(n for n in ALWAYS_SAVED if n in model.parts())
+    return {**state, **_state(model, saved, trained_only=False, keys_only=keys_only)}
 
 
 def _base_llm_state(llm: PeftModel) -> dict[str, torch.Tensor]:

@@ -58,6 +58,15 @@ class VisionTower(nn.Module):
     def select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return hidden_states[self.select_layer]
 
+    def encode(self, images: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple]:
+        """(the hidden states, the levels an anomaly expert reads): CLIP's hidden states both."""
+        hidden = self(images)
+        return hidden, hidden
+
+    @property
+    def expert_widths(self) -> tuple[int, ...]:
+        return (self.hidden_size,) * self.num_hidden_states
+
 
 def build_vision_tower(cfg: VisionConfig) -> VisionTower:
     return VisionTower(clip=CLIPVisionModel(clip_config(cfg)), select_layer=cfg.select_layer)
@@ -94,11 +103,20 @@ class EfficientNetTower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """images: B x 3 x S x S in [0, 1] -> one B x grid^2 x width tensor per level."""
-        out = []
-        for level, adaptor in zip(self.backbone(images), self.adaptors, strict=True):
-            level = to_grid(level, self.grid)
-            out.append(adaptor(level.flatten(2).transpose(1, 2)))  # (B, grid^2, width)
-        return tuple(out)
+        return self.encode(images)[0]
+
+    def encode(self, images: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], tuple]:
+        """(the adapted levels, the backbone's own levels on the grid, B x grid^2 x C_i): an
+        anomaly expert trained before the adaptors reads the frozen ones."""
+        raw = [
+            to_grid(level, self.grid).flatten(2).transpose(1, 2) for level in self.backbone(images)
+        ]
+        adapted = tuple(a(x) for a, x in zip(self.adaptors, raw, strict=True))
+        return adapted, tuple(raw)
+
+    @property
+    def expert_widths(self) -> tuple[int, ...]:
+        return tuple(a.in_features for a in self.adaptors)
 
     def select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return hidden_states[self.select_layer]

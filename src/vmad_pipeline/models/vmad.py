@@ -7,6 +7,7 @@ from already-built components by ``models/build.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from segment_anything.modeling import Sam
@@ -15,12 +16,16 @@ from transformers import PreTrainedModel
 
 from vmad_pipeline.configs import ModelConfig
 from vmad_pipeline.losses.segmentation import mask_bce, mask_dice
+from vmad_pipeline.models.anomaly_expert import AnomalyExpert, ExpertOutput
 from vmad_pipeline.models.dssl import Dssl, DsslOutput
 from vmad_pipeline.models.evidence import SegEvidence
+from vmad_pipeline.models.extras import expert_levels, extra_tokens, upsample_map
 from vmad_pipeline.models.generation import generate_with_masks
 from vmad_pipeline.models.projectors import Projector
+from vmad_pipeline.models.region_tokens import RegionTokens
 from vmad_pipeline.models.sam import decode_masks, sam_preprocess
 from vmad_pipeline.models.vision import VisionTower
+from vmad_pipeline.prompts import ImageSlots
 
 
 @dataclass
@@ -34,6 +39,7 @@ class VmadOutput:
     logits: torch.Tensor  # B x T x V
     mask_logits: torch.Tensor | None  # B_seg x H x W, one per sample that holds [SEG]
     seg_index: torch.Tensor  # indices (into the batch) of the samples with a mask prediction
+    expert: ExpertOutput | None = None  # Anomaly-OV's expert's maps and score, when it has one
 
 
 @dataclass
@@ -42,6 +48,23 @@ class Prediction:
     answer_ids: list[list[int]]  # generated tokens per image (forced prefix included)
     seg_found: torch.Tensor  # B bool: the model emitted [SEG] (else the last token's state)
     free_logits: torch.Tensor  # B x V: next-token logits at the first step not forced
+    significance: torch.Tensor | None = None  # B x H x W: the expert's map (None: no expert)
+    expert_score: torch.Tensor | None = None  # B: the expert's image score
+    regions: torch.Tensor | None = None  # B x H x W: the regions the region tokens read
+
+
+class ImageFeatures(NamedTuple):
+    visual: torch.Tensor  # B x T x d: the visual tokens
+    clip_global: torch.Tensor  # B x C: the selected layer's mean feature (DSSL's Meta-Net)
+    features: torch.Tensor  # B x N x C: the selected layer (region tokens pool it)
+    frozen: tuple[torch.Tensor, ...]  # the tower's frozen levels (the expert reads them)
+
+
+class Embedded(NamedTuple):
+    embeds: torch.Tensor  # B x T x d: the input embeddings, placeholders filled
+    clip_global: torch.Tensor
+    visual: torch.Tensor
+    expert: ExpertOutput | None
 
 
 class SegHead(nn.Module):
@@ -70,6 +93,9 @@ class VmadModel(nn.Module):
         dssl: Dssl | None,
         state_phrase_ids: tuple[list[int], list[int]],
         evidence: SegEvidence | None = None,
+        expert: AnomalyExpert | None = None,
+        region: RegionTokens | None = None,
+        adverb_ids: tuple[list[int], ...] = (),
         image_token_id: int,
         seg_token_id: int,
         pad_token_id: int,
@@ -86,6 +112,11 @@ class VmadModel(nn.Module):
         )
         self.dssl = dssl
         self.evidence = evidence  # mask evidence for the tokens after [SEG] (models/evidence.py)
+        self.expert, self.region = expert, region  # models/extras.py
+        for k, ids in enumerate(adverb_ids):  # the adverbs' token ids (anomaly_expert.ADVERBS)
+            self.register_buffer(
+                f"adverb_{k}", torch.tensor(ids, dtype=torch.long), persistent=False
+            )
         # Token ids of the normal / abnormal descriptions behind DSSL's semantic tokens.
         for name, ids in zip(("normal_phrase", "abnormal_phrase"), state_phrase_ids, strict=True):
             self.register_buffer(name, torch.tensor(ids, dtype=torch.long), persistent=False)
@@ -103,6 +134,19 @@ class VmadModel(nn.Module):
     def num_image_tokens(self) -> int:
         return self.projector.num_tokens
 
+    @property
+    def image_slots(self) -> ImageSlots:
+        """What a prompt's image placeholder expands to (``prompts.ImageSlots``)."""
+        return ImageSlots(
+            visual=self.num_image_tokens,
+            expert=0 if self.expert is None else self.expert.num_tokens(self.vision.grid),
+            region=0 if self.region is None else self.region.num_tokens,
+        )
+
+    @property
+    def adverb_ids(self) -> list[torch.Tensor]:
+        return [getattr(self, f"adverb_{k}") for k in range(3)]
+
     def parts(self) -> dict[str, nn.Module]:
         """The named parts that presets freeze or train (configs.MODEL_PARTS)."""
         return {
@@ -114,34 +158,61 @@ class VmadModel(nn.Module):
             "seg_head": self.seg_head,
             **({"dssl": self.dssl} if self.dssl is not None else {}),
             **({"evidence": self.evidence} if self.evidence is not None else {}),
+            **({"expert": self.expert} if self.expert is not None else {}),
+            **({"region": self.region} if self.region is not None else {}),
         }
 
-    def get_image_features(self, images_clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images_clip: B x 3 x S x S in [0, 1] -> (visual tokens B x T x d_llm, the selected
-        CLIP layer's mean feature B x C, which DSSL's Meta-Net reads)."""
-        hidden = self.vision(images_clip)
+    def get_image_features(self, images_clip: torch.Tensor) -> ImageFeatures:
+        """images_clip: B x 3 x S x S in [0, 1] -> the visual tokens and the features the other
+        parts read (:class:`ImageFeatures`)."""
+        hidden, frozen = self.vision.encode(images_clip)
         features = self.vision.select(hidden)  # (B, N, C)
         levels = [hidden[i] for i in self.projector.level_indices]
         tokens = self.projector(features, levels)  # (B, T, d)
         positions = getattr(self.projector, "positions", None)  # (T, d) when configured
-        return (tokens if positions is None else tokens + positions), features.mean(1)
+        visual = tokens if positions is None else tokens + positions
+        return ImageFeatures(visual, features.mean(1), features, frozen)
 
     def embed_inputs(
-        self, input_ids: torch.Tensor, images_clip: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token embeddings with the image placeholder positions replaced by visual tokens,
-        the CLIP global feature (B x C) and the visual tokens (B x T x d)."""
-        visual, clip_global = self.get_image_features(images_clip)  # (B, T_img, d)
+        self,
+        input_ids: torch.Tensor,
+        images_clip: torch.Tensor,
+        *,
+        region_masks: torch.Tensor | None = None,
+        region_keep: torch.Tensor | None = None,
+        image: ImageFeatures | None = None,
+    ) -> Embedded:
+        """Token embeddings with the image placeholders (``image_slots``) filled: the visual
+        tokens, then the expert's adverb and suspicious tokens and the region tokens where the
+        model has them. ``region_masks`` (B x H x W in [0, 1]): the regions the region tokens
+        read; rows where ``region_keep`` (B bool) is False, or all of them when it is None and
+        no masks are given, take the predicted region of the expert's map (``region_tokens.source:
+        expert``) or none. ``image``: the features, when already computed."""
+        image = self.get_image_features(images_clip) if image is None else image
+        embed = self.llm.get_input_embeddings()
+        extras = extra_tokens(
+            expert=self.expert,
+            region=self.region,
+            levels=expert_levels(image.frozen, self.config.expert.levels) if self.expert else (),
+            features=image.features,
+            region_masks=region_masks,
+            region_keep=region_keep,
+            embed=embed,
+            adverb_ids=self.adverb_ids if self.expert else [],
+            thresholds=self.config.expert.adverbs,
+            region_from_expert=self.config.region_tokens.source == "expert",
+        )
+        filled = torch.cat([image.visual.to(extras.tokens.dtype), extras.tokens], 1)
         is_image = input_ids == self.image_token_id  # (B, T)
         counts = is_image.sum(1)
-        if not torch.all(counts == visual.shape[1]):
+        if not torch.all(counts == filled.shape[1]):
             raise ValueError(
-                f"each sequence needs exactly {visual.shape[1]} image tokens, got {counts.tolist()}"
+                f"each sequence needs exactly {filled.shape[1]} image tokens, got {counts.tolist()}"
             )
         ids = input_ids.masked_fill(is_image, self.pad_token_id)
-        embeds = self.llm.get_input_embeddings()(ids)  # (B, T, d)
-        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype))
-        return embeds, clip_global, visual
+        embeds = embed(ids)  # (B, T, d)
+        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), filled.to(embeds.dtype))
+        return Embedded(embeds, image.clip_global, image.visual, extras.expert)
 
     def image_embeddings(self, images_sam: torch.Tensor) -> torch.Tensor:
         """images_sam: B x 3 x H x W in [0, 1] (longest side = encoder size) -> B x d_sam x h x w."""
@@ -180,7 +251,8 @@ class VmadModel(nn.Module):
         side = int(round(n**0.5))
         if side * side != n:
             raise ValueError(f"DSSL needs a square grid of visual tokens, got {n}")
-        states = last[input_ids == self.image_token_id].view(b, n, -1)  # (B, T_img, d)
+        # the visual tokens are the first of each row's placeholders (prompts.ImageSlots)
+        states = last[input_ids == self.image_token_id].view(b, self.image_slots.total, -1)[:, :n]
         return states.transpose(1, 2).reshape(b, -1, side, side)
 
     # ------------------------------------------------------------------ training
@@ -196,16 +268,29 @@ class VmadModel(nn.Module):
         class_idx: torch.Tensor | None = None,
         oracle: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
+        region_oracle: torch.Tensor | None = None,
     ) -> VmadOutput:
         """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W
         at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL;
         oracle: B bool, the samples whose mask evidence comes from ``masks`` (the ground truth)
         instead of the drawn mask (training with evidence); boxes: B x n x 4 DSSL boxes (drawn
-        here when None).
+        here when None); region_oracle: B bool, with region tokens the samples that read the
+        true region (``masks``), the others the predicted one (the expert's map, or the mask the
+        model draws without a region: :meth:`own_regions`).
 
         Returns every loss term separately; how they are weighted is the trainer's business
         (``training.objective.weighted_loss``)."""
-        embeds, clip_global, visual = self.embed_inputs(input_ids, images_clip)
+        use_dssl = self.dssl is not None and class_idx is not None and masks is not None
+        own = self.region is not None and self.config.region_tokens.source == "own_mask"
+        sam_emb, teacher = self.encode_images(images_sam) if (use_dssl or own) else (None, None)
+        image = self.get_image_features(images_clip)
+        regions, keep = self._training_regions(
+            input_ids, attention_mask, images_clip, images_sam, image, sam_emb, masks, region_oracle
+        )
+        embedded = self.embed_inputs(
+            input_ids, images_clip, region_masks=regions, region_keep=keep, image=image
+        )
+        embeds, clip_global, visual = embedded.embeds, embedded.clip_global, embedded.visual
         evidence = self.evidence is not None
         out = self.llm(
             inputs_embeds=embeds,
@@ -214,8 +299,6 @@ class VmadModel(nn.Module):
             output_hidden_states=True,
         )
         last = out.hidden_states[-1]  # (B, T, d)
-        use_dssl = self.dssl is not None and class_idx is not None and masks is not None
-        sam_emb, teacher = self.encode_images(images_sam) if use_dssl else (None, None)
         pbsd = patch_bce = dssl_valid = None
         if use_dssl:
             extra = self._dssl_terms(teacher, last, input_ids, clip_global, masks, class_idx, boxes)
@@ -243,7 +326,50 @@ class VmadModel(nn.Module):
             logits=out.logits,
             mask_logits=mask_logits,
             seg_index=seg_index,
+            expert=embedded.expert,
         )
+
+    def _training_regions(
+        self, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, masks, oracle
+    ):
+        """(regions, keep) for :meth:`embed_inputs` in training: the true masks where ``oracle``,
+        the predicted region elsewhere (the expert's map is filled in by ``embed_inputs``; the
+        model's own mask is drawn here, :meth:`own_regions`). (None, None) without region tokens."""
+        if self.region is None or masks is None:
+            return None, None
+        truth = masks.float()
+        if self.config.region_tokens.source != "own_mask":
+            return truth, oracle
+        size = tuple(masks.shape[-2:])
+        own = self.own_regions(
+            input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
+        )
+        if oracle is None:
+            return own, None
+        return torch.where(oracle.bool()[:, None, None], truth, own), None
+
+    @torch.no_grad()
+    def own_regions(
+        self, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
+    ) -> torch.Tensor:
+        """B x H x W: the mask each row's first [SEG] draws when the row reads no region (the
+        region tokens' ``own_mask`` source; zeros for rows without [SEG]). Right-padded rows
+        (training) and left-padded ones (inference) alike: positions follow the attention mask."""
+        embedded = self.embed_inputs(input_ids, images_clip, image=image)
+        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+        out = self.llm(
+            inputs_embeds=embedded.embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            output_hidden_states=True,
+        )
+        seg_index, logits = self._seg_masks(
+            out.hidden_states[-1], input_ids, images_sam, None, sam_emb, size
+        )
+        regions = torch.zeros(len(input_ids), *size, device=input_ids.device)
+        if logits is not None:
+            regions[seg_index] = logits.float().sigmoid()
+        return regions
 
     def _with_evidence(self, embeds, attention_mask, labels, input_ids, visual, seg_index, probs):
         """The LLM again, every token after a sample's first [SEG] given that sample's mask
@@ -281,6 +407,7 @@ class VmadModel(nn.Module):
         images_sam: torch.Tensor,
         masks: torch.Tensor | None,
         sam_emb: torch.Tensor | None,
+        size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(indices of the samples holding [SEG], their mask logits or None). The [SEG] state is
         read at the [SEG] token's own input position (positions come from the actual sequence,
@@ -291,7 +418,9 @@ class VmadModel(nn.Module):
             return seg_index, None
         first = is_seg[seg_index].float().argmax(1)
         states = last[seg_index, first]  # (B_seg, d)
-        out_size = tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
+        out_size = size or (
+            tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
+        )
         mask_logits = self.masks_from_states(
             states,
             images_sam[seg_index],
@@ -314,14 +443,22 @@ class VmadModel(nn.Module):
         forced: tuple[int, ...] = (),
         prompt_masks: torch.Tensor | None = None,
         fallback: bool = True,
+        region_masks: torch.Tensor | None = None,
     ) -> Prediction:
         """Greedy answers to left-padded prompts, each row's mask drawn at its [SEG] as it is
         generated (``models/generation.py``: one prefill, the KV cache after it), ``forced``
         tokens fed first. ``prompt_masks`` (B x H x W probabilities): the masks of a [SEG] already
         in the prompt (an earlier turn of a conversation); with mask evidence, every token after
         it reads that mask's evidence, as in training. ``fallback``: rows without [SEG] get the
-        last token's mask (else zeros)."""
-        embeds, _, visual = self.embed_inputs(input_ids, images_clip)
+        last token's mask (else zeros). ``region_masks`` (B x H x W in [0, 1]): the regions the
+        region tokens read (None: the predicted ones; the model's own mask is drawn first, from
+        the prompt and a [SEG], with no region)."""
+        image = self.get_image_features(images_clip)
+        regions = self._predicted_regions(
+            input_ids, attention_mask, images_clip, images_sam, image, output_size, region_masks
+        )
+        embedded = self.embed_inputs(input_ids, images_clip, region_masks=regions, image=image)
+        embeds, visual = embedded.embeds, embedded.visual
         start = None
         if prompt_masks is not None and self.evidence is not None:
             after = self.after_first_seg(input_ids)  # (B, T)
@@ -346,4 +483,23 @@ class VmadModel(nn.Module):
             answer_ids=gen.answer_ids(),
             seg_found=gen.seg_found,
             free_logits=gen.free_logits,
+            significance=None
+            if embedded.expert is None
+            else upsample_map(embedded.expert.significance, output_size),
+            expert_score=None if embedded.expert is None else embedded.expert.score,
+            regions=regions,
         )
+
+    def _predicted_regions(
+        self, input_ids, attention_mask, images_clip, images_sam, image, size, given
+    ) -> torch.Tensor | None:
+        """The regions :meth:`predict` reads: ``given``, else the model's own mask drawn at a
+        [SEG] appended to the prompt (``own_mask``), else None (the expert's map or nothing)."""
+        if given is not None or self.region is None:
+            return given
+        if self.config.region_tokens.source != "own_mask":
+            return None
+        seg = torch.full_like(input_ids[:, :1], self.seg_token_id)
+        ids = torch.cat([input_ids, seg], 1)
+        att = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
+        return self.own_regions(ids, att, images_clip, images_sam, image, None, size)

@@ -38,12 +38,13 @@ class SampleSpec:
     """What a sample needs to know of the model: sizes, the token layout and the DSSL boxes."""
 
     size: int  # the SAM input side (images and masks are stored at it)
-    num_image_tokens: int
+    slots: prompts.ImageSlots  # what the image placeholder expands to
     seg_first: bool
     classes: tuple[str, ...]  # DSSL's training classes (their index goes with the sample)
     boxes: int = 0  # DSSL boxes per sample; 0 without DSSL
     box_min: float = 0.0
     box_max: float = 0.0
+    region_oracle: float = 0.0  # the share of samples whose region tokens read the true region
 
 
 class TrainingSamples(Dataset):
@@ -119,7 +120,7 @@ class TrainingSamples(Dataset):
             seg_first=self.spec.seg_first,
             rng=rng,
         )
-        ids, labels = prompts.encode_turns(self.tokenizer, turns, self.spec.num_image_tokens)
+        ids, labels = prompts.encode_turns(self.tokenizer, turns, self.spec.slots)
         spec = self.spec
         classes = spec.classes
         sample = {
@@ -129,6 +130,7 @@ class TrainingSamples(Dataset):
             "labels": torch.tensor(labels),
             "class_idx": classes.index(category) if category in classes else -1,
             "oracle": rng.random() < self.cfg.evidence_oracle,
+            "region_oracle": rng.random() < spec.region_oracle,
         }
         if spec.boxes:
             from vmad_pipeline.models.dssl import sample_boxes
@@ -154,6 +156,7 @@ def collate(samples: list[dict | None], pad_id: int) -> dict:
     batch["masks"] = torch.stack([s["mask"] for s in kept])
     batch["class_idx"] = torch.tensor([s["class_idx"] for s in kept])
     batch["oracle"] = torch.tensor([s["oracle"] for s in kept])
+    batch["region_oracle"] = torch.tensor([s["region_oracle"] for s in kept])
     if "boxes" in kept[0]:
         batch["boxes"] = torch.stack([s["boxes"] for s in kept])
     return batch
@@ -163,7 +166,16 @@ def model_inputs(batch: dict, model, device: torch.device) -> dict[str, torch.Te
     """A collated micro-batch as the model's keyword arguments, on ``device``."""
     images = batch["images"].to(device, non_blocking=True)
     clip, sam = to_model_inputs(images, model.config.vision.image_size)
-    keys = ("input_ids", "attention_mask", "labels", "masks", "class_idx", "oracle", "boxes")
+    keys = (
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "masks",
+        "class_idx",
+        "oracle",
+        "boxes",
+        "region_oracle",
+    )
     moved = {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
     return {"images_clip": clip, "images_sam": sam, **moved}
 

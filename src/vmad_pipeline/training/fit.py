@@ -27,6 +27,7 @@ from vmad_pipeline.training.data import (
     conversation_texts,
 )
 from vmad_pipeline.training.engine import check_strategy
+from vmad_pipeline.training.expert_stage import expert_stage, freeze_expert, stage_key
 from vmad_pipeline.training.launch import distributed_env, launch
 from vmad_pipeline.training.loop import seed_everything, train
 from vmad_pipeline.training.state import Checkpoints, stable_hash
@@ -85,6 +86,7 @@ class TrainJob:
     train_classes: list[str]
     trained_on: dict
     data_hash: str
+    expert_state: dict | None = None  # the anomaly expert's stage-1 weights (frozen in stage 2)
 
 
 def make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=None) -> TrainJob:
@@ -146,6 +148,10 @@ def _build(job: TrainJob) -> VmadModel:
         dtype=dtype,
     )
     model.trained_on = dict(job.trained_on)
+    if model.expert is not None:
+        if job.expert_state is None:
+            raise ValueError("the anomaly expert needs its stage-1 weights (fit_expert) first")
+        freeze_expert(model, job.expert_state)
     return model
 
 
@@ -153,13 +159,35 @@ def _spec(model: VmadModel) -> SampleSpec:
     dssl = model.dssl.cfg if model.dssl is not None else None
     return SampleSpec(
         size=model.config.sam.image_size,
-        num_image_tokens=model.num_image_tokens,
+        slots=model.image_slots,
         seg_first=model.config.seg_first,
         classes=tuple(model.config.dssl.classes),
         boxes=dssl.boxes if dssl else 0,
         box_min=dssl.box_min if dssl else 0.0,
         box_max=dssl.box_max if dssl else 0.0,
+        region_oracle=model.config.region_tokens.oracle_prob,
     )
+
+
+def fit_expert(
+    rows: pd.DataFrame,
+    roots: dict[str, str],
+    riad_qa: pd.DataFrame,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+) -> dict:
+    """Stage 1 (``training.expert_stage``): the anomaly expert trained alone on the rows
+    instruction tuning will train on (the validation slice left out), or reused when its inputs
+    did not change. {} without an expert."""
+    if not model_cfg.expert.enabled:
+        return {}
+    job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg)
+    seed_everything(cfg.seed)
+    model = build_vmad(model_cfg, tokenizer, seed=cfg.seed, train_classes=job.train_classes)
+    samples = TrainingSamples(job.rows, job.roots, job.qa, cfg, _spec(model), tokenizer)
+    key = stage_key(cfg, model_cfg, job.data_hash)
+    return expert_stage(model, samples, cfg, tokenizer.pad_token_id, key)
 
 
 def run_job(job: TrainJob) -> dict | None:
@@ -210,15 +238,20 @@ def fit_vmad(
     cfg: TrainConfig,
     model_cfg: ModelConfig,
     trained_on: dict | None = None,
+    expert: dict | None = None,
 ) -> Trained | None:
     """Build the preset (its DSSL queues: one row per training class) and train it with LoRA on
     ``rows`` (every image of the training classes but the validation slice), in this process or
     in ``cfg.engine.processes`` local workers; ``trained_on`` (``splitting.training_record``) is
-    kept on the model and saved with it. Under an outside launcher (torchrun, accelerate
+    kept on the model and saved with it. ``expert``: the anomaly expert's stage 1
+    (:func:`fit_expert`; computed here when the model has an expert and it is not given). Under an outside launcher (torchrun, accelerate
     launch: ``WORLD_SIZE`` set) this process is one rank; ranks other than 0 return None."""
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     check_strategy(cfg.engine, cpu)
     job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on)
+    if model_cfg.expert.enabled:
+        expert = expert or fit_expert(rows, roots, riad_qa, tokenizer, cfg, model_cfg)
+        job.expert_state = expert["state"]
     processes = cfg.engine.processes
     if processes == 1 or distributed_env():  # in this process (one rank of a launched run)
         out = run_job(job)
@@ -234,7 +267,16 @@ def fit_vmad(
         if unexpected or trained & set(missing):
             raise RuntimeError(f"trained state does not fit the model: {unexpected or missing}")
         out["model"] = model.eval()
-    return _trained(job, out)
+    trained = _trained(job, out)
+    if expert:
+        losses = expert.get("losses") or [None]
+        trained.summary["expert_stage"] = {
+            "key": expert["key"],
+            "reused": expert.get("reused", False),
+            "seconds": expert.get("seconds"),
+            "final_loss": losses[-1],
+        }
+    return trained
 
 
 def _check_gpus(cfg: TrainConfig) -> None:
@@ -259,7 +301,7 @@ def _trained(job: TrainJob, out: dict) -> Trained:
         **out["cost"],
         "params_trainable": n_train,
         "params_total": n_total,
-        "visual_tokens": model.num_image_tokens,
+        "visual_tokens": model.image_slots.total,
         "final_loss": progress.history["loss"][-1],
         "skipped_images": progress.skipped,
         "strategy": cfg.engine.strategy,

@@ -73,7 +73,9 @@ def ran(tmp_path_factory):
         }
     )
     training = (
-        train().only_nodes_with_tags("train").filter(node_names=["fit_tokenizer", "train_model"])
+        train()
+        .only_nodes_with_tags("train")
+        .filter(node_names=["fit_tokenizer", "train_expert", "train_model"])
     )
     pipe = ingest() + annotate() + split() + training + evaluate()
     SequentialRunner().run(pipe, catalog)

@@ -25,7 +25,7 @@ def fit_tokenizer(
     return fit(split_rows(manifest, splits)[0], riad_qa, cfg, model_cfg)
 
 
-def train_model(
+def train_expert(
     manifest: pd.DataFrame,
     splits: dict[str, Any],
     roots: dict[str, str],
@@ -33,9 +33,28 @@ def train_model(
     tokenizer,
     params: dict[str, Any],
     weights: dict[str, Any],
+) -> dict[str, Any]:
+    """Stage 1 of Anomaly-OV's recipe: the anomaly expert alone on the training classes' masks
+    and labels (reused when its inputs did not change); {} when the model has no expert."""
+    from vmad_pipeline.training.fit import fit_expert
+
+    cfg, model_cfg = parse_train_params(params, weights)
+    return fit_expert(split_rows(manifest, splits)[0], roots, riad_qa, tokenizer, cfg, model_cfg)
+
+
+def train_model(
+    manifest: pd.DataFrame,
+    splits: dict[str, Any],
+    roots: dict[str, str],
+    riad_qa: pd.DataFrame,
+    tokenizer,
+    expert: dict[str, Any],
+    params: dict[str, Any],
+    weights: dict[str, Any],
     evaluate: dict[str, Any],
 ) -> tuple[tuple, dict[str, list[float]], pd.DataFrame, dict[str, Any]]:
-    """Build the preset, train it with LoRA on every image of the training classes but the
+    """Build the preset (its anomaly expert, if any, from stage 1 ``expert`` and frozen), train it
+    with LoRA on every image of the training classes but the
     validation slice, and calibrate its decision thresholds on that slice (scoring by the
     ``evaluate`` rule, as everything downstream does).
 
@@ -49,7 +68,9 @@ def train_model(
     cfg, model_cfg = parse_train_params(params, weights)
     rows = split_rows(manifest, splits)[0]
     record = training_record(rows, splits)
-    trained = fit_vmad(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=record)
+    trained = fit_vmad(
+        rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=record, expert=expert or None
+    )
     if trained is None:  # a rank other than 0 of a run over several machines (worker.py)
         return None
     rule = parse_evaluate_params(evaluate)

@@ -4,7 +4,7 @@ from vmad_pipeline.pipelines.annotate.pipeline import create_pipeline as annotat
 from vmad_pipeline.pipelines.ingest.pipeline import create_pipeline as ingest
 from vmad_pipeline.pipelines.split.pipeline import create_pipeline as split
 
-from .nodes import fit_tokenizer, package_model, train_model
+from .nodes import fit_tokenizer, package_model, train_expert, train_model
 
 
 def training_nodes() -> Pipeline:
@@ -17,6 +17,20 @@ def training_nodes() -> Pipeline:
                 name="fit_tokenizer",
             ),
             node(
+                train_expert,
+                [
+                    "manifest",
+                    "splits",
+                    "dataset_roots",
+                    "riad_qa",
+                    "tokenizer",
+                    "params:train",
+                    "params:weights",
+                ],
+                "anomaly_expert",
+                name="train_expert",
+            ),
+            node(
                 train_model,
                 [
                     "manifest",
@@ -24,6 +38,7 @@ def training_nodes() -> Pipeline:
                     "dataset_roots",
                     "riad_qa",
                     "tokenizer",
+                    "anomaly_expert",
                     "params:train",
                     "params:weights",
                     "params:evaluate",

@@ -45,7 +45,7 @@ def train(catalog) -> None:
 
     inputs = [catalog.load(name) for name in INPUTS]
     params = [catalog.load(f"params:{name}") for name in ("train", "weights", "evaluate")]
-    outputs = train_model(*inputs, *params)
+    outputs = train_model(*inputs, {}, *params)  # {}: stage 1 from its cache or trained here
     if int(os.environ.get("RANK", "0")) != 0:
         return
     import mlflow

@@ -1,0 +1,164 @@
+"""Anomaly-OV's two stages (the expert alone, then instruction tuning with it frozen) and
+IAD-Unify's region tokens, wired into the model and the trainer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from helpers.models import SMALL_CFG
+from helpers.training import corpus, train_config
+from vmad_pipeline import prompts
+from vmad_pipeline.configs import ExpertConfig, RegionConfig
+from vmad_pipeline.configs.model import LoraConfig
+from vmad_pipeline.models.anomaly_expert import ADVERBS
+from vmad_pipeline.models.build import build_vmad
+from vmad_pipeline.training.fit import fit_expert, fit_vmad
+
+EXPERT = ExpertConfig(name="anomaly_ov", width=16, heads=2, steps=4, batch_size=4)
+BOTH = dataclasses.replace(
+    SMALL_CFG,
+    lora=LoraConfig(dropout=0.0),
+    expert=EXPERT,
+    region_tokens=RegionConfig(enabled=True, source="own_mask"),
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return corpus(tmp_path_factory.mktemp("expert_corpus"))
+
+
+def _params(model, prefix: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(prefix)}
+
+
+def test_stage_two_freezes_exactly_the_expert(data, tmp_path):
+    rows, roots, qa, tok = data
+    cfg = train_config(tmp_path, steps=3)
+    stage1 = fit_expert(rows, roots, qa, tok, cfg, BOTH)
+    fresh = build_vmad(BOTH, tok, seed=cfg.seed, train_classes=["bolt", "part"])
+    trained_in_stage1 = any(
+        not torch.equal(v, fresh.expert.state_dict()[k]) for k, v in stage1["state"].items()
+    )
+    assert trained_in_stage1 and len(stage1["losses"]) == EXPERT.steps
+
+    trained = fit_vmad(rows, roots, qa, tok, cfg, BOTH, expert=stage1)
+    model = trained.model
+    # the expert holds stage 1's weights, untouched by stage 2, and is the only frozen part
+    for key, value in stage1["state"].items():
+        assert torch.equal(model.expert.state_dict()[key], value), key
+    assert not any(p.requires_grad for p in model.expert.parameters())
+    without = build_vmad(
+        dataclasses.replace(BOTH, expert=ExpertConfig(), region_tokens=RegionConfig(enabled=True)),
+        tok,
+        train_classes=["bolt", "part"],
+    )
+    grads = {n for n, p in model.named_parameters() if p.requires_grad}
+    grads_without = {n for n, p in without.named_parameters() if p.requires_grad}
+    assert grads == grads_without  # exactly the expert's parameters left the trained set
+    assert trained.summary["expert_stage"]["reused"] is False
+
+
+def test_stage_one_is_reused_until_its_inputs_change(data, tmp_path):
+    rows, roots, qa, tok = data
+    cfg = train_config(tmp_path)
+    first = fit_expert(rows, roots, qa, tok, cfg, BOTH)
+    again = fit_expert(rows, roots, qa, tok, cfg, BOTH)
+    assert again["reused"] and again["key"] == first["key"]
+    assert all(torch.equal(again["state"][k], v) for k, v in first["state"].items())
+    # the region tokens and the LLM do not enter stage 1: same key
+    other_llm = dataclasses.replace(BOTH, region_tokens=RegionConfig())
+    assert fit_expert(rows, roots, qa, tok, cfg, other_llm)["reused"]
+    changed = dataclasses.replace(BOTH, expert=dataclasses.replace(EXPERT, lr=5e-4))
+    new = fit_expert(rows, roots, qa, tok, cfg, changed)
+    assert not new["reused"] and new["key"] != first["key"]
+    assert fit_expert(rows, roots, qa, tok, cfg, SMALL_CFG) == {}  # no expert, no stage 1
+
+
+def test_the_expert_needs_stage_one(data, tmp_path):
+    rows, roots, qa, tok = data
+    from vmad_pipeline.training.fit import make_job, run_job
+
+    job = make_job(rows, roots, qa, tok, train_config(tmp_path), BOTH)
+    with pytest.raises(ValueError, match="stage-1"):
+        run_job(job)
+
+
+def _prompt_ids(model, tok, categories):
+    seqs = [
+        prompts.encode_prompt(tok, prompts.vqa_prompt(c), model.image_slots) for c in categories
+    ]
+    return prompts.pad_batch(seqs, tok.pad_token_id, left=True)
+
+
+def test_placeholders_hold_visual_adverb_suspicious_and_region_tokens(data):
+    _, _, _, tok = data
+    model = build_vmad(BOTH, tok, train_classes=["part"]).eval()
+    slots = model.image_slots
+    assert (slots.visual, slots.expert, slots.region) == (4, 4, 4) and slots.total == 13
+    ids, _ = _prompt_ids(model, tok, ["part"])
+    images = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        image = model.get_image_features(images)
+        emb = model.embed_inputs(ids, images, image=image)
+        where = torch.nonzero(ids[0] == model.image_token_id).flatten()
+        filled = emb.embeds[0, where]
+        torch.testing.assert_close(filled[:4], image.visual[0])
+        score = float(emb.expert.score[0])
+        hi, mid = EXPERT.adverbs
+        word = ADVERBS[0 if score >= hi else 1 if score >= mid else 2]
+        word_ids = torch.tensor(tok.encode(" " + word, add_special_tokens=False))
+        expected = model.llm.get_input_embeddings()(word_ids).mean(0)
+        torch.testing.assert_close(filled[4], expected)
+        torch.testing.assert_close(filled[5:9], emb.expert.tokens[0])
+    # the text between the placeholders is the prompt Anomaly-OV describes
+    text = tok.decode(
+        ids[0][where[3] + 1 : where[4]].tolist() + ids[0][where[4] + 1 : where[5]].tolist()
+    )
+    assert "with" in text and "suspicious feature:" in text
+
+
+def test_regions_read_the_truth_where_oracle_and_the_own_mask_elsewhere(data):
+    _, _, _, tok = data
+    model = build_vmad(BOTH, tok, train_classes=["part"]).eval()
+    from helpers.models import batch
+
+    b = batch(model, tok)
+    image = model.get_image_features(b["images_clip"])
+    truth = b["masks"].float()
+    args = (b["input_ids"], b["attention_mask"], b["images_clip"], b["images_sam"], image, None)
+    regions, keep = model._training_regions(*args, b["masks"], torch.tensor([True, False]))
+    own = model.own_regions(*args[:-1], None, tuple(truth.shape[-2:]))
+    assert keep is None
+    torch.testing.assert_close(regions[0], truth[0])
+    torch.testing.assert_close(regions[1], own[1])
+
+
+def test_a_checkpoint_keeps_the_frozen_expert_and_the_region_tokens(data, tmp_path):
+    rows, roots, qa, tok = data
+    from vmad_pipeline.models.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = train_config(tmp_path, steps=2)
+    trained = fit_vmad(rows, roots, qa, tok, cfg, BOTH)
+    save_checkpoint(trained.model, tok, tmp_path / "model")
+    loaded, tok2 = load_checkpoint(tmp_path / "model")
+    ids, att = _prompt_ids(loaded, tok2, ["part", "bolt"])
+    images = torch.rand(2, 3, 32, 32)
+    outs = []
+    for m in (trained.model.eval(), loaded):
+        outs.append(
+            m.predict(
+                images_clip=images,
+                images_sam=images,
+                input_ids=ids,
+                attention_mask=att,
+                output_size=(16, 16),
+                max_new_tokens=4,
+            )
+        )
+    torch.testing.assert_close(outs[0].significance, outs[1].significance)
+    torch.testing.assert_close(outs[0].mask_logits, outs[1].mask_logits)
+    assert outs[0].answer_ids == outs[1].answer_ids
