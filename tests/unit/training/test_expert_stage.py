@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 import torch
-
 from helpers.models import SMALL_CFG
 from helpers.training import corpus, train_config
+
 from vmad_pipeline import prompts
 from vmad_pipeline.configs import ExpertConfig, RegionConfig
 from vmad_pipeline.configs.model import LoraConfig
