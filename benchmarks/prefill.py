@@ -77,7 +77,7 @@ def one_prefill(model, clip, sam, ids, att, budget: int):
 @torch.no_grad()
 def two_pass(model, clip, sam, ids, att, budget: int):
     """The reference: generate, then a second full forward to read [SEG]'s state."""
-    embeds, _, _ = model.embed_inputs(ids, clip)
+    embeds = model.embed_inputs(ids, clip).embeds
     new = model.llm.generate(
         inputs_embeds=embeds,
         attention_mask=att,

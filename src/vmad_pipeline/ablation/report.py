@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from vmad_pipeline.ablation.run import METRICS
 
+DESCRIBED = ("cell_projector", "cell_ltc_steps", "cell_dssl", "cell_expert", "cell_region_tokens")
 SHOWN = ("image_auroc", "pixel_auroc", "aupro")  # the paper's Img / Pixel / PRO columns
 LABELS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO"}
 
@@ -19,10 +20,19 @@ def summarise_ablation(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, A
     """One row per (table, cell): mean and sample standard deviation (ddof 1) over seeds of every
     metric and timing; and the same as nested JSON for ``dvc metrics``."""
     keys = ["table", "table_title", "cell", "label"]
-    described = ["cell_projector", "cell_ltc_steps", "cell_dssl", "visual_tokens"]
+    described = [*DESCRIBED, "visual_tokens"]
     numeric = [*METRICS, "train_images_per_s", "eval_images_per_s", "train_seconds"]
     # Read back from CSV, an empty string is NaN: LTC steps of a non-LTC projector are "".
-    results = results.assign(cell_ltc_steps=results["cell_ltc_steps"].fillna("").astype(str))
+    # Cells stored before the expert and the region tokens existed had neither.
+    results = results.assign(
+        cell_ltc_steps=results["cell_ltc_steps"].fillna("").astype(str),
+        cell_expert=results.get("cell_expert", pd.Series("none", index=results.index)).fillna(
+            "none"
+        ),
+        cell_region_tokens=results.get(
+            "cell_region_tokens", pd.Series("off", index=results.index)
+        ).fillna("off"),
+    )
     rows = []
     for (table, title, cell, label), group in results.groupby(keys, sort=False):
         row = {"table": table, "table_title": title, "cell": cell, "label": label}
@@ -68,9 +78,9 @@ def ablation_markdown(summary: pd.DataFrame) -> str:
     ]
     for _table, group in summary.groupby("table", sort=False):
         header = [
-            *("cell", "projector", "LTC steps", "DSSL", "visual tokens"),
+            *("cell", "projector", "LTC steps", "DSSL", "expert", "region", "visual tokens"),
             *(LABELS[m] for m in SHOWN),
-            *("image AP", "image F1-max", "pixel AP", "answer acc."),
+            *("image AP", "image F1-max", "pixel AP", "answer acc.", "type acc.", "location acc."),
             *("train img/s", "eval img/s", "seeds"),
         ]
         lines += [
@@ -84,16 +94,57 @@ def ablation_markdown(summary: pd.DataFrame) -> str:
             values = [_cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std")) for m in SHOWN]
             extra = [
                 _cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"))
-                for m in ("image_ap", "image_f1_max", "pixel_ap", "answer_accuracy")
+                for m in (*EXTRA, "defect_type_accuracy", "location_accuracy")
             ]
             lines.append(
                 f"| {r.label} | {r.cell_projector} | {r.cell_ltc_steps or '-'} | "
-                f"{'on' if r.cell_dssl else 'off'} | {int(r.visual_tokens)} | "
+                f"{'on' if r.cell_dssl else 'off'} | {r.cell_expert} | {r.cell_region_tokens} | "
+                f"{int(r.visual_tokens)} | "
                 + " | ".join(values + extra)
                 + f" | {r.train_images_per_s_mean:.1f} | {r.eval_images_per_s_mean:.1f} | "
                 f"{r.n_seeds} |"
             )
+        lines += _module_lines(group)
     return "\n".join(lines) + "\n"
+
+
+EXTRA = ("image_ap", "image_f1_max", "pixel_ap", "answer_accuracy")
+EXPERT_SHOWN = ("expert_image_auroc", "expert_pixel_auroc", "expert_aupro")
+REGION_SHOWN = ("answer_accuracy", "location_accuracy", "defect_type_accuracy")
+
+
+def _module_lines(group: pd.DataFrame) -> list[str]:
+    """Under a table with the seeds' modules: the expert's own map and score, and the answers
+    with no region, the predicted one (the cell's) and the true one."""
+    lines = []
+    experts = group[group["cell_expert"] != "none"]
+    if len(experts):
+        lines += [
+            "",
+            "The anomaly expert's own map and score (Anomaly-OV's significance map):",
+            "",
+            "| cell | expert image AUROC | expert pixel AUROC | expert AUPRO |",
+            "|---|---|---|---|",
+        ]
+        for r in experts.itertuples():
+            cells = [_cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std")) for m in EXPERT_SHOWN]
+            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    regions = group[group["cell_region_tokens"] != "off"]
+    if len(regions):
+        head = [f"{m.replace('_', ' ')} ({s})" for m in REGION_SHOWN for s in SETTINGS]
+        lines += ["", "Region tokens: no region, predicted, true (oracle) region:", ""]
+        lines += ["| cell | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+        for r in regions.itertuples():
+            cells = [
+                _cell(getattr(r, f"{p}{m}_mean"), getattr(r, f"{p}{m}_std"))
+                for m in REGION_SHOWN
+                for p in ("no_region_", "", "oracle_region_")
+            ]
+            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+SETTINGS = ("none", "predicted", "oracle")
 
 
 def ablation_figure(summary: pd.DataFrame):

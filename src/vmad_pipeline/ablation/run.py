@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -18,7 +19,7 @@ from vmad_pipeline.configs.train import run_tags
 from vmad_pipeline.datasets.manifest import manifest_hash, row_files
 from vmad_pipeline.evaluation.eval_set import select_eval_set
 from vmad_pipeline.evaluation.grading import grade_answers
-from vmad_pipeline.evaluation.report import compute_metrics
+from vmad_pipeline.evaluation.report import MODULE_METRICS, compute_metrics
 from vmad_pipeline.images import load_batch, load_mask
 from vmad_pipeline.inference.predictor import Predictor
 from vmad_pipeline.placement import resolve_placement
@@ -40,6 +41,7 @@ METRICS = (
     "defect_type_accuracy",
     "location_accuracy",
     "object_name_accuracy",
+    *MODULE_METRICS,
 )
 # A cell's sizes and timings, as stored, logged and tabled.
 CELL_NUMBERS = (
@@ -80,6 +82,13 @@ def _evaluate(trained, data: dict[str, Any], evaluate: dict[str, Any]) -> tuple[
         batch_size=cfg.batch_size,
     ).as_dict()
     seconds = time.perf_counter() - start
+    if cfg.region_settings and trained.model.region is not None:
+        pred["region_settings"] = predictor.region_settings(
+            images,
+            list(data["eval_set"]["category"]),
+            np.stack(data["eval_masks"]),
+            batch_size=cfg.batch_size,
+        )
     graded = grade_answers(data["eval_set"], pred, data["eval_masks"], data["taxonomy"])
     report, _, _ = compute_metrics(data["eval_set"], pred, data["eval_masks"], graded, cfg)
     return report, seconds

@@ -31,6 +31,7 @@ class AblationConfig:
     evaluate: dict[str, Any] = field(default_factory=dict)  # overrides of `evaluate`
     progress: bool = True
     tables: dict[str, TableConfig] = field(default_factory=dict)
+    only: tuple[str, ...] = ()  # run these tables only (default: every one)
 
     def __post_init__(self) -> None:
         check(
@@ -39,6 +40,8 @@ class AblationConfig:
             f"a non-empty list of distinct integers, got {list(self.seeds)!r}",
         )
         check(bool(self.tables), "tables", "no table configured")
+        unknown = [t for t in self.only if t not in self.tables]
+        check(not unknown, "only", f"unknown table(s) {unknown}; known: {', '.join(self.tables)}")
 
 
 def parse_ablation_params(params: dict[str, Any] | None) -> AblationConfig:

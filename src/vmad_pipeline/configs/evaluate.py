@@ -104,6 +104,9 @@ class EvaluateConfig:
     # after the detection answer, anomalous images are asked "Where is it?" and "What kind of
     # defect is it?" (multi-turn chat); their answers are graded as follow-up accuracies
     follow_ups: bool = True
+    # With region tokens: the detection answers again with no region and with the true region
+    # (answer, location and defect-type accuracy per setting; the default run is "predicted").
+    region_settings: bool = True
     mmad: MmadEvalConfig = field(default_factory=MmadEvalConfig)
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)

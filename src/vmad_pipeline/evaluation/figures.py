@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.datasets.manifest import image_file
 from vmad_pipeline.evaluation.curves import file_key
-from vmad_pipeline.evaluation.report import METRICS
+from vmad_pipeline.evaluation.report import METRICS, MODULE_METRICS
 from vmad_pipeline.images import load_rgb
 
 # Column headers of the markdown table (metric key -> short label).
@@ -39,6 +39,18 @@ LABELS = {
     "follow_up_type_accuracy": "Follow-up type acc",
     "object_name_accuracy": "Name acc",
     "object_named_share": "Named share",
+    "expert_image_auroc": "Expert I-AUROC",
+    "expert_pixel_auroc": "Expert P-AUROC",
+    "expert_aupro": "Expert AUPRO",
+    **{
+        f"{s}_{k}": f"{name} {short}"
+        for s, name in (("no_region", "No-region"), ("oracle_region", "True-region"))
+        for k, short in (
+            ("answer_accuracy", "ans acc"),
+            ("location_accuracy", "loc acc"),
+            ("defect_type_accuracy", "type acc"),
+        )
+    },
 }
 CASES = ("best anomalous", "worst anomalous", "best normal", "worst normal")
 
@@ -54,7 +66,9 @@ def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
     with the settings it was computed with above it; classes the model was trained on, if any,
     follow in a section of their own with their own mean."""
     settings = report["settings"]
-    head = ["class", "images", "anomalous", *(LABELS[k] for k in METRICS)]
+    # a module's columns only where the model has it
+    shown = [k for k in METRICS if k not in MODULE_METRICS or table[k].notna().any()]
+    head = ["class", "images", "anomalous", *(LABELS[k] for k in shown)]
     lines = [
         "# Evaluation per class",
         "",
@@ -64,31 +78,33 @@ def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
         "",
     ]
     seen = table["seen"].astype(bool) if "seen" in table else pd.Series(False, index=table.index)
-    lines += _markdown_rows(head, table[~seen], report)
+    lines += _markdown_rows(head, shown, table[~seen], report)
     if seen.any() and "seen" in report:
         lines += [
             "",
             "## Seen classes (the model was trained on them: not zero-shot, not in the mean above)",
             "",
-            *_markdown_rows(head, table[seen], report["seen"]),
+            *_markdown_rows(head, shown, table[seen], report["seen"]),
         ]
     return "\n".join(lines) + "\n"
 
 
-def _markdown_rows(head: list[str], table: pd.DataFrame, report: dict[str, Any]) -> list[str]:
+def _markdown_rows(
+    head: list[str], shown: list[str], table: pd.DataFrame, report: dict[str, Any]
+) -> list[str]:
     lines = [
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
     ]
     for r in table.to_dict("records"):
-        cells = [r["category"], r["n_images"], r["n_anomalous"], *(r[k] for k in METRICS)]
+        cells = [r["category"], r["n_images"], r["n_anomalous"], *(r[k] for k in shown)]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     counts = report["counts"]
     mean = [
         "**mean**",
         counts["n_images"],
         counts["n_anomalous"],
-        *(report["mean"][k] for k in METRICS),
+        *(report["mean"][k] for k in shown),
     ]
     lines.append("| " + " | ".join(_fmt(c) for c in mean) + " |")
     return lines

@@ -79,7 +79,15 @@ def grade_answers(
                 **_follow_ups(follow, i, gt_location, gt_id if anomalous else -1, tax),
             }
         )
-    return pd.DataFrame(rows)
+    graded = pd.DataFrame(rows)
+    for name, setting in (predictions.get("region_settings") or {}).items():
+        # the same images answered with other regions (no region, the true one): their grades
+        other = grade_answers(
+            eval_set, {"detection_answers": setting["answers"], "scores": scores}, masks, taxonomy
+        )
+        for flag in ("answer_correct", "location_correct", "type_correct"):
+            graded[f"{name}_{flag}"] = other[flag]
+    return graded
 
 
 def _follow_ups(follow: dict, i: int, gt_location, gt_id: int, tax) -> dict:

@@ -42,7 +42,21 @@ TEXT_METRICS = (
     "object_name_accuracy",
     "object_named_share",
 )
-METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS
+# The modules' own numbers (docs/experts.md): Anomaly-OV's expert map and score scored as a
+# second anomaly map and image score; the answers with no region and with the true one.
+REGION_SETTINGS = ("no_region", "oracle_region")
+_REGION_FLAGS = {
+    "answer_accuracy": "answer_correct",
+    "location_accuracy": "location_correct",
+    "defect_type_accuracy": "type_correct",
+}
+MODULE_METRICS = (
+    "expert_image_auroc",
+    "expert_pixel_auroc",
+    "expert_aupro",
+    *(f"{s}_{k}" for s in REGION_SETTINGS for k in _REGION_FLAGS),
+)
+METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS + MODULE_METRICS
 
 
 def _mean_flag(flags: pd.Series | None) -> float:
@@ -106,6 +120,20 @@ def _class_metrics(
         if len(graded)
         else float("nan"),
     }
+
+
+def _module_metrics(labels, masks, predictions, idx, graded, fpr_limit) -> dict[str, float]:
+    """MODULE_METRICS of one class (NaN where the model has no such module)."""
+    out = dict.fromkeys(MODULE_METRICS, float("nan"))
+    if predictions.get("significance") is not None:
+        scores = np.asarray(predictions["expert_scores"], dtype=np.float64)[idx]
+        maps = [predictions["significance"][i] for i in idx]
+        got = map_metrics(labels, scores, masks, maps, fpr_limit)
+        out |= {f"expert_{k}": got[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+    for setting in REGION_SETTINGS:
+        for metric, flag in _REGION_FLAGS.items():
+            out[f"{setting}_{metric}"] = _mean_flag(graded.get(f"{setting}_{flag}"))
+    return out
 
 
 def _p_yes_auroc(labels: np.ndarray, p_yes: pd.Series) -> float:
@@ -256,6 +284,9 @@ def _class_rows(
             [predictions["maps"][i] for i in idx],
             graded.iloc[idx],
             fpr_limit,
+        )
+        values |= _module_metrics(
+            labels[idx], [masks[i] for i in idx], predictions, idx, graded.iloc[idx], fpr_limit
         )
         rows.append(
             {

@@ -34,6 +34,8 @@ class Predictions:
     answers: list[str]  # the answers to the detection question, as a user reads them
     seg_found: np.ndarray  # N bool: [SEG] was emitted (else the fallback state was used)
     answer_ids: list[list[int]] | None = None  # the generated tokens ([SEG], EOS included)
+    significance: np.ndarray | None = None  # N x H x W: the anomaly expert's map (if any)
+    expert_scores: np.ndarray | None = None  # N: the expert's image score (if any)
 
     @property
     def detection_answers(self) -> list[str]:
@@ -112,10 +114,17 @@ class Predictor:
         starts = range(0, n, batch_size)
         return tqdm(starts, desc=desc, disable=not progress, leave=False)
 
-    def _run(self, images, texts, *, output_size: int, max_new_tokens: int, forced=()):
+    def _run(
+        self, images, texts, *, output_size: int, max_new_tokens: int, forced=(), regions=None
+    ):
         seqs = [encode_prompt(self.tokenizer, t, self.model.image_slots) for t in texts]
         return self._generate(
-            images, seqs, output_size=output_size, max_new_tokens=max_new_tokens, forced=forced
+            images,
+            seqs,
+            output_size=output_size,
+            max_new_tokens=max_new_tokens,
+            forced=forced,
+            region_masks=regions,
         )
 
     def _generate(
@@ -128,12 +137,15 @@ class Predictor:
         forced=(),
         prompt_masks=None,
         fallback=True,
+        region_masks=None,
     ):
         ids, att = pad_batch(seqs, self.tokenizer.pad_token_id, left=True)
         clip, sam = to_model_inputs(images, self.model.config.vision.image_size)
         t = to_device({"ids": ids, "att": att, "clip": clip, "sam": sam}, self.device)
         if prompt_masks is not None:
             prompt_masks = torch.as_tensor(prompt_masks).to(self.device)
+        if region_masks is not None:
+            region_masks = torch.as_tensor(region_masks).float().to(self.device)
         with autocast(self.device, self.dtype):
             return self.model.predict(
                 images_clip=t["clip"],
@@ -145,6 +157,7 @@ class Predictor:
                 forced=tuple(forced),
                 prompt_masks=prompt_masks,
                 fallback=fallback,
+                region_masks=region_masks,
             )
 
     def _text(self, ids: list[list[int]]) -> list[str]:
@@ -206,12 +219,14 @@ class Predictor:
         output_size: int,
         batch_size: int = 16,
         progress: bool = False,
+        region_masks: np.ndarray | torch.Tensor | None = None,
     ) -> Predictions:
         """Map, score and answer for each image (N x 3 x S x S uint8 at the SAM input size; one
         object name each), from one pass over the detection question: the tokens "Yes" and "No"
         answers share are fed first (e.g. " [SEG] "), P(yes) = P(Yes) / (P(Yes) + P(No)) at the
-        next step, then the answer goes on greedily."""
-        maps, answers, found, p_yes, raw = [], [], [], [], []
+        next step, then the answer goes on greedily. ``region_masks`` (N x H x W in [0, 1]): the
+        regions the model's region tokens read (None: its predicted ones)."""
+        maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
         for s in self._batches(len(images), batch_size, "predict", progress):
             texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
             pred = self._run(
@@ -220,7 +235,11 @@ class Predictor:
                 output_size=output_size,
                 max_new_tokens=self.max_new_tokens,
                 forced=self.yes_no.prefix,
+                regions=None if region_masks is None else region_masks[s : s + batch_size],
             )
+            if pred.significance is not None:
+                sig.append(pred.significance.float().cpu().numpy())
+                expert.append(pred.expert_score.float().cpu().numpy())
             pair = pred.free_logits[:, [self.yes_no.yes, self.yes_no.no]].float()
             p_yes.append(pair.softmax(-1)[:, 0].cpu().numpy())
             maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
@@ -239,7 +258,35 @@ class Predictor:
             answers=answers,
             seg_found=np.concatenate(found) if found else np.zeros(0, bool),
             answer_ids=raw,
+            significance=np.concatenate(sig).astype(np.float32) if sig else None,
+            expert_scores=np.concatenate(expert).astype(np.float64) if expert else None,
         )
+
+    def region_settings(
+        self,
+        images: torch.Tensor,
+        categories: list[str],
+        truth: np.ndarray | torch.Tensor,
+        *,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> dict[str, dict[str, list[str]]]:
+        """The detection answers again with the region tokens reading no region and the true
+        one (``truth``: N x H x W masks at any size), for the evaluation's three settings (the
+        predicted region is :meth:`predict`'s own)."""
+        truth = torch.as_tensor(np.asarray(truth)).float()
+        out = {}
+        for name, regions in (("no_region", torch.zeros_like(truth)), ("oracle_region", truth)):
+            pred = self.predict(
+                images,
+                categories,
+                output_size=8,  # the answers are what is graded
+                batch_size=batch_size,
+                progress=progress,
+                region_masks=regions,
+            )
+            out[name] = {"answers": pred.answers}
+        return out
 
     def answer(
         self,

@@ -60,6 +60,8 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
         for k in sorted(set(a) | set(b)):
             out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        a, b = list(a), list(b)  # stored as JSON lists, the configs hold tuples
     return [] if a == b else [prefix.rstrip(".")]
 
 

@@ -106,7 +106,7 @@ def test_greedy_loop_equals_transformers_generate(tokenizer):
     ids, att = _prompts(model, tokenizer, ["screw", "hex_nut_with_a_long_name"])
     images = torch.rand(B, 3, 32, 32)
     with torch.no_grad():
-        embeds, _, visual = model.embed_inputs(ids, images)
+        embeds, _, visual, _ = model.embed_inputs(ids, images)
         ours = generate_with_masks(
             model, embeds, att, images, visual, max_new_tokens=6, output_size=(8, 8)
         )

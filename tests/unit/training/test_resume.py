@@ -86,6 +86,7 @@ def test_other_parameters_never_resume_and_say_why(tmp_path, caplog):
     other = fit(data, config(tmp_path, lr=1e-3))
     assert other.summary["steps_this_run"] == 6
     assert "starting fresh" in caplog.text and "train.lr" in caplog.text
+    assert "model.frozen" not in caplog.text  # tuples against stored JSON lists are equal
     # a parameter that changes nothing computed (progress, workers) still resumes
     caplog.clear()
     again = fit(data, config(tmp_path, data=DataConfig(workers=0), progress=False))

@@ -60,8 +60,10 @@ def predict_eval_set(
     from vmad_pipeline.images import load_batch
 
     cfg = parse_evaluate_params(params)
-    images, _ = load_batch(
-        row_files(eval_set, roots)[0], None, predictor.image_size, progress=cfg.progress
+    regions = cfg.region_settings and predictor.model.region is not None
+    files, mask_files = row_files(eval_set, roots)
+    images, truth = load_batch(
+        files, mask_files if regions else None, predictor.image_size, progress=cfg.progress
     )
     pred = predictor.predict(
         images,
@@ -79,6 +81,14 @@ def predict_eval_set(
     out = {**pred.as_dict(), "decision": _decision(predictor.model.decision, cfg.score_source)}
     if cfg.follow_ups:
         out["follow_ups"] = _follow_ups(predictor, images, eval_set, pred, cfg)
+    if regions:  # the answers with no region and with the true one
+        out["region_settings"] = predictor.region_settings(
+            images,
+            list(eval_set["category"]),
+            truth,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+        )
     return out
 
 
