@@ -65,7 +65,7 @@ def plan_ablation(
     eval_params = deep_merge(evaluate, cfg.evaluate)
     plan = []
     for table_id, table in cfg.tables.items():
-        if cfg.only and table_id not in cfg.only:
+        if table_id not in cfg.chosen():
             continue
         for cell_id, cell in table.cells.items():
             for seed in cfg.seeds:

@@ -18,6 +18,7 @@ class CellConfig:
 @dataclass(frozen=True)
 class TableConfig:
     title: str = ""  # the table's heading (default: its id)
+    default: bool = True  # computed by a plain run (else only when named in ablation.only)
     cells: dict[str, CellConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -31,7 +32,7 @@ class AblationConfig:
     evaluate: dict[str, Any] = field(default_factory=dict)  # overrides of `evaluate`
     progress: bool = True
     tables: dict[str, TableConfig] = field(default_factory=dict)
-    only: tuple[str, ...] = ()  # run these tables only (default: every one)
+    only: tuple[str, ...] = ()  # run these tables only (default: those with default: true)
 
     def __post_init__(self) -> None:
         check(
@@ -42,6 +43,10 @@ class AblationConfig:
         check(bool(self.tables), "tables", "no table configured")
         unknown = [t for t in self.only if t not in self.tables]
         check(not unknown, "only", f"unknown table(s) {unknown}; known: {', '.join(self.tables)}")
+
+    def chosen(self) -> list[str]:
+        """The tables this run computes: ``only``, else every table with ``default: true``."""
+        return list(self.only) or [t for t, table in self.tables.items() if table.default]
 
 
 def parse_ablation_params(params: dict[str, Any] | None) -> AblationConfig:

@@ -32,6 +32,9 @@ class Inspection:
     overlay: np.ndarray  # H x W x 3 uint8, the mask in red over the image
     square_map: np.ndarray  # S x S float32: the map at the model's input size
     answer_ids: list[int]  # the generated tokens (a conversation's first turn)
+    # Anomaly-OV's expert, when the model has one: its map x 255 at the image's size, its score
+    significance: np.ndarray | None = None
+    expert_score: float | None = None
 
     @property
     def mask_fraction(self) -> float:
@@ -125,6 +128,9 @@ class Detector:
             answer, score = pred.answers[k], float(pred.scores[k])
             defect = parse_defect_type(answer, self.taxonomy) if self.taxonomy is not None else None
             pics = pictures(original, pred.maps[k], self.pixel_threshold)
+            expert = None
+            if pred.significance is not None:
+                expert = pictures(original, pred.significance[k], 1.0)["maps"]
             out.append(
                 Inspection(
                     score=score,
@@ -139,6 +145,10 @@ class Detector:
                     overlay=pics["overlays"],
                     square_map=pred.maps[k],
                     answer_ids=list(pred.answer_ids[k]) if pred.answer_ids else [],
+                    significance=expert,
+                    expert_score=None
+                    if pred.expert_scores is None
+                    else float(pred.expert_scores[k]),
                 )
             )
         return out

@@ -47,6 +47,9 @@ OUTPUTS = {
     "height": "long",
     "mask_png": "string",
     "anomaly_map_png": "string",
+    # Anomaly-OV's expert (docs/experts.md): its score (null) and map ("") without one
+    "expert_score": "double",
+    "significance_png": "string",
 }
 
 
@@ -214,6 +217,10 @@ def response(inspections) -> pd.DataFrame:
             "height": [int(x.mask.shape[0]) for x in inspections],
             "mask_png": [png_base64(x.mask) for x in inspections],
             "anomaly_map_png": [png_base64(x.map) for x in inspections],
+            "expert_score": pd.Series([x.expert_score for x in inspections], dtype=object),
+            "significance_png": [
+                "" if x.significance is None else png_base64(x.significance) for x in inspections
+            ],
         }
     )
     return out[list(OUTPUTS)]

@@ -165,3 +165,45 @@ def test_report_gives_mean_and_sample_spread_per_cell():
     assert "0.800 ± 0.141" in markdown and "n/a" in markdown
     assert summary.loc[summary["cell"] == "a", "train_images_per_s_mean"].item() == 4.5
     assert len(figure.axes) == 1
+
+
+def test_table_v_runs_on_its_own_with_the_seeds_modules():
+    ablation = shipped("ablation")
+    # a plain run computes Tables III and IV; Table V is asked for by name
+    assert {
+        p["table"] for p in plan_ablation(ablation, shipped("train"), shipped("evaluate"), {})
+    } == {
+        "table_iii",
+        "table_iv",
+    }
+    only_v = {**ablation, "only": ["table_v"]}
+    plan = plan_ablation(only_v, shipped("train"), shipped("evaluate"), {})
+    cells = {p["cell"]: p for p in plan if p["seed"] == 0}
+    assert set(cells) == {"vmad", "vmad_expert", "vmad_region", "vmad_both", "anomaly_ov"}
+    assert len(plan) == 5 * len(ablation["seeds"])
+    assert cells["vmad"]["cell_expert"] == "none" and cells["vmad"]["cell_region_tokens"] == "off"
+    assert cells["vmad_both"]["cell_expert"] == "anomaly_ov"
+    assert cells["vmad_both"]["cell_region_tokens"] == "own_mask"
+    alone = cells["anomaly_ov"]
+    assert (alone["cell_projector"], alone["cell_dssl"], alone["cell_ltc"]) == ("mlp", False, False)
+    with pytest.raises(ConfigError, match="only.*unknown table"):
+        plan_ablation({**ablation, "only": ["table_vi"]}, shipped("train"), {}, {})
+
+
+def test_report_adds_the_modules_own_numbers_under_their_table():
+    results = fake_results()
+    results["cell_expert"] = ["none", "none", "anomaly_ov", "anomaly_ov"]
+    results["cell_region_tokens"] = ["off", "off", "own_mask", "own_mask"]
+    for name, value in (
+        ("expert_pixel_auroc", 0.7),
+        ("no_region_location_accuracy", 0.1),
+        ("location_accuracy", 0.4),
+        ("oracle_region_location_accuracy", 0.9),
+    ):
+        results[name] = value
+    _, metrics, markdown, _ = report_ablation(results)
+    assert "| B | ltc | - | on | anomaly_ov | own_mask | 16 |" in markdown
+    assert "expert pixel AUROC" in markdown and "| B | n/a | 0.700 ± 0.000 |" in markdown
+    assert "no region, predicted, true" in markdown
+    assert "0.100 ± 0.000 | 0.400 ± 0.000 | 0.900 ± 0.000" in markdown
+    assert metrics["t"]["b"]["oracle_region_location_accuracy_mean"] == pytest.approx(0.9)

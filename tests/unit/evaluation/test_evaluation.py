@@ -501,3 +501,50 @@ def test_evaluate_mmad_missing_image_names_the_file(tiny, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="none.png"):
         params = {"progress": False, "mmad": {"questions": str(tmp_path / "mmad.json")}}
         evaluate_mmad(Predictor(*tiny), parse_evaluate_params(params))
+
+
+def test_the_experts_map_and_score_are_scored_as_a_second_map_and_score() -> None:
+    cfg = parse_evaluate_params(PARAMS)
+    pred = scored(predictions(), cfg)
+    rng = np.random.default_rng(1)
+    significance = rng.random((6, SIZE, SIZE)).astype(np.float32)
+    expert = np.array([0.9, 0.1, 0.8, 0.7, 0.3, 0.2])  # alpha: 0.9 on a normal image -> 1/2
+    pred |= {"significance": significance, "expert_scores": expert}
+    graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
+    report, flat, table = compute_metrics(eval_set(), pred, masks(), graded, cfg)
+    alpha = report["per_class"]["alpha"]
+    assert alpha["expert_image_auroc"] == pytest.approx(0.5)
+    a_maps, a_masks = list(significance[:4]), masks()[:4]
+    assert alpha["expert_pixel_auroc"] == pytest.approx(pixel_auroc(a_masks, a_maps), abs=1e-6)
+    assert alpha["expert_aupro"] == pytest.approx(aupro(a_masks, a_maps), abs=1e-6)
+    # the model's own scores are untouched
+    assert alpha["image_auroc"] == pytest.approx(0.75)
+    assert "alpha/expert_pixel_auroc" in flat
+    # without an expert the columns stay undefined and out of the class table's markdown
+    plain, _, plain_table = metrics(PARAMS, TAXONOMY)
+    assert plain["mean"]["expert_image_auroc"] is None
+    from vmad_pipeline.evaluation.figures import class_table_markdown
+
+    assert "Expert" not in class_table_markdown(plain_table, plain)
+    assert "Expert P-AUROC" in class_table_markdown(table, report)
+
+
+def test_region_settings_are_graded_like_the_detection_answers() -> None:
+    cfg = parse_evaluate_params(PARAMS)
+    pred = scored(predictions(), cfg)
+    right = ["No.", "No.", "Yes. A scratch at the top left.", "Yes. A crack at the bottom right."]
+    right += ["No.", "Yes. A dent at the bottom right."]
+    pred["region_settings"] = {
+        "no_region": {"answers": ["No."] * 6},
+        "oracle_region": {"answers": right},
+    }
+    graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
+    report, _, _ = compute_metrics(eval_set(), pred, masks(), graded, cfg)
+    alpha = report["per_class"]["alpha"]
+    assert alpha["no_region_answer_accuracy"] == 0.5  # the two normal images
+    assert alpha["no_region_location_accuracy"] == 0.0
+    assert alpha["oracle_region_answer_accuracy"] == 1.0
+    assert alpha["oracle_region_location_accuracy"] == 1.0
+    assert alpha["oracle_region_defect_type_accuracy"] == 1.0
+    # the predicted setting is the detection answers' own
+    assert alpha["answer_accuracy"] == 0.5 and alpha["location_accuracy"] == 0.5
