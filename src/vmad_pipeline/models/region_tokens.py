@@ -59,10 +59,16 @@ class RegionTokens(nn.Module):
             ],
             1,
         )
+        # in fp32: torchvision's CPU kernel has no bf16, and the means are more exact there
         cells = roi_align(
-            features, rois, self.grid, spatial_scale=1.0, sampling_ratio=2, aligned=True
+            features.float(),
+            rois.float(),
+            self.grid,
+            spatial_scale=1.0,
+            sampling_ratio=2,
+            aligned=True,
         )
-        return cells.flatten(2).transpose(1, 2)
+        return cells.flatten(2).transpose(1, 2).to(features.dtype)
 
     def forward(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         boxes, area = mask_boxes(masks, self.threshold)

@@ -25,6 +25,7 @@ from vmad_pipeline.configs import ModelConfig, TrainConfig, to_dict
 from vmad_pipeline.images import to_model_inputs
 from vmad_pipeline.losses.expert import expert_loss
 from vmad_pipeline.models.extras import expert_levels
+from vmad_pipeline.placement import autocast, place_model, resolve_placement
 from vmad_pipeline.training.data import StepBatches, TrainingSamples, collate
 from vmad_pipeline.training.state import stable_hash
 
@@ -47,20 +48,25 @@ def stage_key(cfg: TrainConfig, model_cfg: ModelConfig, data_hash: str) -> str:
     )[:16]
 
 
-def train_expert(model, samples: TrainingSamples, cfg: TrainConfig, pad_id: int) -> list[float]:
-    """Train ``model.expert`` alone for ``expert.steps`` steps (Adam, constant rate) on batches of
-    ``samples``; everything else stays as it is. Returns the loss per step."""
+def train_expert(
+    model, samples: TrainingSamples, cfg: TrainConfig, pad_id: int, device: torch.device
+) -> list[float]:
+    """Train ``model.expert`` alone for ``expert.steps`` steps (AdamW, constant rate) on batches
+    of ``samples``, in the training precision recipe (``placement``: the frozen tower stored in
+    the training dtype, the expert in fp32, the maths under autocast); only the tower and the
+    expert are moved to ``device``. Returns the loss per step."""
     e = model.config.expert
-    expert = model.expert.train()
-    params = [p for p in expert.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    _, dtype = resolve_placement(cfg.device, cfg.precision)
+    model.vision.requires_grad_(False)
+    model.expert.requires_grad_(True)
+    place_model(model.vision, device, dtype)
+    expert = place_model(model.expert, device, dtype).train()
+    params = list(expert.parameters())
     optimiser = torch.optim.AdamW(params, lr=e.lr, weight_decay=0.0)
     sampler = StepBatches(len(samples), e.batch_size, seed=cfg.seed, steps=e.steps)
     loader = DataLoader(
         samples, batch_sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad_id)
     )
-    device = next(expert.parameters()).device
     losses = []
     bar = tqdm(loader, total=e.steps, desc="expert (stage 1)", disable=not cfg.progress)
     for batch in bar:
@@ -68,11 +74,14 @@ def train_expert(model, samples: TrainingSamples, cfg: TrainConfig, pad_id: int)
             continue
         clip, _ = to_model_inputs(batch["images"].to(device), model.config.vision.image_size)
         masks = batch["masks"].to(device).float()
-        with torch.no_grad():
-            _, frozen = model.vision.encode(clip)
-        out = expert(expert_levels(frozen, e.levels))
+        with autocast(device, dtype):
+            with torch.no_grad():
+                _, frozen = model.vision.encode(clip)
+            out = expert(expert_levels(frozen, e.levels))
         labels = masks.flatten(1).amax(1)
-        loss = expert_loss(out.level_maps, out.score, masks, labels, image_weight=e.image_weight)
+        loss = expert_loss(  # in fp32: BCE on probabilities
+            out.level_maps.float(), out.score.float(), masks, labels, image_weight=e.image_weight
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -81,7 +90,15 @@ def train_expert(model, samples: TrainingSamples, cfg: TrainConfig, pad_id: int)
     return losses
 
 
-def expert_stage(model, samples: TrainingSamples, cfg: TrainConfig, pad_id: int, key: str) -> dict:
+def expert_stage(
+    model,
+    samples: TrainingSamples,
+    cfg: TrainConfig,
+    pad_id: int,
+    key: str,
+    *,
+    device: torch.device | None = None,
+) -> dict:
     """Stage 1's result for ``key`` ({"key", "state", "losses", "seconds", "reused"}): read from
     ``checkpoint.expert_dir`` when it was computed before, else trained here and written there
     atomically. ``model.expert`` holds the result either way."""
@@ -92,7 +109,7 @@ def expert_stage(model, samples: TrainingSamples, cfg: TrainConfig, pad_id: int,
         log.info("anomaly expert (stage 1): reused %s", path)
         return {**saved, "reused": True}
     start = time.perf_counter()
-    losses = train_expert(model, samples, cfg, pad_id)
+    losses = train_expert(model, samples, cfg, pad_id, device or torch.device("cpu"))
     seconds = round(time.perf_counter() - start, 2)
     state = {k: v.detach().cpu().clone() for k, v in model.expert.state_dict().items()}
     result = {"key": key, "state": state, "losses": losses, "seconds": seconds}

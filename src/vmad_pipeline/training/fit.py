@@ -184,10 +184,13 @@ def fit_expert(
         return {}
     job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg)
     seed_everything(cfg.seed)
-    model = build_vmad(model_cfg, tokenizer, seed=cfg.seed, train_classes=job.train_classes)
+    device, dtype = resolve_placement(cfg.device, cfg.precision)
+    model = build_vmad(
+        model_cfg, tokenizer, seed=cfg.seed, train_classes=job.train_classes, dtype=dtype
+    )
     samples = TrainingSamples(job.rows, job.roots, job.qa, cfg, _spec(model), tokenizer)
     key = stage_key(cfg, model_cfg, job.data_hash)
-    return expert_stage(model, samples, cfg, tokenizer.pad_token_id, key)
+    return expert_stage(model, samples, cfg, tokenizer.pad_token_id, key, device=device)
 
 
 def run_job(job: TrainJob) -> dict | None:

@@ -131,3 +131,54 @@ def test_the_expert_builds_at_the_real_presets_shapes_on_the_meta_device():
     assert out.level_maps.shape == (2, 4, 576) and out.score.shape == (2,)
     params = sum(p.numel() for p in expert.parameters())
     assert 40e6 < params < 60e6  # 50M: about 0.7 % of a 7B LLM
+
+
+def _real_preset(**model):
+    import yaml
+    from helpers import REPO
+
+    from vmad_pipeline.configs import parse_train_params
+    from vmad_pipeline.configs.model import WeightsConfig
+
+    path = REPO / "conf" / "presets" / "llava7b_sam_h" / "parameters_train.yml"
+    params = yaml.safe_load(path.read_text())["train"]
+    for key, value in model.items():
+        params["model"][key] = {**params["model"][key], **value}
+    return parse_train_params(params, {})[1]
+
+
+def test_the_real_preset_builds_both_modules_at_its_shapes():
+    """The shipped real preset with the expert and the region tokens on: the expert on the
+    meta-device CLIP ViT-L/14-336 (layers 12, 16, 22, 23), the adverb on a 4,096-wide embedding
+    table, in bf16; the region tokens at their real widths on a 24 x 24 feature map."""
+    from transformers import CLIPVisionModel
+
+    from vmad_pipeline.models.build import build_expert
+    from vmad_pipeline.models.extras import adverb_embeddings
+    from vmad_pipeline.models.region_tokens import RegionTokens
+    from vmad_pipeline.models.vision import VisionTower, clip_config
+
+    cfg = _real_preset(expert={"name": "anomaly_ov"}, region_tokens={"enabled": True})
+    with torch.device("meta"):
+        tower = VisionTower(clip=CLIPVisionModel(clip_config(cfg.vision)), select_layer=-2)
+        expert = build_expert(cfg, tower).to(torch.bfloat16)
+        levels = tuple(torch.empty(1, 576, 1024, dtype=torch.bfloat16) for _ in range(25))
+        from vmad_pipeline.models.extras import expert_levels
+
+        out = expert(expert_levels(levels, cfg.expert.levels))
+        embed = torch.nn.Embedding(32001, 4096, dtype=torch.bfloat16)
+        adverb = adverb_embeddings(
+            embed,
+            [torch.tensor([1, 2]), torch.tensor([3]), torch.tensor([4])],
+            out.score,
+            (0.7, 0.4),
+        )
+    assert expert.num_tokens(tower.grid) == 144 and out.tokens.shape == (1, 144, 4096)
+    assert adverb.shape == (1, 1, 4096) and adverb.dtype == torch.bfloat16
+    region = RegionTokens(1024, 4096, grid=cfg.region_tokens.grid).to(torch.bfloat16)
+    features = torch.randn(1, 1024, 24, 24, dtype=torch.bfloat16)
+    mask = torch.zeros(1, 336, 336)
+    mask[0, 100:200, 50:120] = 1
+    tokens = region(features, mask)
+    assert tokens.shape == (1, 4, 4096) and tokens.dtype == torch.bfloat16
+    assert sum(p.numel() for p in region.parameters()) < 5e6  # a small projection, LLM unchanged

@@ -162,3 +162,35 @@ def test_a_checkpoint_keeps_the_frozen_expert_and_the_region_tokens(data, tmp_pa
     torch.testing.assert_close(outs[0].significance, outs[1].significance)
     torch.testing.assert_close(outs[0].mask_logits, outs[1].mask_logits)
     assert outs[0].answer_ids == outs[1].answer_ids
+
+
+def test_both_stages_in_the_bf16_recipe(data, tmp_path):
+    """The GPU precision recipe on the CPU: stage 1 under autocast with the expert in fp32;
+    stage 2 stores the frozen expert in bf16 with the other frozen weights."""
+    rows, roots, qa, tok = data
+    cfg = train_config(tmp_path, steps=2, precision="bf16")
+    stage1 = fit_expert(rows, roots, qa, tok, cfg, BOTH)
+    assert all(torch.isfinite(torch.tensor(stage1["losses"])))
+    assert all(v.dtype == torch.float32 for v in stage1["state"].values())
+    model = fit_vmad(rows, roots, qa, tok, cfg, BOTH, expert=stage1).model
+    assert {p.dtype for p in model.expert.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.region.parameters()} == {torch.float32}  # trained
+
+
+def test_the_predictor_returns_the_experts_map_and_the_three_region_settings(data):
+    _, _, _, tok = data
+    from vmad_pipeline.inference.predictor import Predictor
+
+    model = build_vmad(BOTH, tok, train_classes=["part"])
+    predictor = Predictor(model, tok, max_new_tokens=3)
+    images = (torch.rand(3, 3, 32, 32) * 255).to(torch.uint8)
+    pred = predictor.predict(images, ["part"] * 3, output_size=16)
+    assert pred.significance.shape == (3, 16, 16) and pred.expert_scores.shape == (3,)
+    assert ((pred.significance >= 0) & (pred.significance <= 1)).all()
+    truth = torch.zeros(3, 32, 32)
+    truth[:, 4:12, 4:12] = 1
+    settings = predictor.region_settings(images, ["part"] * 3, truth)
+    assert set(settings) == {"no_region", "oracle_region"}
+    assert all(len(s["answers"]) == 3 for s in settings.values())
+    plain = Predictor(build_vmad(SMALL_CFG, tok, train_classes=["part"]), tok, max_new_tokens=3)
+    assert plain.predict(images, ["part"] * 3, output_size=16).significance is None
