@@ -42,7 +42,7 @@ def test_torchrun_runs_the_worker_entry_point(tmp_path):
         return proc
 
     kedro = [sys.executable, "-m", "kedro", "run", "--pipeline", "train"]
-    sh(*kedro, "--to-nodes", "fit_tokenizer")
+    sh(*kedro, "--to-nodes", "train_expert")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     sh(*torchrun, "--nproc-per-node", "2", "-m", "vmad_pipeline.pipelines.train.worker")
     summary = json.loads((project / "data/08_reporting/training_summary.json").read_text())

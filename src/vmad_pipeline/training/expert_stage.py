@@ -98,11 +98,18 @@ def expert_stage(
     key: str,
     *,
     device: torch.device | None = None,
+    cached_only: bool = False,
 ) -> dict:
     """Stage 1's result for ``key`` ({"key", "state", "losses", "seconds", "reused"}): read from
     ``checkpoint.expert_dir`` when it was computed before, else trained here and written there
-    atomically. ``model.expert`` holds the result either way."""
+    atomically. ``model.expert`` holds the result either way. ``cached_only``: refuse to train it
+    (the ranks of a run over several machines must all read the one stage 1)."""
     path = Path(cfg.checkpoint.expert_dir) / f"{key}.pt"
+    if cached_only and not path.exists():
+        raise FileNotFoundError(
+            f"the anomaly expert's stage 1 is not at {path}: run `kedro run --pipeline train "
+            "--to-nodes train_expert` first, where every node can read its output"
+        )
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model.expert.load_state_dict(saved["state"])

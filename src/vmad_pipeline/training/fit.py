@@ -176,10 +176,12 @@ def fit_expert(
     tokenizer: PreTrainedTokenizerBase,
     cfg: TrainConfig,
     model_cfg: ModelConfig,
+    *,
+    cached_only: bool = False,
 ) -> dict:
     """Stage 1 (``training.expert_stage``): the anomaly expert trained alone on the rows
     instruction tuning will train on (the validation slice left out), or reused when its inputs
-    did not change. {} without an expert."""
+    did not change (``cached_only``: never trained here). {} without an expert."""
     if not model_cfg.expert.enabled:
         return {}
     job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg)
@@ -190,7 +192,9 @@ def fit_expert(
     )
     samples = TrainingSamples(job.rows, job.roots, job.qa, cfg, _spec(model), tokenizer)
     key = stage_key(cfg, model_cfg, job.data_hash)
-    return expert_stage(model, samples, cfg, tokenizer.pad_token_id, key, device=device)
+    return expert_stage(
+        model, samples, cfg, tokenizer.pad_token_id, key, device=device, cached_only=cached_only
+    )
 
 
 def run_job(job: TrainJob) -> dict | None:
@@ -253,7 +257,10 @@ def fit_vmad(
     check_strategy(cfg.engine, cpu)
     job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on)
     if model_cfg.expert.enabled:
-        expert = expert or fit_expert(rows, roots, riad_qa, tokenizer, cfg, model_cfg)
+        # the ranks of a launched run read the one stage 1 (each training its own could differ)
+        expert = expert or fit_expert(
+            rows, roots, riad_qa, tokenizer, cfg, model_cfg, cached_only=distributed_env()
+        )
         job.expert_state = expert["state"]
     processes = cfg.engine.processes
     if processes == 1 or distributed_env():  # in this process (one rank of a launched run)

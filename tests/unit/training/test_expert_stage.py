@@ -194,3 +194,13 @@ def test_the_predictor_returns_the_experts_map_and_the_three_region_settings(dat
     assert all(len(s["answers"]) == 3 for s in settings.values())
     plain = Predictor(build_vmad(SMALL_CFG, tok, train_classes=["part"]), tok, max_new_tokens=3)
     assert plain.predict(images, ["part"] * 3, output_size=16).significance is None
+
+
+def test_a_launched_rank_reads_stage_one_and_never_trains_its_own(data, tmp_path, monkeypatch):
+    rows, roots, qa, tok = data
+    cfg = train_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--to-nodes train_expert"):
+        fit_expert(rows, roots, qa, tok, cfg, BOTH, cached_only=True)
+    assert not (tmp_path / "expert").exists() or not any((tmp_path / "expert").iterdir())
+    first = fit_expert(rows, roots, qa, tok, cfg, BOTH)
+    assert fit_expert(rows, roots, qa, tok, cfg, BOTH, cached_only=True)["key"] == first["key"]

@@ -1,7 +1,8 @@
 """The training worker for runs over several machines: one command per node, the same
 parameters everywhere (docs/training.md)::
 
-    kedro run --pipeline train --to-nodes fit_tokenizer          # once: data, split, tokenizer
+    kedro run --pipeline train --to-nodes train_expert           # once: data, split, tokenizer,
+                                                                  # the anomaly expert (stage 1)
     torchrun --nnodes 2 --node-rank $NODE --nproc-per-node 8 \\
         --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 \\
         -m vmad_pipeline.pipelines.train.worker [--env ENV] [--params k=v,...]
