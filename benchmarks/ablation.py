@@ -7,6 +7,7 @@ machine, the per-cell summary) and benchmarks/results/ablation.md (the compariso
 
     python benchmarks/ablation.py                       # ~60 min on 2 CPU cores
     python benchmarks/ablation.py --seeds 0 1           # fewer seeds (~40 min)
+    python benchmarks/ablation.py --table table_v       # Table V alone -> results/table_v.*
 
 (`kedro run --params` cannot carry a list with several items, since its commas separate
 parameters, so ``--seeds`` writes the clone's conf/local/parameters_ablation.yml.)
@@ -41,10 +42,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", default="", help="extra `kedro run --params` overrides")
     ap.add_argument("--seeds", type=int, nargs="+", help="instead of the shipped seeds")
+    ap.add_argument("--table", help="one table (ablation.only); results named after it")
     args = ap.parse_args()
     cmd = ["kedro", "run", "--pipeline", "ablation"]
-    if args.params:
-        cmd += ["--params", args.params]
+    params = [p for p in (args.params, args.table and f"ablation.only=[{args.table}]") if p]
+    if params:
+        cmd += ["--params", ",".join(params)]
+    name = args.table or "ablation"
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
@@ -62,8 +66,8 @@ def main() -> None:
         results = (reports / "results.csv").read_text()
         out = REPO / "benchmarks" / "results"
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(reports / "ablation.md", out / "ablation.md")
-        shutil.copy(reports / "ablation.png", out / "ablation.png")
+        shutil.copy(reports / "ablation.md", out / f"{name}.md")
+        shutil.copy(reports / "ablation.png", out / f"{name}.png")
     result = {
         "command": cmd_text,
         "commit": commit,
@@ -74,9 +78,9 @@ def main() -> None:
         "summary": metrics,
         "results_csv": results.splitlines(),
     }
-    (out / "ablation.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"ablation: {first} s; rerun (all cells reused): {second} s")
-    print((out / "ablation.md").read_text())
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{name}: {first} s; rerun (all cells reused): {second} s")
+    print((out / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":
