@@ -138,7 +138,6 @@ def _real_preset(**model):
     from helpers import REPO
 
     from vmad_pipeline.configs import parse_train_params
-    from vmad_pipeline.configs.model import WeightsConfig
 
     path = REPO / "conf" / "presets" / "llava7b_sam_h" / "parameters_train.yml"
     params = yaml.safe_load(path.read_text())["train"]
