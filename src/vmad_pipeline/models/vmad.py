@@ -19,7 +19,13 @@ from vmad_pipeline.losses.segmentation import mask_bce, mask_dice
 from vmad_pipeline.models.anomaly_expert import AnomalyExpert, ExpertOutput
 from vmad_pipeline.models.dssl import Dssl, DsslOutput
 from vmad_pipeline.models.evidence import SegEvidence
-from vmad_pipeline.models.extras import expert_levels, extra_tokens, upsample_map
+from vmad_pipeline.models.extras import (
+    expert_levels,
+    extra_tokens,
+    predicted_regions,
+    training_regions,
+    upsample_map,
+)
 from vmad_pipeline.models.generation import generate_with_masks
 from vmad_pipeline.models.projectors import Projector
 from vmad_pipeline.models.region_tokens import RegionTokens
@@ -276,7 +282,7 @@ class VmadModel(nn.Module):
         instead of the drawn mask (training with evidence); boxes: B x n x 4 DSSL boxes (drawn
         here when None); region_oracle: B bool, with region tokens the samples that read the
         true region (``masks``), the others the predicted one (the expert's map, or the mask the
-        model draws without a region: :meth:`own_regions`).
+        model draws without a region: :func:`models.extras.own_regions`).
 
         Returns every loss term separately; how they are weighted is the trainer's business
         (``training.objective.weighted_loss``)."""
@@ -284,8 +290,16 @@ class VmadModel(nn.Module):
         own = self.region is not None and self.config.region_tokens.source == "own_mask"
         sam_emb, teacher = self.encode_images(images_sam) if (use_dssl or own) else (None, None)
         image = self.get_image_features(images_clip)
-        regions, keep = self._training_regions(
-            input_ids, attention_mask, images_clip, images_sam, image, sam_emb, masks, region_oracle
+        regions, keep = training_regions(
+            self,
+            input_ids,
+            attention_mask,
+            images_clip,
+            images_sam,
+            image,
+            sam_emb,
+            masks,
+            region_oracle,
         )
         embedded = self.embed_inputs(
             input_ids, images_clip, region_masks=regions, region_keep=keep, image=image
@@ -328,48 +342,6 @@ class VmadModel(nn.Module):
             seg_index=seg_index,
             expert=embedded.expert,
         )
-
-    def _training_regions(
-        self, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, masks, oracle
-    ):
-        """(regions, keep) for :meth:`embed_inputs` in training: the true masks where ``oracle``,
-        the predicted region elsewhere (the expert's map is filled in by ``embed_inputs``; the
-        model's own mask is drawn here, :meth:`own_regions`). (None, None) without region tokens."""
-        if self.region is None or masks is None:
-            return None, None
-        truth = masks.float()
-        if self.config.region_tokens.source != "own_mask":
-            return truth, oracle
-        size = tuple(masks.shape[-2:])
-        own = self.own_regions(
-            input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
-        )
-        if oracle is None:
-            return own, None
-        return torch.where(oracle.bool()[:, None, None], truth, own), None
-
-    @torch.no_grad()
-    def own_regions(
-        self, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
-    ) -> torch.Tensor:
-        """B x H x W: the mask each row's first [SEG] draws when the row reads no region (the
-        region tokens' ``own_mask`` source; zeros for rows without [SEG]). Right-padded rows
-        (training) and left-padded ones (inference) alike: positions follow the attention mask."""
-        embedded = self.embed_inputs(input_ids, images_clip, image=image)
-        positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-        out = self.llm(
-            inputs_embeds=embedded.embeds,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            output_hidden_states=True,
-        )
-        seg_index, logits = self._seg_masks(
-            out.hidden_states[-1], input_ids, images_sam, None, sam_emb, size
-        )
-        regions = torch.zeros(len(input_ids), *size, device=input_ids.device)
-        if logits is not None:
-            regions[seg_index] = logits.float().sigmoid()
-        return regions
 
     def _with_evidence(self, embeds, attention_mask, labels, input_ids, visual, seg_index, probs):
         """The LLM again, every token after a sample's first [SEG] given that sample's mask
@@ -454,8 +426,15 @@ class VmadModel(nn.Module):
         region tokens read (None: the predicted ones; the model's own mask is drawn first, from
         the prompt and a [SEG], with no region)."""
         image = self.get_image_features(images_clip)
-        regions = self._predicted_regions(
-            input_ids, attention_mask, images_clip, images_sam, image, output_size, region_masks
+        regions = predicted_regions(
+            self,
+            input_ids,
+            attention_mask,
+            images_clip,
+            images_sam,
+            image,
+            output_size,
+            region_masks,
         )
         embedded = self.embed_inputs(input_ids, images_clip, region_masks=regions, image=image)
         embeds, visual = embedded.embeds, embedded.visual
@@ -489,17 +468,3 @@ class VmadModel(nn.Module):
             expert_score=None if embedded.expert is None else embedded.expert.score,
             regions=regions,
         )
-
-    def _predicted_regions(
-        self, input_ids, attention_mask, images_clip, images_sam, image, size, given
-    ) -> torch.Tensor | None:
-        """The regions :meth:`predict` reads: ``given``, else the model's own mask drawn at a
-        [SEG] appended to the prompt (``own_mask``), else None (the expert's map or nothing)."""
-        if given is not None or self.region is None:
-            return given
-        if self.config.region_tokens.source != "own_mask":
-            return None
-        seg = torch.full_like(input_ids[:, :1], self.seg_token_id)
-        ids = torch.cat([input_ids, seg], 1)
-        att = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
-        return self.own_regions(ids, att, images_clip, images_sam, image, None, size)
