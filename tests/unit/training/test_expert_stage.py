@@ -207,3 +207,39 @@ def test_a_launched_rank_reads_stage_one_and_never_trains_its_own(data, tmp_path
     assert not (tmp_path / "expert").exists() or not any((tmp_path / "expert").iterdir())
     first = fit_expert(rows, roots, qa, tok, cfg, BOTH)
     assert fit_expert(rows, roots, qa, tok, cfg, BOTH, cached_only=True)["key"] == first["key"]
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"expert": {"name": "anomaly"}}, "unknown expert 'anomaly'"),
+        ({"expert": {"adverbs": [0.2, 0.6]}}, "highly >= moderately"),
+        ({"expert": {"width": 30, "heads": 4}}, "must divide width"),
+        ({"region_tokens": {"enabled": True, "source": "expert"}}, "needs train.model.expert"),
+        ({"region_tokens": {"source": "sam"}}, "unknown source 'sam'"),
+        ({"region_tokens": {"oracle_prob": 1.5}}, "oracle_prob"),
+    ],
+)
+def test_bad_module_parameters_are_named(model, message):
+    from vmad_pipeline.configs import ConfigError, parse_train_params
+
+    with pytest.raises(ConfigError, match=message):
+        parse_train_params({"model": model})
+
+
+def test_modules_that_cannot_be_built_say_why(data):
+    from vmad_pipeline.configs import ConfigError
+
+    _, _, _, tok = data
+    odd_pool = dataclasses.replace(BOTH, expert=dataclasses.replace(EXPERT, pool=3))
+    with pytest.raises(ConfigError, match="pool: 3 does not divide the 4 x 4"):
+        build_vmad(odd_pool, tok)
+    far = dataclasses.replace(BOTH, expert=dataclasses.replace(EXPERT, levels=(0, 9)))
+    with pytest.raises(ConfigError, match=r"levels: \[9\] out of range"):
+        build_vmad(far, tok)
+    from helpers.models import VMAD_CFG
+
+    tiny = dataclasses.replace(VMAD_CFG, expert=EXPERT)
+    with pytest.raises(ConfigError, match="tiny preset trains its vision tower"):
+        build_vmad(tiny, tok)
+    build_vmad(dataclasses.replace(tiny, frozen=("vision",)), tok)  # frozen: fine
