@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers.project import SMALL, make_project, run
+
 from vmad_pipeline.ablation.plan import deep_merge
 
 MODULES = deep_merge(

@@ -26,12 +26,16 @@ The peft side: a tuner type ``"AMOE_LORA"`` (``AmoeLoraConfig`` + ``AmoeLoraMode
 ``save_pretrained``, ``PeftModel.from_pretrained`` and ``print_trainable_parameters`` work as for
 LoRA. peft's ``register_peft_method`` only accepts names of its closed ``PeftType`` enum, so we fill
 the same three tables it fills, with a plain-string type (which peft supports, huggingface/peft#2635).
+
+Over 400 lines on purpose: peft's three registered parts (config, layer, tuner) and the functions
+the trainer calls on them (evidence, balancing loss, router statistics) are one unit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -335,9 +339,9 @@ def set_routing_inputs(
 
     evidence: one anomaly-evidence value in [0, 1] per sample (shape [B]; a scalar applies to all;
     detached: no gradient flows back to its source); None = no evidence (same as 0.5: the
-    anomaly logits are not shifted). groups: one label per
-    sample for router_usage (None: only the all-tokens group). token_mask: [B, T], 1 for tokens
-    counted by the balancing loss and the statistics (e.g. the attention mask); None: all."""
+    anomaly logits are not shifted). groups: one label per sample for router_usage (None: only
+    the all-tokens group). token_mask: [B, T], 1 for tokens counted by the balancing loss and
+    the statistics (e.g. the attention mask); None: all."""
     if evidence is not _KEEP and evidence is not None:
         evidence = torch.as_tensor(evidence, dtype=torch.float32).detach()
         if evidence.dim() > 1 or bool(((evidence < 0) | (evidence > 1)).any()):
@@ -401,7 +405,14 @@ def balancing_loss(model: nn.Module, adapter_name: str | None = None) -> torch.T
     if not losses:
         raise RuntimeError("no AMoE-LoRA layer has run a forward yet: no balancing loss to read")
     device = losses[0].device
-    return torch.stack([loss.to(device) for loss in losses]).mean()
+    loss = torch.stack([loss.to(device) for loss in losses]).mean()
+    if torch.is_grad_enabled() and not loss.requires_grad and model.training:
+        warnings.warn(  # e.g. reentrant gradient checkpointing runs the forward without autograd
+            "the AMoE balancing loss carries no gradient: the forward ran without autograd "
+            "(use non-reentrant gradient checkpointing, use_reentrant=False)",
+            stacklevel=2,
+        )
+    return loss
 
 
 def reset_router_stats(model: nn.Module) -> None:

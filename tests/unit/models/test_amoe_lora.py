@@ -179,9 +179,9 @@ def test_evidence_moves_gates_to_the_anomaly_experts(routing):
         assert all(a < b for a, b in zip(rising, rising[1:], strict=False))
 
 
-def test_save_and_load_round_trip_keeps_the_logits(tmp_path):
-    """Only adapter weights go to disk; PeftModel.from_pretrained gives identical logits, here
-    and in a fresh process that only imports the module (registration at import)."""
+def save_adapter(tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Base model and a random (non-trivial) adapter saved under tmp_path; returns the inputs
+    (token ids, per-sample evidence) and the logits the adapted model gives for them."""
     base = tiny_llama()
     base.save_pretrained(tmp_path / "base")
     model = amoe(base, init_weights=False, n_generalist=2, n_anomaly=1)
@@ -190,14 +190,19 @@ def test_save_and_load_round_trip_keeps_the_logits(tmp_path):
         want = model(input_ids=ids).logits
     with quiet_peft():
         model.save_pretrained(tmp_path / "adapter")
-    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert len(saved) == len(trainable) == 4 * 4  # 4 layers x (A, B, router, evidence scale)
-    assert all(".amoe_" in key and "base_layer" not in key for key in saved)
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == (
-        "AMOE_LORA"
-    )
+    assert len(trainable) == 4 * 4  # 4 layers x (A, B, router, evidence scale)
+    return ids, evidence, want
 
+
+def test_save_and_load_round_trip_keeps_the_logits(tmp_path):
+    """Only adapter weights go to disk; PeftModel.from_pretrained gives identical logits."""
+    ids, evidence, want = save_adapter(tmp_path)
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert len(saved) == 4 * 4
+    assert all(".amoe_" in key and "base_layer" not in key for key in saved)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "AMOE_LORA" and config["n_anomaly"] == 1
     with quiet_peft():
         loaded = PeftModel.from_pretrained(
             LlamaForCausalLM.from_pretrained(str(tmp_path / "base")), str(tmp_path / "adapter")
@@ -206,6 +211,12 @@ def test_save_and_load_round_trip_keeps_the_logits(tmp_path):
         assert torch.equal(loaded(input_ids=ids).logits, want)
     assert not any(p.requires_grad for p in loaded.parameters())  # loaded for inference
 
+
+@pytest.mark.slow
+def test_a_fresh_process_loads_the_adapter_after_only_the_import(tmp_path):
+    """Registration happens at import: a new interpreter that imports the module (and nothing
+    else of ours) loads the adapter with plain peft and gets the same logits."""
+    ids, evidence, want = save_adapter(tmp_path)
     torch.save((ids, evidence), tmp_path / "inputs.pt")
     env = os.environ | {"PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     args = [tmp_path / "base", tmp_path / "adapter", tmp_path / "inputs.pt", tmp_path / "out.pt"]
