@@ -163,10 +163,11 @@ def own_regions(
 
 
 def predicted_regions(
-    model, input_ids, attention_mask, images_clip, images_sam, image, size, given
+    model, input_ids, attention_mask, images_clip, images_sam, image, size, given, sam_emb=None
 ):
     """The regions ``predict`` reads: ``given``, else the model's own mask drawn at a [SEG]
-    appended to the prompt (``own_mask``), else None (the expert's map, or nothing)."""
+    appended to the prompt (``own_mask``; ``sam_emb``: SAM's embeddings, if computed), else None
+    (the expert's map, or nothing)."""
     if given is not None or model.region is None:
         return given
     if model.config.region_tokens.source != "own_mask":
@@ -174,7 +175,7 @@ def predicted_regions(
     seg = torch.full_like(input_ids[:, :1], model.seg_token_id)
     ids = torch.cat([input_ids, seg], 1)
     att = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
-    return own_regions(model, ids, att, images_clip, images_sam, image, None, size)
+    return own_regions(model, ids, att, images_clip, images_sam, image, sam_emb, size)
 
 
 __all__ = ["ADVERBS", "Extras", "adverb_embeddings", "extra_tokens", "upsample_map"]

@@ -68,13 +68,21 @@ def generate_with_masks(
     forced: tuple[int, ...] = (),
     evidence: tuple[torch.Tensor, torch.Tensor] | None = None,
     draw_fallback: bool = True,
+    sam_embeddings: torch.Tensor | None = None,
 ) -> Generation:
     """Greedy answers to left-padded prompts (``embeds`` B x T x d with their ``attention_mask``),
     the mask of each row's first [SEG] (at ``output_size``) and the logits of the first free
     step. ``visual``: the rows' visual tokens (mask evidence pools them). ``evidence``: (B x d, B bool)
     what the generated tokens read from a [SEG] already in the prompt, and the rows holding one.
     ``draw_fallback``: draw the last token's mask for rows that never said [SEG] (else they stay 0:
-    a follow-up needs no map it did not ask for, and SAM's encoder is not run for it)."""
+    a follow-up needs no map it did not ask for, and SAM's encoder is not run for it).
+    ``sam_embeddings``: the rows' SAM image embeddings when already computed (else encoded for the
+    rows that draw a mask, when they do)."""
+
+    def draw(states, rows):
+        emb = None if sam_embeddings is None else sam_embeddings[rows]
+        return model.masks_from_states(states, images_sam[rows], output_size, embeddings=emb)
+
     b, device = len(embeds), embeds.device
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
     cache = _cache_name(model.llm)  # once, not per step
@@ -107,7 +115,7 @@ def generate_with_masks(
         new = (token == model.seg_token_id) & ~seg_found & ~done
         if new.any():
             rows = torch.nonzero(new).flatten()
-            drawn = model.masks_from_states(state[rows], images_sam[rows], output_size)
+            drawn = draw(state[rows], rows)
             masks[rows] = drawn.float()
             seg_found[rows] = True
             if model.evidence is not None:  # only a row's first [SEG] gives evidence
@@ -120,7 +128,7 @@ def generate_with_masks(
     stacked = torch.stack(tokens, 1)
     if draw_fallback and not seg_found.all():
         rows = torch.nonzero(~seg_found).flatten()
-        masks[rows] = model.masks_from_states(fallback[rows], images_sam[rows], output_size).float()
+        masks[rows] = draw(fallback[rows], rows).float()
     is_end = stacked == model.eos_token_id
     lengths = torch.where(is_end.any(1), is_end.float().argmax(1) + 1, stacked.shape[1])
     return Generation(

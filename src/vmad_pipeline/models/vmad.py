@@ -2,6 +2,10 @@
 
 The model has no training loop, optimiser or logging (see ``training/``); it is assembled
 from already-built components by ``models/build.py``.
+
+Over 400 lines: the training forward, its mask-evidence pass and the prediction share one
+embedding rule and one [SEG] rule, kept in one class; the seeds' extra tokens and regions are
+in ``models/extras.py``.
 """
 
 from __future__ import annotations
@@ -426,6 +430,10 @@ class VmadModel(nn.Module):
         region tokens read (None: the predicted ones; the model's own mask is drawn first, from
         the prompt and a [SEG], with no region)."""
         image = self.get_image_features(images_clip)
+        # the own-mask region draws every row's mask first: SAM's encoder runs once for both
+        own = region_masks is None and self.region is not None
+        own = own and self.config.region_tokens.source == "own_mask"
+        sam_emb = self.image_embeddings(images_sam) if own else None
         regions = predicted_regions(
             self,
             input_ids,
@@ -435,6 +443,7 @@ class VmadModel(nn.Module):
             image,
             output_size,
             region_masks,
+            sam_emb,
         )
         embedded = self.embed_inputs(input_ids, images_clip, region_masks=regions, image=image)
         embeds, visual = embedded.embeds, embedded.visual
@@ -456,6 +465,7 @@ class VmadModel(nn.Module):
             forced=forced,
             evidence=start,
             draw_fallback=fallback,
+            sam_embeddings=sam_emb,
         )
         return Prediction(
             mask_logits=gen.mask_logits,

@@ -243,3 +243,47 @@ def test_modules_that_cannot_be_built_say_why(data):
     with pytest.raises(ConfigError, match="tiny preset trains its vision tower"):
         build_vmad(tiny, tok)
     build_vmad(dataclasses.replace(tiny, frozen=("vision",)), tok)  # frozen: fine
+
+
+def test_prediction_reads_the_own_mask_region_drawn_from_the_prompt_and_a_seg(data):
+    """predict encodes SAM once for the own-mask region and the answer's mask: the same regions
+    and masks as drawing each on its own."""
+    _, _, _, tok = data
+    from vmad_pipeline.models.extras import own_regions
+
+    model = build_vmad(BOTH, tok, train_classes=["part"]).eval()
+    ids, att = _prompt_ids(model, tok, ["part", "bolt"])
+    images = torch.rand(2, 3, 32, 32)
+    pred = model.predict(
+        images_clip=images,
+        images_sam=images,
+        input_ids=ids,
+        attention_mask=att,
+        output_size=(16, 16),
+        max_new_tokens=3,
+    )
+    seg = torch.full_like(ids[:, :1], model.seg_token_id)
+    with torch.no_grad():
+        image = model.get_image_features(images)
+        alone = own_regions(
+            model,
+            torch.cat([ids, seg], 1),
+            torch.cat([att, torch.ones_like(att[:, :1])], 1),
+            images,
+            images,
+            image,
+            None,
+            (16, 16),
+        )
+        given = model.predict(
+            images_clip=images,
+            images_sam=images,
+            input_ids=ids,
+            attention_mask=att,
+            output_size=(16, 16),
+            max_new_tokens=3,
+            region_masks=alone,
+        )
+    torch.testing.assert_close(pred.regions, alone)
+    torch.testing.assert_close(pred.mask_logits, given.mask_logits)
+    assert pred.answer_ids == given.answer_ids
