@@ -77,6 +77,20 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     for name in ("overlays.png", "roc.png", "pr.png", "pro.png"):
         assert (reports / name).stat().st_size > 1000
     assert (reports / "metrics_per_class.md").is_file()
+    # the text metrics by level (docs/evaluation.md): every level per class and as the mean; the
+    # anomalous test images asked the long follow-ups, graded against their RIAD answers
+    hierarchy = metrics["hierarchy"]
+    levels = {"level1_binary", "level2_type", "level3_location", "level4_rouge_l"}
+    assert levels <= set(hierarchy["mean"]) and set(hierarchy["per_class"]) == {"pcb", "washer"}
+    assert hierarchy["mean"]["level4_rouge_l"] is not None
+    n_anomalous = int(test_images["label"].sum())
+    assert hierarchy["counts"] == {
+        "level4_asked": 3 * n_anomalous,
+        "level4_graded": 3 * n_anomalous,
+    }
+    assert {"level4_rouge_l", "level4_impact_rouge_l"} <= set(per_class.columns)
+    assert "L4 ROUGE-L" in (reports / "metrics_per_class.md").read_text()
+    assert graded["follow_up_description_reference"].notna().sum() == n_anomalous
     assert {p.stem for p in (reports / "curves" / "roc").glob("*.csv")} == {"pcb", "washer"}
 
     # The registry holds the model; the pyfunc predicts a score and a map for an image.
@@ -100,6 +114,7 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     }
     assert "train.steps" in run_data.params
     assert "train/loss" in run_data.metrics and "train/pbsd" in run_data.metrics
+    assert "test/hierarchy/level4_rouge_l" in run_data.metrics
     # what the run cost: throughput and peak memory (no GPU here: no GPU figure, not a zero)
     assert run_data.metrics["train/images_per_s"] > 0
     assert run_data.metrics["train/peak_host_memory_mb"] > 100

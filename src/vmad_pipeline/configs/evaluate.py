@@ -28,6 +28,21 @@ class MmadEvalConfig:
 
 
 @dataclass(frozen=True)
+class HierarchyConfig:
+    """Level 4 of the hierarchical text evaluation (binary -> type -> location -> description
+    and reasoning; the hierarchy's idea is MAU-Set's, its levels ours; docs/evaluation.md):
+    anomalous images are also asked the description, impact and suggestion follow-ups, graded
+    by ROUGE-L F against their RIAD answers. Levels 1 to 3 are the detection answer and the
+    type / location follow-ups."""
+
+    enabled: bool = True
+    max_new_tokens: int = 48  # greedy budget of each long answer (RIAD answers: 10 to 40 words)
+
+    def __post_init__(self) -> None:
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class EvalDatasetConfig:
     """Evaluate on another MVTec-layout tree instead of the split's test classes."""
 
@@ -104,6 +119,8 @@ class EvaluateConfig:
     # after the detection answer, anomalous images are asked "Where is it?" and "What kind of
     # defect is it?" (multi-turn chat); their answers are graded as follow-up accuracies
     follow_ups: bool = True
+    # the description / impact / suggestion follow-ups too (level 4; needs follow_ups)
+    hierarchy: HierarchyConfig = field(default_factory=HierarchyConfig)
     # With region tokens: the detection answers again with no region and with the true region
     # (answer, location and defect-type accuracy per setting; the default run is "predicted").
     region_settings: bool = True
@@ -124,6 +141,11 @@ class EvaluateConfig:
         check(self.eval_size >= 1, "eval_size", "must be >= 1")
         check(self.n_overlays >= 0, "n_overlays", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(
+            self.follow_ups or not self.hierarchy.enabled,
+            "hierarchy.enabled",
+            "levels 2 and 3 are the follow-up answers: set follow_ups: true, or this to false",
+        )
         check(
             self.seen_classes in SEEN_CLASSES,
             "seen_classes",

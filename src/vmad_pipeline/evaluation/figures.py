@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.datasets.manifest import image_file
 from vmad_pipeline.evaluation.curves import file_key
-from vmad_pipeline.evaluation.report import METRICS, MODULE_METRICS
+from vmad_pipeline.evaluation.report import METRICS, OPTIONAL_METRICS
 from vmad_pipeline.images import load_rgb
 
 # Column headers of the markdown table (metric key -> short label).
@@ -37,6 +37,10 @@ LABELS = {
     "location_accuracy": "Loc acc",
     "follow_up_location_accuracy": "Follow-up loc acc",
     "follow_up_type_accuracy": "Follow-up type acc",
+    "level4_description_rouge_l": "L4 description R-L",
+    "level4_impact_rouge_l": "L4 impact R-L",
+    "level4_suggestion_rouge_l": "L4 suggestion R-L",
+    "level4_rouge_l": "L4 ROUGE-L",
     "object_name_accuracy": "Name acc",
     "object_named_share": "Named share",
     "expert_image_auroc": "Expert I-AUROC",
@@ -66,8 +70,8 @@ def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
     with the settings it was computed with above it; classes the model was trained on, if any,
     follow in a section of their own with their own mean."""
     settings = report["settings"]
-    # a module's columns only where the model has it
-    shown = [k for k in METRICS if k not in MODULE_METRICS or table[k].notna().any()]
+    # a module's columns only where the model has it, level 4's only where it was asked
+    shown = [k for k in METRICS if k not in OPTIONAL_METRICS or table[k].notna().any()]
     head = ["class", "images", "anomalous", *(LABELS[k] for k in shown)]
     lines = [
         "# Evaluation per class",
@@ -75,6 +79,7 @@ def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
         f"Score source `{settings['score_source']}`, evaluation size {settings['eval_size']} px, "
         f"AUPRO exact up to FPR {settings['aupro_fpr_limit']}; PRO-200 is the 200-threshold "
         "approximation, not AUPRO. Mean = unweighted mean over classes; – = undefined.",
+        *_hierarchy_note(shown),
         "",
     ]
     seen = table["seen"].astype(bool) if "seen" in table else pd.Series(False, index=table.index)
@@ -87,6 +92,16 @@ def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
             *_markdown_rows(head, shown, table[seen], report["seen"]),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _hierarchy_note(shown: list[str]) -> list[str]:
+    """What the level-4 columns are, where they are shown."""
+    if "level4_rouge_l" not in shown:
+        return []
+    return [
+        "L4 = level 4 of the hierarchical text evaluation: ROUGE-L F of the description, impact "
+        "and suggestion follow-ups against the RIAD answers (docs/evaluation.md)."
+    ]
 
 
 def _markdown_rows(

@@ -1,5 +1,7 @@
-"""Grading the answers to the detection question: what was parsed from each answer and whether
-each part is right (the rules are ``metrics/text.py``'s)."""
+"""Grading the answers to the detection question and its follow-ups: what was parsed from each
+answer and whether each part is right (the rules are ``metrics/text.py``'s); the long follow-ups
+(description, impact, suggestion: level 4 of the hierarchical text evaluation) scored by ROUGE-L
+F against the image's RIAD answer, told about "the part" as training tells it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vmad_pipeline import prompts
+from vmad_pipeline.annotation.answers import follow_up_answer
 from vmad_pipeline.annotation.geometry import mask_geometry
 from vmad_pipeline.annotation.taxonomy import Taxonomy
 from vmad_pipeline.metrics.text import (
@@ -16,7 +19,20 @@ from vmad_pipeline.metrics.text import (
     parse_location,
     parse_object,
     parse_yes_no,
+    rouge_l_f,
 )
+
+# Follow-up kinds of prompts.FOLLOW_UPS by level of the text hierarchy (docs/evaluation.md):
+# level 3 where, level 2 what kind (short answers, parsed), level 4 the RIAD answers' kinds
+# (free text, ROUGE-L F). Level 1 is the detection answer itself.
+SHORT_KINDS = ("location", "type")
+LONG_KINDS = tuple(prompts.ANSWER_KINDS)  # description, impact, suggestion
+
+
+def follow_up_kinds(hierarchy: bool) -> tuple[str, ...]:
+    """The follow-ups the evaluation asks: where and what kind, and with ``hierarchy`` the
+    description, impact and suggestion too."""
+    return SHORT_KINDS + (LONG_KINDS if hierarchy else ())
 
 
 def _gt_defect_id(row: Any) -> int:
@@ -29,11 +45,13 @@ def grade_answers(
     predictions: dict[str, Any],
     masks: list[np.ndarray],
     taxonomy: dict[str, Any] | None,
+    riad_qa: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per test image: the detection question and answer, its P(yes) and image score,
     what was parsed from the answer and whether each part is right. ``type_correct`` and
     ``location_correct`` are only set on anomalous images (with a taxonomy type / a mask);
-    ``type_correct`` is unset everywhere without a taxonomy."""
+    ``type_correct`` is unset everywhere without a taxonomy. The long follow-ups' ROUGE-L F is
+    set where one was asked and ``riad_qa`` has the image's answers (:func:`_described`)."""
     n = len(eval_set)
     answers = list(predictions.get("detection_answers") or [""] * n)
     if len(answers) != n or len(masks) != n:
@@ -43,6 +61,8 @@ def grade_answers(
     tax = Taxonomy.from_dict(taxonomy) if taxonomy else None
     p_yes, scores = predictions.get("p_yes"), predictions["scores"]
     follow = predictions.get("follow_ups") or {}
+    records = [] if riad_qa is None else riad_qa.to_dict("records")
+    qa = {(r["source"], r["image_path"]): r for r in records}
     rows = []
     for i, r in enumerate(eval_set.itertuples()):
         answer, anomalous = answers[i], bool(r.label)
@@ -77,6 +97,7 @@ def grade_answers(
                 if (tax is not None and anomalous and gt_id >= 0)
                 else None,
                 **_follow_ups(follow, i, gt_location, gt_id if anomalous else -1, tax),
+                **_described(follow, i, qa.get((r.source, r.image_path)), r.category),
             }
         )
     graded = pd.DataFrame(rows)
@@ -90,11 +111,15 @@ def grade_answers(
     return graded
 
 
+def _asked(follow: dict, kind: str, i: int) -> str | None:
+    """Image ``i``'s answer to the follow-up ``kind`` (None: not asked)."""
+    return (follow.get(kind) or [None] * (i + 1))[i]
+
+
 def _follow_ups(follow: dict, i: int, gt_location, gt_id: int, tax) -> dict:
     """The follow-up answers of image ``i`` (``follow``: kind -> answer or None per image) and
     whether they are right: the location against the mask's, the type against the label's."""
-    where = (follow.get("location") or [None] * (i + 1))[i]
-    what = (follow.get("type") or [None] * (i + 1))[i]
+    where, what = _asked(follow, "location", i), _asked(follow, "type", i)
     location = parse_location(where) if where is not None else None
     named = parse_defect_type(what, tax) if (what is not None and tax) else None
     return {
@@ -107,3 +132,24 @@ def _follow_ups(follow: dict, i: int, gt_location, gt_id: int, tax) -> dict:
         if (what is not None and tax is not None and gt_id >= 0)
         else None,
     }
+
+
+def _described(follow: dict, i: int, qa: dict | None, category: str) -> dict:
+    """Level 4 of image ``i``: per long kind its answer, the reference and ROUGE-L F. The reference
+    is the answer training teaches for that follow-up (``annotation.answers.follow_up_answer``:
+    the image's RIAD answer with the class renamed to ``prompts.GENERIC_OBJECT``); only anomalous
+    images are asked, so it is the anomalous image's. Unset where not asked or without RIAD
+    answers (``qa`` None: another tree, an image the annotation skipped)."""
+    out: dict[str, Any] = {}
+    anomalous = np.ones((1, 1), bool)  # the label decides, not the mask resized to eval_size
+    for kind in LONG_KINDS:
+        said = _asked(follow, kind, i)
+        reference = None
+        if said is not None and qa:
+            reference = follow_up_answer(kind, anomalous, None, qa, category)
+        out |= {
+            f"follow_up_{kind}_answer": said,
+            f"follow_up_{kind}_reference": reference,
+            f"follow_up_{kind}_rouge_l": None if reference is None else rouge_l_f(reference, said),
+        }
+    return out

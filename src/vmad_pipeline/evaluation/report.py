@@ -1,4 +1,5 @@
-"""The metric report: every metric of metrics.md per class and as the unweighted class mean."""
+"""The metric report: every metric of metrics.md per class and as the unweighted class mean, and
+the text metrics by level of the hierarchical text evaluation (``report["hierarchy"]``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vmad_pipeline.configs.evaluate import EvaluateConfig
+from vmad_pipeline.evaluation.hierarchy import HIERARCHY_METRICS, hierarchy_report, level4_metrics
 from vmad_pipeline.metrics import (
     answer_accuracy,
     aupro,
@@ -56,7 +58,9 @@ MODULE_METRICS = (
     "expert_aupro",
     *(f"{s}_{k}" for s in REGION_SETTINGS for k in _REGION_FLAGS),
 )
-METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS + MODULE_METRICS
+# Columns shown in the markdown table only where some class has them.
+OPTIONAL_METRICS = HIERARCHY_METRICS + MODULE_METRICS
+METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS + HIERARCHY_METRICS + MODULE_METRICS
 
 
 def _mean_flag(flags: pd.Series | None) -> float:
@@ -113,6 +117,7 @@ def _class_metrics(
         # the same asked as follow-ups after the detection answer (multi-turn chat)
         "follow_up_location_accuracy": _mean_flag(graded.get("follow_up_location_correct")),
         "follow_up_type_accuracy": _mean_flag(graded.get("follow_up_type_correct")),
+        **level4_metrics(graded),
         "object_name_accuracy": _mean_flag(graded["object_correct"]),
         # share of answers that name an object at all (the default answers name none, so the
         # name accuracy above is then undefined, not perfect)
@@ -172,7 +177,7 @@ def compute_metrics(
         )
         report["seen"] = {
             "note": "classes the model was trained on: not zero-shot, not in the means above",
-            **{k: part[k] for k in ("mean", "per_class", "counts")},
+            **{k: part[k] for k in ("mean", "per_class", "counts", "hierarchy")},
         }
         flat |= {f"seen/{k}": v for k, v in part_flat.items()}
         table = pd.concat([table, part_table.assign(seen=True)], ignore_index=True)
@@ -257,7 +262,9 @@ def class_report(
         },
         "settings": _settings(cfg, len(eval_set)),
     }
+    report["hierarchy"] = hierarchy_report(report, graded, cfg)
     flat = {k: v for k, v in means.items() if not math.isnan(v)}
+    flat |= {f"hierarchy/{k}": v for k, v in report["hierarchy"]["mean"].items() if v is not None}
     for r in rows:
         for k in METRICS:
             if not math.isnan(r[k]):

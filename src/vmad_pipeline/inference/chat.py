@@ -145,3 +145,28 @@ def ask_after_detection(
 def _closed(ids: list[int], eos: int) -> list[int]:
     """Generated ids as history: ending with EOS (an answer cut by the budget is closed)."""
     return list(ids) if ids and ids[-1] == eos else [*ids, eos]
+
+
+def follow_up_answers(predictor, images, eval_set, predictions, cfg) -> dict[str, list]:
+    """The anomalous images' (``eval_set.label``) answers to the location and defect-type
+    follow-ups and, with ``cfg.hierarchy.enabled``, to the description, impact and suggestion
+    ones (level 4 of the hierarchical evaluation, with their own budget); normal images are asked
+    none (None). ``cfg``: the evaluate parameters (``configs.evaluate``)."""
+    from vmad_pipeline.evaluation.grading import LONG_KINDS, follow_up_kinds
+
+    rows = eval_set["label"].to_numpy().astype(bool)
+    long_budget = cfg.hierarchy.max_new_tokens
+    return {
+        kind: ask_after_detection(
+            predictor,
+            images,
+            list(eval_set["category"]),
+            predictions,
+            rows,
+            prompts.FOLLOW_UPS[kind][0],
+            max_new_tokens=long_budget if kind in LONG_KINDS else cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+        )
+        for kind in follow_up_kinds(cfg.hierarchy.enabled)
+    }

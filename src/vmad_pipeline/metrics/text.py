@@ -19,6 +19,9 @@ Parsing rules (each the one place for its rule; docs/evaluation.md repeats them)
 * **multiple choice** (:func:`parse_option`): an option letter standing first in the answer
   ("B", "B.", "B)", "(B) ..."; not "A scratch", where "A" is the article); else the single
   option whose text (final full stop dropped) occurs in the answer as whole words; else None.
+* **free text** (:func:`rouge_l_f`, the description / impact / suggestion answers): ROUGE-L
+  F-measure against the reference answer, Google's ``rouge-score`` with ``use_stemmer=True``
+  (lower-cased, runs of letters and digits as tokens, Porter-stemmed).
 
 Unparseable answers count as wrong in every accuracy, and are counted separately.
 """
@@ -29,6 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from rouge_score import rouge_scorer
 from sklearn.metrics import balanced_accuracy_score
 
 from vmad_pipeline.annotation.geometry import LOCATIONS
@@ -42,6 +46,8 @@ __all__ = [
     "parse_option",
     "answer_accuracy",
     "balanced_answer_accuracy",
+    "rouge_l_f",
+    "ROUGE_L_SETTINGS",
 ]
 
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -135,3 +141,20 @@ def balanced_answer_accuracy(
     if np.unique(y).size < 2:
         return float("nan")
     return float(balanced_accuracy_score(y, _predicted(y, parsed)))
+
+
+# Free-text answers: ROUGE-L F-measure (longest common subsequence of the tokens, Lin 2004),
+# computed by Google's ``rouge-score`` (Apache-2.0, the reference Python re-implementation of
+# ROUGE-1.5.5 that most papers' numbers come from) rather than by our own LCS: deterministic, no
+# model, no download. Its tokenizer lower-cases, keeps runs of [a-z0-9] and, with
+# ``use_stemmer=True``, Porter-stems tokens longer than 3 characters ("scratches" = "scratch"),
+# so an answer is not penalised for inflection. No stop words are removed.
+ROUGE_L_SETTINGS = "rouge-score RougeScorer(['rougeL'], use_stemmer=True): F-measure"
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l_f(reference: str, answer: str) -> float:
+    """ROUGE-L F-measure of ``answer`` against ``reference`` (:data:`ROUGE_L_SETTINGS`), in
+    [0, 1]: 2PR / (P + R) with P = LCS / answer tokens, R = LCS / reference tokens; 0 when
+    either has no token."""
+    return float(_ROUGE.score(reference or "", answer or "")["rougeL"].fmeasure)

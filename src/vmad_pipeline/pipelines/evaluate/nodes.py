@@ -58,6 +58,7 @@ def predict_eval_set(
     to the detection question and P(yes); ``scores``, the image scores of ``score_source``."""
     from vmad_pipeline.datasets.manifest import row_files
     from vmad_pipeline.images import load_batch
+    from vmad_pipeline.inference.chat import follow_up_answers
 
     cfg = parse_evaluate_params(params)
     regions = cfg.region_settings and predictor.model.region is not None
@@ -80,7 +81,7 @@ def predict_eval_set(
         )
     out = {**pred.as_dict(), "decision": _decision(predictor.model.decision, cfg.score_source)}
     if cfg.follow_ups:
-        out["follow_ups"] = _follow_ups(predictor, images, eval_set, pred, cfg)
+        out["follow_ups"] = follow_up_answers(predictor, images, eval_set, pred, cfg)
     if regions:  # the answers with no region and with the true one
         out["region_settings"] = predictor.region_settings(
             images,
@@ -90,28 +91,6 @@ def predict_eval_set(
             progress=cfg.progress,
         )
     return out
-
-
-def _follow_ups(predictor, images, eval_set: pd.DataFrame, pred, cfg) -> dict[str, list]:
-    """The anomalous images' answers to the location and defect-type follow-ups."""
-    from vmad_pipeline import prompts
-    from vmad_pipeline.inference.chat import ask_after_detection
-
-    rows = eval_set["label"].to_numpy().astype(bool)
-    return {
-        kind: ask_after_detection(
-            predictor,
-            images,
-            list(eval_set["category"]),
-            pred,
-            rows,
-            prompts.FOLLOW_UPS[kind][0],
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size,
-            progress=cfg.progress,
-        )
-        for kind in ("location", "type")
-    }
 
 
 def _decision(decision: dict, score_source: str) -> dict | None:
@@ -142,11 +121,13 @@ def grade_answers(
     predictions: dict[str, Any],
     masks: list[np.ndarray],
     taxonomy: dict[str, Any],
+    riad_qa: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The graded answers, twice: in memory for the metrics, and as the answers.csv report."""
+    """The graded answers, twice: in memory for the metrics, and as the answers.csv report; the
+    long follow-ups graded against the images' RIAD answers (``riad_qa``)."""
     from vmad_pipeline.evaluation.grading import grade_answers as grade
 
-    graded = grade(eval_set, predictions, masks, taxonomy)
+    graded = grade(eval_set, predictions, masks, taxonomy, riad_qa)
     return graded, graded
 
 

@@ -52,7 +52,7 @@ def _scoring_nodes() -> list:
         ),
         node(
             grade_answers,
-            ["eval_set", "eval_predictions", "eval_masks", "taxonomy"],
+            ["eval_set", "eval_predictions", "eval_masks", "taxonomy", "riad_qa"],
             ["eval_graded", "eval_answers"],
             name="grade_answers",
         ),
