@@ -17,6 +17,7 @@ from vmad_pipeline.configs.ablation import parse_ablation_params
 from vmad_pipeline.configs.annotate import parse_annotate_params
 from vmad_pipeline.configs.base import from_dict
 from vmad_pipeline.configs.evaluate import parse_evaluate_params
+from vmad_pipeline.configs.generate import parse_generate_params
 from vmad_pipeline.configs.ingest import parse_ingest_params
 from vmad_pipeline.configs.model import WeightsConfig
 from vmad_pipeline.configs.predict import parse_predict_params
@@ -93,6 +94,7 @@ BLOCK_CHECKS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "weights": lambda p: from_dict(WeightsConfig, p.get("weights"), "weights"),
     "evaluate": lambda p: parse_evaluate_params(p.get("evaluate")),
     "predict": lambda p: parse_predict_params(p.get("predict")),
+    "generate": lambda p: parse_generate_params(p.get("generate")),
     "ablation": _ablation,
 }
 

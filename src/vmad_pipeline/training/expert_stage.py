@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -105,25 +106,43 @@ def expert_stage(
     atomically. ``model.expert`` holds the result either way. ``cached_only``: refuse to train it
     (the ranks of a run over several machines must all read the one stage 1)."""
     path = Path(cfg.checkpoint.expert_dir) / f"{key}.pt"
+    hint = (
+        "run `kedro run --pipeline train --to-nodes train_expert` first, where every node can "
+        "read its output"
+    )
+
+    def compute() -> dict:
+        losses = train_expert(model, samples, cfg, pad_id, device or torch.device("cpu"))
+        state = {k: v.detach().cpu().clone() for k, v in model.expert.state_dict().items()}
+        return {"key": key, "state": state, "losses": losses}
+
+    result = cached_stage(
+        path, compute, cached_only=cached_only, what="the anomaly expert's stage 1", hint=hint
+    )
+    if result["reused"]:
+        model.expert.load_state_dict(result["state"])
+    return result
+
+
+def cached_stage(
+    path: Path, compute: Callable[[], dict], *, cached_only: bool, what: str, hint: str
+) -> dict:
+    """A stage's result kept on disk under a key of its inputs: ``path`` read when it exists
+    (``reused`` True), else ``compute()`` run, timed (``seconds``) and written there atomically
+    (``reused`` False). ``cached_only``: refuse to compute (FileNotFoundError saying ``hint``)."""
     if cached_only and not path.exists():
-        raise FileNotFoundError(
-            f"the anomaly expert's stage 1 is not at {path}: run `kedro run --pipeline train "
-            "--to-nodes train_expert` first, where every node can read its output"
-        )
+        raise FileNotFoundError(f"{what} is not at {path}: {hint}")
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        model.expert.load_state_dict(saved["state"])
-        log.info("anomaly expert (stage 1): reused %s", path)
+        log.info("%s: reused %s", what, path)
         return {**saved, "reused": True}
     start = time.perf_counter()
-    losses = train_expert(model, samples, cfg, pad_id, device or torch.device("cpu"))
-    seconds = round(time.perf_counter() - start, 2)
-    state = {k: v.detach().cpu().clone() for k, v in model.expert.state_dict().items()}
-    result = {"key": key, "state": state, "losses": losses, "seconds": seconds}
+    result = compute()
+    result["seconds"] = round(time.perf_counter() - start, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, suffix=".pt") as tmp:
         torch.save(result, tmp)
-    log.info("anomaly expert (stage 1): %d steps in %.1f s -> %s", len(losses), seconds, path)
+    log.info("%s: computed in %.1f s -> %s", what, result["seconds"], path)
     return {**result, "reused": False}
 
 
@@ -133,4 +152,4 @@ def freeze_expert(model, state: dict[str, torch.Tensor]) -> None:
     model.expert.requires_grad_(False)
 
 
-__all__ = ["expert_stage", "freeze_expert", "stage_key", "train_expert"]
+__all__ = ["cached_stage", "expert_stage", "freeze_expert", "stage_key", "train_expert"]

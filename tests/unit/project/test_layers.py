@@ -23,6 +23,7 @@ LAYERS = {
     "evaluation": 3,
     "inference": 3,
     "ablation": 4,
+    "synthesis": 4,  # the defect generator: trains on training's samples and stage cache
     "io": 5,
     "pipelines": 6,
     "hooks": 6,
@@ -41,6 +42,7 @@ SAME_LAYER = {
     ("inference", "evaluation"),  # the predictor scores by evaluation.scores, the one rule
     ("evaluation", "datasets"),
     ("training", "annotation"),
+    ("ablation", "synthesis"),  # Table VI trains cells with generated anomalies
     ("settings", "hooks"),  # Kedro settings register the hooks
     ("__main__", "apps"),  # the command line starts the chat and the demo
 }
