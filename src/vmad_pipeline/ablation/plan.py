@@ -45,9 +45,15 @@ def data_hash(manifest: pd.DataFrame, splits: Mapping[str, Any], riad_qa: pd.Dat
 
 def cell_description(train_params: Mapping[str, Any]) -> dict[str, Any]:
     """What a cell is, from its resolved training parameters (validated): the model's
-    description (``configs.describe_model``, which the MLflow tags use too), seed and steps."""
+    description (``configs.describe_model``, which the MLflow tags use too), seed, steps and where
+    the synthetic anomalies come from."""
     cfg, model = parse_train_params(dict(train_params))
-    return {**describe_model(model), "seed": cfg.seed, "steps": cfg.steps}
+    return {
+        **describe_model(model),
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "synthesis": cfg.synthesis,
+    }
 
 
 def plan_ablation(
@@ -55,11 +61,13 @@ def plan_ablation(
     train: dict[str, Any],
     evaluate: dict[str, Any],
     weights: dict[str, Any],
+    generate: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per (table, cell, seed) with its resolved parameters and cache key.
 
     Every cell's parameters are validated here, before anything trains. Entries of different
-    tables with identical parameters share a key (trained once).
+    tables with identical parameters share a key (trained once). A cell trained with generated
+    anomalies also carries (and is keyed by) the ``generate`` parameters its generator comes from.
     """
     base_train = deep_merge(train, cfg.train)
     eval_params = deep_merge(evaluate, cfg.evaluate)
@@ -76,12 +84,16 @@ def plan_ablation(
                 except ConfigError as error:
                     where = f"ablation.tables.{table_id}.cells.{cell_id}.overrides"
                     raise ConfigError(f"{where}: {error}") from None
+                painted = (
+                    {} if description["synthesis"] == "paste" else {"generate": generate or {}}
+                )
                 key = digest(
                     {
                         "train": cell_train,
                         "weights": weights,
                         "evaluate": eval_params,
                         "version": CACHE_VERSION,
+                        **painted,
                     }
                 )
                 plan.append(
@@ -94,6 +106,7 @@ def plan_ablation(
                         "params_key": key,
                         "train": cell_train,
                         "evaluate": eval_params,
+                        **painted,
                         **{f"cell_{k}": v for k, v in description.items() if k != "seed"},
                     }
                 )

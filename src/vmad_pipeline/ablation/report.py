@@ -9,9 +9,24 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vmad_pipeline.ablation.run import METRICS
+from vmad_pipeline.ablation.run import HIERARCHY_SHOWN, METRICS
 
-DESCRIBED = ("cell_projector", "cell_ltc_steps", "cell_dssl", "cell_expert", "cell_region_tokens")
+DESCRIBED = (
+    "cell_projector",
+    "cell_ltc_steps",
+    "cell_dssl",
+    "cell_expert",
+    "cell_region_tokens",
+    "cell_adapter",
+    "cell_synthesis",
+)
+# What a cell stored before a description existed was: the default.
+DESCRIBED_BEFORE = {
+    "cell_expert": "none",
+    "cell_region_tokens": "off",
+    "cell_adapter": "lora",
+    "cell_synthesis": "paste",
+}
 SHOWN = ("image_auroc", "pixel_auroc", "aupro")  # the paper's Img / Pixel / PRO columns
 LABELS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO"}
 
@@ -21,17 +36,21 @@ def summarise_ablation(results: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, A
     metric and timing; and the same as nested JSON for ``dvc metrics``."""
     keys = ["table", "table_title", "cell", "label"]
     described = [*DESCRIBED, "visual_tokens"]
-    numeric = [*METRICS, "train_images_per_s", "eval_images_per_s", "train_seconds"]
+    numeric = [
+        *METRICS,
+        "train_images_per_s",
+        "eval_images_per_s",
+        "train_seconds",
+        "params_adapter",
+    ]
     # Read back from CSV, an empty string is NaN: LTC steps of a non-LTC projector are "".
-    # Cells stored before the expert and the region tokens existed had neither.
+    # Cells stored before a module or option existed had its default.
     results = results.assign(
         cell_ltc_steps=results["cell_ltc_steps"].fillna("").astype(str),
-        cell_expert=results.get("cell_expert", pd.Series("none", index=results.index)).fillna(
-            "none"
-        ),
-        cell_region_tokens=results.get(
-            "cell_region_tokens", pd.Series("off", index=results.index)
-        ).fillna("off"),
+        **{
+            k: results.get(k, pd.Series(v, index=results.index)).fillna(v)
+            for k, v in DESCRIBED_BEFORE.items()
+        },
     )
     rows = []
     for (table, title, cell, label), group in results.groupby(keys, sort=False):
@@ -77,8 +96,11 @@ def ablation_markdown(summary: pd.DataFrame) -> str:
         "(unweighted class mean). Throughput: images per second, measured in this run.",
     ]
     for _table, group in summary.groupby("table", sort=False):
+        options = _options(group)
         header = [
-            *("cell", "projector", "LTC steps", "DSSL", "expert", "region", "visual tokens"),
+            *("cell", "projector", "LTC steps", "DSSL", "expert", "region"),
+            *(OPTION_LABELS[k] for k in options),
+            "visual tokens",
             *(LABELS[m] for m in SHOWN),
             *("image AP", "image F1-max", "pixel AP", "answer acc.", "type acc.", "location acc."),
             *("train img/s", "eval img/s", "seeds"),
@@ -96,10 +118,12 @@ def ablation_markdown(summary: pd.DataFrame) -> str:
                 _cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"))
                 for m in (*EXTRA, "defect_type_accuracy", "location_accuracy")
             ]
+            shown = [_option(r, k) for k in options]
             lines.append(
                 f"| {r.label} | {r.cell_projector} | {r.cell_ltc_steps or '-'} | "
                 f"{'on' if r.cell_dssl else 'off'} | {r.cell_expert} | {r.cell_region_tokens} | "
-                f"{int(r.visual_tokens)} | "
+                + "".join(f"{v} | " for v in shown)
+                + f"{int(r.visual_tokens)} | "
                 + " | ".join(values + extra)
                 + f" | {r.train_images_per_s_mean:.1f} | {r.eval_images_per_s_mean:.1f} | "
                 f"{r.n_seeds} |"
@@ -109,6 +133,30 @@ def ablation_markdown(summary: pd.DataFrame) -> str:
 
 
 EXTRA = ("image_ap", "image_f1_max", "pixel_ap", "answer_accuracy")
+# Columns shown only in a table where some cell differs from the default (Table VI's).
+OPTION_LABELS = {
+    "cell_adapter": "adapter",
+    "params_adapter_mean": "adapter params",
+    "cell_synthesis": "synthesis",
+}
+
+
+def _options(group: pd.DataFrame) -> list[str]:
+    adapter = bool((group["cell_adapter"] != DESCRIBED_BEFORE["cell_adapter"]).any())
+    synthesis = bool((group["cell_synthesis"] != DESCRIBED_BEFORE["cell_synthesis"]).any())
+    return [
+        *(("cell_adapter", "params_adapter_mean") if adapter else ()),
+        *(("cell_synthesis",) if synthesis else ()),
+    ]
+
+
+def _option(row, key: str) -> str:
+    value = getattr(row, key)
+    if key == "params_adapter_mean":
+        return "n/a" if math.isnan(value) else f"{int(value):,}"
+    return str(value)
+
+
 EXPERT_SHOWN = ("expert_image_auroc", "expert_pixel_auroc", "expert_aupro")
 REGION_SHOWN = ("answer_accuracy", "location_accuracy", "defect_type_accuracy")
 
@@ -129,6 +177,26 @@ def _module_lines(group: pd.DataFrame) -> list[str]:
         for r in experts.itertuples():
             cells = [_cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std")) for m in EXPERT_SHOWN]
             lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    lines += _hierarchy_lines(group)
+    amoe = group[group["cell_adapter"] == "amoe_lora"]
+    if len(amoe):
+        lines += [
+            "",
+            "AMoE-LoRA's routing: the anomaly-aware experts' summed mean gate over the training "
+            "tokens of normal and anomalous images:",
+            "",
+            "| cell | normal images | anomalous images |",
+            "|---|---|---|",
+        ]
+        for r in amoe.itertuples():
+            cells = [
+                _cell(
+                    getattr(r, f"router_anomaly_gate_{s}_mean"),
+                    getattr(r, f"router_anomaly_gate_{s}_std"),
+                )
+                for s in ("normal", "anomalous")
+            ]
+            lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     regions = group[group["cell_region_tokens"] != "off"]
     if len(regions):
         head = [f"{m.replace('_', ' ')} ({s})" for m in REGION_SHOWN for s in SETTINGS]
@@ -145,6 +213,26 @@ def _module_lines(group: pd.DataFrame) -> list[str]:
 
 
 SETTINGS = ("none", "predicted", "oracle")
+HIERARCHY_LABELS = ("L1 binary", "L2 type", "L3 location", "L4 description", "L4 impact")
+HIERARCHY_LABELS += ("L4 suggestion", "L4 mean ROUGE-L")
+
+
+def _hierarchy_lines(group: pd.DataFrame) -> list[str]:
+    """The hierarchical text levels (docs/evaluation.md) of the cells that asked the follow-ups:
+    L1 the detection answer's accuracy, L2 / L3 the type / location follow-ups' accuracy, L4 the
+    description, impact and suggestion answers' ROUGE-L F against the RIAD answers."""
+    asked = group[group["level4_rouge_l_mean"].notna()]
+    if not len(asked):
+        return []
+    lines = ["", "Hierarchical text evaluation (levels 1 to 4):", ""]
+    lines += ["| cell | " + " | ".join(HIERARCHY_LABELS) + " |", "|---|" + "---|" * 7]
+    for r in asked.itertuples():
+        cells = [
+            _cell(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"))
+            for m in ("answer_accuracy", *HIERARCHY_SHOWN)
+        ]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def ablation_figure(summary: pd.DataFrame):

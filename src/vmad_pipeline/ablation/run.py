@@ -15,18 +15,30 @@ from tqdm.auto import tqdm
 from vmad_pipeline.ablation.plan import data_hash
 from vmad_pipeline.configs import parse_train_params
 from vmad_pipeline.configs.evaluate import parse_evaluate_params
+from vmad_pipeline.configs.generate import parse_generate_params
 from vmad_pipeline.configs.train import run_tags
 from vmad_pipeline.datasets.manifest import manifest_hash, row_files
 from vmad_pipeline.evaluation.eval_set import select_eval_set
 from vmad_pipeline.evaluation.grading import grade_answers
 from vmad_pipeline.evaluation.report import MODULE_METRICS, compute_metrics
 from vmad_pipeline.images import load_batch, load_mask
+from vmad_pipeline.inference.chat import follow_up_answers
 from vmad_pipeline.inference.predictor import Predictor
 from vmad_pipeline.placement import resolve_placement
 from vmad_pipeline.splitting import split_rows
+from vmad_pipeline.synthesis.run import training_generator
 from vmad_pipeline.training.fit import fit_vmad
 
 log = logging.getLogger(__name__)
+
+HIERARCHY_SHOWN = (
+    "follow_up_type_accuracy",
+    "follow_up_location_accuracy",
+    "level4_description_rouge_l",
+    "level4_impact_rouge_l",
+    "level4_suggestion_rouge_l",
+    "level4_rouge_l",
+)
 
 METRICS = (
     "image_auroc",
@@ -42,11 +54,18 @@ METRICS = (
     "location_accuracy",
     "object_name_accuracy",
     *MODULE_METRICS,
+    # the hierarchical text levels 2 to 4 (level 1 is answer_accuracy): the follow-ups' answers
+    *HIERARCHY_SHOWN,
+    # AMoE-LoRA: the anomaly-aware experts' summed mean gate over the training tokens of normal /
+    # anomalous images (training.routers)
+    "router_anomaly_gate_normal",
+    "router_anomaly_gate_anomalous",
 )
 # A cell's sizes and timings, as stored, logged and tabled.
 CELL_NUMBERS = (
     "visual_tokens",
     "params_trainable",
+    "params_adapter",
     "train_seconds",
     "train_images_per_s",
     "eval_images_per_s",
@@ -80,8 +99,14 @@ def _evaluate(trained, data: dict[str, Any], evaluate: dict[str, Any]) -> tuple[
         list(data["eval_set"]["category"]),
         output_size=cfg.eval_size,
         batch_size=cfg.batch_size,
-    ).as_dict()
+    )
     seconds = time.perf_counter() - start
+    follow_ups = (  # the hierarchical text levels (evaluate's follow-ups), untimed
+        follow_up_answers(predictor, images, data["eval_set"], pred, cfg)
+        if cfg.follow_ups
+        else None
+    )
+    pred = pred.as_dict() | ({"follow_ups": follow_ups} if follow_ups else {})
     if cfg.region_settings and trained.model.region is not None:
         pred["region_settings"] = predictor.region_settings(
             images,
@@ -89,7 +114,9 @@ def _evaluate(trained, data: dict[str, Any], evaluate: dict[str, Any]) -> tuple[
             np.stack(data["eval_masks"]),
             batch_size=cfg.batch_size,
         )
-    graded = grade_answers(data["eval_set"], pred, data["eval_masks"], data["taxonomy"])
+    graded = grade_answers(
+        data["eval_set"], pred, data["eval_masks"], data["taxonomy"], data["riad_qa"]
+    )
     report, _, _ = compute_metrics(data["eval_set"], pred, data["eval_masks"], graded, cfg)
     return report, seconds
 
@@ -99,8 +126,19 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Train one cell, evaluate it on the unseen classes, return its record (JSON-able)."""
     cfg, model_cfg = parse_train_params(entry["train"], weights)
+    generator = parse_generate_params(entry.get("generate") or {}).generator
+    side = model_cfg.sam.image_size  # the generator is trained once, then read from its cache
+    stage, painter = training_generator(
+        data["train_rows"], data["roots"], cfg.synthesis, generator, side
+    )
     trained = fit_vmad(
-        data["train_rows"], data["roots"], data["riad_qa"], tokenizer, cfg, model_cfg
+        data["train_rows"],
+        data["roots"],
+        data["riad_qa"],
+        tokenizer,
+        cfg,
+        model_cfg,
+        painter=painter,
     )
     summary = trained.summary
     report, predict_s = _evaluate(trained, data, entry["evaluate"])
@@ -110,6 +148,7 @@ def train_and_evaluate(
         "per_class": report["per_class"],
         "visual_tokens": summary["visual_tokens"],
         "params_trainable": summary["params_trainable"],
+        "params_adapter": summary["params_adapter"],
         "params_total": summary["params_total"],
         "train_seconds": summary["train_seconds"],
         "train_images_per_s": summary["images_per_s"],  # None when resumed at its end
@@ -118,6 +157,9 @@ def train_and_evaluate(
         "eval_seconds": round(predict_s, 2),
         "eval_images_per_s": round(n_images / predict_s, 2),
     }
+    router = summary.get("router")  # AMoE-LoRA: the anomaly experts' share by image state
+    for state, row in (router or {}).get("image", {}).items():
+        record["metrics"][f"router_anomaly_gate_{state}"] = row["anomaly_gate"]
     del trained
     gc.collect()
     return record
@@ -235,5 +277,5 @@ def _row(entry: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: v for k, v in entry.items() if k not in ("train", "evaluate")},
         **{m: record["metrics"].get(m) for m in METRICS},
-        **{k: record[k] for k in CELL_NUMBERS},
+        **{k: record.get(k) for k in CELL_NUMBERS},  # cells stored before a number existed
     }

@@ -28,6 +28,11 @@ MODEL_PARTS = (
 )
 EXPERTS = ("none", "anomaly_ov")
 REGION_SOURCES = ("own_mask", "expert")
+ADAPTERS = ("lora", "amoe_lora")
+# What AMoE-LoRA's anomaly experts read (docs/amoe_lora.md): auto = the anomaly expert's image
+# score when the model has one, else its own mask's peak drawn in a no-gradient pre-pass.
+EVIDENCE_SOURCES = ("auto", "expert", "own_mask", "none")
+ROUTINGS = ("soft", "topk")
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,49 @@ class LoraConfig:
     def __post_init__(self) -> None:
         check(self.r >= 1, "r", "must be >= 1")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class AmoeConfig:
+    """MAU-GPT's AMoE-LoRA (``models/amoe_lora.py``, docs/amoe_lora.md), used with ``adapter:
+    amoe_lora``; dropout and target modules are ``lora``'s. Its balancing loss's weight is
+    ``train.loss.balance``."""
+
+    r: int = 2  # every expert's rank (4 experts of rank 2: LoRA r=8's budget, plus the routers)
+    alpha: float = 4.0  # scaling alpha / r, LoRA's 16 / 8 by default
+    n_generalist: int = 2
+    n_anomaly: int = 2
+    routing: str = "soft"  # one of ROUTINGS
+    top_k: int = 2  # experts per token with routing topk
+    evidence: str = "auto"  # one of EVIDENCE_SOURCES
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, "r", "must be >= 1")
+        check(self.alpha > 0, "alpha", "must be > 0")
+        check(
+            self.n_generalist >= 0 and self.n_anomaly >= 0 and self.n_experts >= 1,
+            "n_generalist",
+            "n_generalist and n_anomaly must be >= 0, at least one expert in all",
+        )
+        check(
+            self.routing in ROUTINGS,
+            "routing",
+            f"unknown routing {self.routing!r}; known: {', '.join(ROUTINGS)}",
+        )
+        check(
+            self.routing != "topk" or 1 <= self.top_k <= self.n_experts,
+            "top_k",
+            f"must be in [1, {self.n_experts}] (the experts per layer)",
+        )
+        check(
+            self.evidence in EVIDENCE_SOURCES,
+            "evidence",
+            f"unknown evidence {self.evidence!r}; known: {', '.join(EVIDENCE_SOURCES)}",
+        )
+
+    @property
+    def n_experts(self) -> int:
+        return self.n_generalist + self.n_anomaly
 
 
 @dataclass(frozen=True)
@@ -258,6 +306,8 @@ class ModelConfig:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    adapter: str = "lora"  # one of ADAPTERS: plain LoRA, or MAU-GPT's AMoE-LoRA (``amoe``)
+    amoe: AmoeConfig = field(default_factory=AmoeConfig)
     sam: SamConfig = field(default_factory=SamConfig)
     dssl: DsslConfig = field(default_factory=DsslConfig)
     frozen: tuple[
@@ -288,6 +338,25 @@ class ModelConfig:
             "region_tokens",
             "source 'expert' needs train.model.expert.name: anomaly_ov",
         )
+        check(
+            self.adapter in ADAPTERS,
+            "adapter",
+            f"unknown adapter {self.adapter!r}; known: {', '.join(ADAPTERS)}",
+        )
+        check(
+            self.amoe.evidence != "expert" or self.expert.enabled,
+            "amoe",
+            "evidence 'expert' needs train.model.expert.name: anomaly_ov (or evidence: auto)",
+        )
+
+    @property
+    def routing_evidence(self) -> str:
+        """What AMoE-LoRA's anomaly experts read: "expert", "own_mask" or "none" ("auto"
+        resolved: the expert's score when there is an expert, else the own mask's peak)."""
+        source = self.amoe.evidence
+        if source == "auto":
+            return "expert" if self.expert.enabled else "own_mask"
+        return source
 
 
 LTC_STEPS = ("local_context", "spatial_downsampler", "injection", "multi_level")
@@ -308,4 +377,5 @@ def describe_model(model: ModelConfig) -> dict[str, str | bool]:
         "dssl": model.dssl.enabled,
         "expert": model.expert.name,
         "region_tokens": model.region_tokens.source if model.region_tokens.enabled else "off",
+        "adapter": model.adapter,
     }

@@ -18,6 +18,8 @@ class LossWeights:
     dice: float = 0.5
     pbsd: float = 1.0  # DSSL: KL(p_v || p_t) per box
     patch_bce: float = 1.0  # DSSL: auxiliary box BCE that teaches the visual projection head
+    # AMoE-LoRA's Switch balancing loss (1 at even expert use; train.model.adapter: amoe_lora)
+    balance: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,9 @@ class CalibrationConfig:
         check_threshold_rule(self.pixel, "pixel")
 
 
+# train.synthesis: where a paste_prob (or detect_paste_prob) sample's anomaly comes from
+SYNTHESIS = ("paste", "generated", "both")
+
 # Parameters that change how a run goes but never what it computes: a checkpoint written under
 # other values of these still resumes exactly (training/state.py).
 RUN_ONLY = ("progress", "num_threads", "data.workers", "checkpoint")
@@ -155,6 +160,9 @@ class TrainConfig:
     task_mix: TaskMix = field(default_factory=TaskMix)
     augment: bool = True  # flips, rotations, channel permutation, brightness/contrast
     paste_prob: float = 0.0  # share of mask-only samples given a pasted anomaly
+    # what those samples (and detect_paste_prob's) get: paste (CutPaste-style) | generated (a
+    # defect painted by the mask-guided generator, docs/generation.md) | both (50/50 per sample)
+    synthesis: str = "paste"
     # share of normal images asked the detection question that get a pasted anomaly (and a true
     # "Yes" describing it): balances the yes / no answers the detection question is trained on
     detect_paste_prob: float = 0.0
@@ -200,6 +208,11 @@ class TrainConfig:
         check(len(self.betas) == 2, "betas", "must be two numbers")
         check(0 <= self.warmup_steps, "warmup_steps", "must be >= 0")
         check(0.0 <= self.paste_prob <= 1.0, "paste_prob", "must be in [0, 1]")
+        check(
+            self.synthesis in SYNTHESIS,
+            "synthesis",
+            f"{self.synthesis!r} is not one of {', '.join(SYNTHESIS)}",
+        )
         check(0.0 <= self.name_swap_prob <= 1.0, "name_swap_prob", "must be in [0, 1]")
         check(0.0 <= self.detect_paste_prob <= 1.0, "detect_paste_prob", "must be in [0, 1]")
         check(0.0 <= self.evidence_oracle <= 1.0, "evidence_oracle", "must be in [0, 1]")

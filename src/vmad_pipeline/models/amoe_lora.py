@@ -146,6 +146,7 @@ class AmoeLoraLinear(nn.Module, AmoeLoraLayer):
         self.amoe_evidence: torch.Tensor | None = None
         self.amoe_groups: tuple[str, ...] | None = None
         self.amoe_token_mask: torch.Tensor | None = None
+        self.amoe_record = True  # add this forward's routing to the statistics
         self.amoe_balance: dict[str, torch.Tensor] = {}
         self.amoe_stats: dict[str, dict[str, list[torch.Tensor]]] = {}
         self._active_adapter = adapter_name
@@ -259,6 +260,8 @@ class AmoeLoraLinear(nn.Module, AmoeLoraLayer):
         self, adapter: str, gates: torch.Tensor, probs: torch.Tensor, weight: torch.Tensor
     ) -> None:
         """Adds, per group, the summed gates, the top-1 counts and the token count (float64)."""
+        if not self.amoe_record:
+            return
         n = gates.shape[-1]
         top1 = F.one_hot(probs.argmax(-1), n).to(gates.dtype)
         g, t = gates * weight.unsqueeze(-1), top1 * weight.unsqueeze(-1)
@@ -334,6 +337,7 @@ def set_routing_inputs(
     evidence: torch.Tensor | float | Sequence[float] | None = _KEEP,
     groups: Sequence[str] | None = _KEEP,
     token_mask: torch.Tensor | None = _KEEP,
+    record: bool = _KEEP,
 ) -> None:
     """Set the per-batch routing inputs on every AMoE layer until changed (arguments left out stay).
 
@@ -341,7 +345,8 @@ def set_routing_inputs(
     detached: no gradient flows back to its source); None = no evidence (same as 0.5: the
     anomaly logits are not shifted). groups: one label per sample for router_usage (None: only
     the all-tokens group). token_mask: [B, T], 1 for tokens counted by the balancing loss and
-    the statistics (e.g. the attention mask); None: all."""
+    the statistics (e.g. the attention mask); None: all. record: whether forwards add to the
+    router statistics (False e.g. for an auxiliary pass that reads no evidence)."""
     if evidence is not _KEEP and evidence is not None:
         evidence = torch.as_tensor(evidence, dtype=torch.float32).detach()
         if evidence.dim() > 1 or bool(((evidence < 0) | (evidence > 1)).any()):
@@ -359,6 +364,8 @@ def set_routing_inputs(
             layer.amoe_groups = groups
         if token_mask is not _KEEP:
             layer.amoe_token_mask = token_mask
+        if record is not _KEEP:
+            layer.amoe_record = bool(record)
 
 
 @contextlib.contextmanager
@@ -368,19 +375,23 @@ def routing_inputs(
     evidence: torch.Tensor | float | Sequence[float] | None = _KEEP,
     groups: Sequence[str] | None = _KEEP,
     token_mask: torch.Tensor | None = _KEEP,
+    record: bool = _KEEP,
 ) -> Iterator[None]:
     """``set_routing_inputs`` for a block, restoring the previous inputs after it. With gradient
     checkpointing keep the block open over backward (the forward is recomputed there)."""
     saved = [
-        (layer, layer.amoe_evidence, layer.amoe_groups, layer.amoe_token_mask)
+        (layer, layer.amoe_evidence, layer.amoe_groups, layer.amoe_token_mask, layer.amoe_record)
         for _, layer in amoe_layers(model)
     ]
-    set_routing_inputs(model, evidence=evidence, groups=groups, token_mask=token_mask)
+    set_routing_inputs(
+        model, evidence=evidence, groups=groups, token_mask=token_mask, record=record
+    )
     try:
         yield
     finally:
-        for layer, ev, grp, mask in saved:
+        for layer, ev, grp, mask, rec in saved:
             layer.amoe_evidence, layer.amoe_groups, layer.amoe_token_mask = ev, grp, mask
+            layer.amoe_record = rec
 
 
 def anomaly_evidence(

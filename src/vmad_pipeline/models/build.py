@@ -27,7 +27,7 @@ from vmad_pipeline.models.efficientnet import (
 )
 from vmad_pipeline.models.evidence import SegEvidence
 from vmad_pipeline.models.extras import chosen_levels
-from vmad_pipeline.models.llm import add_lora, build_tiny_llm
+from vmad_pipeline.models.llm import add_adapter, build_tiny_llm
 from vmad_pipeline.models.mask_encoder import EfficientNetMaskEncoder
 from vmad_pipeline.models.pretrained import load_llava, load_sam
 from vmad_pipeline.models.projectors import MlpProjector, build_projector
@@ -292,4 +292,4 @@ def build_vmad(
         dssl=dataclasses.replace(cfg.dssl, classes=tuple(sorted(train_classes))),
     )
     bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype)
-    return assemble(bb, tokenizer, add_lora(bb.llm, bb.cfg.lora))
+    return assemble(bb, tokenizer, add_adapter(bb.llm, bb.cfg))

@@ -14,7 +14,9 @@ Checkpoint directory layout::
                                  from the local files the caller names (``weights``, from
                                  conf/local), checked against the recorded fingerprints
 
-An export (``export_model``) is a standalone merged copy for inference, without peft.
+An export (``export_model``) is a standalone copy for inference: a LoRA adapter merged into the
+LLM (no peft needed); an AMoE-LoRA adapter cannot be merged (each token's mix of experts depends
+on the token and the anomaly evidence), so its export keeps the base LLM and the adapter apart.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from vmad_pipeline.models.build import (
     Backbone,
     assemble,
 )
-from vmad_pipeline.models.llm import quiet_peft
+from vmad_pipeline.models.llm import ADAPTER_PREFIXES, is_amoe, quiet_peft
 from vmad_pipeline.models.pretrained import weights_fingerprint
 from vmad_pipeline.models.sam import build_sam
 from vmad_pipeline.models.strict import check_adapter, from_pretrained_strict, load_parts
@@ -88,10 +90,10 @@ def _non_llm_state(model: VmadModel, *, keys_only: bool = False) -> dict[str, to
 
 
 def _base_llm_state(llm: PeftModel) -> dict[str, torch.Tensor]:
-    """The base LLM's own weights, without the LoRA / modules_to_save wrappers peft injects."""
+    """The base LLM's own weights, without the adapter / modules_to_save wrappers peft injects."""
     state = {}
     for key, value in llm.get_base_model().state_dict().items():
-        if "lora_" in key or ".modules_to_save." in key:
+        if any(p in key for p in ADAPTER_PREFIXES) or ".modules_to_save." in key:
             continue
         state[key.replace(".base_layer.", ".").replace(".original_module.", ".")] = value
     return state
@@ -106,9 +108,21 @@ def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: 
             model.llm.get_base_model().save_pretrained(
                 tmp / "llm_base", state_dict=_base_llm_state(model.llm)
             )
-        with quiet_peft():
-            model.llm.save_pretrained(tmp / "adapter")
+        _save_adapter(model.llm, tmp / "adapter")
         save_file(_non_llm_state(model), tmp / "weights.safetensors")
+
+
+def _save_adapter(llm: PeftModel, directory: Path) -> None:
+    with quiet_peft():
+        llm.save_pretrained(directory)
+
+
+def _load_adapter(llm, directory: Path) -> PeftModel:
+    """The peft adapter saved in ``directory`` on ``llm``, strictly (every weight present)."""
+    with quiet_peft():
+        wrapped = PeftModel.from_pretrained(llm, directory)
+    check_adapter(wrapped, directory)
+    return wrapped
 
 
 def _write_config(directory: Path, model: VmadModel, cfg: ModelConfig, **extra) -> None:
@@ -207,10 +221,7 @@ def load_checkpoint(
     if cfg.preset in RANDOM_LLM:
         base = from_pretrained_strict(LlamaForCausalLM, path / "llm_base")
     bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, base)
-    with quiet_peft():
-        llm = PeftModel.from_pretrained(bb.llm, path / "adapter")
-    check_adapter(llm, path / "adapter")
-    model = assemble(bb, tokenizer, llm)
+    model = assemble(bb, tokenizer, _load_adapter(bb.llm, path / "adapter"))
     _load_parts(model, path)
     meta = _read_meta(path)
     model.trained_on, model.decision = meta.get("trained_on", {}), meta.get("decision", {})
@@ -223,8 +234,9 @@ EXPORT_PARTS = ("projector", "sam_encoder", "sam_decoder", "seg_head")  # weight
 
 
 def merge_lora(model: VmadModel) -> VmadModel:
-    """Merge the LoRA adapter (and the trained embeddings / head) into the LLM, in place."""
-    if isinstance(model.llm, PeftModel):
+    """Merge the LoRA adapter (and the trained embeddings / head) into the LLM, in place. An
+    AMoE-LoRA adapter stays as it is: it has no single weight delta (``amoe_lora.MERGE_ERROR``)."""
+    if isinstance(model.llm, PeftModel) and not is_amoe(model.llm):
         with quiet_peft():
             model.llm = model.llm.merge_and_unload()
     return model
@@ -235,12 +247,14 @@ def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str
 
         config.json   tokenizer/   llm/ (HF LlamaForCausalLM, merged)   vision/ (HF CLIPVisionModel)
         weights.safetensors        projector, SAM (encoder, prompt encoder, decoder), [SEG] head
+        adapter/      AMoE-LoRA only: peft's adapter directory; llm/ is then the base LLM unmerged
 
-    Reloadable with :func:`load_exported` without peft and without the original weight files.
-    ``model.llm`` is replaced by the merged LLM (the PEFT wrapper is unloaded in place).
-    DSSL is training-only and is not exported.
+    Reloadable with :func:`load_exported` without the original weight files (and, for LoRA,
+    without peft). ``model.llm`` is replaced by the merged LLM (the PEFT wrapper is unloaded in
+    place). DSSL is training-only and is not exported.
     """
     merge_lora(model)
+    keep_adapter = isinstance(model.llm, PeftModel)  # AMoE-LoRA: not mergeable
     cfg = dataclasses.replace(
         model.config, dssl=dataclasses.replace(model.config.dssl, enabled=False)
     )
@@ -250,7 +264,12 @@ def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str
     with atomic_directory(path) as tmp:
         _write_config(tmp, model, cfg, export=True)
         tokenizer.save_pretrained(tmp / "tokenizer")
-        model.llm.save_pretrained(tmp / "llm")
+        if keep_adapter:
+            base = model.llm.get_base_model()
+            base.save_pretrained(tmp / "llm", state_dict=_base_llm_state(model.llm))
+            _save_adapter(model.llm, tmp / "adapter")
+        else:
+            model.llm.save_pretrained(tmp / "llm")
         if clip:
             model.vision.clip.save_pretrained(tmp / "vision")
         save_file(state, tmp / "weights.safetensors")
@@ -259,7 +278,8 @@ def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str
 def load_exported(
     path: str | Path, *, dtype: torch.dtype = torch.float32
 ) -> tuple[VmadModel, PreTrainedTokenizerBase]:
-    """The exported model (eval mode) from plain HF directories and safetensors: no peft."""
+    """The exported model (eval mode) from plain HF directories and safetensors (and, for an
+    AMoE-LoRA model, its peft adapter directory)."""
     path = Path(path)
     _check_dir(path, "export", "export")
     cfg = read_model_config(path)
@@ -279,7 +299,8 @@ def load_exported(
     else:  # a tower on an installed backbone (small): rebuilt, its adaptors in the safetensors
         bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, llm)
         names = ("vision", *EXPORT_PARTS)
-    model = assemble(bb, tokenizer, bb.llm)
+    adapter = path / "adapter"
+    model = assemble(bb, tokenizer, _load_adapter(bb.llm, adapter) if adapter.is_dir() else bb.llm)
     expected = set(_state(model, names, trained_only=False, keys_only=True))
     parts = model.parts()
     load_parts({n: parts[n] for n in names}, path / "weights.safetensors", expected)

@@ -118,21 +118,15 @@ def extra_tokens(
 # predict call them; here so that ``vmad.py`` reads as VMAD).
 
 
-def training_regions(
-    model, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, masks, oracle
-):
+def training_regions(model, masks, oracle, own):
     """(regions, keep) for ``embed_inputs`` in training: the true masks where ``oracle``, the
     predicted region elsewhere (the expert's map is filled in by ``embed_inputs``; the model's
-    own mask is drawn here, :func:`own_regions`). (None, None) without region tokens."""
+    own mask, ``own``, is drawn by :func:`own_regions`). (None, None) without region tokens."""
     if model.region is None or masks is None:
         return None, None
     truth = masks.float()
     if model.config.region_tokens.source != "own_mask":
         return truth, oracle
-    size = tuple(masks.shape[-2:])
-    own = own_regions(
-        model, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
-    )
     if oracle is None:
         return own, None
     return torch.where(oracle.bool()[:, None, None], truth, own), None
@@ -143,39 +137,46 @@ def own_regions(
     model, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
 ) -> torch.Tensor:
     """B x H x W: the mask each row's first [SEG] draws when the row reads no region (the region
-    tokens' ``own_mask`` source; zeros for rows without [SEG]). Right-padded rows (training) and
-    left-padded ones (inference) alike: positions follow the attention mask."""
+    tokens' ``own_mask`` source, AMoE-LoRA's ``own_mask`` evidence; zeros for rows without
+    [SEG]). Right-padded rows (training) and left-padded ones (inference) alike: positions follow
+    the attention mask. The routers read neutral evidence and record nothing here."""
+    from vmad_pipeline.models.routing import routed
+
     embedded = model.embed_inputs(input_ids, images_clip, image=image)
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    out = model.llm(
-        inputs_embeds=embedded.embeds,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        output_hidden_states=True,
-    )
-    seg_index, logits = model._seg_masks(
-        out.hidden_states[-1], input_ids, images_sam, None, sam_emb, size
-    )
+    with routed(model, None, record=False):
+        out = model.llm(
+            inputs_embeds=embedded.embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            output_hidden_states=True,
+        )
+        seg_index, logits = model._seg_masks(
+            out.hidden_states[-1], input_ids, images_sam, None, sam_emb, size
+        )
     regions = torch.zeros(len(input_ids), *size, device=input_ids.device)
     if logits is not None:
         regions[seg_index] = logits.float().sigmoid()
     return regions
 
 
-def predicted_regions(
-    model, input_ids, attention_mask, images_clip, images_sam, image, size, given, sam_emb=None
-):
-    """The regions ``predict`` reads: ``given``, else the model's own mask drawn at a [SEG]
-    appended to the prompt (``own_mask``; ``sam_emb``: SAM's embeddings, if computed), else None
-    (the expert's map, or nothing)."""
-    if given is not None or model.region is None:
-        return given
-    if model.config.region_tokens.source != "own_mask":
-        return None
+def own_prediction(
+    model, input_ids, attention_mask, images_clip, images_sam, image, size, sam_emb=None
+) -> torch.Tensor:
+    """B x H x W: the mask the model draws at a [SEG] appended to each (left-padded) prompt, with
+    no region: what ``predict`` reads as its own mask before answering."""
     seg = torch.full_like(input_ids[:, :1], model.seg_token_id)
     ids = torch.cat([input_ids, seg], 1)
     att = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
     return own_regions(model, ids, att, images_clip, images_sam, image, sam_emb, size)
+
+
+def predicted_regions(model, given, own):
+    """The regions ``predict`` reads: ``given``, else the model's own mask (``own``, from
+    :func:`own_prediction`) for the ``own_mask`` source, else None (the expert's map, or none)."""
+    if given is not None or model.region is None:
+        return given
+    return own if model.config.region_tokens.source == "own_mask" else None
 
 
 __all__ = ["ADVERBS", "Extras", "adverb_embeddings", "extra_tokens", "upsample_map"]

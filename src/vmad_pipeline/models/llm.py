@@ -1,4 +1,6 @@
-"""LLaMA-family language model (transformers) with LoRA adapters (peft)."""
+"""LLaMA-family language model (transformers) with its peft adapter: LoRA, or MAU-GPT's
+AMoE-LoRA (``models/amoe_lora.py``, registered with peft when this module is imported, so a
+saved AMoE-LoRA adapter loads through ``PeftModel.from_pretrained`` like LoRA)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,12 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from vmad_pipeline.configs import LLMConfig, LoraConfig
+from vmad_pipeline.configs import LLMConfig, LoraConfig, ModelConfig
+from vmad_pipeline.models.amoe_lora import AMOE_LORA, AmoeLoraConfig
+from vmad_pipeline.models.amoe_lora import PREFIX as AMOE_PREFIX
 
+# The names peft gives the adapters' own weights (LoRA's, AMoE-LoRA's)
+ADAPTER_PREFIXES = ("lora_", AMOE_PREFIX)
 # Trained in full next to the LoRA matrices: the rows of added tokens ([SEG], <image>) live here.
 FULLY_TRAINED_LLM_MODULES = ["embed_tokens", "lm_head"]
 
@@ -59,7 +65,33 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
-def add_lora(llm: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
-    """Wrap the LLM with LoRA on ``cfg.target_modules``; embeddings and head stay trainable."""
+def peft_amoe_config(cfg: ModelConfig) -> AmoeLoraConfig:
+    """AMoE-LoRA on LoRA's target modules with LoRA's dropout; the experts' own sizes from
+    ``cfg.amoe``."""
+    amoe = cfg.amoe
+    return AmoeLoraConfig(
+        r=amoe.r,
+        lora_alpha=amoe.alpha,
+        lora_dropout=cfg.lora.dropout,
+        n_generalist=amoe.n_generalist,
+        n_anomaly=amoe.n_anomaly,
+        routing=amoe.routing,
+        top_k=amoe.top_k,
+        target_modules=list(cfg.lora.target_modules),
+        modules_to_save=list(FULLY_TRAINED_LLM_MODULES),
+        task_type="CAUSAL_LM",
+    )
+
+
+def add_adapter(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
+    """Wrap the LLM with the configured adapter (``cfg.adapter``) on ``cfg.lora.target_modules``;
+    embeddings and head stay trainable."""
+    config = peft_amoe_config(cfg) if cfg.adapter == "amoe_lora" else peft_lora_config(cfg.lora)
     with quiet_peft():
-        return get_peft_model(llm, peft_lora_config(cfg))
+        return get_peft_model(llm, config)
+
+
+def is_amoe(llm) -> bool:
+    """Whether ``llm`` (a PeftModel or not) carries an AMoE-LoRA adapter."""
+    config = getattr(llm, "peft_config", {}).get("default")
+    return getattr(config, "peft_type", None) == AMOE_LORA

@@ -1,4 +1,5 @@
-"""VMAD: vision tower + projector (LTC) + LoRA LLM + [SEG]-prompted SAM, with DSSL in training.
+"""VMAD: vision tower + projector (LTC) + LLM with LoRA (or AMoE-LoRA) + [SEG]-prompted SAM, with
+DSSL in training.
 
 The model has no training loop, optimiser or logging (see ``training/``); it is assembled
 from already-built components by ``models/build.py``.
@@ -10,6 +11,7 @@ in ``models/extras.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,6 +28,8 @@ from vmad_pipeline.models.evidence import SegEvidence
 from vmad_pipeline.models.extras import (
     expert_levels,
     extra_tokens,
+    own_prediction,
+    own_regions,
     predicted_regions,
     training_regions,
     upsample_map,
@@ -33,6 +37,7 @@ from vmad_pipeline.models.extras import (
 from vmad_pipeline.models.generation import generate_with_masks
 from vmad_pipeline.models.projectors import Projector
 from vmad_pipeline.models.region_tokens import RegionTokens
+from vmad_pipeline.models.routing import balance, needs_own_mask, routed, routing_evidence
 from vmad_pipeline.models.sam import decode_masks, sam_preprocess
 from vmad_pipeline.models.vision import VisionTower
 from vmad_pipeline.prompts import ImageSlots
@@ -50,6 +55,7 @@ class VmadOutput:
     mask_logits: torch.Tensor | None  # B_seg x H x W, one per sample that holds [SEG]
     seg_index: torch.Tensor  # indices (into the batch) of the samples with a mask prediction
     expert: ExpertOutput | None = None  # Anomaly-OV's expert's maps and score, when it has one
+    balance: torch.Tensor | None = None  # AMoE-LoRA's balancing loss (None: plain LoRA)
 
 
 @dataclass
@@ -279,6 +285,7 @@ class VmadModel(nn.Module):
         oracle: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         region_oracle: torch.Tensor | None = None,
+        route_groups: Sequence[str] | None = None,
     ) -> VmadOutput:
         """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W
         at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL;
@@ -286,36 +293,37 @@ class VmadModel(nn.Module):
         instead of the drawn mask (training with evidence); boxes: B x n x 4 DSSL boxes (drawn
         here when None); region_oracle: B bool, with region tokens the samples that read the
         true region (``masks``), the others the predicted one (the expert's map, or the mask the
-        model draws without a region: :func:`models.extras.own_regions`).
+        model draws without a region: :func:`models.extras.own_regions`); route_groups: B labels
+        of the samples in AMoE-LoRA's router statistics (``models/routing.py``).
 
         Returns every loss term separately; how they are weighted is the trainer's business
         (``training.objective.weighted_loss``)."""
         use_dssl = self.dssl is not None and class_idx is not None and masks is not None
-        own = self.region is not None and self.config.region_tokens.source == "own_mask"
+        own = needs_own_mask(self)
         sam_emb, teacher = self.encode_images(images_sam) if (use_dssl or own) else (None, None)
         image = self.get_image_features(images_clip)
-        regions, keep = training_regions(
-            self,
-            input_ids,
-            attention_mask,
-            images_clip,
-            images_sam,
-            image,
-            sam_emb,
-            masks,
-            region_oracle,
+        size = tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
+        own = (  # the mask the model draws with no region, neutral routing, no gradient
+            own_regions(
+                self, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
+            )
+            if own
+            else None
         )
+        regions, keep = training_regions(self, masks, region_oracle, own)
         embedded = self.embed_inputs(
             input_ids, images_clip, region_masks=regions, region_keep=keep, image=image
         )
         embeds, clip_global, visual = embedded.embeds, embedded.clip_global, embedded.visual
         evidence = self.evidence is not None
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            labels=None if evidence else labels,
-            output_hidden_states=True,
-        )
+        route = routing_evidence(self, embedded.expert, own)
+        with routed(self, route, groups=route_groups, token_mask=attention_mask):
+            out = self.llm(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                labels=None if evidence else labels,
+                output_hidden_states=True,
+            )
         last = out.hidden_states[-1]  # (B, T, d)
         pbsd = patch_bce = dssl_valid = None
         if use_dssl:
@@ -331,9 +339,10 @@ class VmadModel(nn.Module):
             if drawn is not None and oracle is not None and masks is not None:
                 truth = masks[seg_index].to(drawn.dtype)
                 drawn = torch.where(oracle[seg_index].bool()[:, None, None], truth, drawn)
-            out = self._with_evidence(
-                embeds, attention_mask, labels, input_ids, visual, seg_index, drawn
-            )
+            with routed(self, route, groups=route_groups, token_mask=attention_mask, record=False):
+                out = self._with_evidence(
+                    embeds, attention_mask, labels, input_ids, visual, seg_index, drawn
+                )
         return VmadOutput(
             ce=out.loss,
             bce=bce,
@@ -345,6 +354,7 @@ class VmadModel(nn.Module):
             mask_logits=mask_logits,
             seg_index=seg_index,
             expert=embedded.expert,
+            balance=balance(self),
         )
 
     def _with_evidence(self, embeds, attention_mask, labels, input_ids, visual, seg_index, probs):
@@ -430,21 +440,25 @@ class VmadModel(nn.Module):
         region tokens read (None: the predicted ones; the model's own mask is drawn first, from
         the prompt and a [SEG], with no region)."""
         image = self.get_image_features(images_clip)
-        # the own-mask region draws every row's mask first: SAM's encoder runs once for both
-        own = region_masks is None and self.region is not None
-        own = own and self.config.region_tokens.source == "own_mask"
+        # the own mask (own-mask regions, own-mask routing evidence) is drawn first: SAM's
+        # encoder runs once for it and the answer's mask
+        own = needs_own_mask(self, region_given=region_masks is not None)
         sam_emb = self.image_embeddings(images_sam) if own else None
-        regions = predicted_regions(
-            self,
-            input_ids,
-            attention_mask,
-            images_clip,
-            images_sam,
-            image,
-            output_size,
-            region_masks,
-            sam_emb,
+        own = (
+            own_prediction(
+                self,
+                input_ids,
+                attention_mask,
+                images_clip,
+                images_sam,
+                image,
+                output_size,
+                sam_emb,
+            )
+            if own
+            else None
         )
+        regions = predicted_regions(self, region_masks, own)
         embedded = self.embed_inputs(input_ids, images_clip, region_masks=regions, image=image)
         embeds, visual = embedded.embeds, embedded.visual
         start = None
@@ -454,19 +468,20 @@ class VmadModel(nn.Module):
             ev = self.evidence(prompt_masks.to(embeds.dtype), visual) * has[:, None]
             embeds = embeds + after.unsqueeze(-1).to(embeds.dtype) * ev[:, None].to(embeds.dtype)
             start = (ev, has)
-        gen = generate_with_masks(
-            self,
-            embeds,
-            attention_mask,
-            images_sam,
-            visual,
-            max_new_tokens=max_new_tokens,
-            output_size=output_size,
-            forced=forced,
-            evidence=start,
-            draw_fallback=fallback,
-            sam_embeddings=sam_emb,
-        )
+        with routed(self, routing_evidence(self, embedded.expert, own)):
+            gen = generate_with_masks(
+                self,
+                embeds,
+                attention_mask,
+                images_sam,
+                visual,
+                max_new_tokens=max_new_tokens,
+                output_size=output_size,
+                forced=forced,
+                evidence=start,
+                draw_fallback=fallback,
+                sam_embeddings=sam_emb,
+            )
         return Prediction(
             mask_logits=gen.mask_logits,
             answer_ids=gen.answer_ids(),

@@ -24,10 +24,12 @@ from vmad_pipeline.training.samples import (
     Plan,
     augment,
     conversation_turns,
+    paint_anomaly,
     paste_anomaly,
     paste_source,
     plan_sample,
     sample_random,
+    synthesis_kind,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ class TrainingSamples(Dataset):
     choice of the sample comes from ``samples.sample_random(seed, epoch, index)``.
 
     ``fixed``: the validation form of a sample: the segmentation question about the true name,
-    no augmentation, no paste (the same every time).
+    no augmentation, no paste (the same every time). ``painter``: the defect generator
+    (``synthesis.render.Painter``) that ``cfg.synthesis`` = generated / both paints with.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class TrainingSamples(Dataset):
         tokenizer,
         *,
         fixed: bool = False,
+        painter=None,
     ) -> None:
         cols = ["source", "category", "image_path", "mask_path", "label"]
         self.rows = [tuple(r) for r in rows[cols].itertuples(index=False)]
@@ -72,6 +76,12 @@ class TrainingSamples(Dataset):
         self.roots = dict(roots)
         self.qa = {(r[0], r[2]): qa[(r[0], r[2])] for r in self.rows if (r[0], r[2]) in qa}
         self.cfg, self.spec, self.tokenizer, self.fixed = cfg, spec, tokenizer, fixed
+        self.painter = painter
+        if cfg.synthesis != "paste" and painter is None and not fixed:
+            raise ValueError(
+                f"train.synthesis={cfg.synthesis} needs the defect generator (the train pipeline's "
+                "train_generator node); none was given"
+            )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -106,11 +116,8 @@ class TrainingSamples(Dataset):
         image, mask = self.read(index)
         if self.cfg.augment and not self.fixed:
             image, mask = augment(image, mask, gen, plan.geometric)
-        if plan.paste and len(self) > 1:
-            other, blank = self.read(paste_source(index, len(self), gen))
-            if self.cfg.augment and not self.fixed:  # its own colours, as a batch-mate's were
-                other, _ = augment(other, blank, gen)
-            image, mask = paste_anomaly(image, mask, other, gen)
+        if plan.paste:
+            image, mask = self._synthetic_anomaly(index, image, mask, gen)
         turns = conversation_turns(
             plan,
             category,
@@ -131,6 +138,8 @@ class TrainingSamples(Dataset):
             "class_idx": classes.index(category) if category in classes else -1,
             "oracle": rng.random() < self.cfg.evidence_oracle,
             "region_oracle": rng.random() < spec.region_oracle,
+            # AMoE-LoRA's router statistics group samples by task and final image state
+            "group": f"{plan.task}.{'anomalous' if bool(mask.any()) else 'normal'}",
         }
         if spec.boxes:
             from vmad_pipeline.models.dssl import sample_boxes
@@ -139,6 +148,20 @@ class TrainingSamples(Dataset):
                 1, spec.boxes, spec.size, spec.box_min, spec.box_max, gen
             )[0]
         return sample
+
+    def _synthetic_anomaly(
+        self, index: int, image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pasted anomaly, or a generated one (``cfg.synthesis``; ``both``: drawn per sample
+        from ``gen``), added to ``image`` and ``mask``."""
+        if synthesis_kind(self.cfg.synthesis, gen) == "generated":
+            return paint_anomaly(image, mask, self.painter, gen)
+        if len(self) > 1:
+            other, blank = self.read(paste_source(index, len(self), gen))
+            if self.cfg.augment and not self.fixed:  # its own colours, as a batch-mate's were
+                other, _ = augment(other, blank, gen)
+            image, mask = paste_anomaly(image, mask, other, gen)
+        return image, mask
 
 
 def collate(samples: list[dict | None], pad_id: int) -> dict:
@@ -157,6 +180,7 @@ def collate(samples: list[dict | None], pad_id: int) -> dict:
     batch["class_idx"] = torch.tensor([s["class_idx"] for s in kept])
     batch["oracle"] = torch.tensor([s["oracle"] for s in kept])
     batch["region_oracle"] = torch.tensor([s["region_oracle"] for s in kept])
+    batch["route_groups"] = [s["group"] for s in kept]
     if "boxes" in kept[0]:
         batch["boxes"] = torch.stack([s["boxes"] for s in kept])
     return batch
@@ -177,7 +201,8 @@ def model_inputs(batch: dict, model, device: torch.device) -> dict[str, torch.Te
         "region_oracle",
     )
     moved = {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
-    return {"images_clip": clip, "images_sam": sam, **moved}
+    groups = {"route_groups": batch["route_groups"]} if "route_groups" in batch else {}
+    return {"images_clip": clip, "images_sam": sam, **moved, **groups}
 
 
 class StepBatches(Sampler):

@@ -3,6 +3,7 @@ on the training rows. The train pipeline and the ablation both call these."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from vmad_pipeline.annotation.templates import normal_answer
 from vmad_pipeline.configs import ModelConfig, TrainConfig, to_dict
 from vmad_pipeline.configs.train import RUN_ONLY
 from vmad_pipeline.models.build import build_vmad
+from vmad_pipeline.models.llm import ADAPTER_PREFIXES
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import peak_memory_mb, resolve_placement
 from vmad_pipeline.training.data import (
@@ -87,6 +89,8 @@ class TrainJob:
     trained_on: dict
     data_hash: str
     expert_state: dict | None = None  # the anomaly expert's stage-1 weights (frozen in stage 2)
+    # what train.synthesis (generated | both) paints with: a synthesis.render.Painter
+    painter: Any = None
 
 
 def make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=None) -> TrainJob:
@@ -190,7 +194,9 @@ def fit_expert(
     model = build_vmad(
         model_cfg, tokenizer, seed=cfg.seed, train_classes=job.train_classes, dtype=dtype
     )
-    samples = TrainingSamples(job.rows, job.roots, job.qa, cfg, _spec(model), tokenizer)
+    # stage 1 trains on pasted anomalies whatever train.synthesis says (its key ignores it)
+    pasted = dataclasses.replace(cfg, synthesis="paste")
+    samples = TrainingSamples(job.rows, job.roots, job.qa, pasted, _spec(model), tokenizer)
     key = stage_key(cfg, model_cfg, job.data_hash)
     return expert_stage(
         model, samples, cfg, tokenizer.pad_token_id, key, device=device, cached_only=cached_only
@@ -202,13 +208,16 @@ def run_job(job: TrainJob) -> dict | None:
     and the run's cost; the others None."""
     model = _build(job)
     cfg, spec = job.cfg, _spec(model)
-    samples = TrainingSamples(job.rows, job.roots, job.qa, cfg, spec, job.tokenizer)
+    samples = TrainingSamples(
+        job.rows, job.roots, job.qa, cfg, spec, job.tokenizer, painter=job.painter
+    )
     val = None
     if len(job.val_rows):
         val = TrainingSamples(job.val_rows, job.roots, job.qa, cfg, spec, job.tokenizer, fixed=True)
-    checkpoints = Checkpoints(
-        cfg.checkpoint.dir, resume_params(cfg, job.model_cfg), job.data_hash, cfg.checkpoint.keep
-    )
+    params = resume_params(cfg, job.model_cfg)
+    if job.painter is not None:  # generated anomalies: resume only with the same generator
+        params["generator_key"] = job.painter.key
+    checkpoints = Checkpoints(cfg.checkpoint.dir, params, job.data_hash, cfg.checkpoint.keep)
     start = time.perf_counter()
     progress = train(model, job.tokenizer, samples, cfg, validation=val, checkpoints=checkpoints)
     seconds = time.perf_counter() - start
@@ -246,13 +255,17 @@ def fit_vmad(
     model_cfg: ModelConfig,
     trained_on: dict | None = None,
     expert: dict | None = None,
+    painter: Any = None,
 ) -> Trained | None:
     """Build the preset (its DSSL queues: one row per training class) and train it with LoRA on
     ``rows`` (every image of the training classes but the validation slice), in this process or
     in ``cfg.engine.processes`` local workers; ``trained_on`` (``splitting.training_record``) is
     kept on the model and saved with it. ``expert``: the anomaly expert's stage 1
-    (:func:`fit_expert`; computed here when the model has an expert and it is not given). Under an outside launcher (torchrun, accelerate
-    launch: ``WORLD_SIZE`` set) this process is one rank; ranks other than 0 return None."""
+    (:func:`fit_expert`; computed here when the model has an expert and it is not given).
+    ``painter``: what ``train.synthesis`` (generated | both) paints anomalies with (a
+    ``synthesis.render.Painter``; it travels to the workers with the job). Under an outside
+    launcher (torchrun, accelerate launch: ``WORLD_SIZE`` set) this process is one rank; ranks
+    other than 0 return None."""
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     check_strategy(cfg.engine, cpu)
     job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on)
@@ -262,6 +275,12 @@ def fit_vmad(
             rows, roots, riad_qa, tokenizer, cfg, model_cfg, cached_only=distributed_env()
         )
         job.expert_state = expert["state"]
+    if cfg.synthesis != "paste" and painter is None:
+        raise ValueError(
+            f"train.synthesis={cfg.synthesis} paints generated anomalies: fit_vmad needs the "
+            "defect generator's painter (painter=)"
+        )
+    job.painter = painter
     processes = cfg.engine.processes
     if processes == 1 or distributed_env():  # in this process (one rank of a launched run)
         out = run_job(job)
@@ -300,6 +319,10 @@ def _check_gpus(cfg: TrainConfig) -> None:
         )
 
 
+def _is_adapter(name: str) -> bool:
+    return any(prefix in name for prefix in ADAPTER_PREFIXES)
+
+
 def _trained(job: TrainJob, out: dict) -> Trained:
     model, progress, cfg = out["model"], out["progress"], job.cfg
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -316,6 +339,10 @@ def _trained(job: TrainJob, out: dict) -> Trained:
         "skipped_images": progress.skipped,
         "strategy": cfg.engine.strategy,
     }
+    adapter = [p for n, p in model.llm.named_parameters() if p.requires_grad and _is_adapter(n)]
+    summary["params_adapter"] = sum(p.numel() for p in adapter)  # LoRA / AMoE-LoRA weights alone
+    if progress.router is not None:
+        summary["router"] = progress.router  # AMoE-LoRA's routing per task and image state
     if progress.best is not None:
         summary["best_step"] = progress.best["step"]
     log.info(

@@ -21,18 +21,19 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, get_cosine_schedule_with_warmup
 
 from vmad_pipeline.configs import TrainConfig
-from vmad_pipeline.models.llm import quiet_peft
+from vmad_pipeline.models.amoe_lora import reset_router_stats
+from vmad_pipeline.models.llm import is_amoe, quiet_peft
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import place_model, resolve_dtype
 from vmad_pipeline.training import engine as eng
 from vmad_pipeline.training.data import StepBatches, TrainingSamples, collate, model_inputs
-from vmad_pipeline.training.objective import answer_tokens, combine, local_counts, shares
+from vmad_pipeline.training.objective import TERMS, answer_tokens, combine, local_counts, shares
+from vmad_pipeline.training.routers import model_router_summary
 from vmad_pipeline.training.state import Checkpoints, rng_state, set_rng_state
 from vmad_pipeline.training.validation import validate
 
 log = logging.getLogger(__name__)
-CURVES = ("loss", "ce", "bce", "dice", "pbsd", "patch_bce", "lr")
-TERMS = CURVES[1:-1]
+CURVES = ("loss", *TERMS, "lr")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -72,6 +73,8 @@ class Progress:
     # the final trainable weights and buffers, full (rank 0), of a run of several processes:
     # what the launching process loads into its own copy of the model
     state: dict | None = None
+    # AMoE-LoRA's router statistics over this run's steps (training.routers; None: plain LoRA)
+    router: dict | None = None
 
 
 @dataclass
@@ -152,12 +155,15 @@ def train(
         log.info("training on %s x %d (%s) in %s", acc.device, engine.world, engine.strategy, dtype)
     stop = Stop()
     stop.install()
+    reset_router_stats(model.llm)
     try:
         _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, stop)
     finally:
         stop.restore()
         if stop.requested:  # checkpoint written: now what SIGTERM means to the rest
             signal.raise_signal(signal.SIGTERM)
+    if is_amoe(model.llm):
+        progress.router = model_router_summary(model, engine.gather_objects)
     if cfg.keep == "best" and progress.best is not None:
         eng.load_model_state(engine, engine.broadcast_object(progress.best["state"]))
         if engine.is_main:
@@ -298,6 +304,7 @@ def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.T
     known[2] = skipped
     known = engine.sum(known)
     values = torch.zeros(2 + len(TERMS), dtype=torch.float64)  # loss, terms, DSSL boxes
+    balanced = False  # an AMoE-LoRA balancing loss was produced
     for k, batch in enumerate(micro):
         if not batch["size"]:
             if engine.world > 1:
@@ -306,11 +313,13 @@ def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.T
         with engine.sync(k == len(micro) - 1), engine.autocast():
             out = engine.model(**model_inputs(batch, model, engine.device))
             local = local_counts(out, batch["labels"], boxes)
+            balanced = balanced or out.balance is not None
             dssl = engine.sum(torch.tensor([local["boxes"]], dtype=torch.float64)).item()
             total = {
                 "tokens": known[0].item(),
                 "masks": known[1].item(),
                 "boxes": dssl * len(micro),
+                "batches": float(len(micro) * engine.world),
             }
             parts = shares(out, local, total)
             loss = combine(parts, cfg.loss, out.logits)
@@ -323,7 +332,7 @@ def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.T
     engine.optimizer.step()
     engine.optimizer.zero_grad(set_to_none=True)
     summed = engine.sum(values[:-1])
-    counts = {"ce": known[0], "bce": known[1], "dice": known[1]}
+    counts = {"ce": known[0], "bce": known[1], "dice": known[1], "balance": float(balanced)}
     for i, term in enumerate(TERMS, start=1):  # a term no sample of the step had: NaN
         if float(counts.get(term, values[-1])) == 0:
             summed[i] = float("nan")
@@ -332,8 +341,11 @@ def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.T
 
 def _record(progress: Progress, values: torch.Tensor, lr: float) -> None:
     progress.history["loss"].append(float(values[0]))
-    for i, term in enumerate(TERMS, start=1):
-        progress.history[term].append(float(values[i]))
+    for i, term in enumerate(TERMS, start=1):  # a term new since the run started: NaN before
+        curve = progress.history.setdefault(
+            term, [float("nan")] * (len(progress.history["loss"]) - 1)
+        )
+        curve.append(float(values[i]))
     progress.history["lr"].append(lr)
     progress.skipped += int(values[-1])
 

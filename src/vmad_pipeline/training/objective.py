@@ -1,7 +1,8 @@
 """The training objective: how the model's loss terms are weighted (method.md section 3).
 
-``L = w_txt * CE + w_bce * BCE + w_dice * DICE + w_pbsd * PBSD + w_patch_bce * box BCE``; a term
-the batch does not produce (no [SEG] sample, DSSL off) counts as zero.
+``L = w_txt * CE + w_bce * BCE + w_dice * DICE + w_pbsd * PBSD + w_patch_bce * box BCE
++ w_balance * BALANCE``; a term the batch does not produce (no [SEG] sample, DSSL off, plain
+LoRA: no AMoE-LoRA balancing loss) counts as zero.
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ from vmad_pipeline.configs import LossWeights
 from vmad_pipeline.models.vmad import VmadOutput
 from vmad_pipeline.prompts import IGNORE
 
-TERMS = ("ce", "bce", "dice", "pbsd", "patch_bce")  # VmadOutput fields, in LossWeights' order
-WEIGHT_OF = {"ce": "txt", "bce": "bce", "dice": "dice", "pbsd": "pbsd", "patch_bce": "patch_bce"}
+# VmadOutput fields, in LossWeights' order
+TERMS = ("ce", "bce", "dice", "pbsd", "patch_bce", "balance")
+WEIGHT_OF = {
+    "ce": "txt",
+    "bce": "bce",
+    "dice": "dice",
+    "pbsd": "pbsd",
+    "patch_bce": "patch_bce",
+    "balance": "balance",
+}
 
 
 def weighted_loss(out: VmadOutput, weights: LossWeights) -> torch.Tensor:
@@ -22,14 +31,16 @@ def weighted_loss(out: VmadOutput, weights: LossWeights) -> torch.Tensor:
     return combine(present, weights, out.logits)
 
 
-# The count each term is a mean over (VmadOutput's means): answer tokens, [SEG] masks, and the
-# boxes of the images DSSL scored.
+# The count each term is a mean over (VmadOutput's means): answer tokens, [SEG] masks, the
+# boxes of the images DSSL scored, and micro-batches (the balancing loss is one value per forward:
+# the step's is its mean over every rank's micro-batches).
 COUNTED_BY = {
     "ce": "tokens",
     "bce": "masks",
     "dice": "masks",
     "pbsd": "boxes",
     "patch_bce": "boxes",
+    "balance": "batches",
 }
 
 
@@ -46,6 +57,7 @@ def local_counts(out: VmadOutput, labels: torch.Tensor, boxes: int) -> dict[str,
         "tokens": answer_tokens(labels),
         "masks": float(len(out.seg_index)) if out.mask_logits is not None else 0.0,
         "boxes": float(valid * boxes),
+        "batches": 1.0 if out.balance is not None else 0.0,
     }
 
 

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 from vmad_pipeline import prompts
+from vmad_pipeline.annotation.answers import follow_up_answer, stored_answer
 from vmad_pipeline.annotation.geometry import mask_geometry
-from vmad_pipeline.annotation.taxonomy import normalise_name
-from vmad_pipeline.annotation.templates import normal_answer
 
 TASKS = ("seg", "seg_answer", "vqa", "chat")
 
@@ -65,7 +64,7 @@ def conversation(
     anomalous = bool(mask.any())
     if plan.task == "seg_answer":
         kind = rng.choice(list(prompts.ANSWER_KINDS))
-        text = _stored_answer(kind, anomalous, qa, category)
+        text = stored_answer(kind, anomalous, qa, category)
         return prompts.seg_answer_prompt(name, kind), f"{prompts.SEG_ANSWER} {text}"
     answer = prompts.detection_answer(
         anomalous=anomalous,
@@ -101,46 +100,9 @@ def conversation_turns(
     return [first, (question, follow_up_answer(kind, mask, defect, qa, category))]
 
 
-def follow_up_answer(
-    kind: str, mask: np.ndarray, defect: str | None, qa: dict | None, category: str
-) -> str:
-    """The answer to a follow-up of ``kind``: where (the mask's location), what kind (the
-    defect type), or the stored RIAD description / impact / suggestion told about "the part"."""
-    anomalous = bool(mask.any())
-    if not anomalous and kind not in prompts.ANSWER_KINDS:
-        return prompts.FOLLOW_UP_NONE
-    if not anomalous:
-        return _stored_answer(kind, anomalous, qa, category)
-    if kind == "location":
-        return prompts.FOLLOW_UP_LOCATION.format(location=mask_geometry(mask)["location"])
-    if kind == "type":
-        name = prompts.a_defect(defect) if defect else "an anomaly"
-        return prompts.FOLLOW_UP_TYPE.format(a_defect=name)
-    if not qa:
-        raise ValueError(f"a {kind!r} follow-up needs the image's RIAD answers")
-    return _stored_answer(kind, anomalous, qa, category)
-
-
-def _stored_answer(kind: str, anomalous: bool, qa: dict | None, category: str) -> str:
-    """The image's RIAD answer of ``kind`` told about "the part" (answers never name a class);
-    a normal image's (or one without RIAD answers): that the part looks normal."""
-    generic = prompts.GENERIC_OBJECT
-    if anomalous and qa:
-        return _renamed(str(qa[kind]), category, generic)
-    return normal_answer(generic)
-
-
 def _named_defect(plan: Plan, defect_type: str) -> str | None:
     """The defect type a sample's text may name: none for a paste (its type is unknown)."""
     return None if plan.paste else (defect_type or None)
-
-
-def _renamed(text: str, category: str, name: str) -> str:
-    """A stored RIAD answer about ``category`` told about ``name`` instead (a whole-word
-    replacement of the class name)."""
-    for form in {prompts.object_name(category), normalise_name(category)}:
-        text = text.replace(form, name)
-    return text
 
 
 def sample_random(seed: int, epoch: int, index: int) -> tuple[random.Random, torch.Generator]:
@@ -176,6 +138,42 @@ def augment(
     return out, msk.contiguous()
 
 
+def blob_mask(size: int, gen: torch.Generator) -> torch.Tensor:
+    """A random rotated ellipse (S x S bool): radii 3-14% of the side, centre in the middle 70%
+    of the image. The region of both synthetic anomalies (:func:`paste_anomaly`,
+    :func:`paint_anomaly`)."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    r1, r2 = (size * (0.03 + 0.11 * torch.rand(2, generator=gen))).tolist()
+    cx, cy = (size * (0.15 + 0.7 * torch.rand(2, generator=gen))).tolist()
+    theta = float(torch.rand((), generator=gen)) * math.pi
+    u = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
+    v = -(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)
+    return (u / r1) ** 2 + (v / r2) ** 2 <= 1
+
+
+def synthesis_kind(mode: str, gen: torch.Generator) -> str:
+    """Which synthetic anomaly a sample gets under ``train.synthesis`` = ``mode``: ``paste`` or
+    ``generated`` as named (no draw), or for ``both`` one of the two, 50/50 from ``gen``."""
+    if mode == "both":
+        return "generated" if bool(torch.randint(2, (1,), generator=gen)) else "paste"
+    return mode
+
+
+def paint_anomaly(
+    image: torch.Tensor, mask: torch.Tensor, painter, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A generated defect of a random training defect type (``painter.types``) painted inside a
+    random blob (:func:`blob_mask`) of ``image`` (3 x S x S uint8) and added to ``mask``; every
+    draw (blob, type, the generator's noise) from ``gen``. ``painter``: a
+    ``synthesis.render.Painter``."""
+    blob = blob_mask(image.shape[-1], gen)
+    type_idx = int(torch.randint(len(painter.types), (1,), generator=gen))
+    image = painter(image, blob, type_idx, gen)
+    mask = mask.clone()
+    mask[blob] = 1
+    return image, mask
+
+
 def paste_anomaly(
     image: torch.Tensor, mask: torch.Tensor, source: torch.Tensor, gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,13 +186,7 @@ def paste_anomaly(
     """
     image, mask = image.clone(), mask.clone()
     size = image.shape[-1]
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    r1, r2 = (size * (0.03 + 0.11 * torch.rand(2, generator=gen))).tolist()
-    cx, cy = (size * (0.15 + 0.7 * torch.rand(2, generator=gen))).tolist()
-    theta = float(torch.rand((), generator=gen)) * math.pi
-    u = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
-    v = -(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)
-    blob = (u / r1) ** 2 + (v / r2) ** 2 <= 1  # (S, S)
+    blob = blob_mask(size, gen)  # (S, S)
     shift = [int(t) for t in torch.randint(-size // 2, size // 2, (2,), generator=gen)]
     shifted = torch.roll(source, shift, (1, 2))
     image[:, blob] = shifted[:, blob]

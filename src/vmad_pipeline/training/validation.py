@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from vmad_pipeline.metrics.pixel import pixel_auroc
+from vmad_pipeline.models.amoe_lora import routing_inputs
 from vmad_pipeline.training.data import collate, model_inputs
 from vmad_pipeline.training.objective import answer_tokens
 
@@ -61,7 +62,8 @@ def validate(engine, model, samples, cfg) -> dict[str, float]:
         inputs = model_inputs(batch, model, engine.device)
         inputs.pop("class_idx", None)  # no DSSL: its queues stay as training left them
         inputs.pop("oracle", None)
-        with engine.autocast():
+        # validation stays out of AMoE-LoRA's router statistics (no-op for plain LoRA)
+        with engine.autocast(), routing_inputs(model.llm, record=False):
             out = engine.model(**inputs)
         if chunk is None:
             continue

@@ -25,7 +25,7 @@ def test_deep_merge_merges_mappings_and_replaces_the_rest():
 
 
 def test_shipped_plan_has_both_tables_and_trains_shared_cells_once():
-    plan = plan_ablation(shipped("ablation"), shipped("train"), shipped("evaluate"), {})
+    plan = plan_ablation(shipped("ablation"), shipped("train"), shipped("evaluate"), {}, {})
     seeds = shipped("ablation")["seeds"]
     assert seeds == [0, 1, 2]
     cells = {(p["table"], p["cell"]) for p in plan}
@@ -98,7 +98,7 @@ def test_plan_keys_follow_the_parameters():
 def test_bad_ablation_parameters_are_named_before_anything_trains(change, message):
     ablation = {**shipped("ablation"), **change}
     with pytest.raises(ConfigError, match=message):
-        plan_ablation(ablation, shipped("train"), shipped("evaluate"), {})
+        plan_ablation(ablation, shipped("train"), shipped("evaluate"), {}, {})
 
 
 def test_data_hash_changes_with_labels_split_and_answers():
@@ -171,13 +171,13 @@ def test_table_v_runs_on_its_own_with_the_seeds_modules():
     ablation = shipped("ablation")
     # a plain run computes Tables III and IV; Table V is asked for by name
     assert {
-        p["table"] for p in plan_ablation(ablation, shipped("train"), shipped("evaluate"), {})
+        p["table"] for p in plan_ablation(ablation, shipped("train"), shipped("evaluate"), {}, {})
     } == {
         "table_iii",
         "table_iv",
     }
     only_v = {**ablation, "only": ["table_v"]}
-    plan = plan_ablation(only_v, shipped("train"), shipped("evaluate"), {})
+    plan = plan_ablation(only_v, shipped("train"), shipped("evaluate"), {}, {})
     cells = {p["cell"]: p for p in plan if p["seed"] == 0}
     assert set(cells) == {"vmad", "vmad_expert", "vmad_region", "vmad_both", "anomaly_ov"}
     assert len(plan) == 5 * len(ablation["seeds"])
@@ -187,7 +187,64 @@ def test_table_v_runs_on_its_own_with_the_seeds_modules():
     alone = cells["anomaly_ov"]
     assert (alone["cell_projector"], alone["cell_dssl"], alone["cell_ltc"]) == ("mlp", False, False)
     with pytest.raises(ConfigError, match="only.*unknown table"):
-        plan_ablation({**ablation, "only": ["table_vi"]}, shipped("train"), {}, {})
+        plan_ablation({**ablation, "only": ["table_ix"]}, shipped("train"), {}, {}, {})
+
+
+def test_table_vi_compares_adapters_at_two_budgets_and_the_anomaly_sources():
+    ablation = {**shipped("ablation"), "only": ["table_vi", "table_v"]}
+    plan = plan_ablation(ablation, shipped("train"), shipped("evaluate"), {}, {})
+    vi = {p["cell"]: p for p in plan if p["seed"] == 0 and p["table"] == "table_vi"}
+    assert set(vi) == {"vmad", "amoe_same", "amoe_large", "generated", "both"}
+    assert [vi[c]["cell_adapter"] for c in ("vmad", "amoe_same", "amoe_large")] == [
+        "lora",
+        "amoe_lora",
+        "amoe_lora",
+    ]
+    assert [vi[c]["cell_synthesis"] for c in ("vmad", "generated", "both")] == [
+        "paste",
+        "generated",
+        "both",
+    ]
+    # its LoRA cell is Table V's VMAD cell: trained once
+    v = next(p for p in plan if p["table"] == "table_v" and p["cell"] == "vmad" and p["seed"] == 0)
+    assert v["params_key"] == vi["vmad"]["params_key"]
+    # the same budget: 4 experts of rank 2 hold LoRA r 8's A and B weights (plus the routers)
+    from vmad_pipeline.configs import parse_train_params
+
+    _, lora = parse_train_params(vi["vmad"]["train"])
+    _, same = parse_train_params(vi["amoe_same"]["train"])
+    _, large = parse_train_params(vi["amoe_large"]["train"])
+    assert same.amoe.r * same.amoe.n_experts == lora.lora.r
+    assert large.amoe.r * large.amoe.n_experts == 4 * lora.lora.r
+    assert same.amoe.alpha / same.amoe.r == lora.lora.alpha / lora.lora.r
+    # a generated-anomaly cell is keyed by the generator's parameters too; a pasted one is not
+    other = {"generator": {"steps": 7}}
+    again = plan_ablation(ablation, shipped("train"), shipped("evaluate"), {}, other)
+    keys = {(p["table"], p["cell"], p["seed"]): p["params_key"] for p in again}
+    assert keys[("table_vi", "generated", 0)] != vi["generated"]["params_key"]
+    assert keys[("table_vi", "vmad", 0)] == vi["vmad"]["params_key"]
+    assert "generate" in vi["generated"] and "generate" not in vi["vmad"]
+
+
+def test_report_shows_adapter_and_synthesis_columns_only_where_they_vary():
+    results = fake_results()
+    _, _, plain, _ = report_ablation(results)
+    assert "adapter" not in plain and "synthesis" not in plain  # older cells: lora, paste
+    results["cell_adapter"] = ["lora", "lora", "amoe_lora", "amoe_lora"]
+    results["cell_synthesis"] = ["paste", "paste", "generated", "generated"]
+    results["params_adapter"] = [4096, 4096, 4608, 4608]
+    results["router_anomaly_gate_normal"] = [None, None, 0.3, 0.5]
+    results["router_anomaly_gate_anomalous"] = [None, None, 0.6, 0.8]
+    _, _, markdown, _ = report_ablation(results)
+    assert "| B | ltc | - | on | none | off | amoe_lora | 4,608 | generated | 16 |" in markdown
+    assert "| A | avgpool | - | on | none | off | lora | 4,096 | paste | 16 |" in markdown
+    assert "| B | 0.400 ± 0.141 | 0.700 ± 0.141 |" in markdown  # anomaly experts' gate
+    assert "Hierarchical text" not in markdown  # no cell asked the follow-ups
+    results["level4_rouge_l"] = [0.2, 0.4, None, None]
+    results["follow_up_type_accuracy"] = 0.5
+    _, _, markdown, _ = report_ablation(results)
+    assert "| A | 0.500 ± 0.000 | 0.500 ± 0.000 | n/a | n/a | n/a | n/a | 0.300 ± 0.141 |" in markdown
+    assert "| B | 0.500" not in markdown.split("Hierarchical text")[1]  # B asked none
 
 
 def test_report_adds_the_modules_own_numbers_under_their_table():

@@ -75,7 +75,7 @@ def ran(tmp_path_factory):
     training = (
         train()
         .only_nodes_with_tags("train")
-        .filter(node_names=["fit_tokenizer", "train_expert", "train_model"])
+        .filter(node_names=["fit_tokenizer", "train_expert", "train_generator", "train_model"])
     )
     pipe = ingest() + annotate() + split() + training + evaluate()
     SequentialRunner().run(pipe, catalog)

@@ -132,8 +132,8 @@ def test_regions_read_the_truth_where_oracle_and_the_own_mask_elsewhere(data):
     args = (b["input_ids"], b["attention_mask"], b["images_clip"], b["images_sam"], image, None)
     from vmad_pipeline.models.extras import own_regions, training_regions
 
-    regions, keep = training_regions(model, *args, b["masks"], torch.tensor([True, False]))
     own = own_regions(model, *args[:-1], None, tuple(truth.shape[-2:]))
+    regions, keep = training_regions(model, b["masks"], torch.tensor([True, False]), own)
     assert own[1].max() > 0  # a drawn mask, not the empty region
     assert keep is None
     torch.testing.assert_close(regions[0], truth[0])

@@ -14,11 +14,12 @@ def plan_ablation(
     train: dict[str, Any],
     evaluate: dict[str, Any],
     weights: dict[str, Any],
+    generate: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Every (table, cell, seed), validated before anything trains."""
     from vmad_pipeline.ablation.plan import plan_ablation as plan
 
-    return plan(parse_ablation_params(ablation), train, evaluate, weights)
+    return plan(parse_ablation_params(ablation), train, evaluate, weights, generate)
 
 
 def fit_ablation_tokenizer(

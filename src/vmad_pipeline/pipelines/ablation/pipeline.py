@@ -13,7 +13,13 @@ def ablation_nodes() -> Pipeline:
         [
             node(
                 plan_ablation,
-                ["params:ablation", "params:train", "params:evaluate", "params:weights"],
+                [
+                    "params:ablation",
+                    "params:train",
+                    "params:evaluate",
+                    "params:weights",
+                    "params:generate",
+                ],
                 "ablation_plan",
                 name="plan_ablation",
             ),

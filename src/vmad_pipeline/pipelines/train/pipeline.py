@@ -4,7 +4,7 @@ from vmad_pipeline.pipelines.annotate.pipeline import create_pipeline as annotat
 from vmad_pipeline.pipelines.ingest.pipeline import create_pipeline as ingest
 from vmad_pipeline.pipelines.split.pipeline import create_pipeline as split
 
-from .nodes import fit_tokenizer, package_model, train_expert, train_model
+from .nodes import fit_tokenizer, package_model, train_expert, train_generator, train_model
 
 
 def training_nodes() -> Pipeline:
@@ -31,6 +31,19 @@ def training_nodes() -> Pipeline:
                 name="train_expert",
             ),
             node(
+                train_generator,
+                [
+                    "manifest",
+                    "splits",
+                    "dataset_roots",
+                    "params:train",
+                    "params:weights",
+                    "params:generate",
+                ],
+                "defect_generator",
+                name="train_generator",
+            ),
+            node(
                 train_model,
                 [
                     "manifest",
@@ -39,9 +52,11 @@ def training_nodes() -> Pipeline:
                     "riad_qa",
                     "tokenizer",
                     "anomaly_expert",
+                    "defect_generator",
                     "params:train",
                     "params:weights",
                     "params:evaluate",
+                    "params:generate",
                 ],
                 ["vmad_model", "training_curves", "training_curves_table", "training_summary"],
                 name="train_model",

@@ -1,8 +1,9 @@
 """The training worker for runs over several machines: one command per node, the same
 parameters everywhere (docs/training.md)::
 
-    kedro run --pipeline train --to-nodes train_expert           # once: data, split, tokenizer,
-                                                                  # the anomaly expert (stage 1)
+    kedro run --pipeline train --to-nodes train_expert,train_generator
+                          # once: data, split, tokenizer, the anomaly expert (stage 1) and the
+                          # defect generator (train.synthesis: generated | both)
     torchrun --nnodes 2 --node-rank $NODE --nproc-per-node 8 \\
         --rdzv-backend c10d --rdzv-endpoint $HEAD:29500 \\
         -m vmad_pipeline.pipelines.train.worker [--env ENV] [--params k=v,...]
@@ -46,7 +47,9 @@ def train(catalog) -> None:
 
     inputs = [catalog.load(name) for name in INPUTS]
     params = [catalog.load(f"params:{name}") for name in ("train", "weights", "evaluate")]
-    outputs = train_model(*inputs, {}, *params)  # {}: stage 1 from its cache or trained here
+    generate = catalog.load("params:generate")
+    # {}: stage 1 and the defect generator from their caches (or trained here in one process)
+    outputs = train_model(*inputs, {}, {}, *params, generate)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     import mlflow
