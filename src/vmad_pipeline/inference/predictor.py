@@ -105,6 +105,19 @@ class Predictor:
             model, tokenizer, max_new_tokens=max_new_tokens, rule=rule, device=dev, dtype=dtype
         )
 
+    @classmethod
+    def for_evaluation(cls, checkpoint, weights, cfg) -> Predictor:
+        """:meth:`from_checkpoint` as the evaluate parameters (``configs.evaluate``, ``cfg``) say:
+        their score rule, decoding budget, device and precision."""
+        return cls.from_checkpoint(
+            checkpoint,
+            weights,
+            rule=cfg.score_rule,
+            max_new_tokens=cfg.max_new_tokens,
+            device=cfg.device,
+            precision=cfg.precision,
+        )
+
     @property
     def image_size(self) -> int:
         """The side images are given at (the SAM input size)."""

@@ -147,11 +147,8 @@ def fidelity_report(generated: dict, real: dict, backbone, cfg) -> dict:
     f_gen = features(generated["images"], generated["masks"])
     f_unp = features(generated["bases"], generated["masks"])
     f_real = features(real["images"], real["masks"])
-    g_types, r_types = np.array(generated["types"]), np.array(real["types"])
     table = {}
-    for t in [*sorted(set(generated["types"])), "all"]:
-        g = np.ones(len(g_types), bool) if t == "all" else g_types == t
-        r = np.ones(len(r_types), bool) if t == "all" else r_types == t
+    for t, g, r in by_type(generated["types"], real["types"]):
         table[t] = {
             "n_generated": int(g.sum()),
             "n_real": int(r.sum()),
@@ -161,6 +158,16 @@ def fidelity_report(generated: dict, real: dict, backbone, cfg) -> dict:
             **realism(f_gen[g], f_real[r], f_unp[g]),
         }
     return {"statistic": STATISTIC, "psnr_cap_db": cfg.psnr_cap, "per_type": table}
+
+
+def by_type(generated_types, real_types):
+    """(type, generated rows, real rows) per generated defect type, then ("all", every row):
+    the rows as boolean masks over the two lists."""
+    g_types, r_types = np.asarray(generated_types), np.asarray(real_types)
+    for t in [*sorted(set(generated_types)), "all"]:
+        g = np.ones(len(g_types), bool) if t == "all" else g_types == t
+        r = np.ones(len(r_types), bool) if t == "all" else r_types == t
+        yield t, g, r
 
 
 FIDELITY_COLUMNS = [
@@ -183,12 +190,9 @@ DETECTOR_COLUMNS = [
 def detector_report(normal: np.ndarray, generated: dict, real: dict) -> dict:
     """The detector's image AUROC per defect type (and "all"): ``generated`` / ``real``
     (``scores``, ``types``) against the same ``normal`` scores."""
-    g_s, g_t = np.asarray(generated["scores"]), np.asarray(generated["types"])
-    r_s, r_t = np.asarray(real["scores"]), np.asarray(real["types"])
+    g_s, r_s = np.asarray(generated["scores"]), np.asarray(real["scores"])
     table = {}
-    for t in [*sorted(set(generated["types"])), "all"]:
-        g = np.ones(len(g_t), bool) if t == "all" else g_t == t
-        r = np.ones(len(r_t), bool) if t == "all" else r_t == t
+    for t, g, r in by_type(generated["types"], real["types"]):
         table[t] = {
             "n_generated": int(g.sum()),
             "n_real": int(r.sum()),

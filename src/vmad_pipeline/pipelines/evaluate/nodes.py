@@ -40,15 +40,8 @@ def load_predictor(
     ``score_source``; after the eval set passed its checks (``eval_set`` orders it after them)."""
     from vmad_pipeline.inference.predictor import Predictor
 
-    cfg = parse_evaluate_params(params)
-    return Predictor.from_checkpoint(
-        checkpoint,
-        from_dict(WeightsConfig, weights, "weights"),
-        rule=cfg.score_rule,
-        max_new_tokens=cfg.max_new_tokens,
-        device=cfg.device,
-        precision=cfg.precision,
-    )
+    weights_cfg = from_dict(WeightsConfig, weights, "weights")
+    return Predictor.for_evaluation(checkpoint, weights_cfg, parse_evaluate_params(params))
 
 
 def predict_eval_set(

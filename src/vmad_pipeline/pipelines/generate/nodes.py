@@ -81,14 +81,8 @@ def generation_detector(
     from vmad_pipeline.synthesis.run import score_detector
 
     cfg, rule = parse_generate_params(params), parse_evaluate_params(evaluate)
-    predictor = Predictor.from_checkpoint(
-        checkpoint,
-        from_dict(WeightsConfig, weights, "weights"),
-        rule=rule.score_rule,
-        max_new_tokens=rule.max_new_tokens,
-        device=rule.device,
-        precision=rule.precision,
-    )
+    weights_cfg = from_dict(WeightsConfig, weights, "weights")
+    predictor = Predictor.for_evaluation(checkpoint, weights_cfg, rule)
     real = _real_rows(manifest, splits, cfg.classes)
     return score_detector(predictor, root, index, real, roots, cfg)
 
