@@ -75,3 +75,10 @@ def test_generate_pipeline(tmp_path, monkeypatch):
     overall = detector["per_type"]["all"]
     assert 0.0 <= overall["auroc_generated"] <= 1.0 and 0.0 <= overall["auroc_real"] <= 1.0
     assert overall["n_generated"] == len(index)
+
+    # the detector trained with pasted and generated anomalies reads the same cached generator
+    both = deep_merge(PARAMS, {"train": {"synthesis": "both", "steps": 2}})
+    run(project, "train", both)
+    summary = json.loads((project / "data/08_reporting/training_summary.json").read_text())
+    assert summary["generator"]["types"] == types
+    assert len(list((project / "data/06_models/generator").glob("*.pt"))) == 1
