@@ -71,3 +71,16 @@ def test_auroc_by_hand():
     assert auroc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
     assert auroc(np.array([0.1, 0.4]), np.array([0.3])) == 0.5
     assert auroc(np.array([]), np.array([0.3])) is None
+
+
+def test_features_on_the_sphere_make_kid_blind_to_the_activation_scale():
+    from vmad_pipeline.synthesis.fidelity import on_sphere
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 16)), rng.normal(loc=0.3, size=(10, 16))
+    sx = on_sphere(x)
+    assert np.allclose((sx * sx).sum(1), 16)  # length sqrt(d): x.y / d is the cosine
+    # raw activations 50x larger give the same statistic once on the sphere
+    assert kid(on_sphere(50 * x), on_sphere(50 * y)) == pytest.approx(kid(sx, on_sphere(y)))
+    # and without it, the scale dominates (the failure measured before on_sphere)
+    assert abs(kid(50 * x, 50 * y)) > 1000 * abs(kid(sx, on_sphere(y)))
