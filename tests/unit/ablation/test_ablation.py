@@ -243,7 +243,9 @@ def test_report_shows_adapter_and_synthesis_columns_only_where_they_vary():
     results["level4_rouge_l"] = [0.2, 0.4, None, None]
     results["follow_up_type_accuracy"] = 0.5
     _, _, markdown, _ = report_ablation(results)
-    assert "| A | 0.500 ± 0.000 | 0.500 ± 0.000 | n/a | n/a | n/a | n/a | 0.300 ± 0.141 |" in markdown
+    assert (
+        "| A | 0.500 ± 0.000 | 0.500 ± 0.000 | n/a | n/a | n/a | n/a | 0.300 ± 0.141 |" in markdown
+    )
     assert "| B | 0.500" not in markdown.split("Hierarchical text")[1]  # B asked none
 
 
