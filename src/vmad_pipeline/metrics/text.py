@@ -28,11 +28,11 @@ Unparseable answers count as wrong in every accuracy, and are counted separately
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from rouge_score import rouge_scorer
 from sklearn.metrics import balanced_accuracy_score
 
 from vmad_pipeline.annotation.geometry import LOCATIONS
@@ -150,11 +150,19 @@ def balanced_answer_accuracy(
 # ``use_stemmer=True``, Porter-stems tokens longer than 3 characters ("scratches" = "scratch"),
 # so an answer is not penalised for inflection. No stop words are removed.
 ROUGE_L_SETTINGS = "rouge-score RougeScorer(['rougeL'], use_stemmer=True): F-measure"
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+@functools.cache
+def _rouge():
+    """The scorer, built on first use: ``rouge-score`` imports NLTK (seconds), which every
+    importer of this module (the chat, the demo, the REST server) would otherwise pay."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def rouge_l_f(reference: str, answer: str) -> float:
     """ROUGE-L F-measure of ``answer`` against ``reference`` (:data:`ROUGE_L_SETTINGS`), in
     [0, 1]: 2PR / (P + R) with P = LCS / answer tokens, R = LCS / reference tokens; 0 when
     either has no token."""
-    return float(_ROUGE.score(reference or "", answer or "")["rougeL"].fmeasure)
+    return float(_rouge().score(reference or "", answer or "")["rougeL"].fmeasure)

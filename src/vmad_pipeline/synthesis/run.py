@@ -54,7 +54,7 @@ def make_pool(normal_rows: pd.DataFrame, real_rows: pd.DataFrame, roots, size: i
         raise ValueError("no normal image to paint defects on")
     images, _ = load_batch(row_files(normals, roots)[0], None, size)
     defects = defect_rows(real_rows)
-    _, masks = load_batch(row_files(defects, roots)[0], row_files(defects, roots)[1], size)
+    _, masks = load_batch(*row_files(defects, roots), size)
     return Pool(
         normals=images,
         normal_classes=list(normals["category"]),
@@ -106,8 +106,7 @@ def _side(path: Path) -> int:
 
 def read_real(rows: pd.DataFrame, roots, size: int, types) -> dict:
     """Real defects of ``rows`` whose type is among ``types``, at ``size``."""
-    rows = defect_rows(rows)
-    rows = rows[rows["defect_type"].isin(list(types))]
+    rows = _defects_of(rows, types)
     images, masks = row_files(rows, roots)
     return {
         "images": [load_rgb(f, size) for f in images],
@@ -115,6 +114,12 @@ def read_real(rows: pd.DataFrame, roots, size: int, types) -> dict:
         "types": list(rows["defect_type"]),
         "categories": list(rows["category"]),
     }
+
+
+def _defects_of(rows: pd.DataFrame, types) -> pd.DataFrame:
+    """The real defects of ``rows`` whose type is among ``types`` (those the generator paints)."""
+    rows = defect_rows(rows)
+    return rows[rows["defect_type"].isin(list(types))]
 
 
 def score_fidelity(root: str, index: pd.DataFrame, real_rows: pd.DataFrame, roots, cfg):
@@ -146,8 +151,7 @@ def score_detector(predictor, root: str, index: pd.DataFrame, real_rows: pd.Data
 
     normal = scores([root_p / b for b in bases], [b.split("/")[0] for b in bases])
     gen = scores([root_p / p for p in index["image"]], list(index["category"]))
-    rows = defect_rows(real_rows)
-    rows = rows[rows["defect_type"].isin(set(index["defect_type"]))]
+    rows = _defects_of(real_rows, set(index["defect_type"]))
     real = scores(row_files(rows, roots)[0], list(rows["category"]))
     report = fidelity.detector_report(
         normal,

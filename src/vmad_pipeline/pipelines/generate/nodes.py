@@ -13,7 +13,8 @@ from vmad_pipeline.splitting import split_rows
 
 
 def _rows(manifest: pd.DataFrame, splits: dict[str, Any], classes: str) -> pd.DataFrame:
-    """The training classes' rows, or the test classes' (``generate.classes``)."""
+    """The training classes' rows, or the test classes' (``generate.classes``): the images
+    painted on, and the real defects generated ones are compared with."""
     train, test = split_rows(manifest, splits)
     return train if classes == "train" else test
 
@@ -58,7 +59,7 @@ def generation_fidelity(
     from vmad_pipeline.synthesis.run import score_fidelity
 
     cfg = parse_generate_params(params)
-    return score_fidelity(root, index, _real_rows(manifest, splits, cfg.classes), roots, cfg)
+    return score_fidelity(root, index, _rows(manifest, splits, cfg.classes), roots, cfg)
 
 
 def generation_detector(
@@ -83,10 +84,5 @@ def generation_detector(
     cfg, rule = parse_generate_params(params), parse_evaluate_params(evaluate)
     weights_cfg = from_dict(WeightsConfig, weights, "weights")
     predictor = Predictor.for_evaluation(checkpoint, weights_cfg, rule)
-    real = _real_rows(manifest, splits, cfg.classes)
+    real = _rows(manifest, splits, cfg.classes)
     return score_detector(predictor, root, index, real, roots, cfg)
-
-
-def _real_rows(manifest: pd.DataFrame, splits: dict[str, Any], classes: str) -> pd.DataFrame:
-    """The real defects generated ones are compared with: those of the painted classes."""
-    return _rows(manifest, splits, classes)
