@@ -133,7 +133,7 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class AmoeConfig:
-    """MAU-GPT's AMoE-LoRA (``models/amoe_lora.py``, docs/amoe_lora.md), used with ``adapter:
+    """MAU-GPT's AMoE-LoRA (``models/amoe_lora/``, docs/amoe_lora.md), used with ``adapter:
     amoe_lora``; dropout and target modules are ``lora``'s. Its balancing loss's weight is
     ``train.loss.balance``."""
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 
+from vmad_pipeline.configs import ModelConfig
 from vmad_pipeline.models.anomaly_expert import ADVERBS, AnomalyExpert, ExpertOutput
+from vmad_pipeline.models.outputs import Embedded, ImageFeatures
 from vmad_pipeline.models.region_tokens import RegionTokens
 
 
@@ -118,7 +122,39 @@ def extra_tokens(
 # predict call them; here so that ``vmad.py`` reads as VMAD).
 
 
-def training_regions(model, masks, oracle, own):
+@runtime_checkable
+class OwnMaskModel(Protocol):
+    """What the functions below read of a model, public names only (``VmadModel`` is one): its
+    config, LLM, region tokens and [SEG] id, its input embedding and its [SEG] masks. It is also
+    a ``routing.RoutedModel`` (the own-mask pass routes with neutral evidence)."""
+
+    config: ModelConfig
+    llm: PreTrainedModel
+    region: RegionTokens | None
+    seg_token_id: int
+
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        images_clip: torch.Tensor,
+        *,
+        region_masks: torch.Tensor | None = None,
+        region_keep: torch.Tensor | None = None,
+        image: ImageFeatures | None = None,
+    ) -> Embedded: ...
+
+    def seg_masks(
+        self,
+        last: torch.Tensor,
+        input_ids: torch.Tensor,
+        images_sam: torch.Tensor,
+        masks: torch.Tensor | None,
+        sam_emb: torch.Tensor | None,
+        size: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+def training_regions(model: OwnMaskModel, masks, oracle, own):
     """(regions, keep) for ``embed_inputs`` in training: the true masks where ``oracle``, the
     predicted region elsewhere (the expert's map is filled in by ``embed_inputs``; the model's
     own mask, ``own``, is drawn by :func:`own_regions`). (None, None) without region tokens."""
@@ -134,7 +170,7 @@ def training_regions(model, masks, oracle, own):
 
 @torch.no_grad()
 def own_regions(
-    model, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
+    model: OwnMaskModel, input_ids, attention_mask, images_clip, images_sam, image, sam_emb, size
 ) -> torch.Tensor:
     """B x H x W: the mask each row's first [SEG] draws when the row reads no region (the region
     tokens' ``own_mask`` source, AMoE-LoRA's ``own_mask`` evidence; zeros for rows without
@@ -151,7 +187,7 @@ def own_regions(
             position_ids=positions,
             output_hidden_states=True,
         )
-        seg_index, logits = model._seg_masks(
+        seg_index, logits = model.seg_masks(
             out.hidden_states[-1], input_ids, images_sam, None, sam_emb, size
         )
     regions = torch.zeros(len(input_ids), *size, device=input_ids.device)
@@ -161,7 +197,14 @@ def own_regions(
 
 
 def own_prediction(
-    model, input_ids, attention_mask, images_clip, images_sam, image, size, sam_emb=None
+    model: OwnMaskModel,
+    input_ids,
+    attention_mask,
+    images_clip,
+    images_sam,
+    image,
+    size,
+    sam_emb=None,
 ) -> torch.Tensor:
     """B x H x W: the mask the model draws at a [SEG] appended to each (left-padded) prompt, with
     no region: what ``predict`` reads as its own mask before answering."""
@@ -171,7 +214,7 @@ def own_prediction(
     return own_regions(model, ids, att, images_clip, images_sam, image, sam_emb, size)
 
 
-def predicted_regions(model, given, own):
+def predicted_regions(model: OwnMaskModel, given, own):
     """The regions ``predict`` reads: ``given``, else the model's own mask (``own``, from
     :func:`own_prediction`) for the ``own_mask`` source, else None (the expert's map, or none)."""
     if given is not None or model.region is None:
@@ -179,4 +222,4 @@ def predicted_regions(model, given, own):
     return own if model.config.region_tokens.source == "own_mask" else None
 
 
-__all__ = ["ADVERBS", "Extras", "adverb_embeddings", "extra_tokens", "upsample_map"]
+__all__ = ["ADVERBS", "Extras", "OwnMaskModel", "adverb_embeddings", "extra_tokens", "upsample_map"]

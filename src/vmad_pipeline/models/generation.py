@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
+from transformers import PreTrainedModel
+
+from vmad_pipeline.models.evidence import SegEvidence
 
 
 @dataclass
@@ -33,6 +37,25 @@ class Generation:
 
     def answer_ids(self) -> list[list[int]]:
         return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths.tolist(), strict=True)]
+
+
+@runtime_checkable
+class GeneratingModel(Protocol):
+    """What decoding reads of a model, public names only (``VmadModel`` is one)."""
+
+    llm: PreTrainedModel
+    evidence: SegEvidence | None  # mask evidence for the tokens after [SEG] (None: off)
+    seg_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+
+    def masks_from_states(
+        self,
+        states: torch.Tensor,
+        images_sam: torch.Tensor,
+        output_size: tuple[int, int],
+        embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 def _cache_name(llm) -> str:
@@ -57,7 +80,7 @@ def _step(llm, name, x, mask, positions, past):
 
 @torch.no_grad()
 def generate_with_masks(
-    model,
+    model: GeneratingModel,
     embeds: torch.Tensor,
     attention_mask: torch.Tensor,
     images_sam: torch.Tensor,

@@ -1,6 +1,6 @@
 """LLaMA-family language model (transformers) with its peft adapter: LoRA, or MAU-GPT's
-AMoE-LoRA (``models/amoe_lora.py``, registered with peft when this module is imported, so a
-saved AMoE-LoRA adapter loads through ``PeftModel.from_pretrained`` like LoRA)."""
+AMoE-LoRA (``models/amoe_lora/``, registered with peft when this module is imported, so a saved
+AMoE-LoRA adapter loads through ``PeftModel.from_pretrained`` like LoRA)."""
 
 from __future__ import annotations
 

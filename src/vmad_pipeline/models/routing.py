@@ -1,5 +1,7 @@
 """What a VMAD model's AMoE-LoRA routers read (docs/amoe_lora.md): functions of a ``VmadModel``,
-called by its forward and predict; no-ops for a plain LoRA adapter.
+called by its forward and predict; no-ops for a plain LoRA adapter. Outside the tuner package
+``models/amoe_lora/``, which works on any model: these read VMAD's config, expert and region
+tokens (``needs_own_mask`` serves the region tokens' own-mask source too).
 
 The seed (MAU-GPT) says only that anomaly-aware experts exist; which evidence conditions them is
 ours: the evidence must exist *before* the LLM runs, because every layer routes every token.
@@ -16,28 +18,41 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
+from transformers import PreTrainedModel
 
+from vmad_pipeline.configs import ModelConfig
 from vmad_pipeline.models.amoe_lora import balancing_loss, routing_inputs
 from vmad_pipeline.models.llm import is_amoe
+from vmad_pipeline.models.region_tokens import RegionTokens
 
 
-def evidence_source(model) -> str | None:
+@runtime_checkable
+class RoutedModel(Protocol):
+    """What the functions here read of a model, public names only (``VmadModel`` is one)."""
+
+    config: ModelConfig  # routing_evidence, region_tokens.source
+    llm: PreTrainedModel  # a PeftModel when it carries an adapter
+    region: RegionTokens | None
+
+
+def evidence_source(model: RoutedModel) -> str | None:
     """ "expert", "own_mask", "none", or None when the model has no AMoE-LoRA adapter."""
     if not is_amoe(model.llm):
         return None
     return model.config.routing_evidence
 
 
-def needs_own_mask(model, *, region_given: bool = False) -> bool:
+def needs_own_mask(model: RoutedModel, *, region_given: bool = False) -> bool:
     """Whether a pass must first draw the model's own mask: for the region tokens' ``own_mask``
     source (unless the regions are given) or for AMoE-LoRA's ``own_mask`` evidence."""
     region = model.region is not None and model.config.region_tokens.source == "own_mask"
     return (region and not region_given) or evidence_source(model) == "own_mask"
 
 
-def routing_evidence(model, expert, own: torch.Tensor | None) -> torch.Tensor | None:
+def routing_evidence(model: RoutedModel, expert, own: torch.Tensor | None) -> torch.Tensor | None:
     """B evidence values in [0, 1] for the routers (None: neutral or no AMoE): the expert's
     score or the own mask's peak (``own``: B x H x W probabilities), detached."""
     source = evidence_source(model)
@@ -50,7 +65,7 @@ def routing_evidence(model, expert, own: torch.Tensor | None) -> torch.Tensor | 
 
 @contextlib.contextmanager
 def routed(
-    model,
+    model: RoutedModel,
     evidence: torch.Tensor | None,
     *,
     groups: Sequence[str] | None = None,
@@ -69,6 +84,6 @@ def routed(
         yield
 
 
-def balance(model) -> torch.Tensor | None:
+def balance(model: RoutedModel) -> torch.Tensor | None:
     """The Switch balancing loss of the LLM's latest forward (None without AMoE-LoRA)."""
     return balancing_loss(model.llm) if evidence_source(model) is not None else None

@@ -6,14 +6,12 @@ from already-built components by ``models/build.py``.
 
 Over 400 lines: the training forward, its mask-evidence pass and the prediction share one
 embedding rule and one [SEG] rule, kept in one class; the seeds' extra tokens and regions are
-in ``models/extras.py``.
+in ``models/extras.py``, the records the model returns in ``models/outputs.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from segment_anything.modeling import Sam
@@ -22,7 +20,7 @@ from transformers import PreTrainedModel
 
 from vmad_pipeline.configs import ModelConfig
 from vmad_pipeline.losses.segmentation import mask_bce, mask_dice
-from vmad_pipeline.models.anomaly_expert import AnomalyExpert, ExpertOutput
+from vmad_pipeline.models.anomaly_expert import AnomalyExpert
 from vmad_pipeline.models.dssl import Dssl, DsslOutput
 from vmad_pipeline.models.evidence import SegEvidence
 from vmad_pipeline.models.extras import (
@@ -35,52 +33,13 @@ from vmad_pipeline.models.extras import (
     upsample_map,
 )
 from vmad_pipeline.models.generation import generate_with_masks
+from vmad_pipeline.models.outputs import Embedded, ImageFeatures, Prediction, VmadOutput
 from vmad_pipeline.models.projectors import Projector
 from vmad_pipeline.models.region_tokens import RegionTokens
 from vmad_pipeline.models.routing import balance, needs_own_mask, routed, routing_evidence
 from vmad_pipeline.models.sam import decode_masks, sam_preprocess
 from vmad_pipeline.models.vision import VisionTower
 from vmad_pipeline.prompts import ImageSlots
-
-
-@dataclass
-class VmadOutput:
-    ce: torch.Tensor | None  # causal-LM loss on answer tokens
-    bce: torch.Tensor | None
-    dice: torch.Tensor | None
-    pbsd: torch.Tensor | None  # DSSL: KL(p_v || p_t), None when DSSL is off
-    patch_bce: torch.Tensor | None  # DSSL: the visual head's box BCE
-    dssl_valid: torch.Tensor | None  # B bool: the samples DSSL's two terms average over
-    logits: torch.Tensor  # B x T x V
-    mask_logits: torch.Tensor | None  # B_seg x H x W, one per sample that holds [SEG]
-    seg_index: torch.Tensor  # indices (into the batch) of the samples with a mask prediction
-    expert: ExpertOutput | None = None  # Anomaly-OV's expert's maps and score, when it has one
-    balance: torch.Tensor | None = None  # AMoE-LoRA's balancing loss (None: plain LoRA)
-
-
-@dataclass
-class Prediction:
-    mask_logits: torch.Tensor  # B x H x W
-    answer_ids: list[list[int]]  # generated tokens per image (forced prefix included)
-    seg_found: torch.Tensor  # B bool: the model emitted [SEG] (else the last token's state)
-    free_logits: torch.Tensor  # B x V: next-token logits at the first step not forced
-    significance: torch.Tensor | None = None  # B x H x W: the expert's map (None: no expert)
-    expert_score: torch.Tensor | None = None  # B: the expert's image score
-    regions: torch.Tensor | None = None  # B x H x W: the regions the region tokens read
-
-
-class ImageFeatures(NamedTuple):
-    visual: torch.Tensor  # B x T x d: the visual tokens
-    clip_global: torch.Tensor  # B x C: the selected layer's mean feature (DSSL's Meta-Net)
-    features: torch.Tensor  # B x N x C: the selected layer (region tokens pool it)
-    frozen: tuple[torch.Tensor, ...]  # the tower's frozen levels (the expert reads them)
-
-
-class Embedded(NamedTuple):
-    embeds: torch.Tensor  # B x T x d: the input embeddings, placeholders filled
-    clip_global: torch.Tensor
-    visual: torch.Tensor
-    expert: ExpertOutput | None
 
 
 class SegHead(nn.Module):
@@ -142,7 +101,7 @@ class VmadModel(nn.Module):
         # saved with every checkpoint, read back on load. Evaluation checks it.
         self.trained_on: dict = {}
         # The decision thresholds calibrated after training (image score, anomaly map), saved
-        # with every checkpoint; {} until calibrated (inference/calibrate.py).
+        # with every checkpoint; {} until calibrated (training/calibration.py).
         self.decision: dict = {}
 
     # ------------------------------------------------------------------ pieces
@@ -256,6 +215,37 @@ class VmadModel(nn.Module):
             self.sam, emb, prompts, input_size=tuple(images_sam.shape[-2:]), output_size=output_size
         )
 
+    def seg_masks(
+        self,
+        last: torch.Tensor,
+        input_ids: torch.Tensor,
+        images_sam: torch.Tensor,
+        masks: torch.Tensor | None,
+        sam_emb: torch.Tensor | None,
+        size: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(indices of the samples holding [SEG], their mask logits or None) from ``last``, the
+        LLM's last hidden layer (B x T x d). The [SEG] state is read at each row's first [SEG]
+        input position (positions come from the actual sequence, never from a fixed image-token
+        count); the masks come out at ``size``, else ``masks``' size, else the SAM input's.
+        ``sam_emb``: the rows' SAM image embeddings when already computed."""
+        is_seg = input_ids == self.seg_token_id
+        seg_index = torch.nonzero(is_seg.any(1)).flatten()
+        if not len(seg_index):
+            return seg_index, None
+        first = is_seg[seg_index].float().argmax(1)
+        states = last[seg_index, first]  # (B_seg, d)
+        out_size = size or (
+            tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
+        )
+        mask_logits = self.masks_from_states(
+            states,
+            images_sam[seg_index],
+            out_size,
+            embeddings=None if sam_emb is None else sam_emb[seg_index],
+        )
+        return seg_index, mask_logits
+
     def state_words(self) -> torch.Tensor:
         """Mean input embedding of the normal and abnormal descriptions: 2 x d_llm."""
         embed = self.llm.get_input_embeddings()
@@ -329,7 +319,7 @@ class VmadModel(nn.Module):
         if use_dssl:
             extra = self._dssl_terms(teacher, last, input_ids, clip_global, masks, class_idx, boxes)
             pbsd, patch_bce, dssl_valid = extra.pbsd, extra.patch_bce, extra.valid
-        seg_index, mask_logits = self._seg_masks(last, input_ids, images_sam, masks, sam_emb)
+        seg_index, mask_logits = self.seg_masks(last, input_ids, images_sam, masks, sam_emb)
         bce = dice = None
         if mask_logits is not None and masks is not None:
             target = masks[seg_index].float()
@@ -385,35 +375,6 @@ class VmadModel(nn.Module):
             masks=masks.float(),
             class_idx=class_idx,
         )
-
-    def _seg_masks(
-        self,
-        last: torch.Tensor,
-        input_ids: torch.Tensor,
-        images_sam: torch.Tensor,
-        masks: torch.Tensor | None,
-        sam_emb: torch.Tensor | None,
-        size: tuple[int, int] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(indices of the samples holding [SEG], their mask logits or None). The [SEG] state is
-        read at the [SEG] token's own input position (positions come from the actual sequence,
-        never from a fixed image-token count)."""
-        is_seg = input_ids == self.seg_token_id
-        seg_index = torch.nonzero(is_seg.any(1)).flatten()
-        if not len(seg_index):
-            return seg_index, None
-        first = is_seg[seg_index].float().argmax(1)
-        states = last[seg_index, first]  # (B_seg, d)
-        out_size = size or (
-            tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
-        )
-        mask_logits = self.masks_from_states(
-            states,
-            images_sam[seg_index],
-            out_size,
-            embeddings=None if sam_emb is None else sam_emb[seg_index],
-        )
-        return seg_index, mask_logits
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

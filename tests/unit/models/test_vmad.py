@@ -289,3 +289,17 @@ def test_ltc_levels_out_of_range_name_the_setting(tokenizer):
     )
     with pytest.raises(ConfigError, match="projector.ltc.levels"):
         build_vmad(cfg, tokenizer)
+
+
+def test_the_model_offers_everything_its_helpers_read(tokenizer):
+    """extras, routing and generation read a model through public names only, listed by their
+    protocols; a VmadModel has every one of them (a renamed or private method fails here)."""
+    from vmad_pipeline.models.extras import OwnMaskModel
+    from vmad_pipeline.models.generation import GeneratingModel
+    from vmad_pipeline.models.routing import RoutedModel
+
+    model = build_vmad(CFG, tokenizer)
+    for protocol in (OwnMaskModel, RoutedModel, GeneratingModel):
+        assert isinstance(model, protocol), protocol.__name__
+    del model.seg_token_id
+    assert not isinstance(model, OwnMaskModel)
