@@ -1,4 +1,5 @@
-"""Reader for BTAD (beanTech Anomaly Detection).
+"""Reader for BTAD (beanTech Anomaly Detection): the MVTec layout with other folder names, listed
+by :func:`~vmad_pipeline.datasets.mvtec.list_mvtec`.
 
 Layout::
 
@@ -11,55 +12,23 @@ Layout::
 name ("01", "02", "03"). File stems repeat between ``ok`` and ``ko``, so a mask is only ever looked
 up in ``ground_truth/<folder>`` for an image in ``test/<folder>``, by stem (``<stem>_mask.*`` first,
 then ``<stem>.*``); a mask there whose stem names no image in ``test/<folder>`` is reported
-(``mask_without_image``).
+(``mask_without_image``), and a missing mask is expected at ``<stem>.png``.
 """
 
 from __future__ import annotations
 
 import os
 
-import pandas as pd
-
-from vmad_pipeline.datasets.files import (
-    add_images,
-    check_masks_paired,
-    list_images,
-    require_root,
-    subdirs,
-)
 from vmad_pipeline.datasets.listing import Listing
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.mvtec import MASK_FOLDER, SPLITS, find_classes
-from vmad_pipeline.datasets.scan import read_listing
+from vmad_pipeline.datasets.mvtec import list_mvtec
 
 NORMAL_FOLDER = "ok"
 
 
 def list_btad(root: str | os.PathLike[str], *, source: str = "btad") -> Listing:
     """The items of a BTAD tree (layout in the module docstring)."""
-    root = require_root(root)
-    listing = Listing(source, root)
-    for cat in find_classes(root):
-        for gt_dir in subdirs(root / cat / MASK_FOLDER):
-            check_masks_paired(listing, list_images(gt_dir), root / cat / "test" / gt_dir.name)
-        for split in SPLITS:
-            for folder in subdirs(root / cat / split):
-                add_images(
-                    listing,
-                    cat,
-                    split,
-                    list_images(folder),
-                    defect="" if folder.name == NORMAL_FOLDER else folder.name,
-                    gt_dir=root / cat / MASK_FOLDER / folder.name,
-                    mask_name="{stem}.png",
-                )
+    listing = list_mvtec(root, source=source, normal_folder=NORMAL_FOLDER, mask_name="{stem}.png")
     if not listing.items:
         raise IngestError(f"no BTAD products (<id>/{{train,test}}/{{ok,ko}}/) under {root}")
     return listing
-
-
-def read_btad(
-    root: str | os.PathLike[str], *, source: str = "btad", progress: bool = True
-) -> pd.DataFrame:
-    """The manifest of a BTAD tree (layout in the module docstring)."""
-    return read_listing(list_btad(root, source=source), progress=progress)

@@ -30,11 +30,8 @@ import os
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
-import pandas as pd
-
 from vmad_pipeline.datasets.files import check_split, rel, require_root
 from vmad_pipeline.datasets.listing import Item, Listing, Shapes
-from vmad_pipeline.datasets.scan import read_listing
 
 
 def _polygon_area(polygon: tuple[float, ...]) -> float:
@@ -234,17 +231,3 @@ def list_coco(
     listing = Listing(source, root, Path(mask_root))
     list_coco_file(listing, root / annotations, root / images, split=split, category=category)
     return listing
-
-
-def read_coco(
-    root: str | os.PathLike[str],
-    *,
-    mask_root: str | os.PathLike[str],
-    source: str = "coco",
-    progress: bool = True,
-    **options: object,
-) -> pd.DataFrame:
-    """The manifest of a generic COCO source (see :func:`list_coco`); writes its masks."""
-    return read_listing(
-        list_coco(root, source=source, mask_root=mask_root, **options), progress=progress
-    )

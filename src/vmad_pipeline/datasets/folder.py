@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 
-import pandas as pd
-
 from vmad_pipeline.datasets.files import (
     add_images,
     check_masks_paired,
@@ -31,7 +29,6 @@ from vmad_pipeline.datasets.files import (
 from vmad_pipeline.datasets.listing import Listing
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import MASK_FOLDER, NORMAL_FOLDER
-from vmad_pipeline.datasets.scan import read_listing
 
 
 def list_folder(
@@ -60,14 +57,3 @@ def list_folder(
     if not listing.items:
         raise IngestError(f"no images in <category>/{{good,<defect>}}/ folders under {root}")
     return listing
-
-
-def read_folder(
-    root: str | os.PathLike[str],
-    *,
-    source: str = "folder",
-    split: str = "test",
-    progress: bool = True,
-) -> pd.DataFrame:
-    """The manifest of a generic folder tree (layout in the module docstring)."""
-    return read_listing(list_folder(root, source=source, split=split), progress=progress)

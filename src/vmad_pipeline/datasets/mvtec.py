@@ -1,5 +1,5 @@
-"""Reader for the MVTec AD layout, and for the datasets that share it (MPDD, WFDD, MAD-Sim, the
-converted VisA tree and the synthetic dataset), through the format registry.
+"""Reader for the MVTec AD layout, and for the datasets that share it (MPDD, WFDD, MAD-Sim, BTAD,
+the converted VisA tree and the synthetic dataset), through the format registry.
 
 Layout::
 
@@ -49,9 +49,11 @@ def list_mvtec(
     categories: list[str] | None = None,
     normal_folder: str = NORMAL_FOLDER,
     subdir: str = "",
+    mask_name: str = "{stem}_mask.png",
 ) -> Listing:
     """The items of an MVTec-layout tree (``categories``: only these classes). With ``subdir``
-    the classes are under ``root/subdir`` and paths still start at ``root``."""
+    the classes are under ``root/subdir`` and paths still start at ``root``. A missing mask is
+    expected at ``ground_truth/<defect>/<mask_name>``."""
     root = require_root(root)
     top = require_root(root / subdir) if subdir else root
     classes = find_classes(top)
@@ -75,6 +77,7 @@ def list_mvtec(
                     list_images(folder),
                     defect="" if folder.name == normal_folder else folder.name,
                     gt_dir=top / cls / MASK_FOLDER / folder.name,
+                    mask_name=mask_name,
                 )
     return listing
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 
-import pandas as pd
-
 from vmad_pipeline.datasets.files import (
     add_images,
     check_masks_paired,
@@ -27,7 +25,6 @@ from vmad_pipeline.datasets.files import (
 from vmad_pipeline.datasets.listing import Listing
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mvtec import NORMAL_FOLDER
-from vmad_pipeline.datasets.scan import read_listing
 
 # source split -> manifest split
 SPLITS = {"train": "train", "validation": "train", "test": "test"}
@@ -55,10 +52,3 @@ def list_mvtec3d(root: str | os.PathLike[str], *, source: str = "mvtec3d") -> Li
     if not listing.items:
         raise IngestError(f"no MVTec 3D-AD classes (<cls>/<split>/<label>/rgb/) under {root}")
     return listing
-
-
-def read_mvtec3d(
-    root: str | os.PathLike[str], *, source: str = "mvtec3d", progress: bool = True
-) -> pd.DataFrame:
-    """The manifest of an MVTec 3D-AD tree (layout in the module docstring)."""
-    return read_listing(list_mvtec3d(root, source=source), progress=progress)

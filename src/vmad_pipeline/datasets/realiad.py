@@ -28,12 +28,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import pandas as pd
-
 from vmad_pipeline.datasets.files import check_masks_paired, rel, require_root
 from vmad_pipeline.datasets.listing import Item, Listing
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.scan import read_listing
 
 JSON_DIRS = ("realiad_jsons", "realiad_jsons/realiad_jsons")
 VIEW = re.compile(r"^C[1-5]$")
@@ -141,19 +138,3 @@ def list_realiad(
     if not listing.items and not listing.problems:
         raise IngestError(f"the Real-IAD JSONs under {root} list no images")
     return listing
-
-
-def read_realiad(
-    root: str | os.PathLike[str],
-    *,
-    resolution: str = "realiad_256",
-    source: str = "realiad",
-    jsons: str | None = None,
-    categories: list[str] | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """The manifest of one Real-IAD resolution (see :func:`list_realiad`)."""
-    listing = list_realiad(
-        root, resolution=resolution, source=source, jsons=jsons, categories=categories
-    )
-    return read_listing(listing, progress=progress)

@@ -1,4 +1,4 @@
-"""Readers for VisA: the raw release (:func:`read_visa`) and the converted tree (:func:`read_visa_1cls`).
+"""Readers for VisA: the raw release (:func:`list_visa`) and the converted tree (:func:`list_visa_1cls`).
 
 Raw layout (the root is the release folder, e.g. ``VisA_20220922/``)::
 
@@ -21,7 +21,7 @@ Converted layout (``utils/prepare_data.py`` of amazon-science/spot-diff, split t
     <root>/1cls/<obj>/test/{good,bad}/*.JPG
     <root>/1cls/<obj>/ground_truth/bad/<stem>.png   (binarised to 0/255)
 
-It is the MVTec layout, read by :func:`read_mvtec`; ``root`` may be ``VisA_pytorch/`` (paths then
+It is the MVTec layout, listed by :func:`list_mvtec`; ``root`` may be ``VisA_pytorch/`` (paths then
 start with ``1cls/``) or the ``1cls`` folder itself. ``defect_name`` "bad" becomes "anomaly", as in the
 raw layout, so that both readers give VisA the same defect name.
 """
@@ -32,12 +32,9 @@ import csv
 import os
 from dataclasses import replace
 
-import pandas as pd
-
 from vmad_pipeline.datasets.files import check_masks_paired, list_images, require_root
 from vmad_pipeline.datasets.listing import Item, Listing
 from vmad_pipeline.datasets.mvtec import list_mvtec
-from vmad_pipeline.datasets.scan import read_listing
 
 CSV_COLUMNS = ["object", "split", "label", "image", "mask"]
 LABELS = {"normal": 0, "anomaly": 1}
@@ -118,17 +115,6 @@ def list_visa(
     return listing
 
 
-def read_visa(
-    root: str | os.PathLike[str],
-    *,
-    source: str = "visa",
-    split_csv: str = "split_csv/1cls.csv",
-    progress: bool = True,
-) -> pd.DataFrame:
-    """The manifest of the raw VisA release, as split by ``split_csv`` (relative to ``root``)."""
-    return read_listing(list_visa(root, source=source, split_csv=split_csv), progress=progress)
-
-
 def list_visa_1cls(root: str | os.PathLike[str], *, source: str = "visa") -> Listing:
     """The items of the converted ``VisA_pytorch/1cls`` tree (see the module docstring)."""
     root = require_root(root)
@@ -137,10 +123,3 @@ def list_visa_1cls(root: str | os.PathLike[str], *, source: str = "visa") -> Lis
         replace(item, defect_name=DEFECT_NAME) if item.mask else item for item in listing.items
     ]
     return listing
-
-
-def read_visa_1cls(
-    root: str | os.PathLike[str], *, source: str = "visa", progress: bool = True
-) -> pd.DataFrame:
-    """The manifest of the converted ``VisA_pytorch/1cls`` tree (see the module docstring)."""
-    return read_listing(list_visa_1cls(root, source=source), progress=progress)

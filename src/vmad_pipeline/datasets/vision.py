@@ -18,13 +18,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pandas as pd
-
 from vmad_pipeline.datasets.coco import list_coco_file
 from vmad_pipeline.datasets.files import rel, require_root, subdirs
 from vmad_pipeline.datasets.listing import Listing
 from vmad_pipeline.datasets.manifest import IngestError
-from vmad_pipeline.datasets.scan import read_listing
 
 ANNOTATIONS = "_annotations.coco.json"
 SPLITS = {"train": "train", "val": "test"}  # VISION folder -> manifest split; inference/ skipped
@@ -65,16 +62,3 @@ def list_vision(
                 listing, split_dir / ANNOTATIONS, split_dir, split=split, category=cat_dir.name
             )
     return listing
-
-
-def read_vision(
-    root: str | os.PathLike[str],
-    *,
-    mask_root: str | os.PathLike[str],
-    source: str = "vision",
-    categories: list[str] | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """The manifest of a VISION tree; writes its masks under ``mask_root``."""
-    listing = list_vision(root, source=source, mask_root=mask_root, categories=categories)
-    return read_listing(listing, progress=progress)

@@ -221,11 +221,6 @@ def wrap(
     return Engine(accelerator, strategy, model, opt, dtype, accum)
 
 
-def unwrap(engine: Engine) -> nn.Module:
-    """The model itself (the VmadModel) under whatever wraps it."""
-    return engine.accelerator.unwrap_model(engine.model)
-
-
 # --------------------------------------------------------------------------- states
 # torch.distributed.checkpoint's state-dict helpers read and write full (unsharded) states of a
 # plain, DDP or FSDP2 model alike; only trainable weights and buffers are kept (a LoRA run's

@@ -8,18 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.sources import read_source
 from helpers.trees import build_vision, write_image
 from PIL import Image
 
-from vmad_pipeline.datasets.coco import read_coco
 from vmad_pipeline.datasets.manifest import IngestError, mask_file
-from vmad_pipeline.datasets.vision import read_vision
 
 
 def test_vision_polygons_to_mask_pixels(tmp_path: Path) -> None:
     build_vision(tmp_path / "vision")
     masks = tmp_path / "masks/vision"
-    manifest = read_vision(tmp_path / "vision", mask_root=masks, progress=False)
+    manifest = read_source("vision", tmp_path / "vision", masks_dir=tmp_path / "masks")
     rows = manifest.set_index("image_path")
     assert sorted(rows.index) == [
         "Console/train/a.jpg",
@@ -60,14 +59,14 @@ def test_vision_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(
         IngestError, match=r"\[malformed_metadata\] malformed JSON Console/train/_annotations"
     ):
-        read_vision(root, mask_root=tmp_path / "m", progress=False)
+        read_source("vision", root, masks_dir=tmp_path / "m")
     bad = {**good, "images": [{**good["images"][0], "width": 9}] + good["images"][1:]}
     path.write_text(json.dumps(bad))
     with pytest.raises(
         IngestError,
         match=r"\[mask_size\] annotation of Console/train/a\..*\.png is 9x6 but image Console/train/a.jpg is 8x6",
     ):
-        read_vision(root, mask_root=tmp_path / "m", progress=False)
+        read_source("vision", root, masks_dir=tmp_path / "m")
     bad = {
         **good,
         "annotations": [
@@ -79,7 +78,7 @@ def test_vision_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(
         IngestError, match=r"annotations\[3\] has unknown category_id 7 \(Console/train/c.jpg\)"
     ):
-        read_vision(root, mask_root=tmp_path / "m", progress=False)
+        read_source("vision", root, masks_dir=tmp_path / "m")
 
 
 def test_generic_coco_with_rle(tmp_path: Path) -> None:
@@ -105,7 +104,7 @@ def test_generic_coco_with_rle(tmp_path: Path) -> None:
     }
     (root / "annotations").mkdir(parents=True)
     (root / "annotations/instances.json").write_text(json.dumps(doc))
-    manifest = read_coco(root, mask_root=tmp_path / "m", source="msd", progress=False)
+    manifest = read_source("coco", root, source="msd", masks_dir=tmp_path / "m")
     x = manifest.set_index("image_path").loc["images/phone/x.png"]
     assert (x["category"], x["defect_name"], x["bbox"], x["split"]) == (
         "phone",
@@ -113,9 +112,9 @@ def test_generic_coco_with_rle(tmp_path: Path) -> None:
         [1, 1, 1, 2],
         "test",
     )
-    pixels = np.asarray(Image.open(tmp_path / "m" / x["mask_path"]))
+    pixels = np.asarray(Image.open(tmp_path / "m/msd" / x["mask_path"]))
     assert pixels[1, 1] == pixels[2, 1] == 255 and int(pixels.sum()) == 2 * 255
     doc["annotations"][0]["segmentation"]["counts"] = "PPYo0"  # compressed RLE
     (root / "annotations/instances.json").write_text(json.dumps(doc))
     with pytest.raises(IngestError, match="compressed RLE"):
-        read_coco(root, mask_root=tmp_path / "m", progress=False)
+        read_source("coco", root, masks_dir=tmp_path / "m")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.sources import read_source
 from helpers.trees import (
     build_btad,
     build_visa,
@@ -18,13 +19,11 @@ from helpers.trees import (
     write_mask,
 )
 
-from vmad_pipeline.datasets.btad import read_btad
-from vmad_pipeline.datasets.folder import read_folder
+from vmad_pipeline.datasets.listing import Item, Problem
 from vmad_pipeline.datasets.manifest import IngestError
 from vmad_pipeline.datasets.mmad import MMAD_COLUMNS, read_mmad
-from vmad_pipeline.datasets.mvtec3d import read_mvtec3d
-from vmad_pipeline.datasets.realiad import camera_view, read_realiad
-from vmad_pipeline.datasets.visa import read_visa, read_visa_1cls
+from vmad_pipeline.datasets.realiad import camera_view
+from vmad_pipeline.datasets.registry import list_source
 
 
 def _by_path(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -36,7 +35,7 @@ def _by_path(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def test_visa_raw(tmp_path: Path) -> None:
     build_visa(tmp_path)
-    manifest = read_visa(tmp_path, progress=False)
+    manifest = read_source("visa", tmp_path)
     check_manifest(manifest, tmp_path, "visa")
     assert len(manifest) == 8 and set(manifest["category"]) == {"candle", "pcb1"}
     candle = manifest[manifest["category"] == "candle"]
@@ -73,18 +72,18 @@ def test_visa_malformed_csv_names_file_and_rule(
     path = tmp_path / "split_csv/1cls.csv"
     path.write_text(corrupt(path.read_text()))
     with pytest.raises(IngestError, match=re.escape(expected)):
-        read_visa(tmp_path, progress=False)
+        read_source("visa", tmp_path)
 
 
 def test_visa_orphan_and_wrong_size_masks(tmp_path: Path) -> None:
     build_visa(tmp_path)
     write_mask(tmp_path / "pcb1/Data/Masks/Anomaly/007.png")
     with pytest.raises(IngestError, match="mask pcb1/Data/Masks/Anomaly/007.png .* has no image"):
-        read_visa(tmp_path, progress=False)
+        read_source("visa", tmp_path)
     (tmp_path / "pcb1/Data/Masks/Anomaly/007.png").unlink()
     write_mask(tmp_path / "candle/Data/Masks/Anomaly/000.png", size=(4, 6), value=1)
     with pytest.raises(IngestError, match="Masks/Anomaly/000.png is 6x4 .*Anomaly/000.JPG is 8x8"):
-        read_visa(tmp_path, progress=False)
+        read_source("visa", tmp_path)
 
 
 def build_visa_1cls(root: Path) -> None:
@@ -98,7 +97,7 @@ def build_visa_1cls(root: Path) -> None:
 
 def test_visa_1cls(tmp_path: Path) -> None:
     build_visa_1cls(tmp_path)
-    manifest = read_visa_1cls(tmp_path, progress=False)
+    manifest = read_source("visa_1cls", tmp_path, source="visa")
     check_manifest(manifest, tmp_path, "visa")
     assert len(manifest) == 4 and manifest["image_path"].str.startswith("1cls/candle/").all()
     bad = _by_path(manifest).loc["1cls/candle/test/bad/000.JPG"]
@@ -107,11 +106,11 @@ def test_visa_1cls(tmp_path: Path) -> None:
         "anomaly",
     )
     assert bad["bbox"] == [2, 3, 4, 2] and bad["split"] == "test"
-    inner = read_visa_1cls(tmp_path / "1cls", progress=False)  # the 1cls folder as the root
+    inner = read_source("visa_1cls", tmp_path / "1cls", source="visa")  # 1cls/ as the root
     assert list(inner["image_path"]) == [p.removeprefix("1cls/") for p in manifest["image_path"]]
     write_mask(tmp_path / "1cls/candle/ground_truth/bad/005.png")
     with pytest.raises(IngestError, match="mask 1cls/candle/ground_truth/bad/005.png"):
-        read_visa_1cls(tmp_path, progress=False)
+        read_source("visa_1cls", tmp_path, source="visa")
 
 
 # ----------------------------------------------------------------------------------------- BTAD
@@ -119,7 +118,7 @@ def test_visa_1cls(tmp_path: Path) -> None:
 
 def test_btad(tmp_path: Path) -> None:
     build_btad(tmp_path)
-    manifest = read_btad(tmp_path, progress=False)
+    manifest = read_source("btad", tmp_path)
     check_manifest(manifest, tmp_path, "btad")
     assert len(manifest) == 9 and set(manifest["category"]) == {"01", "02"}
     rows = _by_path(manifest)
@@ -135,6 +134,42 @@ def test_btad(tmp_path: Path) -> None:
     assert (manifest["split"] == "train").sum() == 4
 
 
+def test_btad_listing_rows(tmp_path: Path) -> None:
+    """The registry's btad lister: every item and problem of a small tree, in order. ``ok`` is the
+    normal folder; a missing mask is expected at ``<stem>.png``; a ``ko`` mask named like an ``ok``
+    image has no image."""
+    build_btad(tmp_path)
+    (tmp_path / "01/ground_truth/ko/0001.png").unlink()
+    write_image(tmp_path / "02/test/ok/0005.png")
+    write_mask(tmp_path / "02/ground_truth/ko/0005.png")
+    spec = {"name": "b", "format": "btad", "root": str(tmp_path)}
+    listing, roots = list_source(spec, str(tmp_path), tmp_path / "masks")
+    assert (listing.source, listing.root, listing.mask_root) == ("b", tmp_path, None)
+    assert roots == {"b": str(tmp_path)}
+    ko = "01/ground_truth/ko"
+    assert listing.items == [
+        Item("01", "train", "01/train/ok/0000.bmp"),
+        Item("01", "train", "01/train/ok/0001.bmp"),
+        Item("01", "test", "01/test/ko/0000.bmp", f"{ko}/0000.png", "ko"),
+        Item("01", "test", "01/test/ko/0001.bmp", f"{ko}/0001.png", "ko"),  # missing: <stem>.png
+        Item("01", "test", "01/test/ok/0000.bmp"),
+        Item("02", "train", "02/train/ok/0000.png"),
+        Item("02", "train", "02/train/ok/0001.png"),
+        Item("02", "test", "02/test/ko/0000.png", "02/ground_truth/ko/0000.png", "ko"),
+        Item("02", "test", "02/test/ok/0000.png"),
+        Item("02", "test", "02/test/ok/0005.png"),
+    ]
+    orphan = "02/ground_truth/ko/0005.png"
+    assert listing.problems == [
+        Problem(
+            "b",
+            "mask_without_image",
+            orphan,
+            f"mask {orphan} under {tmp_path} has no image: expected 02/test/ko/0005.<ext>",
+        )
+    ]
+
+
 def test_btad_bad_inputs(tmp_path: Path) -> None:
     build_btad(tmp_path)
     (tmp_path / "01/ground_truth/ko/0001.png").unlink()
@@ -143,15 +178,15 @@ def test_btad_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(
         IngestError, match="ko/0001.bmp is 5x8 but image 01/test/ko/0001.bmp is 8x8"
     ):
-        read_btad(tmp_path, progress=False)
+        read_source("btad", tmp_path)
     (tmp_path / "01/ground_truth/ko/0001.bmp").unlink()
     with pytest.raises(IngestError, match="anomalous image 01/test/ko/0001.bmp .* has no mask"):
-        read_btad(tmp_path, progress=False)
+        read_source("btad", tmp_path)
     write_mask(tmp_path / "01/ground_truth/ko/0001.png")
     write_image(tmp_path / "02/test/ok/0005.png")  # same stem as the mask below, but in ok/
     write_mask(tmp_path / "02/ground_truth/ko/0005.png")
     with pytest.raises(IngestError, match="mask 02/ground_truth/ko/0005.png .* has no image"):
-        read_btad(tmp_path, progress=False)
+        read_source("btad", tmp_path)
 
 
 # ------------------------------------------------------------------------------------- Real-IAD
@@ -195,7 +230,7 @@ def build_realiad(root: Path, *, nested: bool = False) -> Path:
 @pytest.mark.parametrize("nested", [False, True])
 def test_realiad(tmp_path: Path, nested: bool) -> None:
     build_realiad(tmp_path, nested=nested)
-    manifest = read_realiad(tmp_path, progress=False)
+    manifest = read_source("realiad", tmp_path)
     check_manifest(manifest, tmp_path, "realiad")
     assert len(manifest) == 4 and set(manifest["category"]) == {"audiojack"}
     rows = _by_path(manifest.assign(image_path=manifest["image_path"].str.split("/", n=2).str[2]))
@@ -211,9 +246,9 @@ def test_realiad(tmp_path: Path, nested: bool) -> None:
     )
     doc = json.loads(path.read_text())
     path.write_text(json.dumps({**doc, "meta": {"normal_class": "OK"}}))  # no prefix: <cat>/
-    assert read_realiad(tmp_path, progress=False).equals(manifest)
+    assert read_source("realiad", tmp_path).equals(manifest)
     with pytest.raises(IngestError, match="realiad_512 missing"):
-        read_realiad(tmp_path, resolution="512", progress=False)
+        read_source("realiad", tmp_path, resolution="512")
 
 
 def test_realiad_bad_inputs(tmp_path: Path) -> None:
@@ -221,26 +256,26 @@ def test_realiad_bad_inputs(tmp_path: Path) -> None:
     good = path.read_text()
     path.write_text(good[:-5])
     with pytest.raises(IngestError, match="malformed JSON realiad_jsons/audiojack.json"):
-        read_realiad(tmp_path, progress=False)
+        read_source("realiad", tmp_path)
     path.write_text(good.replace('"image_path": "OK/S0001', '"image": "OK/S0001', 1))
     with pytest.raises(
         IngestError, match=r"audiojack.json train\[0\] lacks the field 'image_path'"
     ):
-        read_realiad(tmp_path, progress=False)
+        read_source("realiad", tmp_path)
     path.write_text(good)
     mask = tmp_path / "realiad_256/audiojack" / NG_C3_MASK
     mask.rename(mask.with_name("moved.png"))
     with pytest.raises(IngestError, match=re.escape(f"image realiad_256/audiojack/{NG_C3}")):
-        read_realiad(tmp_path, progress=False)
+        read_source("realiad", tmp_path)
     mask.with_name("moved.png").unlink()
     write_mask(mask, size=(8, 4))
     with pytest.raises(IngestError, match=r"_mask.png is 4x8 but image .*_C3_.*\.jpg is 8x8"):
-        read_realiad(tmp_path, progress=False)
+        read_source("realiad", tmp_path)
     write_mask(mask)
     orphan = tmp_path / "realiad_256/audiojack/NG/BX/S0002/audiojack_0002_NG_BX_C2_2023_mask.png"
     write_mask(orphan)
     with pytest.raises(IngestError, match=re.escape(f"mask {orphan.relative_to(tmp_path)}")):
-        read_realiad(tmp_path, progress=False)
+        read_source("realiad", tmp_path)
 
 
 # ---------------------------------------------------------------------------------- MVTec 3D-AD
@@ -261,7 +296,7 @@ def build_mvtec3d(root: Path) -> None:
 
 def test_mvtec3d(tmp_path: Path) -> None:
     build_mvtec3d(tmp_path)
-    manifest = read_mvtec3d(tmp_path, progress=False)
+    manifest = read_source("mvtec3d", tmp_path)
     check_manifest(manifest, tmp_path, "mvtec3d")
     assert len(manifest) == 10 and (manifest["split"] == "train").sum() == 4
     rows = _by_path(manifest)
@@ -280,14 +315,14 @@ def test_mvtec3d_bad_inputs(tmp_path: Path) -> None:
     gt = tmp_path / "bagel/test/crack/gt/000.png"
     write_mask(gt, size=(8, 3))
     with pytest.raises(IngestError, match="crack/gt/000.png is 3x8 .*crack/rgb/000.png is 8x8"):
-        read_mvtec3d(tmp_path, progress=False)
+        read_source("mvtec3d", tmp_path)
     gt.unlink()
     with pytest.raises(IngestError, match="anomalous image bagel/test/crack/rgb/000.png"):
-        read_mvtec3d(tmp_path, progress=False)
+        read_source("mvtec3d", tmp_path)
     write_mask(gt)
     write_mask(tmp_path / "bagel/test/hole/gt/001.png")
     with pytest.raises(IngestError, match="mask bagel/test/hole/gt/001.png .* has no image"):
-        read_mvtec3d(tmp_path, progress=False)
+        read_source("mvtec3d", tmp_path)
 
 
 # --------------------------------------------------------------------------------------- folder
@@ -306,7 +341,7 @@ def build_folder(root: Path) -> None:
 
 def test_folder(tmp_path: Path) -> None:
     build_folder(tmp_path)
-    manifest = read_folder(tmp_path, source="miad", progress=False)
+    manifest = read_source("folder", tmp_path, source="miad")
     check_manifest(manifest, tmp_path, "miad")
     assert len(manifest) == 6 and set(manifest["category"]) == {"pcb", "phone"}
     assert (manifest["split"] == "test").all()
@@ -317,9 +352,9 @@ def test_folder(tmp_path: Path) -> None:
     assert (
         rows.loc["pcb/good/a.png", "label"] == 0
     )  # ground_truth/pcb/scratch/a_mask.png is not its
-    assert (read_folder(tmp_path, split="train", progress=False)["split"] == "train").all()
+    assert (read_source("folder", tmp_path, split="train")["split"] == "train").all()
     with pytest.raises(IngestError, match="split must be one of"):
-        read_folder(tmp_path, split="val", progress=False)
+        read_source("folder", tmp_path, split="val")
 
 
 def test_folder_bad_inputs(tmp_path: Path) -> None:
@@ -328,14 +363,14 @@ def test_folder_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(
         IngestError, match="mask ground_truth/pcb/dent/c.png .* expected pcb/dent/c"
     ):
-        read_folder(tmp_path, progress=False)
+        read_source("folder", tmp_path)
     (tmp_path / "ground_truth/pcb/dent/c.png").unlink()
     (tmp_path / "ground_truth/phone/crack/x_mask.png").unlink()
     with pytest.raises(IngestError, match="phone/crack/x.png .* expected ground_truth/phone/crack"):
-        read_folder(tmp_path, progress=False)
+        read_source("folder", tmp_path)
     write_mask(tmp_path / "ground_truth/phone/crack/x_mask.png", size=(7, 8))
     with pytest.raises(IngestError, match="x_mask.png is 8x7 but image phone/crack/x.png is 8x8"):
-        read_folder(tmp_path, progress=False)
+        read_source("folder", tmp_path)
 
 
 # ----------------------------------------------------------------------------------------- MMAD
@@ -415,37 +450,35 @@ def test_mmad_bad_inputs(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------- every reader
 
-READERS = [read_visa, read_visa_1cls, read_btad, read_realiad, read_mvtec3d, read_folder]
+FORMATS = ["visa", "visa_1cls", "btad", "realiad", "mvtec3d", "folder"]
 
 
 @pytest.mark.parametrize(
-    ("build", "reader", "image"),
+    ("build", "fmt", "image"),
     [
-        (build_visa, read_visa, "candle/Data/Images/Normal/0001.JPG"),
-        (build_visa_1cls, read_visa_1cls, "1cls/candle/train/good/0001.JPG"),
-        (build_btad, read_btad, "02/train/ok/0001.png"),
-        (build_realiad, read_realiad, f"realiad_256/audiojack/{OK_C2}"),
-        (build_mvtec3d, read_mvtec3d, "cookie/validation/good/rgb/000.png"),
-        (build_folder, read_folder, "phone/good/x.png"),
+        (build_visa, "visa", "candle/Data/Images/Normal/0001.JPG"),
+        (build_visa_1cls, "visa_1cls", "1cls/candle/train/good/0001.JPG"),
+        (build_btad, "btad", "02/train/ok/0001.png"),
+        (build_realiad, "realiad", f"realiad_256/audiojack/{OK_C2}"),
+        (build_mvtec3d, "mvtec3d", "cookie/validation/good/rgb/000.png"),
+        (build_folder, "folder", "phone/good/x.png"),
     ],
-    ids=lambda value: getattr(value, "__name__", "image"),
+    ids=lambda value: getattr(value, "__name__", None),
 )
-def test_unreadable_image_is_named(
-    tmp_path: Path, build: Callable, reader: Callable[..., pd.DataFrame], image: str
-) -> None:
+def test_unreadable_image_is_named(tmp_path: Path, build: Callable, fmt: str, image: str) -> None:
     build(tmp_path)
     assert (tmp_path / image).is_file()
     (tmp_path / image).write_bytes(b"not an image")
     with pytest.raises(IngestError, match=re.escape(f"unreadable image {image}")):
-        reader(tmp_path, progress=False)
+        read_source(fmt, tmp_path)
 
 
-@pytest.mark.parametrize("reader", READERS, ids=lambda r: r.__name__)
-def test_missing_and_empty_root(tmp_path: Path, reader: Callable[..., pd.DataFrame]) -> None:
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_missing_and_empty_root(tmp_path: Path, fmt: str) -> None:
     with pytest.raises(IngestError, match="nowhere"):
-        reader(tmp_path / "nowhere", progress=False)
+        read_source(fmt, tmp_path / "nowhere")
     (tmp_path / "empty/notes").mkdir(parents=True)
     with pytest.raises(IngestError, match=re.escape(str(tmp_path / "empty"))):
-        reader(tmp_path / "empty", progress=False)
+        read_source(fmt, tmp_path / "empty")
     with pytest.raises(IngestError, match="nowhere.json"):
         read_mmad(tmp_path / "nowhere.json")

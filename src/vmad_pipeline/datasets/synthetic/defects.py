@@ -138,6 +138,25 @@ def _soft_blob(size: int, rng: np.random.Generator, cx: float, cy: float, radius
     return np.clip((1.15 - d) / 0.45, 0, 1).astype(np.float32)
 
 
+def _blob_patch(
+    fp: Array,
+    rng: np.random.Generator,
+    area: tuple[float, float],
+    strength: tuple[float, float],
+    scale: float,
+) -> tuple[Array, Array]:
+    """(alpha, mask) of a soft blob inside the footprint, the recipe of stains and discolorations.
+
+    Its random draws, in order: the radius (covering a fraction in ``area`` of the image), the
+    centre, the blob's shape, its peak opacity (in ``strength``)."""
+    size = fp.shape[0]
+    dist = _inner_distance(fp)
+    radius = _radius(size, rng, *area, scale, float(dist.max()))
+    cx, cy = _pick(dist, rng, radius * 0.7)
+    alpha = _soft_blob(size, rng, cx, cy, radius) * rng.uniform(*strength)
+    return alpha, (alpha > 0.25) & fp
+
+
 def _scratch(
     img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
@@ -209,12 +228,7 @@ def _hole(
 def _stain(
     img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
-    size = img.shape[0]
-    dist = _inner_distance(fp)
-    radius = _radius(size, rng, 0.005, 0.04, scale, float(dist.max()))
-    cx, cy = _pick(dist, rng, radius * 0.7)
-    alpha = _soft_blob(size, rng, cx, cy, radius) * rng.uniform(0.7, 0.95)
-    mask = (alpha > 0.25) & fp
+    alpha, mask = _blob_patch(fp, rng, (0.005, 0.04), (0.7, 0.95), scale)
     local = img[mask].mean(axis=0) if mask.any() else img.mean(axis=(0, 1))
     tints = [(0.55, 0.4, 0.25), (0.35, 0.35, 0.38), (1.25, 1.1, 0.5), (0.8, 0.45, 0.25)]
     colour = np.clip(local * tint(rng, tints[int(rng.integers(len(tints)))], 0.05), 0, 1)
@@ -322,12 +336,7 @@ def _deformation(
 def _discoloration(
     img: Array, fp: Array, bg: Array | None, rng: np.random.Generator, *, scale: float = 1.0
 ) -> tuple[Array, Array]:
-    size = img.shape[0]
-    dist = _inner_distance(fp)
-    radius = _radius(size, rng, 0.012, 0.05, scale, float(dist.max()))
-    cx, cy = _pick(dist, rng, radius * 0.7)
-    alpha = _soft_blob(size, rng, cx, cy, radius) * rng.uniform(0.75, 1.0)
-    mask = (alpha > 0.25) & fp
+    alpha, mask = _blob_patch(fp, rng, (0.012, 0.05), (0.75, 1.0), scale)
     shift = rng.normal(0, 1, 3)
     # Hue shift.
     shift = (
