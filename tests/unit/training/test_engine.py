@@ -28,13 +28,28 @@ def assert_close(a: dict, b: dict, atol: float) -> None:
 
 
 def test_two_processes_at_half_the_batch_learn_as_one(tmp_path):
-    """K = 3 steps, DSSL on (its queues gather both ranks' features), pasted anomalies: the
-    trainable weights of 2 gloo processes x 2 images equal those of 1 process x 4 images to
-    float rounding (sums taken in another order: 1e-5), and so do the curves and the queues."""
+    """K = 3 steps, DSSL on (its queues gather both ranks' features), pasted anomalies: 2 gloo
+    processes x 2 images learn as 1 process x 4 images.
+
+    What "as one" can mean for the weights: the two runs sum the same gradients in another
+    order, so the sums differ by float rounding (the curves agree to ~1e-7 relative). AdamW then
+    divides each coordinate's step by its own gradient's size: where a coordinate's gradient is
+    large, rounding stays rounding (1e-6 here), but where the per-sample contributions cancel
+    to ~0, the ratio m / (sqrt(v) + eps) is rounding over rounding and the step can take any
+    value up to the learning rate, in either run. So: nearly every coordinate agrees to 1e-5,
+    and the few whose gradient cancelled agree only to within twice the sum of the learning
+    rates the steps used. Measured (torch 2.14.1, transformers 5.25, accelerate 1.16): one
+    coordinate of 180k (a DSSL head weight) differs by 5.3e-5; the next worst, 1.6e-6. A real
+    divergence (a term gathered or normalised differently) would move the curves and many
+    coordinates, which the assertions below catch."""
     data = corpus(tmp_path)
     one = run(tmp_path / "a", data)
     two = run(tmp_path / "b", data, engine=EngineConfig(processes=2))
-    assert_close(trainable(one.model), trainable(two.model), atol=1e-5)
+    a, b = trainable(one.model), trainable(two.model)
+    lrs = [0.0, *one.curves["lr"][:-1]]  # the rate each step used (the curve is after it)
+    assert_close(a, b, atol=2 * sum(lrs))
+    off = sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in a)
+    assert off <= sum(v.numel() for v in a.values()) // 10_000, off
     np.testing.assert_allclose(one.curves["loss"], two.curves["loss"], rtol=1e-5)
     np.testing.assert_allclose(one.curves["pbsd"], two.curves["pbsd"], rtol=1e-4, atol=1e-6)
     q1, q2 = one.model.dssl.queue_t, two.model.dssl.queue_t
