@@ -51,7 +51,7 @@ def one_run(n: int, folder: Path) -> dict:
     from vmad_pipeline import prompts
     from vmad_pipeline.configs import SamConfig, TrainConfig
     from vmad_pipeline.configs.train import CheckpointConfig
-    from vmad_pipeline.training.fit import fit_vmad
+    from vmad_pipeline.training.fit import fit_vmad, make_job
     from vmad_pipeline.training.tokenizer import train_tokenizer
 
     names = sorted(p.name for p in folder.glob("img*.png"))
@@ -91,7 +91,7 @@ def one_run(n: int, folder: Path) -> dict:
     )
     torch.set_num_threads(2)
     qa = pd.DataFrame(columns=["source", "image_path"])
-    out = fit_vmad(rows, {"s": str(folder)}, qa, tok, cfg, model_cfg)
+    out = fit_vmad(make_job(rows, {"s": str(folder)}, qa, tok, cfg, model_cfg))
     keys = ("train_images", "train_seconds", "images_per_s", "peak_host_memory_mb")
     return {k: out.summary[k] for k in keys}
 

@@ -190,6 +190,11 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     out = data / "08_reporting" / "predictions"
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and {r["category"] for r in lines} == {"gadget"}
+    # ... scored as the evaluation of that tree scored the same images (one detector)
+    scored = pd.read_csv(external.parent / "answers.csv").set_index("image_path")["score"]
+    for r in lines:
+        rel = Path(r["image"]).relative_to(other).as_posix()
+        assert r["score"] == pytest.approx(scored[rel], abs=1e-5)
     assert all((out / r["files"]["overlay"]).is_file() for r in lines)
     run(project, "predict", predict)
     summary = json.loads((out / "summary.json").read_text())
@@ -221,6 +226,9 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
     said = [json.loads(x) for x in done.stdout.splitlines()]  # nothing else on stdout
     assert [x["turn"] for x in said] == [0, 1, 2, 3]
     assert said[0]["anomalous"] == (said[0]["score"] >= decision["image_threshold"])
+    # one detector everywhere: the chat scores the image as the evaluation did
+    rel = image.relative_to(data / "01_raw" / "synthetic").as_posix()
+    assert said[0]["score"] == pytest.approx(evaluated[rel], abs=1e-5)
     assert all("[SEG]" not in x["answer"] for x in said) and all(x["answer"] for x in said[1:])
     # the follow-ups are trained and measured: the evaluation reports them
     assert metrics_default["mean"]["follow_up_location_accuracy"] is not None

@@ -22,6 +22,7 @@ from helpers.models import CFG, tiny_tokenizer
 from helpers.serving import b64, bomb_png, png_bytes
 from PIL import Image
 
+from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.io.tracking import PyfuncModelDataset
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.checkpoint import save_checkpoint
@@ -54,7 +55,7 @@ def register_tiny_model(tmp, store: str) -> None:
             registered_model_name="vmad",
             checkpoint=str(tmp / "ckpt"),
             pip_requirements=["torch"],
-        ).save({"model_config": {"score_source": "map_max", "max_new_tokens": 4}})
+        ).save({"model_config": EvaluateConfig(max_new_tokens=4).model_config()})
 
 
 def readme_example() -> list[str]:

@@ -90,11 +90,10 @@ def batch(model, tokenizer, *, seg: bool = True) -> dict[str, torch.Tensor]:
 def tiny_detector():
     """A tiny untrained model as the product surfaces use it (``inference.service.Detector``,
     thresholds 0.5), answers of at most 6 tokens."""
-    from vmad_pipeline.inference.predictor import Predictor
+    from vmad_pipeline.configs.evaluate import EvaluateConfig
     from vmad_pipeline.inference.service import Detector
     from vmad_pipeline.models.build import build_vmad
 
     tok = tiny_tokenizer()
     torch.manual_seed(0)
-    predictor = Predictor(build_vmad(CFG, tok).eval(), tok, max_new_tokens=6)
-    return Detector(predictor, image_threshold=0.5, pixel_threshold=0.5)
+    return Detector.for_model(build_vmad(CFG, tok).eval(), tok, EvaluateConfig(max_new_tokens=6))

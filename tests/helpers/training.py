@@ -85,7 +85,7 @@ def train_config(tmp_path, **overrides):
 
 def fit(data, cfg, model=None):
     """``training.fit.fit_vmad`` of ``corpus`` data with ``model`` (``MODEL`` by default)."""
-    from vmad_pipeline.training.fit import fit_vmad
+    from vmad_pipeline.training.fit import fit_vmad, make_job
 
     rows, roots, qa, tok = data
-    return fit_vmad(rows, roots, qa, tok, cfg, model or MODEL)
+    return fit_vmad(make_job(rows, roots, qa, tok, cfg, model or MODEL))

@@ -1,5 +1,6 @@
 """Running the ablation: train and evaluate each distinct cell per seed, reusing the cells a store
-already holds for the same parameters and data, one nested MLflow run per cell."""
+already holds for the same parameters and data, one nested tracking run per cell (the tracker is
+injected: this layer imports no MLflow)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from vmad_pipeline.evaluation.grading import grade_answers
 from vmad_pipeline.evaluation.report import MODULE_METRICS, compute_metrics
 from vmad_pipeline.images import load_batch, load_mask
 from vmad_pipeline.inference.chat import follow_up_answers
-from vmad_pipeline.inference.predictor import Predictor
+from vmad_pipeline.inference.service import Detector
 from vmad_pipeline.placement import resolve_placement
 from vmad_pipeline.splitting import split_rows
 from vmad_pipeline.synthesis.run import training_generator
-from vmad_pipeline.training.fit import fit_vmad
+from vmad_pipeline.training.fit import fit_vmad, make_job
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +81,21 @@ class CellStore(Protocol):
     def put(self, key: str, record: dict[str, Any]) -> None: ...
 
 
+class CellTracker(Protocol):
+    """Records one cell as one tracking run, nested in the active one if any: its name, tags,
+    parameters and metrics (``io.tracking.nested_run`` is one, for MLflow)."""
+
+    def __call__(
+        self, name: str, tags: dict[str, str], params: dict[str, Any], metrics: dict[str, float]
+    ) -> None: ...
+
+
 def _evaluate(trained, data: dict[str, Any], evaluate: dict[str, Any]) -> tuple[dict, float]:
     """The cell's report on the unseen classes, and the seconds its predictions took."""
     cfg = parse_evaluate_params(evaluate)
     device, dtype = resolve_placement(cfg.device, cfg.precision)
-    predictor = Predictor(
-        trained.model,
-        trained.tokenizer,
-        max_new_tokens=cfg.max_new_tokens,
-        rule=cfg.score_rule,
-        device=device,
-        dtype=dtype,
-    )
+    detector = Detector.for_model(trained.model, trained.tokenizer, cfg, device=device, dtype=dtype)
+    predictor = detector.predictor
     start = time.perf_counter()
     images, _ = load_batch(data["eval_images"], None, predictor.image_size)
     pred = predictor.predict(
@@ -106,16 +110,16 @@ def _evaluate(trained, data: dict[str, Any], evaluate: dict[str, Any]) -> tuple[
         if cfg.follow_ups
         else None
     )
-    pred = pred.as_dict() | ({"follow_ups": follow_ups} if follow_ups else {})
+    to_grade = pred.as_dict() | ({"follow_ups": follow_ups} if follow_ups else {})
     if cfg.region_settings and trained.model.region is not None:
-        pred["region_settings"] = predictor.region_settings(
+        to_grade["region_settings"] = predictor.region_settings(
             images,
             list(data["eval_set"]["category"]),
             np.stack(data["eval_masks"]),
             batch_size=cfg.batch_size,
         )
     graded = grade_answers(
-        data["eval_set"], pred, data["eval_masks"], data["taxonomy"], data["riad_qa"]
+        data["eval_set"], to_grade, data["eval_masks"], data["taxonomy"], data["riad_qa"]
     )
     report, _, _ = compute_metrics(data["eval_set"], pred, data["eval_masks"], graded, cfg)
     return report, seconds
@@ -131,15 +135,8 @@ def train_and_evaluate(
     stage, painter = training_generator(
         data["train_rows"], data["roots"], cfg.synthesis, generator, side
     )
-    trained = fit_vmad(
-        data["train_rows"],
-        data["roots"],
-        data["riad_qa"],
-        tokenizer,
-        cfg,
-        model_cfg,
-        painter=painter,
-    )
+    job = make_job(data["train_rows"], data["roots"], data["riad_qa"], tokenizer, cfg, model_cfg)
+    trained = fit_vmad(job, painter=painter)  # uncalibrated: a cell is scored by rankings
     summary = trained.summary
     report, predict_s = _evaluate(trained, data, entry["evaluate"])
     n_images = len(data["eval_set"])
@@ -165,29 +162,26 @@ def train_and_evaluate(
     return record
 
 
-def _log_cell(entry: dict[str, Any], record: dict[str, Any], tags: dict[str, str]) -> None:
-    """One nested MLflow run per distinct cell: the tags to filter on, the cell's key parameters,
-    its metrics and timings."""
-    import mlflow
-
+def _log_cell(
+    entry: dict[str, Any], record: dict[str, Any], tags: dict[str, str], track: CellTracker
+) -> None:
+    """One nested tracking run per distinct cell: the tags to filter on, the cell's key
+    parameters, its metrics and timings."""
     name = f"{entry['table']}/{entry['cell']}/seed{entry['seed']}"
-    with mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None):
-        mlflow.set_tags({**run_tags(entry["train"]), **tags})
-        mlflow.log_params(
-            {
-                "projector": entry["cell_projector"],
-                "ltc_steps": entry["cell_ltc_steps"] or "-",
-                "dssl": entry["cell_dssl"],
-                "seed": entry["seed"],
-                "steps": entry["cell_steps"],
-                "params_key": entry["params_key"],
-            }
-        )
-        numbers = {
-            **{f"test/{k}": v for k, v in record["metrics"].items()},
-            **{k: record[k] for k in (*CELL_NUMBERS, "final_loss")},
-        }
-        mlflow.log_metrics({k: float(v) for k, v in numbers.items()})
+    params = {
+        "projector": entry["cell_projector"],
+        "ltc_steps": entry["cell_ltc_steps"] or "-",
+        "dssl": entry["cell_dssl"],
+        "seed": entry["seed"],
+        "steps": entry["cell_steps"],
+        "params_key": entry["params_key"],
+    }
+    numbers = {
+        **{f"test/{k}": v for k, v in record["metrics"].items()},
+        **{k: record[k] for k in (*CELL_NUMBERS, "final_loss")},
+    }
+    metrics = {k: float(v) for k, v in numbers.items()}
+    track(name, {**run_tags(entry["train"]), **tags}, params, metrics)
 
 
 def _data(
@@ -224,12 +218,14 @@ def run_ablation(
     tokenizer,
     weights: dict[str, Any],
     progress: bool = True,
+    track: CellTracker | None = None,
 ) -> pd.DataFrame:
     """Train and evaluate every distinct cell not already in ``store``; one row per plan entry.
 
     ``store`` keeps each finished cell at once, so an interrupted ablation resumes where it
     stopped and a rerun with the same parameters and data trains nothing. Cache keys include the
-    data hash.
+    data hash. ``track`` records each distinct cell, trained or reused, as one nested run (the
+    pipeline passes ``io.tracking.nested_run``); None records nothing.
     """
     dhash = data_hash(manifest, splits, riad_qa)
     data = _data(manifest, splits, roots, riad_qa, taxonomy, plan[0]["evaluate"])
@@ -253,17 +249,19 @@ def run_ablation(
             store.put(key, record)
             trained_now += 1
         records[params_key] = record
-        users = sorted({f"{p['table']}/{p['cell']}" for p in plan if p["params_key"] == params_key})
-        _log_cell(
-            entry,
-            record,
-            {
-                "ablation_cells": ",".join(users),
-                "reused": str(reused).lower(),
-                "dataset_hash": manifest_hash(manifest),
-                "ablation_key": key,
-            },
-        )
+        if track is not None:
+            users = {f"{p['table']}/{p['cell']}" for p in plan if p["params_key"] == params_key}
+            _log_cell(
+                entry,
+                record,
+                {
+                    "ablation_cells": ",".join(sorted(users)),
+                    "reused": str(reused).lower(),
+                    "dataset_hash": manifest_hash(manifest),
+                    "ablation_key": key,
+                },
+                track,
+            )
     log.info(
         "ablation: %d distinct cells, %d trained now, %d reused",
         len(distinct),

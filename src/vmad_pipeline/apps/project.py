@@ -35,9 +35,9 @@ def load_detector(project: str | Path = ".", env: str | None = None):
         checkpoint,
         from_dict(WeightsConfig, params.get("weights") or {}, "weights"),
         parse_evaluate_params(params["evaluate"]),
-        image_threshold=cfg.image_threshold,
-        pixel_threshold=cfg.pixel_threshold,
         device=cfg.device,
         precision=cfg.precision,
+        image_threshold=cfg.image_threshold,
+        pixel_threshold=cfg.pixel_threshold,
         taxonomy=Taxonomy.from_dict(taxonomy),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmad_pipeline.configs.base import check, check_placement, from_dict
+from vmad_pipeline.configs.base import check, check_placement, from_dict, to_dict
 
 SCORE_SOURCES = ("map_max", "p_yes", "fused")
 SEEN_CLASSES = ("report", "refuse")
@@ -92,14 +92,10 @@ class ScoreRule:
     def __post_init__(self) -> None:
         check(
             self.source in SCORE_SOURCES,
-            "score_source",
+            "source",
             f"{self.source!r} is not one of {', '.join(SCORE_SOURCES)}",
         )
         check(0.0 <= self.fusion_weight <= 1.0, "fusion_weight", "must be in [0, 1]")
-
-    @property
-    def needs_p_yes(self) -> bool:
-        return self.source != "map_max"
 
 
 @dataclass(frozen=True)
@@ -112,9 +108,8 @@ class EvaluateConfig:
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
     progress: bool = True
-    # Image score: map_max | p_yes | fused (see ScoreRule).
-    score_source: str = "map_max"
-    fusion_weight: float = 0.5  # w of the fused score (weight of P(yes))
+    # Image score: map_max | p_yes | fused, and the fused score's weight (see ScoreRule).
+    score_rule: ScoreRule = field(default_factory=ScoreRule)
     curve_points: int = 201  # FPR grid of the PRO curve files (the AUPRO number is exact)
     # after the detection answer, anomalous images are asked "Where is it?" and "What kind of
     # defect is it?" (multi-turn chat); their answers are graded as follow-up accuracies
@@ -134,7 +129,6 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
-        self.score_rule  # validates score_source and fusion_weight  # noqa: B018
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         check(self.curve_points >= 2, "curve_points", "must be >= 2")
         check(0.0 < self.fpr_limit <= 1.0, "fpr_limit", f"must be in (0, 1], got {self.fpr_limit}")
@@ -152,12 +146,31 @@ class EvaluateConfig:
             f"{self.seen_classes!r} is not one of {', '.join(SEEN_CLASSES)}",
         )
 
-    @property
-    def score_rule(self) -> ScoreRule:
-        return ScoreRule(source=self.score_source, fusion_weight=self.fusion_weight)
+    def model_config(self) -> dict[str, Any]:
+        """What a registered model is logged with (its MLflow ``model_config``): the score rule
+        and the decoding budget, so that it scores an image exactly as this evaluation did;
+        :func:`from_model_config` reads it back."""
+        return {"score_rule": to_dict(self.score_rule), "max_new_tokens": self.max_new_tokens}
+
+
+# Keys of an older layout, named with where they moved.
+MOVED = {
+    "score_source": "evaluate.score_rule.source",
+    "fusion_weight": "evaluate.score_rule.fusion_weight",
+}
 
 
 def parse_evaluate_params(params: dict[str, Any] | None) -> EvaluateConfig:
     """``params:evaluate`` -> :class:`EvaluateConfig`; a bad key anywhere (``dataset.roots``)
     names itself."""
+    for old, new in MOVED.items():
+        check(old not in (params or {}), f"evaluate.{old}", f"moved to {new}")
     return from_dict(EvaluateConfig, params, "evaluate")
+
+
+def from_model_config(config: dict[str, Any] | None) -> EvaluateConfig:
+    """The evaluate settings a registered model was logged with (:meth:`EvaluateConfig.
+    model_config`); other keys of ``config`` (weights, serving limits) are not read here."""
+    config = config or {}
+    keys = ("score_rule", "max_new_tokens")
+    return from_dict(EvaluateConfig, {k: config[k] for k in keys if k in config}, "model_config")

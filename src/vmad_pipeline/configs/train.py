@@ -125,7 +125,7 @@ def check_threshold_rule(rule: str, key: str) -> None:
 @dataclass(frozen=True)
 class CalibrationConfig:
     """How the decision thresholds stored with the model are chosen on the validation slice
-    (evaluation/calibration.py)."""
+    (evaluation/threshold_rules.py)."""
 
     image: str = "fpr@0.05"  # f1 | fpr@<rate> | fixed@<value>: image score threshold
     # f1 | fpr@<rate> | fixed@<value>: the anomaly-map threshold of the mask. fixed@0.5 (the

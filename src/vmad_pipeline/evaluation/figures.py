@@ -264,7 +264,7 @@ def plot_overlays(
                 ax.set_title(f"{case}\n{kind}, score {scores[i]:.2f}", fontsize=7)
         row[0].set_ylabel(str(cls), fontsize=9)
     fig.suptitle(
-        f"Best and worst cases per class (score: {cfg.score_source}; map in colour, "
+        f"Best and worst cases per class (score: {cfg.score_rule.source}; map in colour, "
         "ground truth outlined)",
         fontsize=9,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import pandas as pd
 
 from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.evaluation.hierarchy import HIERARCHY_METRICS, hierarchy_report, level4_metrics
+from vmad_pipeline.evaluation.predictions import Predictions
 from vmad_pipeline.metrics import (
     answer_accuracy,
     aupro,
@@ -127,12 +129,14 @@ def _class_metrics(
     }
 
 
-def _module_metrics(labels, masks, predictions, idx, graded, fpr_limit) -> dict[str, float]:
+def _module_metrics(
+    labels, masks, predictions: Predictions, idx, graded, fpr_limit
+) -> dict[str, float]:
     """MODULE_METRICS of one class (NaN where the model has no such module)."""
     out = dict.fromkeys(MODULE_METRICS, float("nan"))
-    if predictions.get("significance") is not None:
-        scores = np.asarray(predictions["expert_scores"], dtype=np.float64)[idx]
-        maps = [predictions["significance"][i] for i in idx]
+    if predictions.significance is not None:
+        scores = np.asarray(predictions.expert_scores, dtype=np.float64)[idx]
+        maps = [predictions.significance[i] for i in idx]
         got = map_metrics(labels, scores, masks, maps, fpr_limit)
         out |= {f"expert_{k}": got[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
     for setting in REGION_SETTINGS:
@@ -150,25 +154,27 @@ def _p_yes_auroc(labels: np.ndarray, p_yes: pd.Series) -> float:
 
 def compute_metrics(
     eval_set: pd.DataFrame,
-    predictions: dict[str, Any],
+    predictions: Predictions,
     masks: list[np.ndarray],
     graded: pd.DataFrame,
     cfg: EvaluateConfig,
+    decision: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
     """:func:`class_report` of the unseen classes; classes the model was trained on (rows with
     ``seen`` true: another tree or MMAD under ``evaluate.seen_classes: report``) are reported
     apart, in ``report["seen"]`` (MLflow ``seen/...``, a ``seen`` column in the table), never
-    in the unseen mean."""
+    in the unseen mean. With ``decision`` (the thresholds calibrated with the model), the
+    decision at its image threshold too (``report["decision"]``)."""
     seen = eval_set["seen"].to_numpy(bool) if "seen" in eval_set else np.zeros(len(eval_set), bool)
     report, flat, table = class_report(*_subset(eval_set, predictions, masks, graded, ~seen), cfg)
     mean = report["mean"]
     log.info(
         "unseen classes (%s score): image AUROC %s, pixel AUROC %s, AUPRO %s, answer accuracy %s",
-        cfg.score_source,
+        cfg.score_rule.source,
         *(mean[k] for k in ("image_auroc", "pixel_auroc", "aupro", "answer_accuracy")),
     )
-    if predictions.get("decision"):
-        report["decision"], flat_decision = _decision(eval_set, predictions, ~seen)
+    if decision:
+        report["decision"], flat_decision = _decision(eval_set, predictions, decision, ~seen)
         flat |= flat_decision
     table = table.assign(seen=False)
     if seen.any():
@@ -184,14 +190,16 @@ def compute_metrics(
     return report, flat, table
 
 
-def _decision(eval_set, predictions, keep: np.ndarray) -> tuple[dict, dict[str, float]]:
-    """The decision at the model's image threshold on the unseen images (confusion counts,
-    precision, recall, F1), beside the threshold-free metrics; what the threshold came from."""
-    from vmad_pipeline.evaluation.calibration import decision_metrics
+def _decision(
+    eval_set, predictions: Predictions, chosen: dict[str, Any], keep: np.ndarray
+) -> tuple[dict, dict[str, float]]:
+    """The decision at the model's image threshold (``chosen``) on the unseen images (confusion
+    counts, precision, recall, F1), beside the threshold-free metrics; what the threshold came
+    from."""
+    from vmad_pipeline.evaluation.threshold_rules import decision_metrics
 
-    chosen = predictions["decision"]
     labels = eval_set["label"].to_numpy()[keep]
-    scores = np.asarray(predictions["scores"])[keep]
+    scores = np.asarray(predictions.scores)[keep]
     at = decision_metrics(labels, scores, chosen["image_threshold"])
     keys = ("image_threshold", "pixel_threshold", "image_from", "pixel_from", "calibrated")
     out = {**at, **{k: chosen.get(k) for k in keys}}
@@ -199,7 +207,7 @@ def _decision(eval_set, predictions, keep: np.ndarray) -> tuple[dict, dict[str, 
     return out, {k: v for k, v in flat.items() if np.isfinite(v)}
 
 
-def _subset(eval_set, predictions, masks, graded, keep: np.ndarray):
+def _subset(eval_set, predictions: Predictions, masks, graded, keep: np.ndarray):
     """The rows of ``keep`` of everything evaluated (arrays, lists, frames alike)."""
     idx = np.flatnonzero(keep)
 
@@ -211,9 +219,10 @@ def _subset(eval_set, predictions, masks, graded, keep: np.ndarray):
         return value
 
     rows = eval_set.iloc[idx].reset_index(drop=True)
+    taken = {f.name: take(getattr(predictions, f.name)) for f in fields(predictions)}
     return (
         rows,
-        {k: take(v) for k, v in predictions.items()},
+        replace(predictions, **taken),
         [masks[i] for i in idx],
         graded.iloc[idx].reset_index(drop=True),
     )
@@ -221,14 +230,14 @@ def _subset(eval_set, predictions, masks, graded, keep: np.ndarray):
 
 def class_report(
     eval_set: pd.DataFrame,
-    predictions: dict[str, Any],
+    predictions: Predictions,
     masks: list[np.ndarray],
     graded: pd.DataFrame,
     cfg: EvaluateConfig,
 ) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
     """Every metric of ``metrics.md`` per class and as the unweighted mean over classes.
 
-    Image AUROC / AP / F1-max on the image scores (``predictions["scores"]``, made by the score
+    Image AUROC / AP / F1-max on the image scores (``predictions.scores``, made by the score
     rule of ``cfg``); pixel AUROC / AP, exact AUPRO and, separately labelled, the 200-threshold PRO
     on the maps at ``eval_size``; answer accuracy and balanced accuracy, location accuracy and
     defect-type accuracy (where the grading had a taxonomy) from the ``graded`` answers
@@ -236,7 +245,7 @@ def class_report(
     flat dict for MLflow, per-class table).
     """
     labels = eval_set["label"].to_numpy().astype(np.int64)
-    scores = np.asarray(predictions["scores"], dtype=np.float64)
+    scores = np.asarray(predictions.scores, dtype=np.float64)
     rows = _class_rows(eval_set, predictions, masks, graded, labels, scores, cfg.fpr_limit)
     columns = ["category", "n_images", "n_anomalous", *METRICS, "unparsed_answers"]
     table = pd.DataFrame(rows, columns=[*columns, "seg_found_rate"])
@@ -274,7 +283,7 @@ def class_report(
 
 def _class_rows(
     eval_set: pd.DataFrame,
-    predictions: dict[str, Any],
+    predictions: Predictions,
     masks: list[np.ndarray],
     graded: pd.DataFrame,
     labels: np.ndarray,
@@ -288,7 +297,7 @@ def _class_rows(
             labels[idx],
             scores[idx],
             [masks[i] for i in idx],
-            [predictions["maps"][i] for i in idx],
+            [predictions.maps[i] for i in idx],
             graded.iloc[idx],
             fpr_limit,
         )
@@ -302,7 +311,7 @@ def _class_rows(
                 "n_anomalous": int(labels[idx].sum()),
                 **values,
                 "unparsed_answers": int((~graded["answer_parsed"].iloc[idx]).sum()),
-                "seg_found_rate": float(np.mean(predictions["seg_found"][idx])),
+                "seg_found_rate": float(np.mean(predictions.seg_found[idx])),
             }
         )
     return rows
@@ -312,8 +321,8 @@ def _settings(cfg: EvaluateConfig, n_images: int) -> dict[str, Any]:
     """How the numbers were computed, recorded beside them."""
     return {
         "eval_size": cfg.eval_size,
-        "score_source": cfg.score_source,
-        "fusion_weight": cfg.fusion_weight if cfg.score_source == "fused" else None,
+        "score_source": cfg.score_rule.source,
+        "fusion_weight": cfg.score_rule.fusion_weight if cfg.score_rule.source == "fused" else None,
         "aupro_fpr_limit": cfg.fpr_limit,
         "aupro": "exact (MVTec AD 2021)",
         "pro_200_thresholds": "paper-style approximation (200 thresholds, FPR rescaled); not AUPRO",

@@ -1,8 +1,9 @@
 """Predictor: images (+ object names) -> anomaly maps, image scores and answers.
 
-One object serves evaluation, the MLflow pyfunc and the ablation, so an image is scored the same
-way everywhere: by the :class:`~vmad_pipeline.configs.evaluate.ScoreRule` it is given, through
-the one rule in ``evaluation.scores``. One pass per image over the detection question
+Every entry point gets one through ``inference.service.Detector.for_model`` (the one factory), so
+an image is scored the same way everywhere: by the
+:class:`~vmad_pipeline.configs.evaluate.ScoreRule` it is given, through the one rule in
+``evaluation.scores``. One pass per image over the detection question
 (``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
 P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 """
@@ -18,31 +19,12 @@ from transformers import PreTrainedTokenizerFast
 
 from vmad_pipeline import prompts
 from vmad_pipeline.configs.evaluate import ScoreRule
+from vmad_pipeline.evaluation.predictions import Predictions
 from vmad_pipeline.evaluation.scores import image_scores, map_max
 from vmad_pipeline.images import to_model_inputs
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import autocast, to_device
 from vmad_pipeline.prompts import encode_prompt, encode_turns, pad_batch, yes_no_tokens
-
-
-@dataclass
-class Predictions:
-    maps: np.ndarray  # N x H x W float32: sigmoid of the mask logits (anomaly map)
-    map_max: np.ndarray  # N: max of each map
-    p_yes: np.ndarray  # N: P(yes) of the detection question
-    scores: np.ndarray  # N: image score by the predictor's ScoreRule
-    answers: list[str]  # the answers to the detection question, as a user reads them
-    seg_found: np.ndarray  # N bool: [SEG] was emitted (else the fallback state was used)
-    answer_ids: list[list[int]] | None = None  # the generated tokens ([SEG], EOS included)
-    significance: np.ndarray | None = None  # N x H x W: the anomaly expert's map (if any)
-    expert_scores: np.ndarray | None = None  # N: the expert's image score (if any)
-
-    @property
-    def detection_answers(self) -> list[str]:
-        return self.answers
-
-    def as_dict(self) -> dict:
-        return {**self.__dict__, "detection_answers": self.answers}
 
 
 @dataclass
@@ -82,41 +64,6 @@ class Predictor:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.yes_no = yes_no_tokens(tokenizer, seg_first=model.config.seg_first)
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        checkpoint,
-        weights,
-        *,
-        rule: ScoreRule,
-        max_new_tokens: int,
-        device: str,
-        precision: str,
-    ) -> Predictor:
-        """The checkpoint's model (a ``models.checkpoint.Checkpoint`` handle; ``weights``: this
-        machine's weight paths) loaded once, on ``device`` in ``precision`` (the parameters'
-        ``auto`` / ``cpu`` / ``cuda`` and ``auto`` / ``fp32`` / ``bf16``)."""
-        from vmad_pipeline.placement import resolve_placement
-
-        dev, dtype = resolve_placement(device, precision)
-        model, tokenizer = checkpoint.load(weights, dtype=dtype)
-        return cls(
-            model, tokenizer, max_new_tokens=max_new_tokens, rule=rule, device=dev, dtype=dtype
-        )
-
-    @classmethod
-    def for_evaluation(cls, checkpoint, weights, cfg) -> Predictor:
-        """:meth:`from_checkpoint` as the evaluate parameters (``configs.evaluate``, ``cfg``) say:
-        their score rule, decoding budget, device and precision."""
-        return cls.from_checkpoint(
-            checkpoint,
-            weights,
-            rule=cfg.score_rule,
-            max_new_tokens=cfg.max_new_tokens,
-            device=cfg.device,
-            precision=cfg.precision,
-        )
 
     @property
     def image_size(self) -> int:

@@ -1,7 +1,7 @@
 """One trained detector as every product surface uses it: ``kedro run --pipeline predict``, the
 registered model behind ``mlflow models serve``, ``vmad-pipeline chat`` and the web demo score an
 image, decide and draw its mask here, with the thresholds stored with the model
-(``inference.calibrate``), so that one image gets one answer everywhere.
+(calibrated by ``training.calibration``), so that one image gets one answer everywhere.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.images import resize_rgb
 from vmad_pipeline.metrics.text import parse_defect_type, parse_location
+from vmad_pipeline.placement import resolve_placement
 
 
 @dataclass
@@ -57,7 +59,13 @@ def pictures(image: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str,
 
 
 class Detector:
-    """A :class:`~vmad_pipeline.inference.predictor.Predictor` with its decision thresholds."""
+    """A :class:`~vmad_pipeline.inference.predictor.Predictor` with its decision thresholds.
+
+    Built by one factory, :meth:`for_model` (:meth:`from_checkpoint` loads the model first), for
+    every entry point: predict, chat, the demo, the registered model, calibration, evaluation,
+    generation and the ablation score an image by the same rule and decide with the same
+    thresholds (anomalib's users' most common complaint is an exported model scoring
+    differently from the checkpoint; ``tests/unit/inference/test_detector.py`` checks them)."""
 
     def __init__(
         self, predictor, *, image_threshold: float, pixel_threshold: float, taxonomy=None
@@ -65,46 +73,76 @@ class Detector:
         self.predictor = predictor
         self.image_threshold, self.pixel_threshold = float(image_threshold), float(pixel_threshold)
         self.taxonomy = taxonomy
-        self.thresholds: dict = {}  # where the thresholds came from (inference.calibrate)
+        self.thresholds: dict = {}  # where the thresholds came from (decision_thresholds)
+
+    @classmethod
+    def for_model(
+        cls,
+        model,
+        tokenizer,
+        evaluate: EvaluateConfig,
+        *,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        taxonomy=None,
+        strict: bool = True,
+    ) -> Detector:
+        """The one factory: ``model`` scoring by ``evaluate``'s score rule and decoding budget
+        (on ``device`` in ``dtype``; default: where it is), deciding with the given thresholds,
+        else those calibrated with it (:func:`decision_thresholds`). A model calibrated on
+        another score than ``evaluate``'s is refused (``ValueError``) unless ``strict`` is false
+        (evaluation: the scores without a decision; ``thresholds`` is then empty)."""
+        from vmad_pipeline.inference.predictor import Predictor
+
+        predictor = Predictor(
+            model,
+            tokenizer,
+            rule=evaluate.score_rule,
+            max_new_tokens=evaluate.max_new_tokens,
+            device=device,
+            dtype=dtype,
+        )
+        try:
+            chosen = decision_thresholds(
+                model.decision, evaluate.score_rule.source, image_threshold, pixel_threshold
+            )
+        except ValueError:
+            if strict:
+                raise
+            chosen = {}
+        out = cls(
+            predictor,
+            image_threshold=chosen.get("image_threshold", 0.5),
+            pixel_threshold=chosen.get("pixel_threshold", 0.5),
+            taxonomy=taxonomy,
+        )
+        out.thresholds = chosen
+        return out
 
     @classmethod
     def from_checkpoint(
         cls,
         checkpoint,
         weights,
-        evaluate,
+        evaluate: EvaluateConfig,
         *,
-        image_threshold: float | None = None,
-        pixel_threshold: float | None = None,
-        device: str = "auto",
-        precision: str = "auto",
-        taxonomy=None,
+        device: str | None = None,
+        precision: str | None = None,
+        **options,
     ) -> Detector:
-        """The checkpoint's model (``models.checkpoint.Checkpoint``; ``weights``: this machine's
-        weight paths) scoring by ``evaluate``'s rule and decoding budget, deciding with the
-        given thresholds, else the ones calibrated with it (``inference.calibrate.thresholds``)."""
-        from vmad_pipeline.inference.calibrate import thresholds
-        from vmad_pipeline.inference.predictor import Predictor
+        """:meth:`for_model` of the checkpoint's model (``models.checkpoint.Checkpoint``;
+        ``weights``: this machine's weight paths), loaded once on ``device`` in ``precision``
+        (``auto`` / ``cpu`` / ``cuda`` and ``auto`` / ``fp32`` / ``bf16``; default: the
+        ``evaluate`` parameters'); ``options``: :meth:`for_model`'s."""
+        dev, dtype = resolve_placement(device or evaluate.device, precision or evaluate.precision)
+        model, tokenizer = checkpoint.load(weights, dtype=dtype)
+        return cls.for_model(model, tokenizer, evaluate, device=dev, dtype=dtype, **options)
 
-        chosen = thresholds(
-            checkpoint.decision, evaluate.score_source, image_threshold, pixel_threshold
-        )
-        predictor = Predictor.from_checkpoint(
-            checkpoint,
-            weights,
-            rule=evaluate.score_rule,
-            max_new_tokens=evaluate.max_new_tokens,
-            device=device,
-            precision=precision,
-        )
-        out = cls(
-            predictor,
-            image_threshold=chosen["image_threshold"],
-            pixel_threshold=chosen["pixel_threshold"],
-            taxonomy=taxonomy,
-        )
-        out.thresholds = chosen
-        return out
+    @property
+    def model(self):
+        return self.predictor.model
 
     @property
     def image_size(self) -> int:
@@ -152,3 +190,28 @@ class Detector:
                 )
             )
         return out
+
+
+def decision_thresholds(decision: dict, score_source: str, image=None, pixel=None) -> dict:
+    """The thresholds a prediction uses: given ones (parameters) win, else the model's calibrated
+    ones (``decision``, stored with it), else 0.5. A calibrated image threshold belongs to the
+    score it was chosen on: another ``score_source`` is refused (its scale is another)."""
+    calibrated = bool(decision.get("calibrated"))
+    source = decision.get("score_source")
+    if image is None and calibrated and source != score_source:
+        raise ValueError(
+            f"the model's image threshold was calibrated on score_source {source!r}, not "
+            f"{score_source!r}: set predict.image_threshold, or "
+            f"evaluate.score_rule.source={source}"
+        )
+    how = "calibrated: " if calibrated else "default "
+    return {
+        "image_threshold": image if image is not None else decision.get("image_threshold", 0.5),
+        "pixel_threshold": pixel if pixel is not None else decision.get("pixel_threshold", 0.5),
+        "image_from": "parameter"
+        if image is not None
+        else how + str(decision.get("image_rule", "")),
+        "pixel_from": "parameter"
+        if pixel is not None
+        else how + str(decision.get("pixel_rule", "")),
+    }

@@ -34,7 +34,7 @@ _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 
 # The request's and the response's columns and their MLflow types (the registered model's
-# signature is built from these: inference.pyfunc.signature).
+# signature is built from these: io.pyfunc.signature).
 INPUTS = {"image": "string", "path": "string", "category": "string"}  # each optional
 OUTPUTS = {
     "score": "double",

@@ -1,8 +1,11 @@
-"""A Kedro dataset that logs metric curves to the active MLflow run in batches."""
+"""MLflow tracking, the one place outside the pipelines that talks to MLflow: the Kedro datasets
+that log curves and the registered model, and the runs the pipelines open (``nested_run``, the
+ablation's injected cell tracker; ``start_run``, the train worker's run)."""
 
 from __future__ import annotations
 
 import warnings
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -54,7 +57,7 @@ class MlflowCurvesDataset(AbstractDataset):
 class PyfuncModelDataset(AbstractDataset):
     """Logs the VMAD pyfunc to the active MLflow run and registers it (write-only).
 
-    MLflow's "models from code": the model is ``inference/pyfunc_model.py``, logged as a script
+    MLflow's "models from code": the model is ``io/pyfunc_model.py``, logged as a script
     (nothing pickled), with the checkpoint directory as its artifact, the project's package as
     code, an explicit signature, and the node's ``model_config`` (the score rule) and ``metadata``
     (what the model was trained on).
@@ -81,7 +84,7 @@ class PyfuncModelDataset(AbstractDataset):
         import mlflow
 
         import vmad_pipeline
-        from vmad_pipeline.inference import pyfunc
+        from vmad_pipeline.io import pyfunc
 
         if mlflow.active_run() is None:
             return  # tracking disabled for this run
@@ -95,7 +98,7 @@ class PyfuncModelDataset(AbstractDataset):
     def _log(self, mlflow, package, pyfunc, data: dict[str, Any]) -> None:
         mlflow.pyfunc.log_model(
             name=self._name,
-            python_model=str(package / "inference" / "pyfunc_model.py"),
+            python_model=str(package / "io" / "pyfunc_model.py"),
             artifacts={"checkpoint": self._checkpoint},
             code_paths=[str(package)],
             pip_requirements=self._pip,
@@ -112,3 +115,24 @@ class PyfuncModelDataset(AbstractDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"name": self._name, "registered_model_name": self._registered}
+
+
+def nested_run(
+    name: str, tags: dict[str, str], params: dict[str, Any], metrics: dict[str, float]
+) -> None:
+    """One MLflow run named ``name``, nested in the active run if any, holding ``tags``,
+    ``params`` and ``metrics`` (an ``ablation.run.CellTracker``: one run per ablation cell)."""
+    import mlflow
+
+    with mlflow.start_run(run_name=name, nested=mlflow.active_run() is not None):
+        mlflow.set_tags(tags)
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+
+
+def start_run(run_name: str) -> AbstractContextManager[Any]:
+    """A new MLflow run named ``run_name``, ended when its ``with`` block exits (the train
+    worker's rank 0 saves its outputs inside it, so the catalog's MLflow datasets log there)."""
+    import mlflow
+
+    return mlflow.start_run(run_name=run_name)

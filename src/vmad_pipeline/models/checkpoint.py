@@ -329,7 +329,7 @@ class Checkpoint:
 
     @property
     def decision(self) -> dict:
-        """The calibrated decision thresholds (``inference.calibrate``); {} if uncalibrated."""
+        """The calibrated decision thresholds (``training.calibration``); {} if uncalibrated."""
         return _read_meta(self.path).get("decision", {})
 
     def load(

@@ -17,11 +17,13 @@ from transformers import PreTrainedTokenizerBase
 from vmad_pipeline.annotation.geometry import LOCATIONS
 from vmad_pipeline.annotation.templates import normal_answer
 from vmad_pipeline.configs import ModelConfig, TrainConfig, to_dict
+from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.configs.train import RUN_ONLY
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.llm import ADAPTER_PREFIXES
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import peak_memory_mb, resolve_placement
+from vmad_pipeline.training.calibration import calibrate_model
 from vmad_pipeline.training.data import (
     SampleSpec,
     TrainingSamples,
@@ -71,7 +73,6 @@ class Trained:
     curves: dict[str, list[float]]  # per-step curves (training.loop.CURVES)
     summary: dict[str, Any]  # sizes, time, final loss, cost
     validation: list[dict]  # the validation passes (step, losses, pixel AUROC)
-    validation_rows: pd.DataFrame  # the held-out slice (the thresholds are calibrated on it)
 
 
 @dataclass
@@ -173,34 +174,25 @@ def _spec(model: VmadModel) -> SampleSpec:
     )
 
 
-def fit_expert(
-    rows: pd.DataFrame,
-    roots: dict[str, str],
-    riad_qa: pd.DataFrame,
-    tokenizer: PreTrainedTokenizerBase,
-    cfg: TrainConfig,
-    model_cfg: ModelConfig,
-    *,
-    cached_only: bool = False,
-) -> dict:
+def fit_expert(job: TrainJob, *, cached_only: bool = False) -> dict:
     """Stage 1 (``training.expert_stage``): the anomaly expert trained alone on the rows
-    instruction tuning will train on (the validation slice left out), or reused when its inputs
-    did not change (``cached_only``: never trained here). {} without an expert."""
+    instruction tuning will train on (``job.rows``: the validation slice left out), or reused
+    when its inputs did not change (``cached_only``: never trained here). {} without an
+    expert."""
+    cfg, model_cfg = job.cfg, job.model_cfg
     if not model_cfg.expert.enabled:
         return {}
-    job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg)
     seed_everything(cfg.seed)
     device, dtype = resolve_placement(cfg.device, cfg.precision)
     model = build_vmad(
-        model_cfg, tokenizer, seed=cfg.seed, train_classes=job.train_classes, dtype=dtype
+        model_cfg, job.tokenizer, seed=cfg.seed, train_classes=job.train_classes, dtype=dtype
     )
     # stage 1 trains on pasted anomalies whatever train.synthesis says (its key ignores it)
     pasted = dataclasses.replace(cfg, synthesis="paste")
-    samples = TrainingSamples(job.rows, job.roots, job.qa, pasted, _spec(model), tokenizer)
+    samples = TrainingSamples(job.rows, job.roots, job.qa, pasted, _spec(model), job.tokenizer)
     key = stage_key(cfg, model_cfg, job.data_hash)
-    return expert_stage(
-        model, samples, cfg, tokenizer.pad_token_id, key, device=device, cached_only=cached_only
-    )
+    pad_id = job.tokenizer.pad_token_id
+    return expert_stage(model, samples, cfg, pad_id, key, device=device, cached_only=cached_only)
 
 
 def run_job(job: TrainJob) -> dict | None:
@@ -247,55 +239,38 @@ def _rank0_result(job: TrainJob) -> dict | None:
 
 
 def fit_vmad(
-    rows: pd.DataFrame,
-    roots: dict[str, str],
-    riad_qa: pd.DataFrame,
-    tokenizer: PreTrainedTokenizerBase,
-    cfg: TrainConfig,
-    model_cfg: ModelConfig,
-    trained_on: dict | None = None,
+    job: TrainJob,
+    *,
+    evaluate: EvaluateConfig | None = None,
     expert: dict | None = None,
     painter: Any = None,
 ) -> Trained | None:
-    """Build the preset (its DSSL queues: one row per training class) and train it with LoRA on
-    ``rows`` (every image of the training classes but the validation slice), in this process or
-    in ``cfg.engine.processes`` local workers; ``trained_on`` (``splitting.training_record``) is
-    kept on the model and saved with it. ``expert``: the anomaly expert's stage 1
-    (:func:`fit_expert`; computed here when the model has an expert and it is not given).
-    ``painter``: what ``train.synthesis`` (generated | both) paints anomalies with (a
-    ``synthesis.render.Painter``; it travels to the workers with the job). Under an outside
-    launcher (torchrun, accelerate launch: ``WORLD_SIZE`` set) this process is one rank; ranks
-    other than 0 return None."""
+    """Build the preset (its DSSL queues: one row per training class), train it with LoRA on
+    ``job.rows`` (every image of the training classes but the validation slice), in this process
+    or in ``cfg.engine.processes`` local workers, then, given ``evaluate`` (the score rule and
+    decoding budget every entry point scores by), calibrate its decision thresholds on the
+    validation slice (``training.calibration``): the model returned is the one to ship.
+    ``expert``: the anomaly expert's stage 1 (:func:`fit_expert`; computed here when the model
+    has an expert and it is not given). ``painter``: what ``train.synthesis`` (generated | both)
+    paints anomalies with (a ``synthesis.render.Painter``; it travels to the workers with the
+    job). Under an outside launcher (torchrun, accelerate launch: ``WORLD_SIZE`` set) this
+    process is one rank; ranks other than 0 return None."""
+    cfg = job.cfg
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     check_strategy(cfg.engine, cpu)
-    job = make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on)
-    if model_cfg.expert.enabled:
+    if job.model_cfg.expert.enabled:
         # the ranks of a launched run read the one stage 1 (each training its own could differ)
-        expert = expert or fit_expert(
-            rows, roots, riad_qa, tokenizer, cfg, model_cfg, cached_only=distributed_env()
-        )
-        job.expert_state = expert["state"]
+        expert = expert or fit_expert(job, cached_only=distributed_env())
+        job = dataclasses.replace(job, expert_state=expert["state"])
     if cfg.synthesis != "paste" and painter is None:
         raise ValueError(
             f"train.synthesis={cfg.synthesis} paints generated anomalies: fit_vmad needs the "
             "defect generator's painter (painter=)"
         )
-    job.painter = painter
-    processes = cfg.engine.processes
-    if processes == 1 or distributed_env():  # in this process (one rank of a launched run)
-        out = run_job(job)
-        if out is None:
-            return None  # not rank 0: rank 0 reports
-    else:
-        _check_gpus(cfg)
-        threads = max(1, (cfg.num_threads or torch.get_num_threads()) // processes)
-        out = launch(_rank0_result, (job,), processes, threads)
-        model = _build(job)
-        missing, unexpected = model.load_state_dict(out.pop("state"), strict=False)
-        trained = {n for n, p in model.named_parameters() if p.requires_grad}
-        if unexpected or trained & set(missing):
-            raise RuntimeError(f"trained state does not fit the model: {unexpected or missing}")
-        out["model"] = model.eval()
+    job = dataclasses.replace(job, painter=painter)
+    out = _train(job)
+    if out is None:
+        return None  # not rank 0: rank 0 reports
     trained = _trained(job, out)
     if expert:
         losses = expert.get("losses") or [None]
@@ -305,7 +280,30 @@ def fit_vmad(
             "seconds": expert.get("seconds"),
             "final_loss": losses[-1],
         }
+    if evaluate is not None:
+        calibrate_model(
+            trained.model, job.tokenizer, job.val_rows, job.roots, cfg.calibration, evaluate
+        )
     return trained
+
+
+def _train(job: TrainJob) -> dict | None:
+    """:func:`run_job` in this process (one rank of a launched run) or in local workers whose
+    rank 0 hands back the trained state, loaded here into a model of its own."""
+    cfg = job.cfg
+    processes = cfg.engine.processes
+    if processes == 1 or distributed_env():
+        return run_job(job)
+    _check_gpus(cfg)
+    threads = max(1, (cfg.num_threads or torch.get_num_threads()) // processes)
+    out = launch(_rank0_result, (job,), processes, threads)
+    model = _build(job)
+    missing, unexpected = model.load_state_dict(out.pop("state"), strict=False)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trained & set(missing):
+        raise RuntimeError(f"trained state does not fit the model: {unexpected or missing}")
+    out["model"] = model.eval()
+    return out
 
 
 def _check_gpus(cfg: TrainConfig) -> None:
@@ -353,6 +351,4 @@ def _trained(job: TrainJob, out: dict) -> Trained:
         n_train,
         n_total,
     )
-    return Trained(
-        model, job.tokenizer, progress.history, summary, progress.validation, job.val_rows
-    )
+    return Trained(model, job.tokenizer, progress.history, summary, progress.validation)

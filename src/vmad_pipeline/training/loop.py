@@ -100,6 +100,32 @@ class Stop:
         self.previous = {}
 
 
+@dataclass
+class _Run:
+    """What the steps of one run share: the engine and the model it wraps, the scheduler, the
+    data, the settings, the progress so far, and where validation and checkpoints go."""
+
+    engine: eng.Engine
+    model: VmadModel
+    sched: torch.optim.lr_scheduler.LRScheduler
+    samples: TrainingSamples
+    cfg: TrainConfig
+    progress: Progress
+    validation: TrainingSamples | None
+    checkpoints: Checkpoints | None
+    stop: Stop
+
+
+@dataclass
+class _StepResult:
+    """One optimiser step, summed over ranks: the loss, each term of ``TERMS`` (NaN where no
+    sample of the step had it) and the unreadable samples skipped."""
+
+    loss: float
+    terms: dict[str, float]
+    skipped: int
+
+
 def _loader(samples: TrainingSamples, sampler: StepBatches, cfg: TrainConfig, pad_id: int, cuda):
     return DataLoader(
         samples,
@@ -157,7 +183,7 @@ def train(
     stop.install()
     reset_router_stats(model.llm)
     try:
-        _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, stop)
+        _run(_Run(engine, model, sched, samples, cfg, progress, validation, checkpoints, stop))
     finally:
         stop.restore()
         if stop.requested:  # checkpoint written: now what SIGTERM means to the rest
@@ -241,12 +267,12 @@ def _save(engine: eng.Engine, sched, progress: Progress, checkpoints: Checkpoint
     engine.barrier()
 
 
-def _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, stop) -> None:
+def _run(run: _Run) -> None:
     """The steps from ``progress.step`` to ``cfg.steps``. Why one function of this length: the
-    step's parts (micro-batches, counts, backward, logging, validation, checkpoints) share the
-    same dozen locals; split, each piece would take them all as arguments."""
+    step's parts (micro-batches, logging, validation, checkpoints) share the same locals."""
+    engine, model, cfg, progress = run.engine, run.model, run.cfg, run.progress
     sampler = StepBatches(
-        len(samples),
+        len(run.samples),
         cfg.batch_size,
         seed=cfg.seed,
         steps=cfg.steps,
@@ -255,7 +281,8 @@ def _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, 
         world=engine.world,
         accum=cfg.grad_accum_steps,
     )
-    batches = iter(_loader(samples, sampler, cfg, samples.tokenizer.pad_token_id, _cuda(cfg)))
+    pad_id = run.samples.tokenizer.pad_token_id
+    batches = iter(_loader(run.samples, sampler, cfg, pad_id, _cuda(cfg)))
     params = trainable_parameters(engine.model)
     bar = tqdm(
         total=cfg.steps,
@@ -267,33 +294,39 @@ def _run(engine, model, sched, samples, cfg, progress, validation, checkpoints, 
     start, done, shown = time.perf_counter(), 0, {}
     while progress.step < cfg.steps:
         micro = [next(batches) for _ in range(cfg.grad_accum_steps)]
-        values = _step(engine, model, micro, cfg, params)
-        sched.step()
+        result = _step(engine, model, micro, cfg, params)
+        run.sched.step()
         progress.step += 1
         done += 1
-        _record(progress, values, sched.get_last_lr()[0])
+        _record(progress, result, run.sched.get_last_lr()[0])
         rate = done * cfg.batch_size / (time.perf_counter() - start)
         last, every = progress.step == cfg.steps, cfg.checkpoint.every_steps
         periodic = bool(cfg.eval_every) and progress.step % cfg.eval_every == 0
-        if validation is not None and (periodic or last):
-            shown = _validate(engine, model, validation, cfg, progress)  # stays on the bar
+        if run.validation is not None and (periodic or last):
+            shown = _validate(engine, model, run.validation, cfg, progress)  # stays on the bar
         bar.set_postfix(
             {"loss": f"{progress.history['loss'][-1]:.3f}", "img_s": f"{rate:.1f}", **shown}
         )
         bar.update(1)
         saved = bool(every and (progress.step % every == 0 or last))
         if saved:
-            _save(engine, sched, progress, checkpoints)
-        if engine.sum(torch.tensor([float(stop.requested)])).item() > 0:
+            _save(engine, run.sched, progress, run.checkpoints)
+        if engine.sum(torch.tensor([float(run.stop.requested)])).item() > 0:
             if not saved:
-                _save(engine, sched, progress, checkpoints)
+                _save(engine, run.sched, progress, run.checkpoints)
             raise TrainingInterrupted(f"stopped by SIGTERM at step {progress.step}")
     bar.close()
 
 
-def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.Tensor:
+def _step(
+    engine: eng.Engine,
+    model: VmadModel,
+    micro: list[dict],
+    cfg: TrainConfig,
+    params: list[torch.nn.Parameter],
+) -> _StepResult:
     """One optimiser step over the micro-batches of this rank; returns the step's loss and
-    terms summed over ranks (``loss, ce, bce, dice, pbsd, patch_bce``)."""
+    terms summed over ranks."""
     boxes = model.dssl.cfg.boxes if model.dssl is not None else 0
     skipped = sum(b["skipped"] for b in micro)
     known = torch.zeros(3, dtype=torch.float64)  # tokens, masks, skipped (known before forward)
@@ -303,7 +336,7 @@ def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.T
             known[1] += float((b["input_ids"] == model.seg_token_id).any(1).sum())
     known[2] = skipped
     known = engine.sum(known)
-    values = torch.zeros(2 + len(TERMS), dtype=torch.float64)  # loss, terms, DSSL boxes
+    values = torch.zeros(2 + len(TERMS), dtype=torch.float64)  # loss, TERMS..., DSSL boxes
     balanced = False  # an AMoE-LoRA balancing loss was produced
     for k, batch in enumerate(micro):
         if not batch["size"]:
@@ -331,23 +364,24 @@ def _step(engine, model, micro: list[dict], cfg: TrainConfig, params) -> torch.T
     engine.clip(params, cfg.grad_clip)
     engine.optimizer.step()
     engine.optimizer.zero_grad(set_to_none=True)
-    summed = engine.sum(values[:-1])
+    summed = engine.sum(values[:-1])  # loss, TERMS...
     counts = {"ce": known[0], "bce": known[1], "dice": known[1], "balance": float(balanced)}
+    terms = {}
     for i, term in enumerate(TERMS, start=1):  # a term no sample of the step had: NaN
-        if float(counts.get(term, values[-1])) == 0:
-            summed[i] = float("nan")
-    return torch.cat([summed, known[2:3]])
+        had = float(counts.get(term, values[-1])) != 0
+        terms[term] = float(summed[i]) if had else float("nan")
+    return _StepResult(loss=float(summed[0]), terms=terms, skipped=int(known[2]))
 
 
-def _record(progress: Progress, values: torch.Tensor, lr: float) -> None:
-    progress.history["loss"].append(float(values[0]))
-    for i, term in enumerate(TERMS, start=1):  # a term new since the run started: NaN before
+def _record(progress: Progress, result: _StepResult, lr: float) -> None:
+    progress.history["loss"].append(result.loss)
+    for term in TERMS:  # a term new since the run started: NaN before
         curve = progress.history.setdefault(
             term, [float("nan")] * (len(progress.history["loss"]) - 1)
         )
-        curve.append(float(values[i]))
+        curve.append(result.terms[term])
     progress.history["lr"].append(lr)
-    progress.skipped += int(values[-1])
+    progress.skipped += result.skipped
 
 
 def _validate(engine, model, validation, cfg, progress: Progress) -> dict[str, str]:

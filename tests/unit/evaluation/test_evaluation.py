@@ -28,13 +28,14 @@ from vmad_pipeline.evaluation.figures import (
 )
 from vmad_pipeline.evaluation.grading import grade_answers
 from vmad_pipeline.evaluation.mmad import evaluate_mmad, mmad_mlflow
+from vmad_pipeline.evaluation.predictions import Predictions
 from vmad_pipeline.evaluation.report import compute_metrics
 from vmad_pipeline.evaluation.scores import image_scores
 from vmad_pipeline.images import load_rgb, to_model_inputs
 from vmad_pipeline.inference.predictor import Predictor
 from vmad_pipeline.metrics import aupro, pixel_ap, pixel_auroc, pro_200_thresholds
 from vmad_pipeline.models.build import build_vmad
-from vmad_pipeline.pipelines.evaluate.nodes import load_predictor, predict_eval_set
+from vmad_pipeline.pipelines.evaluate.nodes import load_detector, predict_eval_set
 from vmad_pipeline.prompts import encode_prompt, yes_no_tokens
 from vmad_pipeline.training.tokenizer import train_tokenizer
 
@@ -112,12 +113,17 @@ def scored(pred: dict, cfg) -> dict:
     return {**pred, "scores": image_scores(pred["map_max"], pred["p_yes"], cfg.score_rule)}
 
 
+def typed(pred: dict) -> Predictions:
+    """The typed predictions (what the report reads) of a predictions dict."""
+    return Predictions.from_dict(pred)
+
+
 def metrics(params: dict, taxonomy: dict | None = None) -> tuple:
     """compute_metrics as the pipeline runs it: scores by the rule, answers graded once."""
     cfg = parse_evaluate_params(params)
     pred = scored(predictions(), cfg)
     graded = grade_answers(eval_set(), pred, masks(), taxonomy)
-    return compute_metrics(eval_set(), pred, masks(), graded, cfg)
+    return compute_metrics(eval_set(), typed(pred), masks(), graded, cfg)
 
 
 # ----------------------------------------------------------------------------- params, scores
@@ -140,16 +146,18 @@ def test_pipeline_wires_every_report() -> None:
 
 
 def test_params_validate_score_source_and_weight() -> None:
-    with pytest.raises(ConfigError, match="evaluate.score_source"):
-        parse_evaluate_params({"score_source": "max"})
-    with pytest.raises(ConfigError, match="evaluate.fusion_weight"):
-        parse_evaluate_params({"fusion_weight": 1.5})
+    with pytest.raises(ConfigError, match="evaluate.score_rule.source"):
+        parse_evaluate_params({"score_rule": {"source": "max"}})
+    with pytest.raises(ConfigError, match="evaluate.score_rule.fusion_weight"):
+        parse_evaluate_params({"score_rule": {"fusion_weight": 1.5}})
+    with pytest.raises(ConfigError, match="evaluate.score_source: moved to evaluate.score_rule"):
+        parse_evaluate_params({"score_source": "fused"})  # the older layout is named
     with pytest.raises(ConfigError, match="evaluate.mmad.limit"):
         parse_evaluate_params({"mmad": {"limit": -1}})
     with pytest.raises(ConfigError, match="evaluate.colour"):
         parse_evaluate_params({"colour": 1})
     shipped = yaml.safe_load((REPO / "conf/base/parameters_evaluate.yml").read_text())
-    assert parse_evaluate_params(shipped["evaluate"]).score_source == "fused"
+    assert parse_evaluate_params(shipped["evaluate"]).score_rule.source == "fused"
 
 
 def test_image_scores_by_source() -> None:
@@ -199,13 +207,13 @@ def test_compute_metrics_hand_example() -> None:
 
 
 def test_compute_metrics_follows_score_source() -> None:
-    fused = {**PARAMS, "score_source": "fused", "fusion_weight": 0.5}
+    fused = {**PARAMS, "score_rule": {"source": "fused", "fusion_weight": 0.5}}
     report, _, _ = metrics(fused)
     # alpha fused scores 0.15, 0.35, 0.55, 0.85: separated (map max alone gives 3/4)
     assert report["per_class"]["alpha"]["image_auroc"] == pytest.approx(1.0)
     assert report["settings"]["score_source"] == "fused"
     assert report["settings"]["fusion_weight"] == 0.5
-    report, _, _ = metrics({"score_source": "p_yes"})
+    report, _, _ = metrics({"score_rule": {"source": "p_yes"}})
     assert report["per_class"]["alpha"]["image_auroc"] == 1.0
     # without a taxonomy there is no defect-type accuracy, but the rest is there
     assert report["mean"]["defect_type_accuracy"] is None
@@ -248,12 +256,14 @@ def test_follow_up_answers_are_graded_on_the_anomalous_images() -> None:
         .all()
         .all()
     )
-    report, flat, _ = compute_metrics(eval_set(), scored(pred, cfg), masks(), graded, cfg)
+    report, flat, _ = compute_metrics(eval_set(), typed(scored(pred, cfg)), masks(), graded, cfg)
     alpha, beta = report["per_class"]["alpha"], report["per_class"]["beta"]
     assert (alpha["follow_up_location_accuracy"], alpha["follow_up_type_accuracy"]) == (0.5, 1.0)
     assert (beta["follow_up_location_accuracy"], beta["follow_up_type_accuracy"]) == (0.0, 0.0)
     without = grade_answers(eval_set(), predictions(), masks(), TAXONOMY)  # none asked
-    report, _, _ = compute_metrics(eval_set(), scored(predictions(), cfg), masks(), without, cfg)
+    report, _, _ = compute_metrics(
+        eval_set(), typed(scored(predictions(), cfg)), masks(), without, cfg
+    )
     assert report["mean"]["follow_up_location_accuracy"] is None
 
 
@@ -263,7 +273,7 @@ def test_object_name_accuracy_counts_only_answers_that_name_one() -> None:
     pred["detection_answers"][1] = "Yes. A scratch on the top left of the cable."  # named, wrong
     cfg = parse_evaluate_params(PARAMS)
     graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
-    report, _, _ = compute_metrics(eval_set(), scored(pred, cfg), masks(), graded, cfg)
+    report, _, _ = compute_metrics(eval_set(), typed(scored(pred, cfg)), masks(), graded, cfg)
     alpha, beta = report["per_class"]["alpha"], report["per_class"]["beta"]
     assert alpha["object_name_accuracy"] == 0.5 and alpha["object_named_share"] == 0.5
     # beta's answers name no object: its name accuracy is undefined, not perfect
@@ -416,8 +426,8 @@ def test_predict_eval_set_on_a_tiny_model(tiny, tmp_path: Path) -> None:
             return tiny
 
     def predict(params):
-        predictor = load_predictor(Loaded(), {}, params, es)  # the evaluate pipeline's nodes
-        return predict_eval_set(predictor, es, {"src": str(tmp_path)}, params)
+        detector = load_detector(Loaded(), {}, params, es)  # the evaluate pipeline's nodes
+        return predict_eval_set(detector, es, {"src": str(tmp_path)}, params)
 
     pred = predict(params)
     assert pred["maps"].shape == (2, 16, 16) and len(pred["detection_answers"]) == 2
@@ -427,7 +437,7 @@ def test_predict_eval_set_on_a_tiny_model(tiny, tmp_path: Path) -> None:
     expected = Predictor(*tiny).p_yes(images, list(es["category"]))
     np.testing.assert_allclose(pred["p_yes"], expected, rtol=1e-5)
     np.testing.assert_array_equal(pred["scores"], pred["map_max"])
-    p_yes = predict({**params, "score_source": "p_yes"})
+    p_yes = predict({**params, "score_rule": {"source": "p_yes"}})
     np.testing.assert_allclose(p_yes["scores"], pred["p_yes"], rtol=1e-5)
 
 
@@ -511,7 +521,7 @@ def test_the_experts_map_and_score_are_scored_as_a_second_map_and_score() -> Non
     expert = np.array([0.9, 0.1, 0.8, 0.7, 0.3, 0.2])  # alpha: 0.9 on a normal image -> 1/2
     pred |= {"significance": significance, "expert_scores": expert}
     graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
-    report, flat, table = compute_metrics(eval_set(), pred, masks(), graded, cfg)
+    report, flat, table = compute_metrics(eval_set(), typed(pred), masks(), graded, cfg)
     alpha = report["per_class"]["alpha"]
     assert alpha["expert_image_auroc"] == pytest.approx(0.5)
     a_maps, a_masks = list(significance[:4]), masks()[:4]
@@ -539,7 +549,7 @@ def test_region_settings_are_graded_like_the_detection_answers() -> None:
         "oracle_region": {"answers": right},
     }
     graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
-    report, _, _ = compute_metrics(eval_set(), pred, masks(), graded, cfg)
+    report, _, _ = compute_metrics(eval_set(), typed(pred), masks(), graded, cfg)
     alpha = report["per_class"]["alpha"]
     assert alpha["no_region_answer_accuracy"] == 0.5  # the two normal images
     assert alpha["no_region_location_accuracy"] == 0.0
@@ -548,3 +558,29 @@ def test_region_settings_are_graded_like_the_detection_answers() -> None:
     assert alpha["oracle_region_defect_type_accuracy"] == 1.0
     # the predicted setting is the detection answers' own
     assert alpha["answer_accuracy"] == 0.5 and alpha["location_accuracy"] == 0.5
+
+
+def test_the_metrics_node_reports_the_decision_at_the_models_thresholds() -> None:
+    """The node hands the model's calibrated thresholds (the predictions' ``decision``) to the
+    report: the decision at its image threshold and where the thresholds came from; none without."""
+    from vmad_pipeline.pipelines.evaluate.nodes import compute_metrics as metrics_node
+
+    cfg = parse_evaluate_params(PARAMS)
+    pred = scored(predictions(), cfg)  # map maxima 0.1 0.6 0.4 0.9 0.2 0.3, labels 0 0 1 1 0 1
+    graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
+    chosen = {"image_threshold": 0.35, "pixel_threshold": 0.5, "image_from": "validation"}
+    chosen |= {"pixel_from": "validation", "calibrated": True, "score_source": "map_max"}
+    report, flat, _ = metrics_node(
+        eval_set(), {**pred, "decision": chosen}, masks(), graded, PARAMS
+    )
+    # >= 0.35 flags images 1, 2, 3: tp 2 (2, 3), fp 1 (1), fn 1 (5), tn 2 (0, 4)
+    assert report["decision"] == {
+        "threshold": 0.35,
+        **{"tp": 2, "fp": 1, "tn": 2, "fn": 1},
+        **dict.fromkeys(("precision", "recall", "f1"), pytest.approx(2 / 3)),
+        **{k: chosen[k] for k in ("image_threshold", "pixel_threshold", "image_from")},
+        **{k: chosen[k] for k in ("pixel_from", "calibrated")},
+    }
+    assert flat["decision/f1"] == pytest.approx(2 / 3) and flat["decision/threshold"] == 0.35
+    report, flat, _ = metrics_node(eval_set(), {**pred, "decision": None}, masks(), graded, PARAMS)
+    assert "decision" not in report and not any(k.startswith("decision/") for k in flat)

@@ -18,6 +18,7 @@ from vmad_pipeline.configs import ConfigError
 from vmad_pipeline.configs.evaluate import parse_evaluate_params
 from vmad_pipeline.evaluation.figures import class_table_markdown
 from vmad_pipeline.evaluation.grading import grade_answers
+from vmad_pipeline.evaluation.predictions import Predictions
 from vmad_pipeline.evaluation.report import compute_metrics
 from vmad_pipeline.metrics.text import rouge_l_f
 
@@ -147,8 +148,10 @@ def predictions(hierarchy: bool = True) -> dict:
     answers = ["No.", "Yes.", "Yes.", "No.", "Yes.", "No."]  # the last one wrong
     return {
         "maps": maps,
+        "map_max": maps.reshape(6, -1).max(1),
         "scores": maps.reshape(6, -1).max(1),
         "p_yes": None,
+        "answers": answers,
         "detection_answers": answers,
         "seg_found": np.ones(6, bool),
         "follow_ups": follow_ups(hierarchy),
@@ -186,7 +189,9 @@ def test_level4_is_unset_without_answers_or_references() -> None:
 
 def test_report_by_level_per_class_and_mean() -> None:
     cfg = parse_evaluate_params({"eval_size": SIZE, "progress": False})
-    report, flat, table = compute_metrics(eval_set(), predictions(), masks(), graded(), cfg)
+    report, flat, table = compute_metrics(
+        eval_set(), Predictions.from_dict(predictions()), masks(), graded(), cfg
+    )
     h = report["hierarchy"]
     assert set(h["mean"]) == LEVELS and set(h["per_class"]) == {"hex_nut", "washer"}
     nut, washer = h["per_class"]["hex_nut"], h["per_class"]["washer"]
@@ -226,7 +231,7 @@ def test_report_without_level4_keeps_the_levels_and_hides_the_columns() -> None:
         {"eval_size": SIZE, "progress": False, "hierarchy": {"enabled": False}}
     )
     report, flat, table = compute_metrics(
-        eval_set(), predictions(False), masks(), graded(hierarchy=False), cfg
+        eval_set(), Predictions.from_dict(predictions(False)), masks(), graded(hierarchy=False), cfg
     )
     h = report["hierarchy"]
     assert h["mean"]["level4_rouge_l"] is None and h["mean"]["level1_binary"] is not None

@@ -13,6 +13,7 @@ from helpers.trees import split_manifest
 from vmad_pipeline.configs.evaluate import parse_evaluate_params
 from vmad_pipeline.evaluation.eval_set import SeenClassError, check_seen, select_eval_set
 from vmad_pipeline.evaluation.grading import grade_answers
+from vmad_pipeline.evaluation.predictions import Predictions
 from vmad_pipeline.evaluation.report import compute_metrics
 from vmad_pipeline.splitting import make_split, seen_mask, split_rows, training_record
 
@@ -84,10 +85,16 @@ def test_seen_classes_are_reported_apart_never_in_the_unseen_mean():
     masks = [np.zeros((size, size), np.uint8) for _ in range(8)]
     for i in (2, 3, 6, 7):
         masks[i][:2, :2] = 1
-    pred = {"maps": maps, "scores": scores, "p_yes": None, "seg_found": np.ones(8, bool)}
-    pred["detection_answers"] = ["No."] * 8
+    pred = Predictions(
+        maps=maps,
+        map_max=scores,
+        p_yes=None,
+        scores=scores,
+        answers=["No."] * 8,
+        seg_found=np.ones(8, bool),
+    )
     cfg = parse_evaluate_params({"eval_size": size})
-    graded = grade_answers(rows, pred, masks, None)
+    graded = grade_answers(rows, pred.as_dict(), masks, None)
     report, flat, table = compute_metrics(rows, pred, masks, graded, cfg)
     assert set(report["per_class"]) == {"new"} and report["mean"]["image_auroc"] == 1.0
     assert set(report["seen"]["per_class"]) == {"old"}

@@ -122,7 +122,7 @@ def test_masks_travel_as_png_at_the_images_size():
 def test_a_failure_inside_the_model_is_a_500_that_tells_nothing_internal(caplog):
     from mlflow.exceptions import MlflowException
 
-    from vmad_pipeline.inference.pyfunc import VmadPyfunc
+    from vmad_pipeline.io.pyfunc import VmadPyfunc
 
     class Broken:
         def inspect(self, images, names):

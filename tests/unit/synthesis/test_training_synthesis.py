@@ -126,7 +126,7 @@ def test_fit_vmad_trains_with_generated_anomalies(data, tmp_path):
     gen_cfg = dataclasses.replace(GEN_CFG, cache_dir=str(tmp_path / "generator"))
     from vmad_pipeline.synthesis.fit import generator_stage
     from vmad_pipeline.synthesis.run import painter_from_stage
-    from vmad_pipeline.training.fit import fit_vmad
+    from vmad_pipeline.training.fit import fit_vmad, make_job
 
     stage = generator_stage(rows, roots, gen_cfg)
     assert stage["types"] == ["scratch"] and stage["reused"] is False
@@ -134,10 +134,10 @@ def test_fit_vmad_trains_with_generated_anomalies(data, tmp_path):
     assert generator_stage(rows, roots, gen_cfg)["reused"] is True  # cached by its inputs
     CountingPainter.calls = 0
     painter = CountingPainter(painter_from_stage(stage).model, stage["types"])
-    trained = fit_vmad(rows, roots, qa, tok, cfg, MODEL, painter=painter)
+    trained = fit_vmad(make_job(rows, roots, qa, tok, cfg, MODEL), painter=painter)
     assert trained.summary["steps_this_run"] == 2 and CountingPainter.calls > 0
     with pytest.raises(ValueError, match="needs the defect generator's painter"):
-        fit_vmad(rows, roots, qa, tok, cfg, MODEL)
+        fit_vmad(make_job(rows, roots, qa, tok, cfg, MODEL))
     with pytest.raises(FileNotFoundError, match="--to-nodes train_expert,train_generator"):
         other = dataclasses.replace(gen_cfg, seed=1)
         generator_stage(rows, roots, other, cached_only=True)
@@ -145,7 +145,7 @@ def test_fit_vmad_trains_with_generated_anomalies(data, tmp_path):
 
 def test_a_training_resumes_only_with_the_same_generator(data, tmp_path):
     from vmad_pipeline.synthesis.run import painter_from_stage
-    from vmad_pipeline.training.fit import fit_vmad
+    from vmad_pipeline.training.fit import fit_vmad, make_job
 
     rows, roots, qa, tok = data
     cfg = train_config(tmp_path, steps=2, synthesis="generated", paste_prob=1.0)
@@ -155,9 +155,9 @@ def test_a_training_resumes_only_with_the_same_generator(data, tmp_path):
     stage["config"] = dataclasses.asdict(dataclasses.replace(GEN_CFG, width=4, depth=2))
     painter = painter_from_stage(stage)
     assert painter.key == "a" * 16
-    fit_vmad(rows, roots, qa, tok, cfg, MODEL, painter=painter)
-    again = fit_vmad(rows, roots, qa, tok, cfg, MODEL, painter=painter_from_stage(stage))
+    fit_vmad(make_job(rows, roots, qa, tok, cfg, MODEL), painter=painter)
+    again = fit_vmad(make_job(rows, roots, qa, tok, cfg, MODEL), painter=painter_from_stage(stage))
     assert again.summary["steps_this_run"] == 0  # the same generator: resumed at its end
     other = painter_from_stage({**stage, "key": "b" * 16})
-    fresh = fit_vmad(rows, roots, qa, tok, cfg, MODEL, painter=other)
+    fresh = fit_vmad(make_job(rows, roots, qa, tok, cfg, MODEL), painter=other)
     assert fresh.summary["steps_this_run"] == 2  # another generator: trained anew

@@ -15,7 +15,7 @@ from vmad_pipeline.configs import ExpertConfig, RegionConfig
 from vmad_pipeline.configs.model import LoraConfig
 from vmad_pipeline.models.anomaly_expert import ADVERBS
 from vmad_pipeline.models.build import build_vmad
-from vmad_pipeline.training.fit import fit_expert, fit_vmad
+from vmad_pipeline.training.fit import fit_expert, fit_vmad, make_job
 
 EXPERT = ExpertConfig(name="anomaly_ov", width=16, heads=2, steps=4, batch_size=4)
 BOTH = dataclasses.replace(
@@ -38,14 +38,14 @@ def _params(model, prefix: str) -> dict[str, torch.Tensor]:
 def test_stage_two_freezes_exactly_the_expert(data, tmp_path):
     rows, roots, qa, tok = data
     cfg = train_config(tmp_path, steps=3)
-    stage1 = fit_expert(rows, roots, qa, tok, cfg, BOTH)
+    stage1 = fit_expert(make_job(rows, roots, qa, tok, cfg, BOTH))
     fresh = build_vmad(BOTH, tok, seed=cfg.seed, train_classes=["bolt", "part"])
     trained_in_stage1 = any(
         not torch.equal(v, fresh.expert.state_dict()[k]) for k, v in stage1["state"].items()
     )
     assert trained_in_stage1 and len(stage1["losses"]) == EXPERT.steps
 
-    trained = fit_vmad(rows, roots, qa, tok, cfg, BOTH, expert=stage1)
+    trained = fit_vmad(make_job(rows, roots, qa, tok, cfg, BOTH), expert=stage1)
     model = trained.model
     # the expert holds stage 1's weights, untouched by stage 2, and is the only frozen part
     for key, value in stage1["state"].items():
@@ -65,22 +65,22 @@ def test_stage_two_freezes_exactly_the_expert(data, tmp_path):
 def test_stage_one_is_reused_until_its_inputs_change(data, tmp_path):
     rows, roots, qa, tok = data
     cfg = train_config(tmp_path)
-    first = fit_expert(rows, roots, qa, tok, cfg, BOTH)
-    again = fit_expert(rows, roots, qa, tok, cfg, BOTH)
+    first = fit_expert(make_job(rows, roots, qa, tok, cfg, BOTH))
+    again = fit_expert(make_job(rows, roots, qa, tok, cfg, BOTH))
     assert again["reused"] and again["key"] == first["key"]
     assert all(torch.equal(again["state"][k], v) for k, v in first["state"].items())
     # the region tokens and the LLM do not enter stage 1: same key
     other_llm = dataclasses.replace(BOTH, region_tokens=RegionConfig())
-    assert fit_expert(rows, roots, qa, tok, cfg, other_llm)["reused"]
+    assert fit_expert(make_job(rows, roots, qa, tok, cfg, other_llm))["reused"]
     changed = dataclasses.replace(BOTH, expert=dataclasses.replace(EXPERT, lr=5e-4))
-    new = fit_expert(rows, roots, qa, tok, cfg, changed)
+    new = fit_expert(make_job(rows, roots, qa, tok, cfg, changed))
     assert not new["reused"] and new["key"] != first["key"]
-    assert fit_expert(rows, roots, qa, tok, cfg, SMALL_CFG) == {}  # no expert, no stage 1
+    assert fit_expert(make_job(rows, roots, qa, tok, cfg, SMALL_CFG)) == {}  # no expert, no stage 1
 
 
 def test_the_expert_needs_stage_one(data, tmp_path):
     rows, roots, qa, tok = data
-    from vmad_pipeline.training.fit import make_job, run_job
+    from vmad_pipeline.training.fit import run_job
 
     job = make_job(rows, roots, qa, tok, train_config(tmp_path), BOTH)
     with pytest.raises(ValueError, match="stage-1"):
@@ -145,7 +145,7 @@ def test_a_checkpoint_keeps_the_frozen_expert_and_the_region_tokens(data, tmp_pa
     from vmad_pipeline.models.checkpoint import load_checkpoint, save_checkpoint
 
     cfg = train_config(tmp_path, steps=2)
-    trained = fit_vmad(rows, roots, qa, tok, cfg, BOTH)
+    trained = fit_vmad(make_job(rows, roots, qa, tok, cfg, BOTH))
     save_checkpoint(trained.model, tok, tmp_path / "model")
     loaded, tok2 = load_checkpoint(tmp_path / "model")
     ids, att = _prompt_ids(loaded, tok2, ["part", "bolt"])
@@ -172,10 +172,10 @@ def test_both_stages_in_the_bf16_recipe(data, tmp_path):
     stage 2 stores the frozen expert in bf16 with the other frozen weights."""
     rows, roots, qa, tok = data
     cfg = train_config(tmp_path, steps=2, precision="bf16")
-    stage1 = fit_expert(rows, roots, qa, tok, cfg, BOTH)
+    stage1 = fit_expert(make_job(rows, roots, qa, tok, cfg, BOTH))
     assert all(torch.isfinite(torch.tensor(stage1["losses"])))
     assert all(v.dtype == torch.float32 for v in stage1["state"].values())
-    model = fit_vmad(rows, roots, qa, tok, cfg, BOTH, expert=stage1).model
+    model = fit_vmad(make_job(rows, roots, qa, tok, cfg, BOTH), expert=stage1).model
     assert {p.dtype for p in model.expert.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.region.parameters()} == {torch.float32}  # trained
 
@@ -203,10 +203,13 @@ def test_a_launched_rank_reads_stage_one_and_never_trains_its_own(data, tmp_path
     rows, roots, qa, tok = data
     cfg = train_config(tmp_path)
     with pytest.raises(FileNotFoundError, match="--to-nodes train_expert"):
-        fit_expert(rows, roots, qa, tok, cfg, BOTH, cached_only=True)
+        fit_expert(make_job(rows, roots, qa, tok, cfg, BOTH), cached_only=True)
     assert not (tmp_path / "expert").exists() or not any((tmp_path / "expert").iterdir())
-    first = fit_expert(rows, roots, qa, tok, cfg, BOTH)
-    assert fit_expert(rows, roots, qa, tok, cfg, BOTH, cached_only=True)["key"] == first["key"]
+    first = fit_expert(make_job(rows, roots, qa, tok, cfg, BOTH))
+    assert (
+        fit_expert(make_job(rows, roots, qa, tok, cfg, BOTH), cached_only=True)["key"]
+        == first["key"]
+    )
 
 
 @pytest.mark.parametrize(

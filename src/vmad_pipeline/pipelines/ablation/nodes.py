@@ -22,22 +22,6 @@ def plan_ablation(
     return plan(parse_ablation_params(ablation), train, evaluate, weights, generate)
 
 
-def fit_ablation_tokenizer(
-    manifest: pd.DataFrame,
-    splits: dict[str, Any],
-    riad_qa: pd.DataFrame,
-    train: dict[str, Any],
-    weights: dict[str, Any],
-):
-    """The tokenizer every cell shares (the training conversations do not depend on the cell)."""
-    from vmad_pipeline.configs import parse_train_params
-    from vmad_pipeline.splitting import split_rows
-    from vmad_pipeline.training.fit import fit_tokenizer
-
-    cfg, model_cfg = parse_train_params(train, weights)
-    return fit_tokenizer(split_rows(manifest, splits)[0], riad_qa, cfg, model_cfg)
-
-
 def run_ablation(
     plan: list[dict[str, Any]],
     store,
@@ -52,8 +36,19 @@ def run_ablation(
 ) -> pd.DataFrame:
     """Every distinct cell trained and evaluated once per seed, finished cells reused."""
     from vmad_pipeline.ablation.run import run_ablation as run
+    from vmad_pipeline.io.tracking import nested_run
 
     progress = parse_ablation_params(ablation).progress
     return run(
-        plan, store, manifest, splits, roots, riad_qa, taxonomy, tokenizer, weights, progress
+        plan,
+        store,
+        manifest,
+        splits,
+        roots,
+        riad_qa,
+        taxonomy,
+        tokenizer,
+        weights,
+        progress,
+        track=nested_run,  # one nested MLflow run per distinct cell
     )

@@ -4,8 +4,9 @@ from vmad_pipeline.ablation.report import report_ablation
 from vmad_pipeline.pipelines.annotate.pipeline import create_pipeline as annotate
 from vmad_pipeline.pipelines.ingest.pipeline import create_pipeline as ingest
 from vmad_pipeline.pipelines.split.pipeline import create_pipeline as split
+from vmad_pipeline.pipelines.train.pipeline import tokenizer_node
 
-from .nodes import fit_ablation_tokenizer, plan_ablation, run_ablation
+from .nodes import plan_ablation, run_ablation
 
 
 def ablation_nodes() -> Pipeline:
@@ -23,12 +24,7 @@ def ablation_nodes() -> Pipeline:
                 "ablation_plan",
                 name="plan_ablation",
             ),
-            node(
-                fit_ablation_tokenizer,
-                ["manifest", "splits", "riad_qa", "params:train", "params:weights"],
-                "ablation_tokenizer",
-                name="ablation_fit_tokenizer",
-            ),
+            tokenizer_node("ablation_tokenizer", "ablation_fit_tokenizer"),
             node(
                 run_ablation,
                 [

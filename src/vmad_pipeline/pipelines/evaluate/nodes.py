@@ -1,6 +1,6 @@
 """Evaluate: thin adapters over ``inference`` (the predictor) and ``evaluation`` (scores,
 grading, metrics, curves, figures, MMAD). Each node parses ``params:evaluate`` once; the model
-is loaded once per run (``load_predictor``) and the scores and grades are computed once and
+is loaded once per run (``load_detector``) and the scores and grades are computed once and
 passed on."""
 
 from __future__ import annotations
@@ -33,19 +33,21 @@ def select_eval_set(
     return select(manifest, splits, roots, taxonomy, cfg, checkpoint.trained_on)
 
 
-def load_predictor(
+def load_detector(
     checkpoint, weights: dict[str, Any], params: dict[str, Any], eval_set: pd.DataFrame
 ):
-    """The trained model, loaded once, on the evaluation device and precision, scoring by
-    ``score_source``; after the eval set passed its checks (``eval_set`` orders it after them)."""
-    from vmad_pipeline.inference.predictor import Predictor
+    """The trained detector (``inference.service.Detector``), loaded once, on the evaluation
+    device and precision, scoring by ``score_rule``; after the eval set passed its checks
+    (``eval_set`` orders it after them)."""
+    from vmad_pipeline.inference.service import Detector
 
     weights_cfg = from_dict(WeightsConfig, weights, "weights")
-    return Predictor.for_evaluation(checkpoint, weights_cfg, parse_evaluate_params(params))
+    cfg = parse_evaluate_params(params)
+    return Detector.from_checkpoint(checkpoint, weights_cfg, cfg, strict=False)
 
 
 def predict_eval_set(
-    predictor, eval_set: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
+    detector, eval_set: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
 ) -> dict[str, Any]:
     """Anomaly maps (at ``eval_size``) and their maxima, the answer
     to the detection question and P(yes); ``scores``, the image scores of ``score_source``."""
@@ -53,7 +55,7 @@ def predict_eval_set(
     from vmad_pipeline.images import load_batch
     from vmad_pipeline.inference.chat import follow_up_answers
 
-    cfg = parse_evaluate_params(params)
+    cfg, predictor = parse_evaluate_params(params), detector.predictor
     regions = cfg.region_settings and predictor.model.region is not None
     files, mask_files = row_files(eval_set, roots)
     images, truth = load_batch(
@@ -72,7 +74,7 @@ def predict_eval_set(
             int((~pred.seg_found).sum()),
             len(pred.seg_found),
         )
-    out = {**pred.as_dict(), "decision": _decision(predictor.model.decision, cfg.score_source)}
+    out = {**pred.as_dict(), "decision": _decision(detector)}
     if cfg.follow_ups:
         out["follow_ups"] = follow_up_answers(predictor, images, eval_set, pred, cfg)
     if regions:  # the answers with no region and with the true one
@@ -86,16 +88,16 @@ def predict_eval_set(
     return out
 
 
-def _decision(decision: dict, score_source: str) -> dict | None:
+def _decision(detector) -> dict | None:
     """The thresholds calibrated with the model, for the decision metrics; None (with a
     warning) when they belong to another score than this evaluation's."""
-    from vmad_pipeline.inference.calibrate import thresholds
-
-    try:
-        return thresholds(decision, score_source) | decision
-    except ValueError as err:
-        log.warning("no decision metrics: %s", err)
+    if not detector.thresholds:
+        log.warning(
+            "no decision metrics: the model's thresholds were calibrated on score_source %r",
+            detector.model.decision.get("score_source"),
+        )
         return None
+    return detector.thresholds | detector.model.decision
 
 
 def load_ground_truth(
@@ -131,10 +133,19 @@ def compute_metrics(
     graded: pd.DataFrame,
     params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
-    """metrics.json, the flat MLflow metrics and the per-class table."""
+    """metrics.json, the flat MLflow metrics and the per-class table; the decision metrics at
+    the thresholds the predictions carry (``decision``), where they do."""
+    from vmad_pipeline.evaluation.predictions import Predictions
     from vmad_pipeline.evaluation.report import compute_metrics as compute
 
-    return compute(eval_set, predictions, masks, graded, parse_evaluate_params(params))
+    return compute(
+        eval_set,
+        Predictions.from_dict(predictions),
+        masks,
+        graded,
+        parse_evaluate_params(params),
+        decision=predictions.get("decision"),
+    )
 
 
 def reference_metrics(
@@ -200,9 +211,10 @@ def plot_overlays(
     return plot(eval_set, predictions, masks, roots, parse_evaluate_params(params))
 
 
-def evaluate_mmad(predictor, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def evaluate_mmad(detector, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """MMAD accuracy per question type (an empty table and ``{"enabled": false}`` when off);
     questions about the model's training classes refused or reported apart."""
     from vmad_pipeline.evaluation.mmad import evaluate_mmad as evaluate
 
-    return evaluate(predictor, parse_evaluate_params(params), predictor.model.trained_on)
+    cfg = parse_evaluate_params(params)
+    return evaluate(detector.predictor, cfg, detector.model.trained_on)

@@ -78,11 +78,11 @@ def generation_detector(
     from vmad_pipeline.configs.base import from_dict
     from vmad_pipeline.configs.evaluate import parse_evaluate_params
     from vmad_pipeline.configs.model import WeightsConfig
-    from vmad_pipeline.inference.predictor import Predictor
+    from vmad_pipeline.inference.service import Detector
     from vmad_pipeline.synthesis.run import score_detector
 
     cfg, rule = parse_generate_params(params), parse_evaluate_params(evaluate)
     weights_cfg = from_dict(WeightsConfig, weights, "weights")
-    predictor = Predictor.for_evaluation(checkpoint, weights_cfg, rule)
+    predictor = Detector.from_checkpoint(checkpoint, weights_cfg, rule, strict=False).predictor
     real = _rows(manifest, splits, cfg.classes)
     return score_detector(predictor, root, index, real, roots, cfg)

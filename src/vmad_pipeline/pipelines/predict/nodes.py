@@ -30,10 +30,10 @@ def predict_images(
         checkpoint,
         from_dict(WeightsConfig, weights, "weights"),
         rule,
-        image_threshold=cfg.image_threshold,
-        pixel_threshold=cfg.pixel_threshold,
         device=cfg.device,
         precision=cfg.precision,
+        image_threshold=cfg.image_threshold,
+        pixel_threshold=cfg.pixel_threshold,
         taxonomy=Taxonomy.from_dict(taxonomy),
     )
     counts = predict_items(detector, items, store, cfg.batch_size, cfg.progress)

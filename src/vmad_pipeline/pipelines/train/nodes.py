@@ -25,6 +25,15 @@ def fit_tokenizer(
     return fit(split_rows(manifest, splits)[0], riad_qa, cfg, model_cfg)
 
 
+def _job(rows, splits, roots, riad_qa, tokenizer, params, weights):
+    """The training job of the split's training classes' ``rows`` (``training.fit.TrainJob``)."""
+    from vmad_pipeline.training.fit import make_job
+
+    cfg, model_cfg = parse_train_params(params, weights)
+    record = training_record(rows, splits)
+    return make_job(rows, roots, riad_qa, tokenizer, cfg, model_cfg, trained_on=record)
+
+
 def train_expert(
     manifest: pd.DataFrame,
     splits: dict[str, Any],
@@ -38,8 +47,8 @@ def train_expert(
     and labels (reused when its inputs did not change); {} when the model has no expert."""
     from vmad_pipeline.training.fit import fit_expert
 
-    cfg, model_cfg = parse_train_params(params, weights)
-    return fit_expert(split_rows(manifest, splits)[0], roots, riad_qa, tokenizer, cfg, model_cfg)
+    rows = split_rows(manifest, splits)[0]
+    return fit_expert(_job(rows, splits, roots, riad_qa, tokenizer, params, weights))
 
 
 def train_generator(
@@ -69,43 +78,28 @@ def train_model(
     weights: dict[str, Any],
     evaluate: dict[str, Any],
     generate: dict[str, Any],
-) -> tuple[tuple, dict[str, list[float]], pd.DataFrame, dict[str, Any]]:
-    """Build the preset (its anomaly expert, if any, from stage 1 ``expert`` and frozen; the
-    defect generator ``generator`` painting ``train.synthesis``'s anomalies), train it
-    with LoRA on every image of the training classes but the
-    validation slice, and calibrate its decision thresholds on that slice (scoring by the
-    ``evaluate`` rule, as everything downstream does).
+) -> tuple[tuple, dict[str, Any], pd.DataFrame, dict[str, Any]] | None:
+    """The calibrated model (``training.fit.fit_vmad``): the preset (its anomaly expert, if any,
+    from stage 1 ``expert`` and frozen; the defect generator ``generator`` painting
+    ``train.synthesis``'s anomalies) trained with LoRA on every image of the training classes
+    but the validation slice, its decision thresholds calibrated on that slice, scoring by the
+    ``evaluate`` rule as everything downstream does.
 
-    Returns (model, tokenizer), the per-step curves with the run's throughput and peak memory
-    (for MLflow), the curves as a table (for DVC plots) and a summary.
-    """
+    Returns (model, tokenizer), the tracked curves and figures (for MLflow), the curves as a
+    table (for DVC plots) and a summary; None on a rank other than 0 (worker.py)."""
     from vmad_pipeline.configs.evaluate import parse_evaluate_params
-    from vmad_pipeline.inference.calibrate import calibrate_model
     from vmad_pipeline.training.fit import fit_vmad
+    from vmad_pipeline.training.outputs import run_outputs
 
-    cfg, model_cfg = parse_train_params(params, weights)
     rows = split_rows(manifest, splits)[0]
-    record = training_record(rows, splits)
-    stage, painter = _generator(rows, roots, cfg, model_cfg, generator, generate)
-    trained = fit_vmad(
-        rows,
-        roots,
-        riad_qa,
-        tokenizer,
-        cfg,
-        model_cfg,
-        trained_on=record,
-        expert=expert or None,
-        painter=painter,
-    )
+    job = _job(rows, splits, roots, riad_qa, tokenizer, params, weights)
+    stage, painter = _generator(rows, roots, job.cfg, job.model_cfg, generator, generate)
+    rule = parse_evaluate_params(evaluate)
+    trained = fit_vmad(job, evaluate=rule, expert=expert or None, painter=painter)
     if trained is None:  # a rank other than 0 of a run over several machines (worker.py)
         return None
-    rule = parse_evaluate_params(evaluate)
-    calibrate_model(trained.model, tokenizer, trained.validation_rows, roots, cfg.calibration, rule)
-    outputs = training_outputs(trained, splits, cfg.steps)
-    if stage:
-        outputs[3]["generator"] = {k: stage.get(k) for k in ("key", "reused", "seconds", "types")}
-    return outputs
+    out = run_outputs(trained, splits["train_classes"], job.cfg.steps, generator=stage)
+    return (trained.model, trained.tokenizer), out.tracked, out.table, out.summary
 
 
 def _generator(rows, roots, cfg, model_cfg, generator, generate):
@@ -123,34 +117,13 @@ def _generator(rows, roots, cfg, model_cfg, generator, generate):
     )
 
 
-def training_outputs(trained, splits: dict[str, Any], steps: int):
-    """The train node's outputs from a ``training.fit.Trained`` (also written by the multi-node
-    worker, ``pipelines/train/worker.py``)."""
-    summary = {"train_classes": list(splits["train_classes"]), **trained.summary}
-    summary["decision"] = trained.model.decision
-    if trained.validation:
-        summary["validation"] = trained.validation[-1]
-    table = pd.DataFrame({"step": range(1, steps + 1), **trained.curves})
-    cost = ("images_per_s", "peak_host_memory_mb", "peak_gpu_memory_mb", "skipped_images")
-    tracked = {**trained.curves, **{k: summary[k] for k in cost if summary.get(k) is not None}}
-    for key in ("image_threshold", "pixel_threshold"):
-        tracked[f"decision_{key}"] = trained.model.decision.get(key)
-    from vmad_pipeline.training.routers import router_metrics
-
-    tracked.update(router_metrics(summary.get("router")))  # AMoE-LoRA's routing
-    for key in ("loss", "pixel_auroc"):  # validation passes at their steps
-        tracked[f"val_{key}"] = {v["step"] - 1: v[key] for v in trained.validation}
-    return (trained.model, trained.tokenizer), tracked, table, summary
-
-
 def package_model(checkpoint, evaluate: dict[str, Any]) -> dict[str, Any]:
     """What the registered pyfunc is logged with: its ``model_config`` (the evaluate parameters'
     score rule and decoding budget, so the registered model scores as it was evaluated) and
     ``metadata`` (what it was trained on). Reads the written checkpoint."""
     from vmad_pipeline.configs.evaluate import parse_evaluate_params
-    from vmad_pipeline.inference.pyfunc import model_config
 
     return {
-        "model_config": model_config(parse_evaluate_params(evaluate)),
+        "model_config": parse_evaluate_params(evaluate).model_config(),
         "metadata": {"trained_on": checkpoint.trained_on, "decision": checkpoint.decision},
     }

@@ -1,4 +1,4 @@
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Node, Pipeline, node, pipeline
 
 from vmad_pipeline.pipelines.annotate.pipeline import create_pipeline as annotate
 from vmad_pipeline.pipelines.ingest.pipeline import create_pipeline as ingest
@@ -7,15 +7,20 @@ from vmad_pipeline.pipelines.split.pipeline import create_pipeline as split
 from .nodes import fit_tokenizer, package_model, train_expert, train_generator, train_model
 
 
+def tokenizer_node(output: str = "tokenizer", name: str = "fit_tokenizer") -> Node:
+    """The tokenizer of the training conversations (the ablation's cells share one too)."""
+    return node(
+        fit_tokenizer,
+        ["manifest", "splits", "riad_qa", "params:train", "params:weights"],
+        output,
+        name=name,
+    )
+
+
 def training_nodes() -> Pipeline:
     return pipeline(
         [
-            node(
-                fit_tokenizer,
-                ["manifest", "splits", "riad_qa", "params:train", "params:weights"],
-                "tokenizer",
-                name="fit_tokenizer",
-            ),
+            tokenizer_node(),
             node(
                 train_expert,
                 [

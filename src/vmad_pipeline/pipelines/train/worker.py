@@ -17,11 +17,9 @@ an MLflow run. On one machine ``kedro run --pipeline train`` launches its worker
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 from pathlib import Path
-
-INPUTS = ("manifest", "splits", "dataset_roots", "riad_qa", "tokenizer")
-OUTPUTS = ("vmad_model", "training_curves", "training_curves_table", "training_summary")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,20 +40,25 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train(catalog) -> None:
-    """Train this rank's share; rank 0 writes the outputs."""
-    from vmad_pipeline.pipelines.train.nodes import train_model
+    """Train this rank's share; rank 0 writes the outputs. The inputs and outputs are the train
+    pipeline's ``train_model`` node's, loaded and saved by name through the catalog."""
+    from vmad_pipeline.pipelines.train.pipeline import training_nodes
 
-    inputs = [catalog.load(name) for name in INPUTS]
-    params = [catalog.load(f"params:{name}") for name in ("train", "weights", "evaluate")]
-    generate = catalog.load("params:generate")
+    (step,) = training_nodes().filter(node_names=["train_model"]).nodes
+    args = inspect.signature(step.func).parameters  # in the order of the node's inputs
     # {}: stage 1 and the defect generator from their caches (or trained here in one process)
-    outputs = train_model(*inputs, {}, {}, *params, generate)
+    given = {"expert": {}, "generator": {}}
+    inputs = {
+        arg: given[arg] if arg in given else catalog.load(name)
+        for arg, name in zip(args, step.inputs, strict=True)
+    }
+    outputs = step.func(**inputs)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    import mlflow
+    from vmad_pipeline.io.tracking import start_run
 
-    with mlflow.start_run(run_name="train-worker"):
-        for name, value in zip(OUTPUTS, outputs, strict=True):
+    with start_run("train-worker"):
+        for name, value in zip(step.outputs, outputs, strict=True):
             catalog.save(name, value)
 
 

@@ -1,4 +1,5 @@
-"""Decision thresholds from a validation set, and where a prediction takes its thresholds."""
+"""Decision thresholds from a validation set (the rules), and where a prediction takes its
+thresholds."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import pytest
 
 from vmad_pipeline.configs import ConfigError
 from vmad_pipeline.configs.train import CalibrationConfig
-from vmad_pipeline.evaluation.calibration import decision_metrics, pixel_threshold, threshold
-from vmad_pipeline.inference.calibrate import thresholds
+from vmad_pipeline.evaluation.threshold_rules import decision_metrics, pixel_threshold, threshold
+from vmad_pipeline.inference.service import decision_thresholds as thresholds
 
 
 def test_fpr_threshold_passes_at_most_that_share_of_normal_images():
@@ -67,7 +68,7 @@ def test_a_fixed_rule_keeps_its_value_and_a_degenerate_pixel_threshold_is_named(
     for bad in ("fixed@", "fixed@1.5", "fixed@x"):
         with pytest.raises(ConfigError, match="fixed@"):
             CalibrationConfig(pixel=bad)
-    from vmad_pipeline.inference.calibrate import warn_if_degenerate
+    from vmad_pipeline.training.calibration import warn_if_degenerate
 
     warn_if_degenerate(2.4e-7, "fpr@0.05")
     assert "pixel threshold 2.4e-07" in caplog.text and "whole image" in caplog.text

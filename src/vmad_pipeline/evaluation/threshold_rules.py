@@ -1,4 +1,5 @@
-"""Decision thresholds from a validation set, and the decision metrics at a threshold.
+"""The threshold rules (calibration, ``training.calibration``, is their use): decision thresholds
+from a validation set, and the decision metrics at a threshold.
 
 A rule is ``f1`` (the threshold of the highest F1 over the validation set), ``fpr@<rate>``
 (the lowest threshold that flags at most that share of the normal images, or of the normal

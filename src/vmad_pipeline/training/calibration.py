@@ -1,5 +1,8 @@
-"""The decision thresholds stored with a model: its predictor run on the held-out validation
-slice of the training classes (never a test class), the rules of ``evaluation.calibration``."""
+"""Calibration, the use of the threshold rules (``evaluation.threshold_rules``): a trained model's
+decision thresholds chosen on the held-out validation slice of the training classes (never a
+test class), scored by the detector every entry point builds (``inference.service.Detector``),
+and stored on the model (saved with it). Training ends here: ``training.fit.fit_vmad`` returns
+a calibrated model."""
 
 from __future__ import annotations
 
@@ -8,15 +11,21 @@ import logging
 import numpy as np
 import pandas as pd
 
+from vmad_pipeline.configs.evaluate import EvaluateConfig
+from vmad_pipeline.configs.train import CalibrationConfig
 from vmad_pipeline.datasets.manifest import row_files
-from vmad_pipeline.evaluation.calibration import decision_metrics, pixel_threshold, threshold
+from vmad_pipeline.evaluation.threshold_rules import decision_metrics, pixel_threshold, threshold
 from vmad_pipeline.images import load_batch
+from vmad_pipeline.inference.service import Detector
 
 log = logging.getLogger(__name__)
 UNCALIBRATED = {"image_threshold": 0.5, "pixel_threshold": 0.5, "calibrated": False}
+DEGENERATE_PIXEL = 0.01
 
 
-def calibrate(predictor, rows: pd.DataFrame, roots: dict[str, str], calibration) -> dict:
+def calibrate(
+    predictor, rows: pd.DataFrame | None, roots: dict[str, str], calibration: CalibrationConfig
+) -> dict:
     """Image and pixel thresholds by ``calibration.image`` / ``.pixel`` on ``rows`` (the
     validation slice), with what they were chosen on and the decision metrics there. No rows:
     the uncalibrated 0.5 / 0.5, said in a warning."""
@@ -54,9 +63,6 @@ def calibrate(predictor, rows: pd.DataFrame, roots: dict[str, str], calibration)
     return out
 
 
-DEGENERATE_PIXEL = 0.01
-
-
 def warn_if_degenerate(pixel: float, rule: str) -> None:
     """A pixel threshold so low that almost any map value passes: masks of unseen classes would
     cover most of the image."""
@@ -71,40 +77,21 @@ def warn_if_degenerate(pixel: float, rule: str) -> None:
         )
 
 
-def calibrate_model(model, tokenizer, rows, roots, calibration, evaluate) -> dict:
-    """:func:`calibrate` with a predictor that scores as the evaluation does (``evaluate``: its
-    score rule and decoding budget); the thresholds are set on the model (saved with it)."""
-    from vmad_pipeline.inference.predictor import Predictor
-
-    predictor = Predictor(
-        model, tokenizer, max_new_tokens=evaluate.max_new_tokens, rule=evaluate.score_rule
-    )
-    model.decision = as_json(calibrate(predictor, rows, roots, calibration))
+def calibrate_model(
+    model,
+    tokenizer,
+    rows: pd.DataFrame | None,
+    roots: dict[str, str],
+    calibration: CalibrationConfig,
+    evaluate: EvaluateConfig,
+) -> dict:
+    """:func:`calibrate` with the detector every entry point builds for ``model`` (scoring by
+    ``evaluate``'s rule and decoding budget); the thresholds are set on the model (saved with
+    it) and returned."""
+    model.decision = {}  # a fresh calibration: whatever was stored before is not read
+    detector = Detector.for_model(model, tokenizer, evaluate)
+    model.decision = as_json(calibrate(detector.predictor, rows, roots, calibration))
     return model.decision
-
-
-def thresholds(decision: dict, score_source: str, image=None, pixel=None) -> dict:
-    """The thresholds a prediction uses: given ones (parameters) win, else the model's calibrated
-    ones, else 0.5. A calibrated image threshold belongs to the score it was chosen on: another
-    ``score_source`` is refused (its scale is another)."""
-    calibrated = bool(decision.get("calibrated"))
-    source = decision.get("score_source")
-    if image is None and calibrated and source != score_source:
-        raise ValueError(
-            f"the model's image threshold was calibrated on score_source {source!r}, not "
-            f"{score_source!r}: set predict.image_threshold, or evaluate.score_source={source}"
-        )
-    how = "calibrated: " if calibrated else "default "
-    return {
-        "image_threshold": image if image is not None else decision.get("image_threshold", 0.5),
-        "pixel_threshold": pixel if pixel is not None else decision.get("pixel_threshold", 0.5),
-        "image_from": "parameter"
-        if image is not None
-        else how + str(decision.get("image_rule", "")),
-        "pixel_from": "parameter"
-        if pixel is not None
-        else how + str(decision.get("pixel_rule", "")),
-    }
 
 
 def as_json(decision: dict) -> dict:

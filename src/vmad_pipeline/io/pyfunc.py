@@ -3,9 +3,11 @@ and what ``mlflow models serve`` answers.
 
 Input and output columns: ``inference.serving`` (base64 ``image`` or an allowed ``path``,
 optional ``category``; score, decision, answer text, [SEG] emitted, location, mask and anomaly
-map as PNG base64 at the input's size). Scoring: the evaluate parameters' ``score_source``,
-``fusion_weight`` and ``max_new_tokens`` the model was registered with (its ``model_config``);
-the decision: the thresholds calibrated with the model (``inference.calibrate``).
+map as PNG base64 at the input's size). The detector is the one every entry point builds
+(``inference.service.Detector.from_checkpoint``): scoring by the evaluate parameters'
+``score_rule`` and ``max_new_tokens`` the model was registered with (its ``model_config``,
+``configs.evaluate.EvaluateConfig.model_config``), deciding with the thresholds calibrated with
+the model (``training.calibration``).
 
 A refused request raises an ``MlflowException`` with status 400 and a message for the client;
 any other failure is logged here in full and answered with status 500 and no stack trace.
@@ -23,7 +25,7 @@ import os
 import mlflow.pyfunc
 import pandas as pd
 
-from vmad_pipeline.configs.evaluate import EvaluateConfig, ScoreRule
+from vmad_pipeline.configs.evaluate import from_model_config
 from vmad_pipeline.inference.serving import (
     RequestError,
     ServeConfig,
@@ -44,43 +46,15 @@ def _weights(model_config: dict):
     return from_dict(WeightsConfig, given, "weights")
 
 
-def model_config(cfg: EvaluateConfig) -> dict:
-    """What the registered model is logged with: the evaluation's score rule and decoding budget,
-    so that it scores an image exactly as the evaluation did."""
-    return {
-        "score_source": cfg.score_source,
-        "fusion_weight": cfg.fusion_weight,
-        "max_new_tokens": cfg.max_new_tokens,
-    }
-
-
 class VmadPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from vmad_pipeline.inference.calibrate import thresholds
-        from vmad_pipeline.inference.predictor import Predictor
         from vmad_pipeline.inference.service import Detector
-        from vmad_pipeline.models.checkpoint import load_checkpoint
+        from vmad_pipeline.models.checkpoint import Checkpoint
 
         config = dict(context.model_config or {})
-        rule = ScoreRule(
-            source=config.get("score_source", "map_max"),
-            fusion_weight=config.get("fusion_weight", 0.5),
-        )
         self.limits = ServeConfig.from_settings(config)
-        model, tokenizer = load_checkpoint(
-            context.artifacts["checkpoint"], weights=_weights(config)
-        )
-        predictor = Predictor(
-            model,
-            tokenizer,
-            rule=rule,
-            max_new_tokens=int(config.get("max_new_tokens", EvaluateConfig.max_new_tokens)),
-        )
-        chosen = thresholds(model.decision, rule.source)
-        self.detector = Detector(
-            predictor,
-            image_threshold=chosen["image_threshold"],
-            pixel_threshold=chosen["pixel_threshold"],
+        self.detector = Detector.from_checkpoint(
+            Checkpoint(context.artifacts["checkpoint"]), _weights(config), from_model_config(config)
         )
 
     def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:

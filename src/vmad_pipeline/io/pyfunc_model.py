@@ -3,6 +3,6 @@ logs it as a script instead of pickling an object. The score rule arrives as ``m
 
 import mlflow
 
-from vmad_pipeline.inference.pyfunc import VmadPyfunc
+from vmad_pipeline.io.pyfunc import VmadPyfunc
 
 mlflow.models.set_model(VmadPyfunc())

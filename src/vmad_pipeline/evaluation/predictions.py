@@ -1,0 +1,35 @@
+"""What the predictor returns for a batch of images and the metric report reads: anomaly maps,
+image scores and answers. It lives here, not beside the predictor, because evaluation may not
+import inference (docs/architecture.md); ``inference.predictor`` imports it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Predictions:
+    maps: np.ndarray  # N x H x W float32: sigmoid of the mask logits (anomaly map)
+    map_max: np.ndarray  # N: max of each map
+    p_yes: np.ndarray  # N: P(yes) of the detection question
+    scores: np.ndarray  # N: image score by the predictor's ScoreRule
+    answers: list[str]  # the answers to the detection question, as a user reads them
+    seg_found: np.ndarray  # N bool: [SEG] was emitted (else the fallback state was used)
+    answer_ids: list[list[int]] | None = None  # the generated tokens ([SEG], EOS included)
+    significance: np.ndarray | None = None  # N x H x W: the anomaly expert's map (if any)
+    expert_scores: np.ndarray | None = None  # N: the expert's image score (if any)
+
+    def as_dict(self) -> dict:
+        """The fields by name, and the answers again as ``detection_answers`` (what the grading
+        reads)."""
+        return {**self.__dict__, "detection_answers": self.answers}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Predictions:
+        """The predictions of an :meth:`as_dict` (the same objects, not copies); its other keys
+        (``detection_answers``, the evaluation's ``decision``, ``follow_ups``, ...) are left out."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
