@@ -11,6 +11,7 @@ from vmad_pipeline.configs.base import check, check_placement, from_dict, to_dic
 
 SCORE_SOURCES = ("map_max", "p_yes", "fused")
 SEEN_CLASSES = ("report", "refuse")
+MAX_SHOTS = 64  # references per product an evaluation or a prediction takes at most
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,53 @@ class ReferenceConfig:
 
 
 @dataclass(frozen=True)
+class ReferencesConfig:
+    """How an image is compared with k normal references of its product (``models.references``):
+    the frozen ImageNet EfficientNet-Lite0 features of the small preset, the chosen levels at one
+    grid, averaged over 3 x 3 neighbourhoods and L2-normalised per patch; each patch scored by
+    its distance to the nearest reference patch (a coreset of at most ``max_patches`` per
+    product). The defaults were chosen on the default split's unseen classes (seed 0,
+    benchmarks/results/shots.md). The references-only decision threshold of each product: ``threshold`` on the
+    references' leave-one-out image scores (docs/evaluation.md, "References")."""
+
+    image_size: int = 256  # the backbone's input side
+    levels: tuple[int, ...] = (1, 2)  # backbone levels (0..3 = strides 4, 8, 16, 32)
+    stride: int = 8  # the patch grid: image_size / stride per side
+    max_patches: int = 10_000  # coreset cap of one product's memory
+    blur_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at eval_size
+    # the image threshold from the references alone: "loo_max" (the highest leave-one-out score)
+    # | "prediction@<p>" (the upper bound of a one-sided Student-t prediction interval of level p
+    # for one more normal image's score, from the leave-one-out scores; needs k >= 3)
+    threshold: str = "prediction@0.95"
+
+    def __post_init__(self) -> None:
+        check(self.image_size >= 32, "image_size", "must be >= 32")
+        check(
+            bool(self.levels) and all(0 <= i <= 3 for i in self.levels),
+            "levels",
+            "one or more of 0, 1, 2, 3",
+        )
+        check(
+            self.stride >= 4 and self.image_size % self.stride == 0,
+            "stride",
+            f"must be >= 4 and divide image_size ({self.image_size})",
+        )
+        check(self.max_patches >= 1, "max_patches", "must be >= 1")
+        check(self.blur_sigma >= 0.0, "blur_sigma", "must be >= 0")
+        ok = self.threshold == "loo_max" or (
+            self.threshold.startswith("prediction@") and _unit(self.threshold[11:])
+        )
+        check(ok, "threshold", "loo_max or prediction@<p> with 0 < p < 1")
+
+
+def _unit(text: str) -> bool:
+    try:
+        return 0.0 < float(text) < 1.0
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class ScoreRule:
     """How an image's anomaly score is made (metrics.md): ``map_max`` (max of the anomaly map),
     ``p_yes`` (P("Yes") vs "No" as the first answer token of the detection question), or
@@ -122,6 +170,12 @@ class EvaluateConfig:
     mmad: MmadEvalConfig = field(default_factory=MmadEvalConfig)
     dataset: EvalDatasetConfig = field(default_factory=EvalDatasetConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    # Evaluation with k normal references of each test class, drawn (seeded by shot_seed) from
+    # its normal training images, never its test images; 0 = zero-shot (the top level of
+    # metrics.json). For now the nearest-normal-patch baseline is scored at each k > 0.
+    shots: tuple[int, ...] = (0, 4)
+    shot_seed: int = 0
+    references: ReferencesConfig = field(default_factory=ReferencesConfig)
     # Classes the model was trained on, met in another tree or MMAD: report them in a separate,
     # labelled "seen" section (never in the unseen mean) | refuse to evaluate. (In the split's
     # own test classes they are always an error: the split changed after training.)
@@ -130,6 +184,12 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         check_placement(self.device, self.precision)
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        check(
+            all(k >= 0 for k in self.shots) and len(set(self.shots)) == len(self.shots),
+            "shots",
+            f"distinct numbers of references >= 0, got {list(self.shots)}",
+        )
+        check(max(self.shots, default=0) <= MAX_SHOTS, "shots", f"at most {MAX_SHOTS} references")
         check(self.curve_points >= 2, "curve_points", "must be >= 2")
         check(0.0 < self.fpr_limit <= 1.0, "fpr_limit", f"must be in (0, 1], got {self.fpr_limit}")
         check(self.eval_size >= 1, "eval_size", "must be >= 1")

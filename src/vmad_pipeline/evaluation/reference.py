@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from vmad_pipeline.configs.evaluate import ReferenceConfig
 from vmad_pipeline.evaluation.report import IMAGE_METRICS, PIXEL_METRICS, map_metrics, nan_to_none
 from vmad_pipeline.evaluation.scores import map_max
-from vmad_pipeline.models.efficientnet import to_grid
+from vmad_pipeline.models.references import mutual_scores, patch_features
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +36,6 @@ PROTOCOL = (
     "training-free, transductive (MuSc-style mutual scoring): each test patch scored against "
     "the other test images of its class; not the model's protocol (one image at a time)"
 )
-
-
-@torch.no_grad()
-def patch_features(
-    images: torch.Tensor, backbone: torch.nn.Module, levels: tuple[int, ...], batch_size: int = 16
-) -> torch.Tensor:
-    """uint8 N x 3 x S x S -> N x C x h x w: the chosen levels at the finest one's grid,
-    concatenated, each averaged over its 3 x 3 neighbourhood."""
-    out = []
-    for s in range(0, len(images), batch_size):
-        maps = backbone(images[s : s + batch_size].float() / 255.0)
-        chosen = [maps[i] for i in levels]
-        size = max(m.shape[-1] for m in chosen)
-        chosen = [to_grid(m, size) for m in chosen]
-        feats = torch.cat(chosen, 1)
-        out.append(F.avg_pool2d(feats, 3, stride=1, padding=1, count_include_pad=False))
-    return torch.cat(out)
-
-
-def mutual_scores(features: torch.Tensor, fraction: float) -> torch.Tensor:
-    """N x C x h x w features of one class's images -> N x h x w patch scores: for each patch,
-    the mean of the lowest ``fraction`` (at least one) of its nearest-patch distances to each
-    other image. One image alone has nothing to be scored against: zeros."""
-    n, _, h, w = features.shape
-    if n < 2:
-        return torch.zeros(n, h, w)
-    flat = features.flatten(2).transpose(1, 2).float()  # (N, P, C)
-    # Centred: distances are unchanged, and cdist's fast (matrix-product) form loses less.
-    flat = flat - flat.mean((0, 1))
-    keep = max(1, round(fraction * (n - 1)))
-    scores = torch.empty(n, h * w)
-    for i in range(n):
-        nearest = torch.stack(
-            [torch.cdist(flat[i], flat[j]).amin(1) for j in range(n) if j != i], 1
-        )  # (P, N - 1)
-        scores[i] = nearest.sort(1).values[:, :keep].mean(1)
-    return scores.view(n, h, w)
 
 
 def reference_maps(

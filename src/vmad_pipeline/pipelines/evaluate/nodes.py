@@ -186,6 +186,54 @@ def reference_metrics(
     return {**report, "settings": settings, "n_images": len(eval_set)}, flat
 
 
+def shot_metrics(
+    eval_set: pd.DataFrame,
+    roots: dict[str, str],
+    masks: list[np.ndarray],
+    manifest: pd.DataFrame,
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The nearest-normal-patch baseline with k normal references of each test class
+    (``evaluation/shots.py``): shots_metrics.json and its MLflow metrics
+    (``shots/baseline/<k>/...``); no k > 0 in ``evaluate.shots``: a note only. References come
+    from the manifest's normal training images, or from ``evaluate.dataset.root``'s own
+    ``train/good``."""
+    import dataclasses
+
+    from vmad_pipeline.evaluation.shots import PROTOCOL, reference_pool, shot_report
+    from vmad_pipeline.models.efficientnet import FrozenEfficientNet, load_efficientnet_lite0
+
+    cfg = parse_evaluate_params(params)
+    if not any(k > 0 for k in cfg.shots):
+        return {"enabled": False}, {}
+    rows = manifest
+    if cfg.dataset.root:
+        from vmad_pipeline.datasets.mvtec import read_mvtec
+
+        rows = read_mvtec(cfg.dataset.root, source=cfg.dataset.name, progress=cfg.progress)
+    pool = reference_pool(rows, eval_set)
+    backbone = FrozenEfficientNet(load_efficientnet_lite0())
+    shots, flat = shot_report(
+        eval_set,
+        roots,
+        masks,
+        pool,
+        cfg.shots,
+        cfg.shot_seed,
+        cfg.references,
+        cfg.eval_size,
+        cfg.fpr_limit,
+        backbone,
+    )
+    settings = {
+        **dataclasses.asdict(cfg.references),
+        "shot_seed": cfg.shot_seed,
+        "eval_size": cfg.eval_size,
+    }
+    report = {"protocol": PROTOCOL, "settings": settings, "n_images": len(eval_set)}
+    return {**report, "shots": shots}, flat
+
+
 def curve_data(
     eval_set: pd.DataFrame,
     predictions: dict[str, Any],

@@ -15,6 +15,7 @@ from .nodes import (
     predict_eval_set,
     reference_metrics,
     select_eval_set,
+    shot_metrics,
 )
 
 
@@ -74,6 +75,12 @@ def _report_nodes() -> list:
             ["eval_set", "eval_roots", "eval_masks", "params:evaluate"],
             ["reference_metrics", "reference_mlflow"],
             name="reference_metrics",
+        ),
+        node(
+            shot_metrics,
+            ["eval_set", "eval_roots", "eval_masks", "manifest", "params:evaluate"],
+            ["shots_metrics", "shots_mlflow"],
+            name="shot_metrics",
         ),
         node(
             class_table_markdown,

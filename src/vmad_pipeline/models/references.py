@@ -1,0 +1,158 @@
+"""Comparison with normal references on frozen patch features: what an image looks like against
+normal images of the same product.
+
+Two ways of comparing, one set of features:
+
+* **shots**: a memory of the patches of k normal images (a PatchCore-style memory bank, Roth et
+  al., CVPR 2022, with its greedy coreset when it grows past ``max_patches``); each patch of an
+  image is scored by its distance to the nearest memory patch (AnomalyDINO / PatchCore's
+  few-shot scoring);
+* **batch**: no labels; each patch is scored against the other images of the same product in
+  the batch (MuSc's mutual scoring, Li et al., ICLR 2024): for each other image the nearest-patch
+  distance, then the mean of the lowest ``fraction`` of those, which stays low for a normal
+  patch even where some of the other images are anomalous. Valid when most images are normal.
+
+Features: chosen levels of a frozen backbone resized to the finest chosen level's grid,
+concatenated, averaged over 3 x 3 neighbourhoods (PatchCore's local aggregation), optionally
+L2-normalised per patch. Pure torch: no paths, no training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vmad_pipeline.models.efficientnet import to_grid
+
+CHUNK = 4096  # query patches per distance block (bounds the distance matrix's memory)
+
+
+@torch.no_grad()
+def patch_features(
+    images: torch.Tensor,
+    backbone: torch.nn.Module,
+    levels: tuple[int, ...],
+    *,
+    batch_size: int = 16,
+    normalise: bool = False,
+    stride: int | None = None,
+) -> torch.Tensor:
+    """uint8 N x 3 x S x S -> N x C x h x w: the chosen levels, each averaged over its 3 x 3
+    neighbourhood, at one grid, concatenated. ``stride``: the grid is S / stride, and each level
+    is averaged at its own resolution before it is resized (PatchCore's order); None: the
+    finest chosen level's grid, averaged after resizing (the transductive reference's order,
+    kept as measured). ``normalise``: each patch's feature scaled to unit length."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        maps = backbone(images[s : s + batch_size].float() / 255.0)
+        chosen = [maps[i] for i in levels]
+        size = images.shape[-1] // stride if stride else max(m.shape[-1] for m in chosen)
+        if stride:  # each level aggregated at its own resolution, then resized (PatchCore)
+            chosen = [to_grid(_local(m), size) for m in chosen]
+            feats = torch.cat(chosen, 1)
+        else:
+            feats = _local(torch.cat([to_grid(m, size) for m in chosen], 1))
+        out.append(F.normalize(feats, dim=1) if normalise else feats)
+    return torch.cat(out)
+
+
+def _local(features: torch.Tensor) -> torch.Tensor:
+    """Each position's mean over its 3 x 3 neighbourhood (PatchCore's local aggregation)."""
+    return F.avg_pool2d(features, 3, stride=1, padding=1, count_include_pad=False)
+
+
+def _patches(features: torch.Tensor) -> torch.Tensor:
+    """N x C x h x w -> (N h w) x C."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float()
+
+
+def nearest_distance(queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """P x C, M x C -> P: each query's Euclidean distance to its nearest memory row, in blocks of
+    :data:`CHUNK` queries. The nearest row is found with cdist's matrix-product form (fast, but
+    it loses ~1e-3 near zero), then its distance is computed exactly: a patch equal to a memory
+    patch scores 0."""
+    out = []
+    for s in range(0, len(queries), CHUNK):
+        block = queries[s : s + CHUNK]
+        nearest = torch.cdist(block, memory).argmin(1)
+        out.append((block - memory[nearest]).norm(dim=1))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def coreset(patches: torch.Tensor, size: int, *, seed: int = 0, dim: int = 128) -> torch.Tensor:
+    """Indices of ``size`` rows of ``patches`` (P x C) chosen by greedy k-centre selection (each
+    next row the one farthest from those chosen), on a random projection to ``dim`` dimensions as
+    PatchCore does; all rows when there are no more than ``size``."""
+    n = len(patches)
+    if n <= size:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    proj = patches
+    if patches.shape[1] > dim:
+        proj = patches @ torch.randn(patches.shape[1], dim, generator=gen) / dim**0.5
+    chosen = [int(torch.randint(n, (1,), generator=gen))]
+    nearest = torch.cdist(proj, proj[chosen[-1]][None])[:, 0]
+    for _ in range(size - 1):
+        chosen.append(int(nearest.argmax()))
+        nearest = torch.minimum(nearest, torch.cdist(proj, proj[chosen[-1]][None])[:, 0])
+    return torch.tensor(chosen)
+
+
+@dataclass
+class NormalMemory:
+    """The patches of k normal reference images of one product (a coreset of them past
+    ``max_patches``), and the grid they came from."""
+
+    patches: torch.Tensor  # M x C
+    grid: tuple[int, int]  # h, w of the references' feature maps
+    n_images: int
+
+    @classmethod
+    def build(cls, features: torch.Tensor, *, max_patches: int, seed: int = 0) -> NormalMemory:
+        """From the references' features (k x C x h x w)."""
+        if not len(features):
+            raise ValueError("a reference memory needs at least one normal image")
+        patches = _patches(features)
+        keep = coreset(patches, max_patches, seed=seed)
+        grid = (features.shape[-2], features.shape[-1])
+        return cls(patches=patches[keep].contiguous(), grid=grid, n_images=len(features))
+
+    def distances(self, features: torch.Tensor) -> torch.Tensor:
+        """N x C x h x w -> N x h x w: each patch's distance to its nearest memory patch."""
+        n, _, h, w = features.shape
+        return nearest_distance(_patches(features), self.patches).view(n, h, w)
+
+    def leave_one_out(self, features: torch.Tensor) -> torch.Tensor:
+        """The references' own maps (k x h x w), each against the other references' patches
+        (every patch, not the coreset): what a normal image of this product scores. Needs two
+        or more references."""
+        k = len(features)
+        if k < 2:
+            raise ValueError("leave-one-out scores need at least two references")
+        out = []
+        for i in range(k):
+            others = _patches(torch.cat([features[:i], features[i + 1 :]]))
+            out.append(nearest_distance(_patches(features[i : i + 1]), others))
+        return torch.stack(out).view(k, *features.shape[-2:])
+
+
+def mutual_scores(features: torch.Tensor, fraction: float) -> torch.Tensor:
+    """N x C x h x w features of one product's images -> N x h x w patch scores: for each patch,
+    the mean of the lowest ``fraction`` (at least one) of its nearest-patch distances to each
+    other image. One image alone has nothing to be scored against: zeros."""
+    n, _, h, w = features.shape
+    if n < 2:
+        return torch.zeros(n, h, w)
+    flat = features.flatten(2).transpose(1, 2).float()  # (N, P, C)
+    # Centred: distances are unchanged, and cdist's fast (matrix-product) form loses less.
+    flat = flat - flat.mean((0, 1))
+    keep = max(1, round(fraction * (n - 1)))
+    scores = torch.empty(n, h * w)
+    for i in range(n):
+        nearest = torch.stack(
+            [torch.cdist(flat[i], flat[j]).amin(1) for j in range(n) if j != i], 1
+        )  # (P, N - 1)
+        scores[i] = nearest.sort(1).values[:, :keep].mean(1)
+    return scores.view(n, h, w)
