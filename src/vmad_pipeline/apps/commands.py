@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-QUIT = {"", "quit", "exit", "q"}
+QUIT = {"quit", "exit", "q"}  # or the end of stdin; an empty line is a refused question
 
 
 def parser() -> argparse.ArgumentParser:

@@ -118,14 +118,18 @@ def test_the_chat_command_answers_questions_from_stdin_as_json_lines(detector, t
     args = argparse.Namespace(
         image=str(path), category=None, json=False, out=str(tmp_path / "out"), max_new_tokens=4
     )
-    stdin = io.StringIO("Where is it?\n[SEG]\nWhat should be done?\n")
+    # an empty line is a refused question, not the end (issue 27: it once ended the chat)
+    stdin = io.StringIO("Where is it?\n[SEG]\n\nWhat should be done?\n")
     stdout = io.StringIO()
     assert chat(detector, image(), args, stdin=stdin, stdout=stdout) == 0
     lines = [json.loads(x) for x in stdout.getvalue().splitlines()]
-    assert [x.get("turn") for x in lines] == [0, 1, None, 2]
+    assert [x.get("turn") for x in lines] == [0, 1, None, None, 2]
     assert lines[0]["question"] == "Is there any defect in the screw?"  # named by its folders
     assert {"score", "anomalous", "image_threshold", "mask_fraction"} <= set(lines[0])
-    assert "may not contain" in lines[2]["error"]
+    assert "may not contain" in lines[2]["error"] and "empty" in lines[3]["error"]
+    stdin, stdout = io.StringIO("Where is it?\nquit\nWhat should be done?\n"), io.StringIO()
+    assert chat(detector, image(), args, stdin=stdin, stdout=stdout) == 0
+    assert len(stdout.getvalue().splitlines()) == 2  # the opening and one answer, then quit
     assert lines[0]["anomalous"] == (lines[0]["score"] >= 0.5)
     for line in lines[:2]:
         for file in line["files"].values():
