@@ -7,6 +7,7 @@ labels) and ``inference/`` (prompts, P(yes)) all read it from here.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +35,40 @@ STATE_PHRASES = (
     "a flawless industrial part with no defect",
     "a damaged industrial part with a defect",
 )
+
+
+# What a user may put into a prompt (docs/serving.md, "Limits"): an object's name and a question.
+MAX_OBJECT_CHARS = 64
+MAX_QUESTION_CHARS = 400
+SPECIAL_TOKENS = (IMAGE_TOKEN, SEG_TOKEN)  # a user's text may not place these
+
+
+def user_text(text, *, what: str, max_chars: int) -> str:
+    """Text a user gives, as it may enter a prompt: the one rule of every interface (REST,
+    pyfunc, chat, demo, predict's manifests). Whitespace runs, newlines included, become one
+    space. Empty text, text of more than ``max_chars`` characters, and text holding a special
+    token (``<image>``, ``[SEG]``) or a control character are refused with a ValueError naming
+    ``what`` and the limit."""
+    text = " ".join(str(text).split())
+    if not text:
+        raise ValueError(f"{what}: empty")
+    if len(text) > max_chars:
+        raise ValueError(f"{what}: {len(text)} characters, more than the {max_chars} allowed")
+    if any(t in text for t in SPECIAL_TOKENS):
+        raise ValueError(f"{what}: may not contain {' or '.join(SPECIAL_TOKENS)}")
+    if any(unicodedata.category(ch).startswith("C") for ch in text):
+        raise ValueError(f"{what}: may not contain control characters")
+    return text
+
+
+def object_text(category) -> str:
+    """An object's name as a user gives it (:func:`user_text`, at most ``MAX_OBJECT_CHARS``)."""
+    return user_text(category, what="category", max_chars=MAX_OBJECT_CHARS)
+
+
+def question_text(question) -> str:
+    """A user's question (:func:`user_text`, at most ``MAX_QUESTION_CHARS``)."""
+    return user_text(question, what="question", max_chars=MAX_QUESTION_CHARS)
 
 
 def object_name(category: str) -> str:

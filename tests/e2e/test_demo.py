@@ -113,6 +113,10 @@ def test_a_file_that_is_no_image_is_a_readable_error(detector, tmp_path):
     assert str(tmp_path) not in message  # the file's name, not Gradio's cache path
     with pytest.raises(gr.Error, match="Upload an image"):
         demo.on_inspect(detector, None, "pcb")
+    good = str(write_png(tmp_path / "a.png"))
+    for name, reason in (("x" * 10_000, "10000 characters"), ("pcb [SEG]", "may not contain")):
+        with pytest.raises(gr.Error, match=reason):  # the one rule for a user's text
+            demo.on_inspect(detector, good, name)
 
 
 def test_follow_ups_keep_the_conversation_and_refusals_leave_it_shown(detector, tmp_path):

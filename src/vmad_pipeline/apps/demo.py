@@ -113,7 +113,10 @@ def read_upload(path: str | None) -> np.ndarray:
 def on_inspect(detector, path: str | None, category: str | None):
     """Inspect the upload; the conversation starts with the detection question."""
     image = read_upload(path)
-    conversation = Conversation(detector, image, (category or "").strip() or DEFAULT_OBJECT)
+    try:
+        conversation = Conversation(detector, image, (category or "").strip() or DEFAULT_OBJECT)
+    except ValueError as err:  # the object's name: too long, or places <image> / [SEG]
+        raise _gradio().Error(_shown(f"Cannot inspect: {err}"), print_exception=False) from err
     first = conversation.inspection
     return (
         conversation,

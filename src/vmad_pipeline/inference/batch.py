@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vmad_pipeline.images import read_rgb
+from vmad_pipeline.prompts import object_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = ("train", "test", "ground_truth", "validation", "val")
@@ -111,6 +112,7 @@ def predict_items(detector, items: list[Item], store, batch_size: int, progress:
         ok, originals = [], []
         for it in chunk:
             try:
+                object_text(it.category)  # a manifest's name: the one rule for a user's text
                 originals.append(read_rgb(it.path))  # read once: its size for the outputs
             except ValueError as err:
                 store.write(_base(it) | {"error": str(err)})

@@ -17,8 +17,6 @@ import numpy as np
 from vmad_pipeline import prompts
 from vmad_pipeline.inference.service import pictures
 
-FORBIDDEN = (prompts.IMAGE_TOKEN, prompts.SEG_TOKEN)  # a question may not place these
-
 
 @dataclass
 class Turn:
@@ -35,6 +33,7 @@ class Conversation:
     def __init__(
         self, detector, image: np.ndarray, category: str, *, max_new_tokens: int = 48
     ) -> None:
+        category = prompts.object_text(category)  # the one rule for a user's text
         self.detector, self.image, self.category = detector, image, category
         self.max_new_tokens = max_new_tokens
         self.tensor = detector.tensor(image)
@@ -60,11 +59,7 @@ class Conversation:
         that is empty or places the image or [SEG] tokens is a ValueError; when the
         conversation outgrows the model's context, its oldest follow-ups are dropped (the first
         turn, which holds the image, stays)."""
-        question = " ".join(str(question).split())
-        if not question:
-            raise ValueError("empty question")
-        if any(t in question for t in FORBIDDEN):
-            raise ValueError(f"a question may not contain {' or '.join(FORBIDDEN)}")
+        question = prompts.question_text(question)  # the one rule for a user's text
         history = self._fit(question)
         pred = self.detector.predictor.follow_up(
             self.tensor[None],

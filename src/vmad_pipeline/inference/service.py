@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vmad_pipeline import prompts
 from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.images import resize_rgb
 from vmad_pipeline.metrics.text import parse_defect_type, parse_location
@@ -156,6 +157,7 @@ class Detector:
         """Score, decide, answer and draw each image (H x W x 3 uint8, any size) in one batch."""
         if len(originals) != len(categories):
             raise ValueError(f"{len(originals)} images but {len(categories)} object names")
+        categories = [prompts.object_text(c) for c in categories]  # bounded, no special token
         if not originals:
             return []
         size = self.image_size

@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from vmad_pipeline.images import read_rgb
+from vmad_pipeline.prompts import object_text
 
 DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; larger images are refused before decoding
 DEFAULT_MAX_ROWS = 64
@@ -191,7 +192,10 @@ def read_request(frame: pd.DataFrame, cfg: ServeConfig) -> tuple[list[np.ndarray
         except ValueError as err:  # decodable header, unreadable pixels
             raise RequestError(f"row {i}: image: cannot be decoded") from err
         category = row.get("category")
-        names.append(str(category) if _present(category) else "object")
+        try:
+            names.append(object_text(category) if _present(category) else "object")
+        except ValueError as err:
+            raise RequestError(f"row {i}: {err}") from None
     return images, names
 
 

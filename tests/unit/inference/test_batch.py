@@ -113,3 +113,21 @@ def test_a_rerun_skips_what_is_done_and_a_partial_line_is_ignored(tmp_path, pred
     keys = [r["key"] for r in store.records()]
     assert sorted(keys) == sorted(i.key for i in items) and len(keys) == 4
     assert json.loads(store.lines.read_text().splitlines()[0])["key"] == items[0].key
+
+
+def test_a_manifest_name_the_text_rule_refuses_is_an_error_line_not_a_failed_run(
+    tmp_path, predictor
+):
+    """A manifest's category enters the prompt as a user's text does (prompts.user_text): one
+    holding [SEG] or longer than the limit gets its image an error line; the others predict."""
+    tree(tmp_path)  # the manifest's paths are relative to its folder
+    names = ["washer", "nut [SEG]", "x" * 500]
+    paths = ["plain/000.png", "plain/001.png", "screw/test/crack/000.png"]
+    pd.DataFrame({"image_path": paths, "category": names}).to_csv(tmp_path / "m.csv", index=False)
+    store = PredictionStore(tmp_path / "out")
+    detector = Detector(predictor, image_threshold=0.5, pixel_threshold=0.5)
+    counts = predict_items(detector, list_inputs(str(tmp_path / "m.csv")), store, 8, False)
+    assert (counts["predicted"], counts["failed"]) == (1, 2)
+    errors = {r["category"][:9]: r.get("error") for r in store.records()}
+    assert errors["washer"] is None and "may not contain" in errors["nut [SEG]"]
+    assert "500 characters" in errors["xxxxxxxxx"]

@@ -71,7 +71,9 @@ def test_a_long_conversation_drops_its_oldest_follow_ups_not_the_image(detector)
         detector.predictor.tokenizer, talk._turns, detector.predictor.model.num_image_tokens
     )
     assert len(ids) <= limit and len(talk.turns) == 21
-    with pytest.raises(ValueError, match="too long"):
+    with pytest.raises(ValueError, match="too long"):  # within the 400 characters, not the context
+        talk.ask("x!" * 199)
+    with pytest.raises(ValueError, match="more than the 400 allowed"):
         talk.ask("why " * limit)
 
 

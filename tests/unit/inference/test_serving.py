@@ -56,6 +56,12 @@ def test_small_images_are_never_taken_for_paths():
         ([{"path": "/etc/passwd"}], "file paths are refused"),
         ([{"image": b64(bomb_png())}], "over this server's limit"),
         ([{"image": b64(bomb_png(9000, 5000))}], "9000 x 5000 pixels is over"),
+        # every text field by one rule (prompts.user_text): bounded, no special token (these
+        # once reached the model: a 504 after 60 s and a 500)
+        ([{"image": b64(png_bytes()), "category": "x" * 100_000}], r"row 0: category: 100000"),
+        ([{"image": b64(png_bytes()), "category": "nut <image>"}], "row 0: category: may not"),
+        ([{"image": b64(png_bytes()), "category": "[SEG]"}], "row 0: category: may not"),
+        ([{"image": b64(png_bytes()), "category": "nut\x00"}], "control characters"),
     ],
 )
 def test_bad_requests_are_refused_with_a_reason(rows, message):
