@@ -54,6 +54,26 @@ def as_rgb8(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def check_pixels(source: Source, max_pixels: int, limit: str = "the limit") -> tuple[int, int]:
+    """(width, height) from the image's header, nothing decoded; a ValueError when it is not an
+    image, is empty, or has more than ``max_pixels`` pixels (``limit`` names the limit in the
+    message)."""
+    try:
+        with _open(source) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as err:  # PIL's own, far larger limit
+        raise ValueError(f"image: over {limit} of {max_pixels} pixels") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(
+            "image: not an image file PIL can read (PNG, JPEG, BMP, TIFF, ...)"
+        ) from err
+    if w < 1 or h < 1:
+        raise ValueError(f"image: empty ({w} x {h} pixels)")
+    if w * h > max_pixels:
+        raise ValueError(f"image: {w} x {h} pixels is over {limit} of {max_pixels}")
+    return w, h
+
+
 def read_rgb(source: Source) -> np.ndarray:
     """An image at its own size, uint8 H x W x 3 (:func:`as_rgb8`); a file that cannot be read
     is a ValueError naming it."""

@@ -8,6 +8,10 @@ from typing import Any
 
 from vmad_pipeline.configs.base import check, check_placement, from_dict
 
+# The pixel limit of every image a user gives (REST, pyfunc, predict): larger ones are refused
+# from their header, before anything is decoded (decompression bombs; images.check_pixels).
+DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000
+
 
 @dataclass(frozen=True)
 class PredictConfig:
@@ -22,6 +26,8 @@ class PredictConfig:
     image_threshold: float | None = None
     pixel_threshold: float | None = None
     batch_size: int = 8
+    # an image of more pixels is refused from its header (an error line), as the REST server does
+    max_pixels: int = DEFAULT_MAX_PIXELS
     device: str = "auto"
     precision: str = "auto"
     progress: bool = True
@@ -29,6 +35,7 @@ class PredictConfig:
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "a folder, a glob or a manifest file")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.max_pixels >= 1, "max_pixels", "must be >= 1")
         for key in ("image_threshold", "pixel_threshold"):
             value = getattr(self, key)
             check(value is None or 0.0 <= value <= 1.0, key, "must be in [0, 1] or null")

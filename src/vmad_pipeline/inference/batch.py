@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from vmad_pipeline.images import read_rgb
+from vmad_pipeline.configs.predict import DEFAULT_MAX_PIXELS
+from vmad_pipeline.images import check_pixels, read_rgb
 from vmad_pipeline.prompts import object_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -99,9 +100,18 @@ def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
         yield items[i : i + size]
 
 
-def predict_items(detector, items: list[Item], store, batch_size: int, progress: bool) -> dict:
+def predict_items(
+    detector,
+    items: list[Item],
+    store,
+    batch_size: int,
+    progress: bool,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> dict:
     """Predict every item not yet in ``store`` with ``detector`` (``inference.service``: its
-    thresholds decide); returns counts (done before, predicted, failed)."""
+    thresholds decide); returns counts (done before, predicted, failed). An unreadable image,
+    one of more than ``max_pixels`` pixels (refused from its header, nothing decoded) and a
+    name the text rule refuses each get an error line; the others go on."""
     done = store.done()
     todo = [it for it in items if it.key not in done]
     counts = {"images": len(items), "already_done": len(items) - len(todo), "predicted": 0}
@@ -113,6 +123,7 @@ def predict_items(detector, items: list[Item], store, batch_size: int, progress:
         for it in chunk:
             try:
                 object_text(it.category)  # a manifest's name: the one rule for a user's text
+                check_pixels(it.path, max_pixels, limit="predict.max_pixels")
                 originals.append(read_rgb(it.path))  # read once: its size for the outputs
             except ValueError as err:
                 store.write(_base(it) | {"error": str(err)})

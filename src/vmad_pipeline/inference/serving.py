@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from vmad_pipeline.images import read_rgb
+from vmad_pipeline.configs.predict import DEFAULT_MAX_PIXELS
+from vmad_pipeline.images import check_pixels, read_rgb
 from vmad_pipeline.prompts import object_text
 
-DEFAULT_MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; larger images are refused before decoding
 DEFAULT_MAX_ROWS = 64
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
@@ -151,20 +151,12 @@ def resolve_path(value, allowed_root: str | None) -> Path:
 
 
 def check_size(source: bytes | Path, max_pixels: int) -> None:
-    """The image's size from its header (nothing decoded yet) within ``max_pixels``."""
+    """The image's size from its header (nothing decoded yet) within ``max_pixels``
+    (``images.check_pixels``, the rule predict uses too)."""
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            w, h = im.size
-    except Image.DecompressionBombError as err:  # PIL's own, far larger limit
-        raise RequestError(f"image: over this server's limit of {max_pixels} pixels") from err
-    except (OSError, ValueError, SyntaxError) as err:
-        raise RequestError(
-            "image: not an image file PIL can read (PNG, JPEG, BMP, TIFF, ...)"
-        ) from err
-    if w < 1 or h < 1:
-        raise RequestError(f"image: empty ({w} x {h} pixels)")
-    if w * h > max_pixels:
-        raise RequestError(f"image: {w} x {h} pixels is over this server's limit of {max_pixels}")
+        check_pixels(source, max_pixels, limit="this server's limit")
+    except ValueError as err:
+        raise RequestError(str(err)) from None
 
 
 def read_request(frame: pd.DataFrame, cfg: ServeConfig) -> tuple[list[np.ndarray], list[str]]:

@@ -89,7 +89,7 @@ def test_every_image_gets_a_line_and_its_pictures_at_its_own_size(tmp_path, pred
     assert counts == {"images": 5, "already_done": 0, "predicted": 4, "failed": 1}
     assert timing["seconds"] > 0 and timing["images_per_s"] > 0
     records = {r["key"]: r for r in store.records()}
-    assert "cannot read image" in records["plain__002"]["error"]
+    assert "not an image file PIL can read" in records["plain__002"]["error"]  # from its header
     good = records["screw__test__crack__000"]
     assert set(good) >= {"score", "anomalous", "answer", "seg_found", "location", "defect_type"}
     assert good["anomalous"] == (good["score"] >= 0.5) and "[SEG]" not in good["answer"]
@@ -131,3 +131,21 @@ def test_a_manifest_name_the_text_rule_refuses_is_an_error_line_not_a_failed_run
     errors = {r["category"][:9]: r.get("error") for r in store.records()}
     assert errors["washer"] is None and "may not contain" in errors["nut [SEG]"]
     assert "500 characters" in errors["xxxxxxxxx"]
+
+
+def test_an_image_over_the_pixel_limit_is_an_error_line_refused_from_its_header(
+    tmp_path, predictor
+):
+    """predict had no pixel cap (a 12,000 x 12,000 PNG was predicted): the REST server's rule
+    (images.check_pixels), refused before anything is decoded."""
+    from vmad_pipeline.configs.predict import parse_predict_params
+
+    tree(tmp_path / "in")  # 40 x 30 and 64 x 64 images
+    store = PredictionStore(tmp_path / "out")
+    detector = Detector(predictor, image_threshold=0.5, pixel_threshold=0.5)
+    items = list_inputs(str(tmp_path / "in"))
+    counts = predict_items(detector, items, store, 8, False, max_pixels=40 * 30)
+    assert (counts["predicted"], counts["failed"]) == (2, 2)
+    refused = [r["error"] for r in store.records() if r.get("error")]
+    assert all("64 x 64 pixels is over predict.max_pixels of 1200" in e for e in refused)
+    assert parse_predict_params({}).max_pixels == 40_000_000

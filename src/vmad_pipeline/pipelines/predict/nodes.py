@@ -36,5 +36,5 @@ def predict_images(
         pixel_threshold=cfg.pixel_threshold,
         taxonomy=Taxonomy.from_dict(taxonomy),
     )
-    counts = predict_items(detector, items, store, cfg.batch_size, cfg.progress)
+    counts = predict_items(detector, items, store, cfg.batch_size, cfg.progress, cfg.max_pixels)
     return {**counts, **detector.thresholds, "predictions": str(store.lines), "input": cfg.input}
