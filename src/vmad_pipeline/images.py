@@ -19,6 +19,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 Source = str | Path | bytes  # a file path or the encoded bytes of an image file
+# What counts as an image file everywhere (ingest's readers, predict's inputs): one list.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _open(source: Source) -> Image.Image:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from vmad_pipeline.datasets.listing import Item, Listing
 from vmad_pipeline.datasets.manifest import IngestError
+from vmad_pipeline.images import IMAGE_SUFFIXES
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset(IMAGE_SUFFIXES)  # WebP included: serving and predict read it too
 SPLITS = ("train", "test")  # the manifest's split values
 
 

@@ -19,10 +19,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vmad_pipeline.configs.predict import DEFAULT_MAX_PIXELS
-from vmad_pipeline.images import check_pixels, read_rgb
+from vmad_pipeline.images import IMAGE_SUFFIXES, check_pixels, read_rgb
 from vmad_pipeline.prompts import object_text
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = ("train", "test", "ground_truth", "validation", "val")
 
 

@@ -482,3 +482,23 @@ def test_missing_and_empty_root(tmp_path: Path, fmt: str) -> None:
         read_source(fmt, tmp_path / "empty")
     with pytest.raises(IngestError, match="nowhere.json"):
         read_mmad(tmp_path / "nowhere.json")
+
+
+def test_webp_images_are_read_as_every_other_format(tmp_path: Path) -> None:
+    """A .webp image was skipped without a word by ingest while serving and predict read it:
+    one list of image suffixes (images.IMAGE_SUFFIXES) now serves them all."""
+    import numpy as np
+    from helpers.sources import read_source
+    from PIL import Image
+
+    from vmad_pipeline.datasets.files import list_images
+
+    good = tmp_path / "bolt" / "test" / "good"
+    good.mkdir(parents=True)
+    (tmp_path / "bolt" / "train" / "good").mkdir(parents=True)
+    pixels = np.full((24, 24, 3), 90, np.uint8)
+    Image.fromarray(pixels).save(good / "000.webp", lossless=True)
+    Image.fromarray(pixels).save(tmp_path / "bolt" / "train" / "good" / "000.png")
+    assert [p.name for p in list_images(good)] == ["000.webp"]
+    rows = read_source("mvtec", tmp_path)
+    assert sorted(rows["image_path"]) == ["bolt/test/good/000.webp", "bolt/train/good/000.png"]
