@@ -224,7 +224,8 @@ class RunStatusHook:
 class RunTagsHook:
     """Names the active MLflow run after its pipeline and tags it with the git commit, the hash
     of the data manifest (``dataset_hash``) and, when it trains, the model's identity
-    (``configs.train.run_tags``)."""
+    (``configs.train.run_tags``); its process too, so that a later run ends it as KILLED if the
+    process dies without ending it (``io.tracking.end_orphaned_runs``)."""
 
     @staticmethod
     def _tag(**tags: str) -> None:
@@ -243,6 +244,12 @@ class RunTagsHook:
         if first:  # kedro-mlflow's run exists from here on
             self._tag(**first)
             self._first = None
+            from vmad_pipeline.io.tracking import end_orphaned_runs
+
+            for run_id in end_orphaned_runs():
+                log.warning(
+                    "MLflow run %s was RUNNING with its process gone: ended as KILLED", run_id
+                )
         if node.name == "train_model" and "params:train" in inputs:
             self._tag(**run_tags(inputs["params:train"]))
 

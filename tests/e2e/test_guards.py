@@ -117,12 +117,9 @@ def wait_for(path, text: str, proc, seconds: float = 300) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signalled_run_ends_as_killed_with_what_it_logged(tmp_path, sig):
-    """`kedro run` stopped by SIGTERM or Ctrl-C mid-training: the MLflow run ends as KILLED with
-    its parameters, not RUNNING forever (SIGTERM) or FINISHED (Ctrl-C)."""
-    from mlflow import MlflowClient
-
+def _stopped_training(tmp_path, sig):
+    """A `kedro run --pipeline train` of 100,000 steps sent ``sig`` inside its training loop:
+    (project, process, log)."""
     project = make_project(tmp_path)
     write_local_parameters(project, deep_merge(SMALL, {"train": {"steps": 100000}}))
     log = tmp_path / "run.log"
@@ -144,6 +141,16 @@ def test_a_signalled_run_ends_as_killed_with_what_it_logged(tmp_path, sig):
         finally:
             if proc.poll() is None:
                 proc.kill()
+    return project, proc, log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_run_ends_as_killed_with_what_it_logged(tmp_path, sig):
+    """`kedro run` stopped by SIGTERM or Ctrl-C mid-training: the MLflow run ends as KILLED with
+    its parameters, not RUNNING forever (SIGTERM) or FINISHED (Ctrl-C)."""
+    from mlflow import MlflowClient
+
+    project, proc, log = _stopped_training(tmp_path, sig)
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.status for r in runs] == ["KILLED"], log.read_text()[-2000:]
@@ -153,3 +160,29 @@ def test_a_signalled_run_ends_as_killed_with_what_it_logged(tmp_path, sig):
         written = list((project / "data" / "06_models" / "training_state").glob("*/step-*"))
         assert len(written) == 1, log.read_text()[-2000:]
         assert f"step {int(written[0].name[5:])} ->" in log.read_text()
+
+
+def test_a_run_killed_outright_is_ended_as_killed_by_the_next_run(tmp_path):
+    """SIGKILL leaves no handler a chance: the run stays RUNNING, and the next `kedro run` of the
+    project, finding its process gone, ends it as KILLED and says which run did."""
+    from mlflow import MlflowClient
+
+    project, proc, log = _stopped_training(tmp_path, signal.SIGKILL)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (orphan,) = client.search_runs(experiments)
+    assert orphan.info.status == "RUNNING", log.read_text()[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, "-m", "kedro", "run", "--pipeline", "split"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ended = client.get_run(orphan.info.run_id)
+    said = " ".join((done.stdout + done.stderr).split())  # the log wraps long lines
+    assert orphan.info.run_id in said and "ended as KILLED" in said, said[-2000:]
+    assert ended.info.status == "KILLED" and "was gone" in ended.data.tags["vmad.ended_by"]

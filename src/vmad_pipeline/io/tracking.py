@@ -136,3 +136,53 @@ def start_run(run_name: str) -> AbstractContextManager[Any]:
     import mlflow
 
     return mlflow.start_run(run_name=run_name)
+
+
+# A run's process, as tags: how a later run knows that a RUNNING run's process is gone.
+PID_TAG, HOST_TAG, ENDED_TAG = "vmad.pid", "vmad.host", "vmad.ended_by"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)  # no signal sent: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def end_orphaned_runs() -> list[str]:
+    """Tag the active MLflow run with this process (``vmad.pid``, ``vmad.host``), and end as
+    KILLED every other run of its experiment that is still RUNNING although its process, on this
+    host, is gone (a ``kill -9``, a crash of the machine's Python): without this it stayed
+    RUNNING forever. Each gets a ``vmad.ended_by`` tag naming this run. Runs of other hosts, and
+    runs whose process may still live, are left alone. Returns the ids ended."""
+    import os
+    import socket
+
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    active = mlflow.active_run()
+    if active is None:
+        return []
+    host = socket.gethostname()
+    mlflow.set_tags({PID_TAG: str(os.getpid()), HOST_TAG: host})
+    client = mlflow.MlflowClient()
+    running = client.search_runs(
+        [active.info.experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+    )
+    ended = []
+    for run in running:
+        pid = run.data.tags.get(PID_TAG, "")
+        if run.info.run_id == active.info.run_id or not pid.isdigit() or _alive(int(pid)):
+            continue
+        note = f"run {active.info.run_id}: its process {pid} on {host} was gone"
+        client.set_tag(run.info.run_id, ENDED_TAG, note)
+        client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+        ended.append(run.info.run_id)
+    return ended
