@@ -186,3 +186,46 @@ def test_a_run_killed_outright_is_ended_as_killed_by_the_next_run(tmp_path):
     said = " ".join((done.stdout + done.stderr).split())  # the log wraps long lines
     assert orphan.info.run_id in said and "ended as KILLED" in said, said[-2000:]
     assert ended.info.status == "KILLED" and "was gone" in ended.data.tags["vmad.ended_by"]
+
+
+def test_a_killed_training_resumes_bitwise_at_the_default_settings(tmp_path):
+    """The default's training settings (the small preset, LoRA dropout 0.05, the validation
+    slice, calibration), through Kedro: a run killed with SIGKILL after a checkpoint, then the
+    same command again, gives the curves, weights and adapter of a run never stopped, byte for
+    byte. Only the data are SMALL's (the settings that decide a resume are the training's). It
+    once diverged from the step after the checkpoint: restoring the RNG states before the data
+    iterator was made let that iterator's seed draw shift every dropout mask (issue 27)."""
+    project = make_project(tmp_path)
+    small_data = {k: SMALL[k] for k in ("ingest", "annotate", "split")}
+    train = {"steps": 30, "progress": False, "checkpoint": {"every_steps": 4}}
+    write_local_parameters(project, {**small_data, "train": train})
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    models, kept = project / "data" / "06_models", {}
+
+    def train_with(ckpt: str, **popen):
+        args = ["kedro", "run", "--pipeline", "train", "--params", f"train.checkpoint.dir={ckpt}"]
+        return subprocess.Popen([sys.executable, "-m", *args], cwd=project, env=env, **popen)
+
+    assert train_with(str(tmp_path / "straight")).wait(timeout=600) == 0
+    kept["curves"] = (project / "data/08_reporting/training_curves.csv").read_bytes()
+    kept["weights"] = (models / "vmad/weights.safetensors").read_bytes()
+    kept["adapter"] = (models / "vmad/adapter/adapter_model.safetensors").read_bytes()
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = train_with(str(tmp_path / "killed"), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            end = time.monotonic() + 600
+            while not list((tmp_path / "killed").glob("*/step-0000004")):
+                assert proc.poll() is None and time.monotonic() < end, log.read_text()[-2000:]
+                time.sleep(0.1)
+            proc.kill()  # SIGKILL, with steps 5 to 30 still to go
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    resumed = train_with(str(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    said = " ".join(resumed.communicate(timeout=600)[0].decode(errors="replace").split())
+    assert resumed.returncode == 0 and "resumed from the checkpoint of step" in said, said[-2000:]
+    assert (project / "data/08_reporting/training_curves.csv").read_bytes() == kept["curves"]
+    assert (models / "vmad/weights.safetensors").read_bytes() == kept["weights"]
+    assert (models / "vmad/adapter/adapter_model.safetensors").read_bytes() == kept["adapter"]

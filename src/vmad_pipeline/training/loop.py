@@ -175,7 +175,7 @@ def train(
     sched = get_cosine_schedule_with_warmup(
         engine.optimizer, min(cfg.warmup_steps, cfg.steps // 2), cfg.steps
     )
-    progress = _resume(engine, sched, checkpoints)
+    progress, rng = _resume(engine, sched, checkpoints)
     progress.resumed_from = progress.step
     if engine.is_main:
         log.info("training on %s x %d (%s) in %s", acc.device, engine.world, engine.strategy, dtype)
@@ -183,7 +183,8 @@ def train(
     stop.install()
     reset_router_stats(model.llm)
     try:
-        _run(_Run(engine, model, sched, samples, cfg, progress, validation, checkpoints, stop))
+        run = _Run(engine, model, sched, samples, cfg, progress, validation, checkpoints, stop)
+        _run(run, rng)
     finally:
         stop.restore()
         if stop.requested:  # checkpoint written: now what SIGTERM means to the rest
@@ -224,31 +225,34 @@ def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def _resume(engine: eng.Engine, sched, checkpoints: Checkpoints | None) -> Progress:
-    """The progress of the newest intact checkpoint of this training (its weights, optimiser,
-    scheduler and RNG states loaded), or a fresh one (saying why when other checkpoints exist)."""
+def _resume(
+    engine: eng.Engine, sched, checkpoints: Checkpoints | None
+) -> tuple[Progress, dict | None]:
+    """The progress of the newest intact checkpoint of this training (its weights, optimiser and
+    scheduler states loaded) and this rank's RNG states to restore once the data iterator exists
+    (:func:`_run`); or a fresh progress and None (saying why when other checkpoints exist)."""
     if checkpoints is None:
-        return Progress()
+        return Progress(), None
     found = checkpoints.latest() if engine.is_main else None
     found = engine.broadcast_object(found)
     if found is None:
         if engine.is_main:
             checkpoints.explain_fresh()
-        return Progress()
+        return Progress(), None
     step, state = found
     eng.load_model_state(engine, state["model"])
     eng.load_optimizer_state(engine, state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    rngs = state["rng"]
+    rngs, rng = state["rng"], None
     if len(rngs) == engine.world:
-        set_rng_state(rngs[engine.rank])
+        rng = rngs[engine.rank]
     else:
         log.warning(
             "checkpoint of %d processes resumed by %d: RNG reseeded", len(rngs), engine.world
         )
     if engine.is_main:
         log.info("resumed from the checkpoint of step %d (%s)", step, checkpoints.dir)
-    return state["progress"]
+    return state["progress"], rng
 
 
 def _save(engine: eng.Engine, sched, progress: Progress, checkpoints: Checkpoints | None) -> None:
@@ -267,9 +271,12 @@ def _save(engine: eng.Engine, sched, progress: Progress, checkpoints: Checkpoint
     engine.barrier()
 
 
-def _run(run: _Run) -> None:
-    """The steps from ``progress.step`` to ``cfg.steps``. Why one function of this length: the
-    step's parts (micro-batches, logging, validation, checkpoints) share the same locals."""
+def _run(run: _Run, rng: dict | None = None) -> None:
+    """The steps from ``progress.step`` to ``cfg.steps``; ``rng``: the RNG states of a resumed
+    run, restored after the data iterator is made (making it draws its base seed from the global
+    RNG: restored before, that draw would shift every dropout mask after the resumed step).
+    Why one function of this length: the step's parts (micro-batches, logging, validation,
+    checkpoints) share the same locals."""
     engine, model, cfg, progress = run.engine, run.model, run.cfg, run.progress
     sampler = StepBatches(
         len(run.samples),
@@ -283,6 +290,8 @@ def _run(run: _Run) -> None:
     )
     pad_id = run.samples.tokenizer.pad_token_id
     batches = iter(_loader(run.samples, sampler, cfg, pad_id, _cuda(cfg)))
+    if rng is not None:  # as they were after the checkpoint's step, for the next one
+        set_rng_state(rng)
     params = trainable_parameters(engine.model)
     bar = tqdm(
         total=cfg.steps,
