@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from vmad_pipeline.annotation.llm_cache import ReplyCache, request_key, write_json_atomic
 from vmad_pipeline.annotation.llm_client import (
     ChatClient,
+    LlmCircuitOpenError,
     LlmHttpError,
     LlmRedirectError,
     LlmReplyError,
@@ -205,6 +206,7 @@ def _client(cfg: LlmConfig) -> tuple[ChatClient, str | None]:
         backoff_s=cfg.backoff_s,
         max_backoff_s=cfg.max_backoff_s,
         max_reply_bytes=cfg.max_reply_bytes,
+        max_consecutive_failures=cfg.max_consecutive_failures,
     )
     return client, api_key
 
@@ -261,6 +263,13 @@ def annotate_with_llm(items: Sequence[QaItem], cfg: LlmConfig, *, progress: bool
             _collect(run, items, futures[future], future)
             bar.update(1)
             bar.set_postfix(sent=run.sent, cached=run.cached, failed=len(run.failed), refresh=False)
+    except LlmCircuitOpenError as err:
+        raise LlmCircuitOpenError(
+            f"LLM annotation stopped: {err}. {run.sent} answers sent in this run and "
+            f"{run.cached} read from the cache are kept in {cache.directory}: a rerun sends only "
+            "the rest. Check the server, or raise annotate.llm.max_consecutive_failures "
+            "(0 = never stop)"
+        ) from None
     finally:  # on a fatal HTTP status: drop the queue; in-flight successes still reach the cache
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()

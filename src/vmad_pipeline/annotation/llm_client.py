@@ -102,6 +102,10 @@ class LlmReplyError(ValueError):
     """The server answered 200, but the reply is not what was asked for (the reason says why)."""
 
 
+class LlmCircuitOpenError(RuntimeError):
+    """Too many requests in a row failed: the run stops instead of retrying every image."""
+
+
 class _Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
@@ -161,6 +165,7 @@ class ChatClient:
         max_backoff_s: float = 60.0,
         seed: int | None = None,
         max_reply_bytes: int = 4 * 1024 * 1024,
+        max_consecutive_failures: int = 0,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key or None
@@ -173,6 +178,27 @@ class ChatClient:
         self.max_backoff_s = max_backoff_s
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
+        # the circuit breaker: failed requests in a row, over every thread (0: no breaker)
+        self.max_consecutive_failures = max_consecutive_failures
+        self._failures, self._last_failure = 0, ""
+        self._failures_lock = threading.Lock()
+
+    def _check_circuit(self) -> None:
+        """LlmCircuitOpenError once ``max_consecutive_failures`` requests in a row failed."""
+        limit = self.max_consecutive_failures
+        if limit and self._failures >= limit:
+            raise LlmCircuitOpenError(
+                f"{self._failures} requests in a row to {self.url} failed (the last: "
+                f"{self._last_failure})"
+            )
+
+    def _count(self, failure: str | None) -> None:
+        """A request's outcome for the breaker: a failure (its reason) or a success (None)."""
+        with self._failures_lock:
+            if failure is None:
+                self._failures = 0
+            else:
+                self._failures, self._last_failure = self._failures + 1, failure
 
     def __repr__(self) -> str:  # never shows the key
         return f"ChatClient(url={self.url!r}, auth={'yes' if self._api_key else 'no'})"
@@ -269,16 +295,21 @@ class ChatClient:
         """Send one chat-completions request, retrying transient failures.
 
         Returns ``(content, retries)``: the first choice's message text and how many retries it
-        took. Raises :class:`LlmTransportError` when every attempt failed transiently,
+        took. Raises :class:`LlmCircuitOpenError` once ``max_consecutive_failures`` requests in
+        a row (over every thread) failed transiently, :class:`LlmTransportError` when every
+        attempt failed transiently,
         :class:`LlmHttpError` on a non-retryable status (:class:`LlmRedirectError` on any 3xx),
         :class:`LlmReplyTooLargeError` over ``max_reply_bytes``, :class:`LlmReplyError` when
         the 200 reply has no message text.
         """
         body = json.dumps(payload).encode("utf-8")
         for attempt in range(self.max_retries + 1):
+            self._check_circuit()
             try:
                 reply = self._post_once(body)
             except _Retryable as err:
+                self._count(err.reason)
+                self._check_circuit()
                 if attempt == self.max_retries:
                     raise LlmTransportError(
                         f"{err.reason} (gave up after {attempt + 1} attempts)"
@@ -294,6 +325,7 @@ class ChatClient:
                 logger.debug("retry %d in %.3f s: %s", attempt + 1, delay, err.reason)
                 time.sleep(delay)
                 continue
+            self._count(None)
             try:
                 return message_text(reply), attempt
             except LlmReplyError:  # say why again, on the reply with the key blanked out

@@ -27,6 +27,9 @@ class LlmConfig:
     timeout_s: float = 120.0  # deadline of one HTTP request: connect + headers + whole body
     concurrency: int = 4  # requests in flight at once (thread pool size)
     max_retries: int = 4  # per image, on timeouts, connection errors, HTTP 429 and 5xx
+    # stop the run after this many failed requests in a row, whatever the image (a server that
+    # is down or drips its replies); 0 = never stop
+    max_consecutive_failures: int = 8
     invalid_reply_retries: int = 1  # per image, extra requests after a malformed reply
     backoff_s: float = 1.0  # first retry delay; doubles per retry, with jitter
     max_backoff_s: float = 60.0  # cap on one delay (also on a server's Retry-After)
@@ -47,6 +50,7 @@ class LlmConfig:
         check(self.timeout_s > 0, "timeout_s", "must be > 0")
         check(self.concurrency >= 1, "concurrency", "must be >= 1")
         check(self.max_retries >= 0, "max_retries", "must be >= 0")
+        check(self.max_consecutive_failures >= 0, "max_consecutive_failures", "must be >= 0")
         check(self.invalid_reply_retries >= 0, "invalid_reply_retries", "must be >= 0")
         check(self.backoff_s >= 0, "backoff_s", "must be >= 0")
         check(self.max_backoff_s >= self.backoff_s, "max_backoff_s", "must be >= backoff_s")

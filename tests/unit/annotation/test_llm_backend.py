@@ -397,3 +397,30 @@ def test_concurrency_limit(tmp_path: Path, concurrency: int) -> None:
     assert [a["description"].rsplit(" ", 1)[1] for a in run.answers] == [
         f"c{i}." for i in range(len(items))
     ]
+
+
+def test_a_run_of_failed_requests_stops_the_run_naming_the_server_and_the_cache(
+    tmp_path: Path,
+) -> None:
+    """A server that fails every request (a 503, a timeout, bytes dripped past the deadline) no
+    longer holds the run for every image's retries (158 images once took 26 minutes): after
+    max_consecutive_failures failed requests in a row the run stops, naming the server, the
+    last reason and the progress kept in the cache."""
+    from vmad_pipeline.annotation.llm_client import LlmCircuitOpenError
+
+    fake = FakeLlm(lambda n, b: echo(n, b) if n < 2 else Reply(status=503, body="down"))
+    try:
+        cfg = config(fake, tmp_path, concurrency=1, max_retries=4, max_consecutive_failures=3)
+        items = make_items(tmp_path, [f"c{i}" for i in range(20)])
+        with pytest.raises(LlmCircuitOpenError) as err:
+            annotate_with_llm(items, cfg, progress=False)
+    finally:
+        fake.close()
+    assert fake.count == 2 + 3  # not 2 + 18 x 5 requests
+    message = str(err.value)
+    assert "3 requests in a row" in message and fake.url in message and "HTTP 503" in message
+    assert "2 answers sent in this run" in message and cfg.cache_dir in message
+    assert "max_consecutive_failures" in message
+    assert len([p for p in cache_files(cfg) if p.is_file()]) == 2  # the progress is kept
+    with pytest.raises(ValueError, match="max_consecutive_failures"):
+        config(fake, tmp_path, max_consecutive_failures=-1)
