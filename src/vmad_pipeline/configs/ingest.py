@@ -110,6 +110,8 @@ class ValidationConfig:
     # threshold: a mask pixel is positive iff > 0 (any values; VisA's masks are small integers);
     # binary: also require the raw values to be {0, 1} or {0, 255} (MVTec-style masks)
     mask_values: str = "threshold"
+    # a mask whose positive pixels cover more of its image is refused as inverted (0 = defect)
+    max_mask_fraction: float = 0.9
     workers: int = 8  # threads opening files (I/O bound; PIL releases the GIL while decoding)
     progress: bool = True
 
@@ -118,6 +120,7 @@ class ValidationConfig:
         check(self.max_side >= self.min_side, "max_side", "must be >= min_side")
         check(self.mask_values in MASK_VALUES, "mask_values", f"one of {', '.join(MASK_VALUES)}")
         check(self.workers >= 1, "workers", "must be >= 1")
+        check(0.0 < self.max_mask_fraction <= 1.0, "max_mask_fraction", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ VALIDATION_RULES: dict[str, str] = {
     "image_size_mismatch": "an image's header size equals its row's width and height",
     "image_size_limits": "image width and height lie within ingest.validation min_side..max_side",
     "empty_mask": "an anomalous image's mask has a positive pixel (raw value > 0)",
+    "inverted_mask": "a mask's positive pixels cover at most ingest.validation max_mask_fraction "
+    "of its image (an inverted mask, 0 = defect, covers nearly all of it)",
     "bbox_mismatch": "a row's bbox is the one of its mask's positive pixels",
     "mask_values": "mask raw values are {0, 1} or {0, 255} (ingest.validation.mask_values: binary)",
     "duplicate_image": "an image's content (sha256) is in one split of its source only",
@@ -125,34 +127,43 @@ class Listing:
         return self.mask_root or self.root
 
 
-def raise_problems(problems: list[Problem] | list[dict[str, str]], limit: int = 40) -> None:
+def raise_problems(
+    problems: list[Problem] | list[dict[str, str]], limit: int = 40, rows: Sequence[str] = ()
+) -> None:
     """IngestError listing every problem as ``[rule] message`` (identical lines once, the first
-    ``limit``, then a count); nothing if there is none."""
+    ``limit``, then a count), then ``rows``: the manifest's rules the other rows broke (lines of
+    ``validation.failed_rules``); nothing if there is no problem."""
     if not problems:
         return
     found = [p.as_dict() if isinstance(p, Problem) else p for p in problems]
     lines = list(dict.fromkeys(f"[{p['rule']}] {p['message']}" for p in found))
     more = len(lines) - limit
+    also = ["and rows breaking the manifest's rules:", *rows] if rows else []
     raise IngestError(
         f"{len(problems)} bad input(s); nothing was written (set ingest.on_error: quarantine to "
         "ingest the rest and report these):\n"
-        + "\n".join(lines[:limit] + ([f"... and {more} more"] if more > 0 else []))
+        + "\n".join(lines[:limit] + ([f"... and {more} more"] if more > 0 else []) + also)
     )
 
 
 def quarantine(
     manifest: pd.DataFrame, problems: Sequence[Mapping[str, str]], on_error: str
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Act on every problem (as dicts): ``raise`` stops naming each file and rule
-    (:func:`raise_problems`); ``quarantine`` leaves the rows they concern out.
+    """Act on every problem (as dicts): ``quarantine`` leaves the rows they concern out;
+    ``raise`` sets them aside too, so that the manifest's rules are checked on the rest, and
+    the last ingest node raises naming both at once (:func:`raise_problems`; at once here when
+    no row is left).
 
     Returns the rows kept and the quarantine report (the problems, the rows removed, counts per
     rule); IngestError if no row is left.
     """
     problems = list(problems)
-    if on_error == "raise":
-        raise_problems(problems)
-    out, n_dropped = leave_out(manifest, problems)
+    try:
+        out, n_dropped = leave_out(manifest, problems)
+    except IngestError:
+        if on_error == "raise":
+            raise_problems(problems)
+        raise
     report = quarantine_report(on_error, problems, n_dropped)
     return out, report
 

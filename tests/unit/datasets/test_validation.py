@@ -299,3 +299,25 @@ def test_every_row_rule_has_a_quarantine_rule_id(
     _, checks = run_validation(manifest, roots, {**QUIET, "mask_values": "binary"})
     assert set(checks) == set(ROW_RULES)
     assert {rule_id for rule_id, _ in ROW_RULES.values()} <= set(RULES)
+
+
+def test_an_inverted_mask_is_named_and_quarantined_not_taken_as_a_whole_image_defect(
+    tmp_path: Path,
+) -> None:
+    """A mask saved the other way round (0 = defect) covers nearly the whole image and was once
+    accepted as one huge defect: its share of the image is now a rule."""
+    root = _tree(tmp_path / "syn")
+    frame = read_mvtec(root, source="syn", progress=False)
+    row = _first(frame, 1)
+    path = root / frame.at[row, "mask_path"]
+    mask = np.asarray(Image.open(path)) > 0
+    Image.fromarray(np.where(mask, 0, 255).astype(np.uint8)).save(path)  # inverted
+    roots = {"syn": str(root)}
+    report = validate_manifest(frame, roots, QUIET)
+    failed = {r["rule"]: r for r in report["results"] if not r["success"]}
+    rule = "mask covers at most max_mask_fraction of the image (not inverted)"
+    assert rule in failed and failed[rule]["failed_rows"] == [f"syn:{frame.at[row, 'image_path']}"]
+    allowed = validate_manifest(frame, roots, {**QUIET, "max_mask_fraction": 1.0})
+    assert rule not in {r["rule"] for r in allowed["results"] if not r["success"]}
+    with pytest.raises(ConfigError, match="max_mask_fraction"):
+        validate_manifest(frame, roots, {**QUIET, "max_mask_fraction": 0})

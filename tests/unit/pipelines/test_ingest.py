@@ -103,13 +103,21 @@ def test_several_sources_in_one_run(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ taxonomy
 
 
+def after_reading(raw, roots, problems, params) -> tuple:
+    """The ingest nodes after read_sources: (manifest, roots, quarantine), or the error of the
+    last (under on_error: raise it names every problem and every broken row rule at once)."""
+    manifest, quarantine = map_defects(raw, problems, TAXONOMY, params)
+    manifest, quarantine, report = validate_manifest(manifest, roots, quarantine, params)
+    return accept_manifest(manifest, roots, quarantine, report)
+
+
 def test_unknown_defect_names_are_reported_then_mapped(tmp_path: Path) -> None:
     build_mpdd_like(tmp_path / "m", "wobbly")
     write_image(tmp_path / "m/bracket_black/test/wobbly/001.png")
     write_mask(tmp_path / "m/bracket_black/ground_truth/wobbly/001.png")
     src = {"name": "m", "format": "mpdd", "root": str(tmp_path / "m")}
     params = {"progress": False, "workers": 1, "cache": None, "sources": [src]}
-    raw, _, problems = read_sources("unused", params)
+    raw, roots, problems = read_sources("unused", params)
     with pytest.raises(
         IngestError,
         match=re.escape(
@@ -117,7 +125,7 @@ def test_unknown_defect_names_are_reported_then_mapped(tmp_path: Path) -> None:
             "bracket_black/test/wobbly/000.png, bracket_black/test/wobbly/001.png)"
         ),
     ):
-        map_defects(raw, problems, TAXONOMY, params)
+        after_reading(raw, roots, problems, params)
     params["sources"] = [{**src, "defect_map": {"wobbly": "deformation"}}]
     manifest, _ = map_defects(raw, problems, TAXONOMY, params)
     assert set(manifest.loc[manifest["label"] == 1, "defect_type"]) == {"deformation"}
@@ -136,10 +144,10 @@ def test_bad_input_raises_naming_every_file_and_rule(tmp_path: Path) -> None:
         "cache": None,
         "sources": [{"name": "m", "format": "mpdd", "root": str(tmp_path / "m")}],
     }
-    raw, _, problems = read_sources("unused", params)
+    raw, roots, problems = read_sources("unused", params)
     assert {p["rule"]: p["file"] for p in problems} == expected
     with pytest.raises(IngestError) as info:
-        map_defects(raw, problems, TAXONOMY, params)
+        after_reading(raw, roots, problems, params)
     for rule, file in expected.items():
         assert re.search(rf"\[{rule}\] .*{re.escape(file)}", str(info.value)), rule
 
@@ -239,10 +247,7 @@ def ingest(root: Path, on_error: str = "raise", **validation) -> tuple:
         "validation": {"progress": False, **validation},
         "sources": [{"name": "m", "format": "mpdd", "root": str(root)}],
     }
-    raw, roots, problems = read_sources("unused", params)
-    manifest, quarantine = map_defects(raw, problems, TAXONOMY, params)
-    manifest, quarantine, report = validate_manifest(manifest, roots, quarantine, params)
-    return accept_manifest(manifest, roots, quarantine, report)
+    return after_reading(*read_sources("unused", params), params)
 
 
 def good_tree(root: Path) -> Path:
@@ -360,3 +365,22 @@ def test_source_rule_stays_fatal_under_quarantine(tmp_path: Path) -> None:
     write_mask(root / "bracket_black/ground_truth/hole/000.png", value=0, size=(SIDE, SIDE))
     with pytest.raises(ManifestValidationError, match="'source has anomalous test images'.*m"):
         ingest(root, "quarantine")
+
+
+def test_raise_mode_lists_the_file_problems_and_the_row_rules_at_once(tmp_path: Path) -> None:
+    """The first IngestError once listed only what reading the files found (a truncated image);
+    a too-small image, a row rule, appeared only in a quarantine run. Now one error names both,
+    and nothing is written."""
+    root = good_tree(tmp_path / "m")
+    cut = root / "bracket_black/train/good/cut.png"
+    write_image(cut, size=(SIDE, SIDE))
+    cut.write_bytes(cut.read_bytes()[:-100])
+    write_image(root / "bracket_black/train/good/small.png", size=(SIDE - 1, SIDE))
+    with pytest.raises(IngestError) as info:
+        ingest(root)
+    message = str(info.value)
+    assert "[truncated_image] truncated image bracket_black/train/good/cut.png" in message
+    assert (
+        "'width/height within limits' failed for 1 row(s): m:bracket_black/train/good/small.png"
+        in message
+    )

@@ -10,6 +10,7 @@ from vmad_pipeline.datasets.validation.rules import declared_sources
 from vmad_pipeline.datasets.validation.suite import (
     MAX_FAILED_ROWS,
     ManifestValidationError,
+    failed_rules,
     raise_on_failure,
     run_validation,
     validate_manifest,
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_FAILED_ROWS",
     "ManifestValidationError",
     "declared_sources",
+    "failed_rules",
     "raise_on_failure",
     "run_validation",
     "validate_manifest",

@@ -19,7 +19,7 @@ import pandas as pd
 from vmad_pipeline.configs.ingest import ValidationConfig
 from vmad_pipeline.datasets.listing import RULES, Problem, leave_out, quarantine_report
 from vmad_pipeline.datasets.manifest import mask_root_key
-from vmad_pipeline.datasets.validation.rules import STRICT_MASK_RULE
+from vmad_pipeline.datasets.validation.rules import COVERS_RULE, STRICT_MASK_RULE
 from vmad_pipeline.datasets.validation.suite import run_validation
 
 __all__ = ["ROW_RULES", "validate_or_quarantine"]
@@ -47,6 +47,7 @@ ROW_RULES: dict[str, tuple[str, str]] = {
     "mask has a positive pixel (> 0)": ("empty_mask", _MASK),
     "bbox matches the mask (> 0)": ("bbox_mismatch", _MASK),
     STRICT_MASK_RULE: ("mask_values", _MASK),
+    COVERS_RULE: ("inverted_mask", _MASK),
     "no duplicate sha256 across splits": ("duplicate_image", _IMAGE),
     "no duplicate sha256 across sources": ("duplicate_across_sources", _IMAGE),
 }
@@ -64,6 +65,11 @@ def _detail(
         return (
             f"{_text(row.get('width'))}x{_text(row.get('height'))} px, outside "
             f"ingest.validation min_side {cfg.min_side} .. max_side {cfg.max_side}"
+        )
+    if rule == COVERS_RULE:
+        return (
+            f"its positive pixels cover more than ingest.validation max_mask_fraction "
+            f"({cfg.max_mask_fraction:g}) of the image: inverted (0 = defect)?"
         )
     if rule.startswith("no duplicate sha256"):
         me = f"{_text(row.get('source'))}:{_text(row.get(_IMAGE))}"

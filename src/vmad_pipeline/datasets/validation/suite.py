@@ -280,10 +280,8 @@ def _finish(report: dict) -> dict:
     return report
 
 
-def raise_on_failure(report: dict) -> None:
-    """Raise ManifestValidationError naming each failed rule and its first failing rows; no-op on success."""
-    if report.get("success", False):
-        return
+def failed_rules(report: dict) -> list[str]:
+    """One line per failed rule of a validation report, with its first failing rows."""
     lines = []
     for result in report.get("results", []):
         if not result["success"]:
@@ -292,6 +290,13 @@ def raise_on_failure(report: dict) -> None:
             lines.append(
                 f"- rule '{result['rule']}' failed for {result['n_failed']} row(s): {rows}{more}"
             )
+    return lines
+
+
+def raise_on_failure(report: dict) -> None:
+    """Raise ManifestValidationError naming each failed rule and its first failing rows; no-op on success."""
+    if report.get("success", False):
+        return
     raise ManifestValidationError(
-        "manifest validation failed:\n" + "\n".join(lines or ["- (no rule results)"])
+        "manifest validation failed:\n" + "\n".join(failed_rules(report) or ["- (no rule results)"])
     )

@@ -27,9 +27,14 @@ from vmad_pipeline.configs.base import from_dict
 from vmad_pipeline.configs.ingest import SyntheticConfig, parse_ingest_params
 from vmad_pipeline.datasets import registry
 from vmad_pipeline.datasets.listing import quarantine as quarantine_rows
+from vmad_pipeline.datasets.listing import raise_problems
 from vmad_pipeline.datasets.registry import source_roots
 from vmad_pipeline.datasets.synthetic import generate_synthetic
-from vmad_pipeline.datasets.validation import raise_on_failure, validate_or_quarantine
+from vmad_pipeline.datasets.validation import (
+    failed_rules,
+    raise_on_failure,
+    validate_or_quarantine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +94,11 @@ def accept_manifest(
     quarantine: dict[str, Any],
     report: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, str], dict[str, Any]]:
-    """Stop the run, naming rows and rules, unless every expectation passed; then hand the
+    """Stop the run, naming rows and rules, unless every expectation passed and, under
+    ``on_error: raise``, no file had a problem (both listed in one error); then hand the
     manifest, its roots and the quarantine report over to be written, together."""
+    if quarantine.get("on_error") == "raise":
+        raise_problems(quarantine.get("problems", []), rows=failed_rules(report))
     raise_on_failure(report)
     log.info(
         "manifest: %d images, %d anomalous, %d classes",
