@@ -56,6 +56,12 @@ class EvalDatasetConfig:
         )
 
 
+def check_backbone_input(image_size: int, levels: tuple[int, ...]) -> None:
+    """The frozen backbone's input side and feature levels, as the comparisons read them."""
+    check(image_size >= 32, "image_size", "must be >= 32")
+    check(bool(levels) and all(0 <= i <= 3 for i in levels), "levels", "one or more of 0, 1, 2, 3")
+
+
 @dataclass(frozen=True)
 class ReferenceConfig:
     """The training-free reference beside the model (``evaluation/reference.py``): each test
@@ -70,12 +76,7 @@ class ReferenceConfig:
     blur_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at eval_size
 
     def __post_init__(self) -> None:
-        check(self.image_size >= 32, "image_size", "must be >= 32")
-        check(
-            bool(self.levels) and all(0 <= i <= 3 for i in self.levels),
-            "levels",
-            "one or more of 0, 1, 2, 3",
-        )
+        check_backbone_input(self.image_size, self.levels)
         check(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
         check(self.blur_sigma >= 0.0, "blur_sigma", "must be >= 0")
 
@@ -97,16 +98,11 @@ class ReferencesConfig:
     blur_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels at eval_size
     # the image threshold from the references alone: "loo_max" (the highest leave-one-out score)
     # | "prediction@<p>" (the upper bound of a one-sided Student-t prediction interval of level p
-    # for one more normal image's score, from the leave-one-out scores; needs k >= 3)
+    # for one more normal image's score, from the leave-one-out scores; needs k >= 2)
     threshold: str = "prediction@0.95"
 
     def __post_init__(self) -> None:
-        check(self.image_size >= 32, "image_size", "must be >= 32")
-        check(
-            bool(self.levels) and all(0 <= i <= 3 for i in self.levels),
-            "levels",
-            "one or more of 0, 1, 2, 3",
-        )
+        check_backbone_input(self.image_size, self.levels)
         check(
             self.stride >= 4 and self.image_size % self.stride == 0,
             "stride",
