@@ -113,6 +113,13 @@ def test_a_file_that_is_no_image_is_a_readable_error(detector, tmp_path):
     assert str(tmp_path) not in message  # the file's name, not Gradio's cache path
     with pytest.raises(gr.Error, match="Upload an image"):
         demo.on_inspect(detector, None, "pcb")
+    from helpers.serving import bomb_png
+
+    bomb = tmp_path / "bomb.png"  # 60,000 x 60,000 pixels in a few kB: refused from its header
+    bomb.write_bytes(bomb_png())
+    with pytest.raises(gr.Error, match="over this demo's limit") as refused:
+        demo.on_inspect(detector, str(bomb), "pcb")
+    assert str(tmp_path) not in refused.value.message and "bomb.png" in refused.value.message
     good = str(write_png(tmp_path / "a.png"))
     for name, reason in (("x" * 10_000, "10000 characters"), ("pcb [SEG]", "may not contain")):
         with pytest.raises(gr.Error, match=reason):  # the one rule for a user's text

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vmad_pipeline.images import read_rgb
+from vmad_pipeline.configs.predict import DEFAULT_MAX_PIXELS
+from vmad_pipeline.images import check_pixels, read_rgb
 from vmad_pipeline.inference.batch import folder_category
 from vmad_pipeline.inference.chat import Conversation
 from vmad_pipeline.inference.service import Inspection
@@ -103,9 +104,13 @@ def read_upload(path: str | None) -> np.ndarray:
     if not path:
         raise gr.Error("Upload an image first (or pick an example).", print_exception=False)
     try:
+        # the server's and predict's pixel limit, from the header before anything is decoded
+        check_pixels(path, DEFAULT_MAX_PIXELS, limit="this demo's limit")
         return read_rgb(path)
     except ValueError as err:  # named by the file's name: its cache path means nothing to users
-        reason = str(err).replace(str(path), Path(path).name)
+        name = Path(path).name
+        reason = str(err).replace(str(path), name)
+        reason = reason if name in reason else f"{name}: {reason}"
         message = _shown(f"Not an image this demo can read: {reason}")
         raise gr.Error(message, print_exception=False) from err
 
