@@ -206,13 +206,10 @@ SIGTERM_RUN = textwrap.dedent(
     """
     import sys, os
     sys.path[:0] = [{tests!r}]
-    import dataclasses
-    from helpers.training import MODEL, corpus, fit, train_config as config
+    from helpers.training import corpus, fit, train_config as config
     from pathlib import Path
-    from vmad_pipeline.configs.model import LoraConfig
     import vmad_pipeline.training.loop as loop
     tmp = Path({tmp!r})
-    model = dataclasses.replace(MODEL, lora=LoraConfig(dropout={dropout}))
     data = corpus(tmp)
     original = loop._record
     def record(progress, values, lr):  # SIGTERM arrives during step 3
