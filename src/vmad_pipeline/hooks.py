@@ -262,3 +262,36 @@ class RunTagsHook:
     def after_dataset_saved(self, dataset_name, data, node) -> None:
         if dataset_name == "manifest":
             self._tag(dataset_hash=manifest_hash(data))
+
+
+class RunSummaryHook:
+    """At the end of a run that evaluated, a short summary on stdout
+    (``evaluation.summary.run_summary``): what a user would otherwise look for among the
+    catalog's log lines. A summary that cannot be made is a warning, never a failed run."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        self._saved: dict[str, Any] = {}
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name, data, node) -> None:
+        if dataset_name in ("metrics", "shots_metrics") and hasattr(self, "_saved"):
+            self._saved[dataset_name] = data
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        saved = getattr(self, "_saved", {})
+        if "metrics" not in saved:
+            return
+        try:
+            from vmad_pipeline.evaluation.summary import run_summary
+
+            params = catalog.load("parameters")
+            name = (params.get("evaluate") or {}).get("dataset") or {}
+            root = name.get("root")
+            where = f"{REPORTS}external/{name.get('name') or 'external'}/" if root else REPORTS
+            lines = run_summary(saved["metrics"], saved.get("shots_metrics"), where)
+        except Exception as err:  # noqa: BLE001 - a summary must never fail a finished run
+            log.warning("no run summary: %s", err)
+            return
+        print("\n".join(["", *lines]), flush=True)

@@ -21,11 +21,14 @@ from sklearn.metrics import roc_auc_score
 
 
 @pytest.mark.slow
-def test_all_pipelines_end_to_end(tmp_path, monkeypatch):
+def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
     project = make_project(tmp_path)
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # use the project's SQLite store
     run(project, None, SMALL)
+    printed = capsys.readouterr().out  # the run ends with its summary, not with log lines
+    assert "Unseen classes (" in printed and "Reports: data/08_reporting/" in printed
+    assert printed.rstrip().endswith("kedro viz run")
 
     data = project / "data"
     manifest = pd.read_parquet(data / "02_intermediate" / "manifest.parquet")
