@@ -65,6 +65,21 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
+def activation_checkpointing(llm, on: bool) -> None:
+    """Turn the LLM's activation checkpointing on (non-reentrant) or off. transformers 5 renames
+    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (and deprecates the
+    old name); older releases have only the old one."""
+    action = "enable" if on else "disable"
+    switch = getattr(llm, f"activation_checkpointing_{action}", None) or getattr(
+        llm, f"gradient_checkpointing_{action}"
+    )
+    with quiet_peft():
+        if on:
+            switch({"use_reentrant": False})
+        else:
+            switch()
+
+
 def peft_amoe_config(cfg: ModelConfig) -> AmoeLoraConfig:
     """AMoE-LoRA on LoRA's target modules with LoRA's dropout; the experts' own sizes from
     ``cfg.amoe``."""

@@ -22,14 +22,14 @@ from transformers import PreTrainedTokenizerFast, get_cosine_schedule_with_warmu
 
 from vmad_pipeline.configs import TrainConfig
 from vmad_pipeline.models.amoe_lora import reset_router_stats
-from vmad_pipeline.models.llm import is_amoe, quiet_peft
+from vmad_pipeline.models.llm import activation_checkpointing, is_amoe
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import place_model, resolve_dtype
 from vmad_pipeline.training import engine as eng
 from vmad_pipeline.training.data import StepBatches, TrainingSamples, collate, model_inputs
 from vmad_pipeline.training.objective import TERMS, answer_tokens, combine, local_counts, shares
 from vmad_pipeline.training.routers import model_router_summary
-from vmad_pipeline.training.state import Checkpoints, rng_state, set_rng_state
+from vmad_pipeline.training.state import Checkpoints, Stop, rng_state, set_rng_state
 from vmad_pipeline.training.validation import validate
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _checkpointing(llm, action: str):
-    """The LLM's activation-checkpointing switch: transformers 5 renames
-    ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable`` (and deprecates the
-    old name); older releases have only the old one. Both take the checkpoint function's keyword
-    arguments first."""
-    return getattr(llm, f"activation_checkpointing_{action}", None) or getattr(
-        llm, f"gradient_checkpointing_{action}"
-    )
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -75,29 +65,6 @@ class Progress:
     state: dict | None = None
     # AMoE-LoRA's router statistics over this run's steps (training.routers; None: plain LoRA)
     router: dict | None = None
-
-
-@dataclass
-class Stop:
-    """SIGTERM's flag: the loop checkpoints at the end of the current step and stops."""
-
-    requested: bool = False
-    previous: dict = field(default_factory=dict)
-
-    def install(self) -> None:
-        try:
-            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-
-    def _handle(self, signum, frame) -> None:
-        log.warning("SIGTERM: writing a checkpoint at the end of this step, then stopping")
-        self.requested = True
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
 
 
 @dataclass
@@ -168,8 +135,7 @@ def train(
     torch.manual_seed(cfg.seed + acc.process_index)  # dropout differs between ranks
     place_model(model, acc.device, dtype)
     if cfg.gradient_checkpointing:
-        with quiet_peft():
-            _checkpointing(model.llm, "enable")({"use_reentrant": False})
+        activation_checkpointing(model.llm, True)
     optimizer = functools.partial(_adamw, cfg=cfg)
     engine = eng.wrap(acc, model, optimizer, cfg.engine.strategy, dtype, cfg.grad_accum_steps)
     sched = get_cosine_schedule_with_warmup(
@@ -198,8 +164,7 @@ def train(
     if engine.world > 1:
         progress.state = eng.model_state(engine)
     if cfg.gradient_checkpointing:
-        with quiet_peft():
-            _checkpointing(model.llm, "disable")()
+        activation_checkpointing(model.llm, False)
     model.eval()
     return progress
 

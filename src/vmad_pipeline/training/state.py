@@ -1,4 +1,5 @@
-"""Training checkpoints for exact resume: what they hold, where they live, how they are checked.
+"""Training checkpoints for exact resume: what they hold, where they live, how they are checked;
+and SIGTERM's flag (:class:`Stop`), which ends training with a checkpoint of its step.
 
 Layout: ``<checkpoint.dir>/<key>/step-<NNNNNNN>/`` with ``state.pt`` (trainable weights and
 buffers such as DSSL's queues, optimiser, scheduler, every rank's RNG states, the step, the
@@ -20,6 +21,8 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +171,26 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Stop:
+    """SIGTERM's flag: the loop checkpoints at the end of the current step and stops."""
+
+    requested: bool = False
+    previous: dict = field(default_factory=dict)
+
+    def install(self) -> None:
+        try:
+            self.previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM: writing a checkpoint at the end of this step, then stopping")
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
