@@ -53,13 +53,19 @@ def reference_maps(
     groups = pd.Series(categories).groupby(categories).indices
     for _, idx in tqdm(groups.items(), desc="reference", disable=not progress, leave=False):
         feats = patch_features(images[idx], backbone, cfg.levels)
-        scores = mutual_scores(feats, cfg.fraction)[:, None]
-        up = F.interpolate(scores, (output_size, output_size), mode="bilinear", align_corners=False)
-        if cfg.blur_sigma > 0:
-            kernel = 2 * int(4 * cfg.blur_sigma + 0.5) + 1  # +-4 sigma
-            up = gaussian_blur(up, [kernel, kernel], [cfg.blur_sigma, cfg.blur_sigma])
-        maps[idx] = up[:, 0].numpy()
+        maps[idx] = smoothed(mutual_scores(feats, cfg.fraction), output_size, cfg.blur_sigma)
     return maps
+
+
+def smoothed(scores: torch.Tensor, size: int, sigma: float) -> np.ndarray:
+    """N x h x w patch scores -> N x size x size maps: bilinearly upsampled, then blurred by a
+    Gaussian of ``sigma`` pixels (+-4 sigma; none at 0). Both comparisons' maps (the
+    transductive reference and the k-shot baseline) are made so."""
+    up = F.interpolate(scores[:, None], (size, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = 2 * int(4 * sigma + 0.5) + 1  # +-4 sigma
+        up = gaussian_blur(up, [kernel, kernel], [sigma, sigma])
+    return up[:, 0].numpy()
 
 
 def reference_report(

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 from vmad_pipeline.configs.evaluate import ReferencesConfig
+from vmad_pipeline.evaluation.reference import reference_report, smoothed
+from vmad_pipeline.evaluation.scores import map_max
 from vmad_pipeline.evaluation.threshold_rules import decision_metrics
 from vmad_pipeline.models.references import NormalMemory, patch_features
 
@@ -100,14 +100,6 @@ class ShotMaps:
     n_references: dict[str, int]
 
 
-def _upsampled(scores: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    up = F.interpolate(scores[:, None], (size, size), mode="bilinear", align_corners=False)
-    if sigma > 0:
-        kernel = 2 * int(4 * sigma + 0.5) + 1  # +-4 sigma
-        up = gaussian_blur(up, [kernel, kernel], [sigma, sigma])
-    return up[:, 0]
-
-
 def shot_maps(
     images: torch.Tensor,
     categories: list[str],
@@ -136,10 +128,10 @@ def shot_maps(
         ref_feats = patch_features(refs, backbone, **feats)
         memory = NormalMemory.build(ref_feats, max_patches=cfg.max_patches, seed=seed)
         test = patch_features(images[idx], backbone, **feats)
-        maps[idx] = _upsampled(memory.distances(test), output_size, cfg.blur_sigma).numpy()
+        maps[idx] = smoothed(memory.distances(test), output_size, cfg.blur_sigma)
         if len(refs) >= 2:
-            own = _upsampled(memory.leave_one_out(ref_feats), output_size, cfg.blur_sigma)
-            loo[cls] = [float(v) for v in own.flatten(1).amax(1)]
+            own = smoothed(memory.leave_one_out(ref_feats), output_size, cfg.blur_sigma)
+            loo[cls] = [float(v) for v in map_max(own)]
         else:
             loo[cls] = []
         thresholds[cls] = references_threshold(np.array(loo[cls]), cfg.threshold)
@@ -179,8 +171,6 @@ def shot_report(
     """The baseline at every k > 0 of ``shots``: ``{"<k>": {mean, per_class, decision,
     references, thresholds, loo_scores}}`` and the flat MLflow metrics (``<k>/...``)."""
     from vmad_pipeline.datasets.manifest import row_files
-    from vmad_pipeline.evaluation.reference import reference_report
-    from vmad_pipeline.evaluation.scores import map_max
     from vmad_pipeline.images import load_batch
 
     images, _ = load_batch(row_files(eval_set, roots)[0], None, cfg.image_size)
