@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from default_run import REPO, commit, machine
-from shots import SEEDS
+from shots import SEEDS, project_eval_set
 
 KS = (2, 4, 8)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75)
@@ -33,12 +32,15 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from vmad_pipeline.configs import WeightsConfig
-    from vmad_pipeline.configs.evaluate import parse_evaluate_params
     from vmad_pipeline.datasets.manifest import row_files
-    from vmad_pipeline.evaluation.eval_set import select_eval_set
     from vmad_pipeline.evaluation.reference import reference_report
     from vmad_pipeline.evaluation.scores import map_max
-    from vmad_pipeline.evaluation.shots import draw_references, reference_pool, shot_maps
+    from vmad_pipeline.evaluation.shots import (
+        class_features,
+        draw_references,
+        reference_pool,
+        shot_maps,
+    )
     from vmad_pipeline.images import load_batch, load_mask
     from vmad_pipeline.inference.service import Detector
     from vmad_pipeline.models.checkpoint import Checkpoint
@@ -48,12 +50,7 @@ def main() -> None:
     parser.add_argument("--project", required=True, help="a project with the trained default")
     project = Path(parser.parse_args().project).resolve()
     data = project / "data"
-    params = yaml.safe_load((REPO / "conf/base/parameters_evaluate.yml").read_text())
-    cfg = parse_evaluate_params(params["evaluate"])
-    manifest = pd.read_parquet(data / "02_intermediate/manifest.parquet")
-    splits = json.loads((data / "05_model_input/splits.json").read_text())
-    roots = json.loads((data / "02_intermediate/dataset_roots.json").read_text())
-    eval_set, roots = select_eval_set(manifest, splits, roots, {}, cfg)
+    cfg, manifest, eval_set, roots = project_eval_set(project)
     files, mask_files = row_files(eval_set, roots)
     masks = [load_mask(m, cfg.eval_size) for m in mask_files]
     detector = Detector.from_checkpoint(Checkpoint(data / "06_models/vmad"), WeightsConfig(), cfg)
@@ -76,12 +73,12 @@ def main() -> None:
     pool = reference_pool(manifest, eval_set)
     backbone = FrozenEfficientNet(load_efficientnet_lite0())
     side = cfg.references.image_size
-    ref_images, _ = load_batch(files, None, side)
+    test = class_features(load_batch(files, None, side)[0], cats, backbone, cfg.references)
     for seed in SEEDS:
         for k in KS:
             drawn = draw_references(pool, k, seed)
             refs = {c: load_batch(row_files(r, roots)[0], None, side)[0] for c, r in drawn.items()}
-            found = shot_maps(ref_images, cats, refs, backbone, cfg.references, cfg.eval_size)
+            found = shot_maps(test, refs, backbone, cfg.references, cfg.eval_size)
             scale = np.array([np.mean(found.loo_scores[c]) for c in cats])
             base_score = np.minimum(map_max(found.maps) / (2 * scale), 1.5)
             base_map = np.minimum(found.maps / (2 * scale[:, None, None]), 1.5)

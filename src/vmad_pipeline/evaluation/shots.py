@@ -100,9 +100,30 @@ class ShotMaps:
     n_references: dict[str, int]
 
 
+def _features(images: torch.Tensor, backbone: torch.nn.Module, cfg: ReferencesConfig):
+    """One feature rule for the images and their references."""
+    return patch_features(images, backbone, cfg.levels, stride=cfg.stride, normalise=True)
+
+
+@dataclass
+class ClassFeatures:
+    """The evaluated images' patch features by class, computed once for every k."""
+
+    n_images: int
+    by_class: dict[str, tuple[np.ndarray, torch.Tensor]]  # class -> (image indices, features)
+
+
+def class_features(
+    images: torch.Tensor, categories: list[str], backbone: torch.nn.Module, cfg: ReferencesConfig
+) -> ClassFeatures:
+    """The features of ``images`` (uint8 N x 3 x S x S at ``cfg.image_size``) by class."""
+    groups = pd.Series(categories).groupby(categories).indices
+    by_class = {str(c): (idx, _features(images[idx], backbone, cfg)) for c, idx in groups.items()}
+    return ClassFeatures(len(images), by_class)
+
+
 def shot_maps(
-    images: torch.Tensor,
-    categories: list[str],
+    test: ClassFeatures,
     references: dict[str, torch.Tensor],
     backbone: torch.nn.Module,
     cfg: ReferencesConfig,
@@ -110,25 +131,20 @@ def shot_maps(
     *,
     seed: int = 0,
 ) -> ShotMaps:
-    """The baseline's maps of ``images`` (uint8 N x 3 x S x S at ``cfg.image_size``), each class
-    against its ``references`` (uint8 k x 3 x S x S), and each class's references-only
+    """The baseline's maps of the evaluated images (``test``: :func:`class_features`), each
+    class against its ``references`` (uint8 k x 3 x S x S), and each class's references-only
     threshold. A class without references gets zero maps and no threshold."""
-    feats = dict(
-        levels=cfg.levels, stride=cfg.stride, normalise=True
-    )  # one feature rule for both sides
-    maps = np.zeros((len(images), output_size, output_size), np.float32)
+    maps = np.zeros((test.n_images, output_size, output_size), np.float32)
     thresholds, loo, counts = {}, {}, {}
-    groups = pd.Series(categories).groupby(categories).indices
-    for cls, idx in groups.items():
+    for cls, (idx, feats) in test.by_class.items():
         refs = references.get(cls)
         counts[cls] = 0 if refs is None else len(refs)
         if refs is None or not len(refs):
             thresholds[cls], loo[cls] = None, []
             continue
-        ref_feats = patch_features(refs, backbone, **feats)
+        ref_feats = _features(refs, backbone, cfg)
         memory = NormalMemory.build(ref_feats, max_patches=cfg.max_patches, seed=seed)
-        test = patch_features(images[idx], backbone, **feats)
-        maps[idx] = smoothed(memory.distances(test), output_size, cfg.blur_sigma)
+        maps[idx] = smoothed(memory.distances(feats), output_size, cfg.blur_sigma)
         if len(refs) >= 2:
             own = smoothed(memory.leave_one_out(ref_feats), output_size, cfg.blur_sigma)
             loo[cls] = [float(v) for v in map_max(own)]
@@ -174,14 +190,14 @@ def shot_report(
     from vmad_pipeline.images import load_batch
 
     images, _ = load_batch(row_files(eval_set, roots)[0], None, cfg.image_size)
-    categories = list(eval_set["category"])
+    test = class_features(images, list(eval_set["category"]), backbone, cfg)  # once for every k
     out, flat = {}, {}
     for k in sorted(s for s in shots if s > 0):
         drawn = draw_references(pool, k, seed)
         refs = {
             c: load_batch(row_files(r, roots)[0], None, cfg.image_size)[0] for c, r in drawn.items()
         }
-        found = shot_maps(images, categories, refs, backbone, cfg, eval_size, seed=seed)
+        found = shot_maps(test, refs, backbone, cfg, eval_size, seed=seed)
         report, numbers = reference_report(eval_set, found.maps, masks, fpr_limit)
         report.pop("protocol")
         decision = shot_decision(eval_set, map_max(found.maps), found.thresholds)

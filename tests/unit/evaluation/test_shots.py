@@ -15,6 +15,7 @@ from PIL import Image
 from vmad_pipeline.configs import ConfigError
 from vmad_pipeline.configs.evaluate import ReferencesConfig, parse_evaluate_params
 from vmad_pipeline.evaluation.shots import (
+    class_features,
     draw_references,
     reference_pool,
     references_threshold,
@@ -106,7 +107,8 @@ def test_an_image_like_its_references_scores_zero_and_a_new_mark_does_not():
     marked = grey[:1].clone()
     marked[:, 0, 8:16, 8:16] = 250  # a red square the references never show
     images = torch.cat([grey[:1], marked])
-    found = shot_maps(images, ["a", "a"], {"a": grey}, _Colour(), cfg, 32)
+    test = class_features(images, ["a", "a"], _Colour(), cfg)
+    found = shot_maps(test, {"a": grey}, _Colour(), cfg, 32)
     assert found.maps[0].max() < 1e-5 and found.maps[1].max() > 0.1
     assert found.n_references == {"a": 3} and len(found.loo_scores["a"]) == 3
     assert found.thresholds["a"] == pytest.approx(0.0, abs=1e-5)  # identical references
