@@ -113,17 +113,30 @@ def check_parameters(params: dict[str, Any], blocks: set[str], runtime: dict[str
         BLOCK_CHECKS[block](params)
 
 
+def report_folder(params: dict[str, Any]) -> str:
+    """Where an evaluating run's reports go: data/08_reporting/, or, evaluating another tree
+    (``evaluate.dataset.root``), data/08_reporting/external/<evaluate.dataset.name>/."""
+    dataset = (params.get("evaluate") or {}).get("dataset") or {}
+    if not dataset.get("root"):
+        return REPORTS
+    return f"{REPORTS}external/{dataset.get('name') or 'external'}/"
+
+
 def external_reports(
-    catalog, conf_catalog: dict[str, Any], credentials: dict[str, Any], outputs: set[str], name: str
+    catalog,
+    conf_catalog: dict[str, Any],
+    credentials: dict[str, Any],
+    outputs: set[str],
+    folder: str,
 ) -> list[str]:
     """Point the report datasets among ``outputs`` (files under data/08_reporting/ in the catalog
-    configuration ``conf_catalog``) at data/08_reporting/external/<name>/, so evaluating another
+    configuration ``conf_catalog``) at ``folder`` (:func:`report_folder`), so evaluating another
     tree never overwrites the default run's reports. Returns the datasets moved."""
     from kedro.io import DataCatalog
 
     moved = []
     for ds_name in sorted(outputs & set(conf_catalog)):
-        new = _relocate(conf_catalog[ds_name], f"{REPORTS}external/{name}/")
+        new = _relocate(conf_catalog[ds_name], folder)
         if new == conf_catalog[ds_name]:
             continue
         quiet = logging.getLogger("kedro.io.data_catalog")
@@ -169,15 +182,12 @@ class ParamsCheckHook:
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         params = catalog.load("parameters")
         check_parameters(params, used_blocks(pipeline), run_params.get("runtime_params") or {})
-        dataset = (params.get("evaluate") or {}).get("dataset") or {}
-        if "evaluate" in used_blocks(pipeline) and dataset.get("root"):
-            name = dataset.get("name") or "external"
+        folder = report_folder(params)
+        if "evaluate" in used_blocks(pipeline) and folder != REPORTS:
             outputs = pipeline.only_nodes_with_tags("evaluate").all_outputs()
             conf, creds = getattr(self, "_conf", ({}, {}))
-            moved = external_reports(catalog, conf, creds, outputs, name)
-            log.info(
-                "evaluating %s: %d reports go to %sexternal/%s/", name, len(moved), REPORTS, name
-            )
+            moved = external_reports(catalog, conf, creds, outputs, folder)
+            log.info("evaluating another tree: %d reports go to %s", len(moved), folder)
 
 
 class RunStatusHook:
@@ -286,10 +296,7 @@ class RunSummaryHook:
         try:
             from vmad_pipeline.evaluation.summary import run_summary
 
-            params = catalog.load("parameters")
-            name = (params.get("evaluate") or {}).get("dataset") or {}
-            root = name.get("root")
-            where = f"{REPORTS}external/{name.get('name') or 'external'}/" if root else REPORTS
+            where = report_folder(catalog.load("parameters"))
             lines = run_summary(saved["metrics"], saved.get("shots_metrics"), where)
         except Exception as err:  # noqa: BLE001 - a summary must never fail a finished run
             log.warning("no run summary: %s", err)

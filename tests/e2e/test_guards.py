@@ -83,7 +83,7 @@ def test_a_split_changed_after_training_stops_evaluate_before_predicting(trained
     run(trained, "split", SMALL)  # back to the split the model was trained with
 
 
-def test_another_trees_reports_go_beside_the_defaults(trained, monkeypatch, tmp_path):
+def test_another_trees_reports_go_beside_the_defaults(trained, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(trained)
     other = tmp_path / "other"
     for i, sub in enumerate(["good", "dent", "good", "dent"]):
@@ -100,6 +100,7 @@ def test_another_trees_reports_go_beside_the_defaults(trained, monkeypatch, tmp_
     before = {p: p.read_bytes() for p in reports(trained).glob("*") if p.is_file()}
     params = deep_merge(SMALL, {"evaluate": {"dataset": {"root": str(other), "name": "other"}}})
     run(trained, "evaluate", params)
+    assert "Reports: data/08_reporting/external/other/" in capsys.readouterr().out  # the summary
     assert {p: p.read_bytes() for p in before} == before  # the default reports untouched
     external = reports(trained) / "external" / "other"
     metrics = json.loads((external / "metrics.json").read_text())
