@@ -205,6 +205,42 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
     assert summary["image_threshold"] == decision["image_threshold"]  # the model's own
     assert summary["image_from"] == "calibrated: fpr@0.05"
 
+    # The model with normal references (docs/references.md): scored at k = 4 and in batch mode
+    # beside its zero-shot scores, with references from the test classes' normal training images.
+    shots = metrics_default["shots"]
+    assert {"4", "batch"} <= set(shots)
+    assert set(shots["4"]["per_class"]) == {"pcb", "washer"}
+    assert shots["4"]["decision"]["classes"] == 2  # each class's threshold from its references
+    drawn = {p for refs in shots["4"]["references"].values() for p in refs}
+    assert drawn and not drawn & set(test_images["image_path"])  # never a test image
+    assert "shots/4/image_auroc" in run_data.metrics and "shots/batch/aupro" in run_data.metrics
+
+    # A product profile from normal images, then predict against it, and in batch mode.
+    good = data / "01_raw" / "synthetic" / "pcb" / "train" / "good"
+    profile = {"name": "pcb-line1", "category": "pcb", "images": str(good)}
+    run(project, "profile", {**SMALL, "profile": profile})
+    stored = json.loads(
+        (data / "06_models" / "profiles" / "pcb-line1" / "profile.json").read_text()
+    )
+    assert len(stored["images"]) == len(list(good.glob("*.png"))) >= 2
+    assert stored["threshold"] is not None and stored["backbone"]["preset"] == "small"
+    experiment = client.get_run(versions[0].run_id).info.experiment_id
+    runs = client.search_runs([experiment], filter_string="tags.mlflow.runName = 'profile'")
+    assert runs and runs[0].data.metrics["profile/threshold"] == pytest.approx(stored["threshold"])
+    shutil.rmtree(out)
+    run(
+        project,
+        "predict",
+        {**predict, "predict": {**predict["predict"], "references": "pcb-line1"}},
+    )
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert {r["references"] for r in lines} == {"profile:pcb-line1"}
+    assert {r["image_threshold"] for r in lines} == {stored["threshold"]}
+    shutil.rmtree(out)
+    run(project, "predict", {**predict, "predict": {**predict["predict"], "references": "batch"}})
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {r["references"] for r in lines} == {"batch"}
+
     # The README's registered-model example, as written, in the project folder.
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- pyfunc-example -->")[1].split("<!-- /pyfunc-example -->")[0]

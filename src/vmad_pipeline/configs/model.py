@@ -25,6 +25,7 @@ MODEL_PARTS = (
     "dssl",
     "expert",
     "region",
+    "references",
 )
 EXPERTS = ("none", "anomaly_ov")
 REGION_SOURCES = ("own_mask", "expert")
@@ -290,6 +291,27 @@ class RegionConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceCueConfig:
+    """The model reads k normal references of the product (``models/reference_cue.py``,
+    docs/references.md): each patch's distance to the nearest reference patch on the vision
+    tower's frozen features, given to SAM's decoder as its dense mask prompt (``mask_prompt``)
+    and to the LLM added to the visual tokens (``evidence``). Off: the model takes none."""
+
+    enabled: bool = False
+    levels: tuple[int, ...] = (0, 1)  # the tower's frozen native levels (small: strides 4, 8, ...)
+    stride: int = 4  # the patch grid: image side / stride
+    mask_prompt: bool = True
+    evidence: bool = True
+    hidden: int = 32  # the cue's width
+    max_patches: int = 4096  # coreset cap of one product's memory (a profile, batch mode)
+
+    def __post_init__(self) -> None:
+        check(len(self.levels) >= 1, "levels", "needs at least one level")
+        check(self.stride >= 1 and self.hidden >= 1, "stride", "stride and hidden must be >= 1")
+        check(self.max_patches >= 16, "max_patches", "must be >= 16")
+
+
+@dataclass(frozen=True)
 class WeightsConfig:
     """Local weight files of the real preset (``weights:`` in conf/local/parameters_weights.yml)."""
 
@@ -322,6 +344,7 @@ class ModelConfig:
     seg_evidence: bool = False
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     region_tokens: RegionConfig = field(default_factory=RegionConfig)
+    references: ReferenceCueConfig = field(default_factory=ReferenceCueConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)  # set at build time (real preset)
 
     def __post_init__(self) -> None:
@@ -378,4 +401,11 @@ def describe_model(model: ModelConfig) -> dict[str, str | bool]:
         "expert": model.expert.name,
         "region_tokens": model.region_tokens.source if model.region_tokens.enabled else "off",
         "adapter": model.adapter,
+        "references": reference_parts(model.references),
     }
+
+
+def reference_parts(cfg: ReferenceCueConfig) -> str:
+    """What the model does with references: "off", or its parts ("mask_prompt,evidence")."""
+    parts = [p for p in ("mask_prompt", "evidence") if getattr(cfg, p)]
+    return ",".join(parts) if cfg.enabled and parts else "off"

@@ -26,6 +26,12 @@ class PredictConfig:
     image_threshold: float | None = None
     pixel_threshold: float | None = None
     batch_size: int = 8
+    # normal references (docs/references.md): null (zero-shot) | batch (each image against other
+    # images of its product in the input) | a profile's name (under `profiles`) | a folder or
+    # glob of normal images of the product. With two or more references the image threshold is
+    # chosen from them alone (evaluate.references.threshold)
+    references: str | None = None
+    profiles: str = "data/06_models/profiles"
     # an image of more pixels is refused from its header (an error line), as the REST server does
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str = "auto"

@@ -170,6 +170,13 @@ class TrainConfig:
     # with mask evidence: share of samples whose evidence comes from the true mask, not the
     # drawn one (IAD-Unify mixes oracle and predicted regions in training)
     evidence_oracle: float = 0.5
+    # with the reference cue (train.model.references): the k normal references of each sample,
+    # drawn per sample from this set among the other normal training images of its class and
+    # source, augmented as the sample is (docs/references.md); 0 = zero-shot samples
+    reference_shots: tuple[int, ...] = (0, 1, 2, 4)
+    # of the samples with references: the share given a structure they and their references
+    # share (the same patch at the same place; training.samples.shared_structure), not a defect
+    shared_paste_prob: float = 0.5
     tokenizer_vocab: int = 600  # byte-level BPE vocabulary of the tiny preset's tokenizer
     num_threads: int = 0  # torch intra-op threads; 0 = torch default
     device: str = "auto"  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
@@ -216,6 +223,12 @@ class TrainConfig:
         check(0.0 <= self.name_swap_prob <= 1.0, "name_swap_prob", "must be in [0, 1]")
         check(0.0 <= self.detect_paste_prob <= 1.0, "detect_paste_prob", "must be in [0, 1]")
         check(0.0 <= self.evidence_oracle <= 1.0, "evidence_oracle", "must be in [0, 1]")
+        check(0.0 <= self.shared_paste_prob <= 1.0, "shared_paste_prob", "must be in [0, 1]")
+        check(
+            len(self.reference_shots) >= 1 and all(0 <= k <= 16 for k in self.reference_shots),
+            "reference_shots",
+            f"one or more k in [0, 16], got {list(self.reference_shots)}",
+        )
         check_placement(self.device, self.precision)
 
     @property

@@ -106,11 +106,13 @@ def predict_items(
     batch_size: int,
     progress: bool,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    references=None,
 ) -> dict:
     """Predict every item not yet in ``store`` with ``detector`` (``inference.service``: its
-    thresholds decide); returns counts (done before, predicted, failed). An unreadable image,
-    one of more than ``max_pixels`` pixels (refused from its header, nothing decoded) and a
-    name the text rule refuses each get an error line; the others go on."""
+    thresholds decide, or the references' own threshold); returns counts (done before,
+    predicted, failed). An unreadable image, one of more than ``max_pixels`` pixels (refused
+    from its header, nothing decoded) and a name the text rule refuses each get an error line;
+    the others go on. ``references``: ``inference.references.References`` (None: zero-shot)."""
     done = store.done()
     todo = [it for it in items if it.key not in done]
     counts = {"images": len(items), "already_done": len(items) - len(todo), "predicted": 0}
@@ -129,9 +131,13 @@ def predict_items(
                 counts["failed"] += 1
                 continue
             ok.append(it)
-        found = detector.inspect(originals, [it.category for it in ok])
+        cats = [it.category for it in ok]
+        memories = None if references is None else references.memories([it.key for it in ok], cats)
+        cut = None if references is None else references.threshold
+        found = detector.inspect(originals, cats, memories=memories, threshold=cut)
         for it, seen in zip(ok, found, strict=True):
-            store.write(_record(it, seen, detector), _pictures(seen))
+            record = _record(it, seen, detector) | _references_record(references, cut)
+            store.write(record, _pictures(seen))
         counts["predicted"] += len(ok)
         bar.update(len(chunk))
     bar.close()
@@ -139,6 +145,16 @@ def predict_items(
     counts["seconds"] = round(seconds, 2)
     counts["images_per_s"] = round(len(todo) / seconds, 2) if todo and seconds > 0 else None
     return counts
+
+
+def _references_record(references, cut: float | None) -> dict:
+    """What a JSON line says of the references it was compared with."""
+    if references is None:
+        return {}
+    out = {"references": references.label}
+    if cut is not None:
+        out["image_threshold"] = cut
+    return out
 
 
 def _base(it: Item) -> dict:

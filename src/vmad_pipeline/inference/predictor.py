@@ -75,7 +75,15 @@ class Predictor:
         return tqdm(starts, desc=desc, disable=not progress, leave=False)
 
     def _run(
-        self, images, texts, *, output_size: int, max_new_tokens: int, forced=(), regions=None
+        self,
+        images,
+        texts,
+        *,
+        output_size: int,
+        max_new_tokens: int,
+        forced=(),
+        regions=None,
+        references=None,
     ):
         seqs = [encode_prompt(self.tokenizer, t, self.model.image_slots) for t in texts]
         return self._generate(
@@ -85,7 +93,21 @@ class Predictor:
             max_new_tokens=max_new_tokens,
             forced=forced,
             region_masks=regions,
+            references=references,
         )
+
+    @torch.no_grad()
+    def reference_features(self, images: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+        """The patch features the model compares references with (N x 3 x S x S uint8 -> N x C x
+        g x g, float32 on the model's device)."""
+        out = []
+        for s in range(0, len(images), batch_size):
+            clip, _ = to_model_inputs(
+                images[s : s + batch_size], self.model.config.vision.image_size
+            )
+            with autocast(self.device, self.dtype):
+                out.append(self.model.reference_features(clip.to(self.device)).float())
+        return torch.cat(out)
 
     def _generate(
         self,
@@ -98,6 +120,7 @@ class Predictor:
         prompt_masks=None,
         fallback=True,
         region_masks=None,
+        references=None,
     ):
         ids, att = pad_batch(seqs, self.tokenizer.pad_token_id, left=True)
         clip, sam = to_model_inputs(images, self.model.config.vision.image_size)
@@ -118,6 +141,7 @@ class Predictor:
                 prompt_masks=prompt_masks,
                 fallback=fallback,
                 region_masks=region_masks,
+                references=references,
             )
 
     def _text(self, ids: list[list[int]]) -> list[str]:
@@ -180,12 +204,16 @@ class Predictor:
         batch_size: int = 16,
         progress: bool = False,
         region_masks: np.ndarray | torch.Tensor | None = None,
+        references: list[torch.Tensor | None] | None = None,
     ) -> Predictions:
         """Map, score and answer for each image (N x 3 x S x S uint8 at the SAM input size; one
         object name each), from one pass over the detection question: the tokens "Yes" and "No"
         answers share are fed first (e.g. " [SEG] "), P(yes) = P(Yes) / (P(Yes) + P(No)) at the
         next step, then the answer goes on greedily. ``region_masks`` (N x H x W in [0, 1]): the
-        regions the model's region tokens read (None: its predicted ones)."""
+        regions the model's region tokens read (None: its predicted ones). ``references``: one
+        memory of normal patches per image (``inference.references``; None: zero-shot)."""
+        if references is not None and len(references) != len(images):
+            raise ValueError(f"{len(images)} images but {len(references)} reference memories")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
         for s in self._batches(len(images), batch_size, "predict", progress):
             texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
@@ -196,6 +224,7 @@ class Predictor:
                 max_new_tokens=self.max_new_tokens,
                 forced=self.yes_no.prefix,
                 regions=None if region_masks is None else region_masks[s : s + batch_size],
+                references=None if references is None else references[s : s + batch_size],
             )
             if pred.significance is not None:
                 sig.append(pred.significance.float().cpu().numpy())

@@ -153,8 +153,17 @@ class Detector:
         """An H x W x 3 uint8 image as the model reads it: 3 x S x S uint8."""
         return torch.from_numpy(resize_rgb(original, self.image_size)).permute(2, 0, 1)
 
-    def inspect(self, originals: list[np.ndarray], categories: list[str]) -> list[Inspection]:
-        """Score, decide, answer and draw each image (H x W x 3 uint8, any size) in one batch."""
+    def inspect(
+        self,
+        originals: list[np.ndarray],
+        categories: list[str],
+        *,
+        memories: list | None = None,
+        threshold: float | None = None,
+    ) -> list[Inspection]:
+        """Score, decide, answer and draw each image (H x W x 3 uint8, any size) in one batch.
+        ``memories``: each image's normal references (``inference.references``; None: zero-shot);
+        ``threshold``: the image threshold chosen from them (None: the detector's)."""
         if len(originals) != len(categories):
             raise ValueError(f"{len(originals)} images but {len(categories)} object names")
         categories = [prompts.object_text(c) for c in categories]  # bounded, no special token
@@ -162,7 +171,10 @@ class Detector:
             return []
         size = self.image_size
         batch = torch.stack([self.tensor(o) for o in originals])
-        pred = self.predictor.predict(batch, list(categories), output_size=size)
+        pred = self.predictor.predict(
+            batch, list(categories), output_size=size, references=memories
+        )
+        cut = self.image_threshold if threshold is None else float(threshold)
         out = []
         for k, original in enumerate(originals):
             answer, score = pred.answers[k], float(pred.scores[k])
@@ -174,7 +186,7 @@ class Detector:
             out.append(
                 Inspection(
                     score=score,
-                    anomalous=score >= self.image_threshold,
+                    anomalous=score >= cut,
                     p_yes=float(pred.p_yes[k]),
                     answer=answer,
                     seg_found=bool(pred.seg_found[k]),

@@ -31,6 +31,7 @@ from vmad_pipeline.models.llm import add_adapter, build_tiny_llm
 from vmad_pipeline.models.mask_encoder import EfficientNetMaskEncoder
 from vmad_pipeline.models.pretrained import load_llava, load_sam
 from vmad_pipeline.models.projectors import MlpProjector, build_projector
+from vmad_pipeline.models.reference_cue import ReferenceCue
 from vmad_pipeline.models.region_tokens import RegionTokens
 from vmad_pipeline.models.sam import build_sam
 from vmad_pipeline.models.vision import EfficientNetTower, VisionTower, build_vision_tower
@@ -186,6 +187,7 @@ def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel
     model = VmadModel(
         config=cfg,
         expert=build_expert(cfg, bb.vision),
+        cue=build_cue(cfg, bb.vision),
         region=RegionTokens(
             cfg.vision.hidden_size,
             cfg.llm.hidden_size,
@@ -209,6 +211,23 @@ def assemble(bb: Backbone, tokenizer: PreTrainedTokenizerBase, llm) -> VmadModel
     )
     apply_freezing(model)
     return model
+
+
+def build_cue(cfg: ModelConfig, vision) -> ReferenceCue | None:
+    """The reference cue (``train.model.references``) on the tower's frozen levels, or None."""
+    r = cfg.references
+    if not r.enabled:
+        return None
+    n = vision.num_hidden_states
+    bad = [i for i in r.levels if not -n <= i < n]
+    if bad:
+        raise ConfigError(
+            f"train.model.references.levels: {bad} out of range; the vision tower has {n} "
+            f"levels (0 .. {n - 1})"
+        )
+    return ReferenceCue(
+        r, d_sam=cfg.sam.prompt_dim, d_llm=cfg.llm.hidden_size, sam_grid=cfg.sam.grid
+    )
 
 
 def build_expert(cfg: ModelConfig, vision) -> AnomalyExpert | None:

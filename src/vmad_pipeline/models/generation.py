@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel
 
 from vmad_pipeline.models.evidence import SegEvidence
+from vmad_pipeline.models.sam import MaskCue
 
 
 @dataclass
@@ -55,6 +56,7 @@ class GeneratingModel(Protocol):
         images_sam: torch.Tensor,
         output_size: tuple[int, int],
         embeddings: torch.Tensor | None = None,
+        cue: MaskCue | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -92,6 +94,7 @@ def generate_with_masks(
     evidence: tuple[torch.Tensor, torch.Tensor] | None = None,
     draw_fallback: bool = True,
     sam_embeddings: torch.Tensor | None = None,
+    mask_cue: MaskCue | None = None,
 ) -> Generation:
     """Greedy answers to left-padded prompts (``embeds`` B x T x d with their ``attention_mask``),
     the mask of each row's first [SEG] (at ``output_size``) and the logits of the first free
@@ -100,11 +103,15 @@ def generate_with_masks(
     ``draw_fallback``: draw the last token's mask for rows that never said [SEG] (else they stay 0:
     a follow-up needs no map it did not ask for, and SAM's encoder is not run for it).
     ``sam_embeddings``: the rows' SAM image embeddings when already computed (else encoded for the
-    rows that draw a mask, when they do)."""
+    rows that draw a mask, when they do). ``mask_cue``: what the reference cue gives the rows'
+    masks (``models.sam.MaskCue``), when there is one."""
 
     def draw(states, rows):
         emb = None if sam_embeddings is None else sam_embeddings[rows]
-        return model.masks_from_states(states, images_sam[rows], output_size, embeddings=emb)
+        cue = None if mask_cue is None else mask_cue.take(rows)
+        return model.masks_from_states(
+            states, images_sam[rows], output_size, embeddings=emb, cue=cue
+        )
 
     b, device = len(embeds), embeds.device
     positions = (attention_mask.cumsum(1) - 1).clamp(min=0)

@@ -37,6 +37,7 @@ class Prediction:
     significance: torch.Tensor | None = None  # B x H x W: the expert's map (None: no expert)
     expert_score: torch.Tensor | None = None  # B: the expert's image score
     regions: torch.Tensor | None = None  # B x H x W: the regions the region tokens read
+    reference_maps: torch.Tensor | None = None  # B x h x w: distances to the references (cue)
 
 
 class ImageFeatures(NamedTuple):

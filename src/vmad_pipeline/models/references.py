@@ -39,23 +39,32 @@ def patch_features(
     normalise: bool = False,
     stride: int | None = None,
 ) -> torch.Tensor:
-    """uint8 N x 3 x S x S -> N x C x h x w: the chosen levels, each averaged over its 3 x 3
-    neighbourhood, at one grid, concatenated. ``stride``: the grid is S / stride, and each level
-    is averaged at its own resolution before it is resized (PatchCore's order); None: the
-    finest chosen level's grid, averaged after resizing (the transductive reference's order,
-    kept as measured). ``normalise``: each patch's feature scaled to unit length."""
+    """uint8 N x 3 x S x S -> N x C x h x w: :func:`level_features` of the backbone's levels, in
+    batches of ``batch_size``."""
     out = []
     for s in range(0, len(images), batch_size):
         maps = backbone(images[s : s + batch_size].float() / 255.0)
-        chosen = [maps[i] for i in levels]
-        size = images.shape[-1] // stride if stride else max(m.shape[-1] for m in chosen)
-        if stride:  # each level aggregated at its own resolution, then resized (PatchCore)
-            chosen = [to_grid(_local(m), size) for m in chosen]
-            feats = torch.cat(chosen, 1)
-        else:
-            feats = _local(torch.cat([to_grid(m, size) for m in chosen], 1))
-        out.append(F.normalize(feats, dim=1) if normalise else feats)
+        grid = images.shape[-1] // stride if stride else None
+        out.append(level_features(maps, levels, grid, normalise=normalise))
     return torch.cat(out)
+
+
+def level_features(
+    maps, levels: tuple[int, ...], grid: int | None, *, normalise: bool = False
+) -> torch.Tensor:
+    """A backbone's feature maps (one B x C_l x h_l x w_l per level) -> B x C x grid x grid: the
+    chosen ``levels``, each averaged over its 3 x 3 neighbourhood, at one grid, concatenated.
+    ``grid``: each level is averaged at its own resolution before it is resized (PatchCore's
+    order); None: the finest chosen level's grid, averaged after resizing (the transductive
+    reference's order, kept as measured). ``normalise``: each patch's feature scaled to unit
+    length."""
+    chosen = [maps[i] for i in levels]
+    if grid:  # each level aggregated at its own resolution, then resized (PatchCore)
+        feats = torch.cat([to_grid(_local(m), grid) for m in chosen], 1)
+    else:
+        size = max(m.shape[-1] for m in chosen)
+        feats = _local(torch.cat([to_grid(m, size) for m in chosen], 1))
+    return F.normalize(feats, dim=1) if normalise else feats
 
 
 def _local(features: torch.Tensor) -> torch.Tensor:
@@ -63,7 +72,7 @@ def _local(features: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(features, 3, stride=1, padding=1, count_include_pad=False)
 
 
-def _patches(features: torch.Tensor) -> torch.Tensor:
+def patches(features: torch.Tensor) -> torch.Tensor:
     """N x C x h x w -> (N h w) x C."""
     return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float()
 
@@ -78,7 +87,7 @@ def nearest_distance(queries: torch.Tensor, memory: torch.Tensor) -> torch.Tenso
         block = queries[s : s + CHUNK]
         nearest = torch.cdist(block, memory).argmin(1)
         out.append((block - memory[nearest]).norm(dim=1))
-    return torch.cat(out) if out else torch.zeros(0)
+    return torch.cat(out) if out else queries.new_zeros(0)
 
 
 def coreset(patches: torch.Tensor, size: int, *, seed: int = 0, dim: int = 128) -> torch.Tensor:
@@ -114,15 +123,15 @@ class NormalMemory:
         """From the references' features (k x C x h x w)."""
         if not len(features):
             raise ValueError("a reference memory needs at least one normal image")
-        patches = _patches(features)
-        keep = coreset(patches, max_patches, seed=seed)
+        rows = patches(features)
+        keep = coreset(rows, max_patches, seed=seed)
         grid = (features.shape[-2], features.shape[-1])
-        return cls(patches=patches[keep].contiguous(), grid=grid, n_images=len(features))
+        return cls(patches=rows[keep].contiguous(), grid=grid, n_images=len(features))
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """N x C x h x w -> N x h x w: each patch's distance to its nearest memory patch."""
         n, _, h, w = features.shape
-        return nearest_distance(_patches(features), self.patches).view(n, h, w)
+        return nearest_distance(patches(features), self.patches).view(n, h, w)
 
     def leave_one_out(self, features: torch.Tensor) -> torch.Tensor:
         """The references' own maps (k x h x w), each against the other references' patches
@@ -133,8 +142,8 @@ class NormalMemory:
             raise ValueError("leave-one-out scores need at least two references")
         out = []
         for i in range(k):
-            others = _patches(torch.cat([features[:i], features[i + 1 :]]))
-            out.append(nearest_distance(_patches(features[i : i + 1]), others))
+            others = patches(torch.cat([features[:i], features[i + 1 :]]))
+            out.append(nearest_distance(patches(features[i : i + 1]), others))
         return torch.stack(out).view(k, *features.shape[-2:])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,19 @@ def build_sam(cfg: SamConfig, *, image_encoder: nn.Module | None = None) -> Sam:
     )
 
 
+class MaskCue(NamedTuple):
+    """What the reference cue (``models/reference_cue.py``) gives SAM's mask decoder, per row:
+    ``dense`` (B x d x h x w) added to its dense prompt, ``logits`` (B x 1 x 4h x 4w) added to its
+    low-resolution mask logits."""
+
+    dense: torch.Tensor | None
+    logits: torch.Tensor | None
+
+    def take(self, rows) -> MaskCue:
+        """The cue of some rows (an index or a mask)."""
+        return MaskCue(*(None if t is None else t[rows] for t in self))
+
+
 def sam_preprocess(sam: Sam, images: torch.Tensor) -> torch.Tensor:
     """images: B x 3 x H x W in [0, 1], longest side already resized to the encoder size.
 
@@ -76,7 +90,11 @@ def sam_preprocess(sam: Sam, images: torch.Tensor) -> torch.Tensor:
 
 
 def batched_masks(
-    decoder: MaskDecoder, embeddings: torch.Tensor, prompt_encoder: PromptEncoder, prompts
+    decoder: MaskDecoder,
+    embeddings: torch.Tensor,
+    prompt_encoder: PromptEncoder,
+    prompts,
+    dense: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The first (single-mask) output of SAM's mask decoder for B images with one sparse prompt
     each, in one batch: B x 1 x 4h x 4w low-resolution logits.
@@ -85,10 +103,11 @@ def batched_masks(
     many prompts); with one prompt per image that would mean one decoder call per image. This is
     the same computation (its steps, with its own modules) with the batch taken as it is, checked
     against the decoder's own per-image call in tests/unit/models/test_vmad.py. Dense prompt =
-    the no-mask embedding."""
+    the no-mask embedding, plus ``dense`` (B x d x h x w: the reference cue's) when given."""
     b, _, h, w = embeddings.shape
-    dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-    src = embeddings + dense  # (B, d, h, w)
+    src = embeddings + prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)  # (B, d, h, w)
+    if dense is not None:
+        src = src + dense.to(src.dtype)
     pos = prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
     out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], 0)
     tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), prompts.view(b, 1, -1)], 1)
@@ -107,13 +126,18 @@ def decode_masks(
     *,
     input_size: tuple[int, int],
     output_size: tuple[int, int],
+    cue: MaskCue | None = None,
 ) -> torch.Tensor:
     """Masks from one sparse prompt per image (embedding-as-mask, LISA).
 
     image_embeddings: B x d_sam x h x w; prompts: B x d_sam (the projected [SEG] state).
-    Dense prompt = SAM's no-mask embedding. Returns mask logits B x H_out x W_out.
+    Dense prompt = SAM's no-mask embedding; ``cue``: the reference cue's dense prompt and
+    low-resolution logits, added. Returns mask logits B x H_out x W_out.
     """
-    low = batched_masks(sam.mask_decoder, image_embeddings, sam.prompt_encoder, prompts)
+    dense = None if cue is None else cue.dense
+    low = batched_masks(sam.mask_decoder, image_embeddings, sam.prompt_encoder, prompts, dense)
+    if cue is not None and cue.logits is not None:
+        low = low + cue.logits.to(low.dtype)
     masks = F.interpolate(
         low, (sam.image_encoder.img_size,) * 2, mode="bilinear", align_corners=False
     )

@@ -63,6 +63,14 @@ class VisionTower(nn.Module):
         hidden = self(images)
         return hidden, hidden
 
+    @torch.no_grad()
+    def native_levels(self, images: torch.Tensor, frozen: tuple | None = None) -> list:
+        """The feature maps the reference comparison reads, no gradient: every hidden state as
+        B x C x grid x grid (``frozen``: :meth:`encode`'s second output, when computed)."""
+        hidden = frozen if frozen is not None else self(images)
+        b, g = len(images), self.grid
+        return [h.detach().transpose(1, 2).reshape(b, -1, g, g) for h in hidden]
+
     @property
     def expert_widths(self) -> tuple[int, ...]:
         return (self.hidden_size,) * self.num_hidden_states
@@ -113,6 +121,12 @@ class EfficientNetTower(nn.Module):
         ]
         adapted = tuple(a(x) for a, x in zip(self.adaptors, raw, strict=True))
         return adapted, tuple(raw)
+
+    def native_levels(self, images: torch.Tensor, frozen: tuple | None = None) -> list:
+        """The backbone's own levels at their own resolutions (strides 4, 8, 16, 32), no
+        gradient: what the reference comparison reads. The backbone keeps its last call's
+        features, so right after :meth:`encode` of the same tensor this costs nothing."""
+        return self.backbone(images)
 
     @property
     def expert_widths(self) -> tuple[int, ...]:

@@ -35,9 +35,11 @@ from vmad_pipeline.models.extras import (
 from vmad_pipeline.models.generation import generate_with_masks
 from vmad_pipeline.models.outputs import Embedded, ImageFeatures, Prediction, VmadOutput
 from vmad_pipeline.models.projectors import Projector
+from vmad_pipeline.models.reference_cue import CueOutput, ReferenceCue
+from vmad_pipeline.models.references import patches
 from vmad_pipeline.models.region_tokens import RegionTokens
 from vmad_pipeline.models.routing import balance, needs_own_mask, routed, routing_evidence
-from vmad_pipeline.models.sam import decode_masks, sam_preprocess
+from vmad_pipeline.models.sam import MaskCue, decode_masks, sam_preprocess
 from vmad_pipeline.models.vision import VisionTower
 from vmad_pipeline.prompts import ImageSlots
 
@@ -70,6 +72,7 @@ class VmadModel(nn.Module):
         evidence: SegEvidence | None = None,
         expert: AnomalyExpert | None = None,
         region: RegionTokens | None = None,
+        cue: ReferenceCue | None = None,
         adverb_ids: tuple[list[int], ...] = (),
         image_token_id: int,
         seg_token_id: int,
@@ -88,6 +91,7 @@ class VmadModel(nn.Module):
         self.dssl = dssl
         self.evidence = evidence  # mask evidence for the tokens after [SEG] (models/evidence.py)
         self.expert, self.region = expert, region  # models/extras.py
+        self.cue = cue  # what the model reads of normal references (models/reference_cue.py)
         for k, ids in enumerate(adverb_ids):  # the adverbs' token ids (anomaly_expert.ADVERBS)
             self.register_buffer(
                 f"adverb_{k}", torch.tensor(ids, dtype=torch.long), persistent=False
@@ -135,6 +139,7 @@ class VmadModel(nn.Module):
             **({"evidence": self.evidence} if self.evidence is not None else {}),
             **({"expert": self.expert} if self.expert is not None else {}),
             **({"region": self.region} if self.region is not None else {}),
+            **({"references": self.cue} if self.cue is not None else {}),
         }
 
     def get_image_features(self, images_clip: torch.Tensor) -> ImageFeatures:
@@ -147,6 +152,56 @@ class VmadModel(nn.Module):
         positions = getattr(self.projector, "positions", None)  # (T, d) when configured
         visual = tokens if positions is None else tokens + positions
         return ImageFeatures(visual, features.mean(1), features, frozen)
+
+    def reference_features(
+        self, images_clip: torch.Tensor, image: ImageFeatures | None = None
+    ) -> torch.Tensor:
+        """N x C x g x g: the patch features the reference comparison reads, of images given as
+        the vision tower reads them (``image``: their features, when already computed)."""
+        if self.cue is None:
+            raise ValueError("this model reads no references (train.model.references.enabled)")
+        frozen = None if image is None else image.frozen
+        levels = self.vision.native_levels(images_clip, frozen)
+        return self.cue.features(levels, images_clip.shape[-1])
+
+    def reference_memories(
+        self, images_clip: torch.Tensor, owner: torch.Tensor, n_rows: int
+    ) -> list[torch.Tensor | None]:
+        """The references of a batch as one memory per row: the patches of the reference images
+        (R x 3 x S x S) whose ``owner`` (R) is that row; None for a row without any."""
+        feats = self.reference_features(images_clip) if len(images_clip) else None
+        return [
+            patches(feats[owner == i]) if feats is not None and bool((owner == i).any()) else None
+            for i in range(n_rows)
+        ]
+
+    def reference_cue(
+        self,
+        images_clip: torch.Tensor,
+        image: ImageFeatures,
+        references: Sequence[torch.Tensor | None] | None = None,
+        reference_images: torch.Tensor | None = None,
+        reference_owner: torch.Tensor | None = None,
+    ) -> CueOutput | None:
+        """The cue of each row's references, None when the model reads none (visual tokens'
+        dtype). The references: one memory of patches (M x C) per row, None for a row without,
+        or reference images and their owners (:meth:`reference_memories`)."""
+        if self.cue is None:
+            return None
+        query = self.reference_features(images_clip, image)  # first: the backbone's cache
+        if reference_images is not None:
+            references = self.reference_memories(reference_images, reference_owner, len(query))
+        if references is None:
+            references = [None] * len(images_clip)
+        maps, has = self.cue.distance_maps(query, references)
+        return self.cue(maps, has, image.visual.shape[1], image.visual.dtype)
+
+    @staticmethod
+    def with_cue(image: ImageFeatures, cue: CueOutput | None) -> ImageFeatures:
+        """``image`` with the cue's evidence added to its visual tokens."""
+        if cue is None or cue.tokens is None:
+            return image
+        return ImageFeatures(image.visual + cue.tokens, *image[1:])
 
     def embed_inputs(
         self,
@@ -208,11 +263,17 @@ class VmadModel(nn.Module):
         images_sam: torch.Tensor,
         output_size: tuple[int, int],
         embeddings: torch.Tensor | None = None,
+        cue: MaskCue | None = None,
     ) -> torch.Tensor:
         prompts = self.seg_head(states)  # (B, d_sam)
         emb = self.image_embeddings(images_sam) if embeddings is None else embeddings
         return decode_masks(
-            self.sam, emb, prompts, input_size=tuple(images_sam.shape[-2:]), output_size=output_size
+            self.sam,
+            emb,
+            prompts,
+            input_size=tuple(images_sam.shape[-2:]),
+            output_size=output_size,
+            cue=cue,
         )
 
     def seg_masks(
@@ -223,12 +284,14 @@ class VmadModel(nn.Module):
         masks: torch.Tensor | None,
         sam_emb: torch.Tensor | None,
         size: tuple[int, int] | None = None,
+        cue: MaskCue | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(indices of the samples holding [SEG], their mask logits or None) from ``last``, the
         LLM's last hidden layer (B x T x d). The [SEG] state is read at each row's first [SEG]
         input position (positions come from the actual sequence, never from a fixed image-token
         count); the masks come out at ``size``, else ``masks``' size, else the SAM input's.
-        ``sam_emb``: the rows' SAM image embeddings when already computed."""
+        ``sam_emb``: the rows' SAM image embeddings when already computed; ``cue``: what the
+        reference cue gives the rows' masks."""
         is_seg = input_ids == self.seg_token_id
         seg_index = torch.nonzero(is_seg.any(1)).flatten()
         if not len(seg_index):
@@ -243,6 +306,7 @@ class VmadModel(nn.Module):
             images_sam[seg_index],
             out_size,
             embeddings=None if sam_emb is None else sam_emb[seg_index],
+            cue=None if cue is None else cue.take(seg_index),
         )
         return seg_index, mask_logits
 
@@ -276,6 +340,8 @@ class VmadModel(nn.Module):
         boxes: torch.Tensor | None = None,
         region_oracle: torch.Tensor | None = None,
         route_groups: Sequence[str] | None = None,
+        reference_images: torch.Tensor | None = None,
+        reference_owner: torch.Tensor | None = None,
     ) -> VmadOutput:
         """input_ids/attention_mask/labels: B x T (labels -100 outside answers); masks: B x H x W
         at the SAM input size; class_idx: B training-class indices (-1 unknown) for DSSL;
@@ -284,7 +350,9 @@ class VmadModel(nn.Module):
         here when None); region_oracle: B bool, with region tokens the samples that read the
         true region (``masks``), the others the predicted one (the expert's map, or the mask the
         model draws without a region: :func:`models.extras.own_regions`); route_groups: B labels
-        of the samples in AMoE-LoRA's router statistics (``models/routing.py``).
+        of the samples in AMoE-LoRA's router statistics (``models/routing.py``);
+        reference_images: R x 3 x S x S normal references (as ``images_clip``), reference_owner: R
+        the row each belongs to (rows with none: zero-shot), for a model with the reference cue.
 
         Returns every loss term separately; how they are weighted is the trainer's business
         (``training.objective.weighted_loss``)."""
@@ -292,6 +360,11 @@ class VmadModel(nn.Module):
         own = needs_own_mask(self)
         sam_emb, teacher = self.encode_images(images_sam) if (use_dssl or own) else (None, None)
         image = self.get_image_features(images_clip)
+        cue = self.reference_cue(
+            images_clip, image, reference_images=reference_images, reference_owner=reference_owner
+        )
+        image = self.with_cue(image, cue)
+        mask_cue = None if cue is None else cue.mask
         size = tuple(masks.shape[-2:]) if masks is not None else tuple(images_sam.shape[-2:])
         own = (  # the mask the model draws with no region, neutral routing, no gradient
             own_regions(
@@ -319,7 +392,9 @@ class VmadModel(nn.Module):
         if use_dssl:
             extra = self._dssl_terms(teacher, last, input_ids, clip_global, masks, class_idx, boxes)
             pbsd, patch_bce, dssl_valid = extra.pbsd, extra.patch_bce, extra.valid
-        seg_index, mask_logits = self.seg_masks(last, input_ids, images_sam, masks, sam_emb)
+        seg_index, mask_logits = self.seg_masks(
+            last, input_ids, images_sam, masks, sam_emb, cue=mask_cue
+        )
         bce = dice = None
         if mask_logits is not None and masks is not None:
             target = masks[seg_index].float()
@@ -391,6 +466,7 @@ class VmadModel(nn.Module):
         prompt_masks: torch.Tensor | None = None,
         fallback: bool = True,
         region_masks: torch.Tensor | None = None,
+        references: Sequence[torch.Tensor | None] | None = None,
     ) -> Prediction:
         """Greedy answers to left-padded prompts, each row's mask drawn at its [SEG] as it is
         generated (``models/generation.py``: one prefill, the KV cache after it), ``forced``
@@ -399,8 +475,12 @@ class VmadModel(nn.Module):
         it reads that mask's evidence, as in training. ``fallback``: rows without [SEG] get the
         last token's mask (else zeros). ``region_masks`` (B x H x W in [0, 1]): the regions the
         region tokens read (None: the predicted ones; the model's own mask is drawn first, from
-        the prompt and a [SEG], with no region)."""
+        the prompt and a [SEG], with no region). ``references``: one memory of normal reference
+        patches (M x C, :meth:`reference_features`) per row, None for a row without (the
+        reference cue's input; ignored by a model without one)."""
         image = self.get_image_features(images_clip)
+        cue = self.reference_cue(images_clip, image, references)
+        image = self.with_cue(image, cue)
         # the own mask (own-mask regions, own-mask routing evidence) is drawn first: SAM's
         # encoder runs once for it and the answer's mask
         own = needs_own_mask(self, region_given=region_masks is not None)
@@ -442,6 +522,7 @@ class VmadModel(nn.Module):
                 evidence=start,
                 draw_fallback=fallback,
                 sam_embeddings=sam_emb,
+                mask_cue=None if cue is None else cue.mask,
             )
         return Prediction(
             mask_logits=gen.mask_logits,
@@ -453,4 +534,5 @@ class VmadModel(nn.Module):
             else upsample_map(embedded.expert.significance, output_size),
             expert_score=None if embedded.expert is None else embedded.expert.score,
             regions=regions,
+            reference_maps=None if cue is None else cue.maps,
         )

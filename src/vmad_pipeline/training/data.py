@@ -29,6 +29,7 @@ from vmad_pipeline.training.samples import (
     paste_source,
     plan_sample,
     sample_random,
+    shared_structure,
     synthesis_kind,
 )
 
@@ -47,6 +48,7 @@ class SampleSpec:
     box_min: float = 0.0
     box_max: float = 0.0
     region_oracle: float = 0.0  # the share of samples whose region tokens read the true region
+    references: bool = False  # the model reads normal references (train.reference_shots)
 
 
 class TrainingSamples(Dataset):
@@ -77,6 +79,11 @@ class TrainingSamples(Dataset):
         self.qa = {(r[0], r[2]): qa[(r[0], r[2])] for r in self.rows if (r[0], r[2]) in qa}
         self.cfg, self.spec, self.tokenizer, self.fixed = cfg, spec, tokenizer, fixed
         self.painter = painter
+        # the normal rows of each (source, class): a sample's references come from its own
+        self.normals: dict[tuple[str, str], list[int]] = {}
+        for i, (source, category, _, _, label) in enumerate(self.rows):
+            if not label:
+                self.normals.setdefault((source, category), []).append(i)
         if cfg.synthesis != "paste" and painter is None and not fixed:
             raise ValueError(
                 f"train.synthesis={cfg.synthesis} needs the defect generator (the train pipeline's "
@@ -114,7 +121,9 @@ class TrainingSamples(Dataset):
             else plan_sample(category, bool(label), self.cfg, rng)
         )
         image, mask = self.read(index)
-        if self.cfg.augment and not self.fixed:
+        augmented = self.cfg.augment and not self.fixed
+        look = gen.get_state()  # the augmentation's draws, which the references repeat
+        if augmented:
             image, mask = augment(image, mask, gen, plan.geometric)
         if plan.paste:
             image, mask = self._synthetic_anomaly(index, image, mask, gen)
@@ -141,6 +150,13 @@ class TrainingSamples(Dataset):
             # AMoE-LoRA's router statistics group samples by task and final image state
             "group": f"{plan.task}.{'anomalous' if bool(mask.any()) else 'normal'}",
         }
+        if spec.references and not self.fixed:
+            refs = self._references(index, rng, look if augmented else None, plan.geometric)
+            if refs is not None and len(self) > 1 and rng.random() < self.cfg.shared_paste_prob:
+                other = self.read(paste_source(index, len(self), gen))[0]
+                sample["image"], refs = shared_structure(image, mask, refs, other, gen)
+            if refs is not None:
+                sample["references"] = refs
         if spec.boxes:
             from vmad_pipeline.models.dssl import sample_boxes
 
@@ -148,6 +164,26 @@ class TrainingSamples(Dataset):
                 1, spec.boxes, spec.size, spec.box_min, spec.box_max, gen
             )[0]
         return sample
+
+    def _references(
+        self, index: int, rng, look: torch.Tensor | None, geometric: bool
+    ) -> torch.Tensor | None:
+        """k (drawn from ``cfg.reference_shots``) other normal images of the sample's source and
+        class, k x 3 x S x S uint8, augmented with the sample's own draws (``look``: its
+        generator's state before them; None: not augmented): a user's references are taken as
+        the inspected images are. None for k = 0 or when the class has no other normal image."""
+        source, category = self.rows[index][:2]
+        k = rng.choice(self.cfg.reference_shots)
+        pool = [j for j in self.normals.get((source, category), []) if j != index]
+        if not k or not pool:
+            return None
+        out = []
+        for j in rng.sample(pool, min(k, len(pool))):
+            image, blank = self.read(j)
+            if look is not None:
+                image, _ = augment(image, blank, torch.Generator().set_state(look), geometric)
+            out.append(image)
+        return torch.stack(out)
 
     def _synthetic_anomaly(
         self, index: int, image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator
@@ -183,6 +219,12 @@ def collate(samples: list[dict | None], pad_id: int) -> dict:
     batch["route_groups"] = [s["group"] for s in kept]
     if "boxes" in kept[0]:
         batch["boxes"] = torch.stack([s["boxes"] for s in kept])
+    refs = [(i, s["references"]) for i, s in enumerate(kept) if "references" in s]
+    if refs:  # one tensor of every sample's references, and the row each belongs to
+        batch["reference_images"] = torch.cat([r for _, r in refs])
+        batch["reference_owner"] = torch.cat(
+            [torch.full((len(r),), i, dtype=torch.long) for i, r in refs]
+        )
     return batch
 
 
@@ -202,6 +244,10 @@ def model_inputs(batch: dict, model, device: torch.device) -> dict[str, torch.Te
     )
     moved = {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
     groups = {"route_groups": batch["route_groups"]} if "route_groups" in batch else {}
+    if "reference_images" in batch:
+        refs = batch["reference_images"].to(device, non_blocking=True)
+        groups["reference_images"] = to_model_inputs(refs, model.config.vision.image_size)[0]
+        groups["reference_owner"] = batch["reference_owner"].to(device)
     return {"images_clip": clip, "images_sam": sam, **moved, **groups}
 
 

@@ -171,6 +171,7 @@ def _spec(model: VmadModel) -> SampleSpec:
         box_min=dssl.box_min if dssl else 0.0,
         box_max=dssl.box_max if dssl else 0.0,
         region_oracle=model.config.region_tokens.oracle_prob,
+        references=model.cue is not None,
     )
 
 

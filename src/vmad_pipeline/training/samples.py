@@ -194,6 +194,29 @@ def paste_anomaly(
     return image, mask
 
 
+def shared_structure(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    references: torch.Tensor,
+    source: torch.Tensor,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same elliptical patch of ``source`` (shifted) pasted at the same place into ``image``
+    (3 x S x S uint8, outside its ``mask``) and every reference (k x 3 x S x S): a structure
+    that every normal image of the product has, so not a defect; the mask is unchanged. It
+    teaches what no training class shows on its own: something that looks like a defect (a
+    hole, a ring, a component) is normal when the references have it too. Ours."""
+    size = image.shape[-1]
+    blob = blob_mask(size, gen)
+    shift = [int(t) for t in torch.randint(-size // 2, size // 2, (2,), generator=gen)]
+    shifted = torch.roll(source, shift, (1, 2))
+    image, references = image.clone(), references.clone()
+    region = blob & (mask == 0)
+    image[:, region] = shifted[:, region]
+    references[:, :, blob] = shifted[:, None, blob].transpose(0, 1)
+    return image, references
+
+
 def paste_source(index: int, n: int, gen: torch.Generator) -> int:
     """Another training image than ``index`` (of ``n``), drawn from the sample's own stream."""
     return (index + 1 + int(torch.randint(n - 1, (1,), generator=gen))) % n

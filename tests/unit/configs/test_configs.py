@@ -79,7 +79,13 @@ def test_the_default_is_the_small_preset_and_tiny_stays_shipped():
     assert tiny_model.preset == "tiny" and not tiny_model.seg_evidence
     # the tiny preset as it was the default: LTC on CLIP levels 1 and 2, 900 steps
     assert tiny_model.projector.ltc.levels == (1, 2) and tiny_cfg.steps == 900
-    assert set(default) == set(tiny) | {"detect_paste_prob", "name_swap_prob", "evidence_oracle"}
+    assert set(default) == set(tiny) | {
+        "detect_paste_prob",
+        "name_swap_prob",
+        "evidence_oracle",
+        "reference_shots",  # the tiny preset reads no references (model.references off)
+        "shared_paste_prob",
+    }
 
 
 def test_a_preset_copied_into_conf_local_replaces_the_default(tmp_path):

@@ -131,14 +131,16 @@ def compute_metrics(
     predictions: dict[str, Any],
     masks: list[np.ndarray],
     graded: pd.DataFrame,
+    model_shots: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, float], pd.DataFrame]:
     """metrics.json, the flat MLflow metrics and the per-class table; the decision metrics at
-    the thresholds the predictions carry (``decision``), where they do."""
+    the thresholds the predictions carry (``decision``), where they do; the model with
+    references under ``shots`` (:func:`model_shot_metrics`)."""
     from vmad_pipeline.evaluation.predictions import Predictions
     from vmad_pipeline.evaluation.report import compute_metrics as compute
 
-    return compute(
+    report, flat, table = compute(
         eval_set,
         Predictions.from_dict(predictions),
         masks,
@@ -146,6 +148,48 @@ def compute_metrics(
         parse_evaluate_params(params),
         decision=predictions.get("decision"),
     )
+    return {**report, "shots": model_shots}, flat, table
+
+
+def model_shot_metrics(
+    detector,
+    eval_set: pd.DataFrame,
+    roots: dict[str, str],
+    masks: list[np.ndarray],
+    manifest: pd.DataFrame,
+    taxonomy: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The model with k references of each test class and in batch mode
+    (``inference.shot_evaluation``): metrics.json's ``shots`` section and its MLflow metrics
+    (``shots/<k>/...``); a note for a model that reads no references."""
+    from vmad_pipeline.datasets.manifest import row_files
+    from vmad_pipeline.evaluation.shots import reference_pool
+    from vmad_pipeline.images import load_batch
+    from vmad_pipeline.inference.shot_evaluation import model_shot_report
+
+    cfg, predictor = parse_evaluate_params(params), detector.predictor
+    if predictor.model.cue is None:
+        return {"note": "this model reads no references (train.model.references)"}, {}
+    if not any(k > 0 for k in cfg.shots) and not cfg.batch_references:
+        return {}, {}
+    pool = reference_pool(_reference_rows(manifest, cfg), eval_set)
+    size = predictor.image_size
+    images, _ = load_batch(row_files(eval_set, roots)[0], None, size)
+
+    def load(rows):
+        return load_batch(row_files(rows, roots)[0], None, size)[0]
+
+    return model_shot_report(detector, eval_set, images, masks, load, pool, cfg, taxonomy)
+
+
+def _reference_rows(manifest: pd.DataFrame, cfg) -> pd.DataFrame:
+    """Where references come from: the manifest, or ``evaluate.dataset.root``'s own tree."""
+    if not cfg.dataset.root:
+        return manifest
+    from vmad_pipeline.datasets.mvtec import read_mvtec
+
+    return read_mvtec(cfg.dataset.root, source=cfg.dataset.name, progress=cfg.progress)
 
 
 def reference_metrics(
@@ -206,12 +250,7 @@ def shot_metrics(
     cfg = parse_evaluate_params(params)
     if not any(k > 0 for k in cfg.shots):
         return {"enabled": False}, {}
-    rows = manifest
-    if cfg.dataset.root:
-        from vmad_pipeline.datasets.mvtec import read_mvtec
-
-        rows = read_mvtec(cfg.dataset.root, source=cfg.dataset.name, progress=cfg.progress)
-    pool = reference_pool(rows, eval_set)
+    pool = reference_pool(_reference_rows(manifest, cfg), eval_set)
     backbone = FrozenEfficientNet(load_efficientnet_lite0())
     shots, flat = shot_report(
         eval_set,

@@ -22,6 +22,7 @@ def predict_images(
     returns the counts and where they are."""
     from vmad_pipeline.annotation.taxonomy import Taxonomy
     from vmad_pipeline.inference.batch import list_inputs, predict_items
+    from vmad_pipeline.inference.profiles import resolve_references
     from vmad_pipeline.inference.service import Detector
 
     cfg, rule = parse_predict_params(params), parse_evaluate_params(evaluate)
@@ -36,5 +37,21 @@ def predict_images(
         pixel_threshold=cfg.pixel_threshold,
         taxonomy=Taxonomy.from_dict(taxonomy),
     )
-    counts = predict_items(detector, items, store, cfg.batch_size, cfg.progress, cfg.max_pixels)
-    return {**counts, **detector.thresholds, "predictions": str(store.lines), "input": cfg.input}
+    references = resolve_references(
+        detector,
+        cfg.references,
+        items,
+        profiles=cfg.profiles,
+        max_pixels=cfg.max_pixels,
+        rule=rule.references.model_threshold,
+        seed=rule.shot_seed,
+    )
+    counts = predict_items(
+        detector, items, store, cfg.batch_size, cfg.progress, cfg.max_pixels, references
+    )
+    out = {**counts, **detector.thresholds, "predictions": str(store.lines), "input": cfg.input}
+    if references is not None:
+        out["references"] = references.label
+        if references.threshold is not None:
+            out |= {"image_threshold": references.threshold, "image_from": "references"}
+    return out

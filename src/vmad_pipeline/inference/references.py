@@ -1,0 +1,132 @@
+"""Normal references as the detector reads them (docs/references.md): one code path, three modes.
+
+* ``none``: zero-shot, no references;
+* ``shots``: k normal images of the product, given by the user: their patches (a coreset past
+  the model's ``max_patches``) are one memory that every image of that product is compared with;
+  with two or more, each reference scored against the others gives the product's image
+  threshold, chosen from normal images alone (:func:`evaluation.shots.references_threshold`);
+* ``batch``: no labels; each image is compared with other images of the same product in the
+  input (MuSc's setting, Li et al., ICLR 2024: valid when most of them are normal): a seeded
+  pool of up to :data:`BATCH_REFERENCES` + 1 of them, minus the image itself.
+
+Every mode ends as one memory of patches per image (or None), which
+:meth:`models.vmad.VmadModel.predict` reads through the reference cue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vmad_pipeline.evaluation.shots import references_threshold
+from vmad_pipeline.models.references import NormalMemory, patches
+
+MODES = ("none", "shots", "batch")
+# Batch mode compares an image with at most this many other images of its product (a seeded
+# pool): each brings all its patches (no coreset, which would cost seconds per image).
+BATCH_REFERENCES = 16
+
+
+@dataclass
+class ReferenceSet:
+    """The normal references of one product, as the detector reads them."""
+
+    memory: torch.Tensor  # M x C: their patches (a coreset past max_patches)
+    n_images: int
+    threshold: float | None = None  # the references-only image threshold (None: k < 2)
+    loo_scores: list[float] = field(default_factory=list)  # each reference against the others
+    rule: str = ""
+
+
+def reference_set(
+    predictor,
+    images: torch.Tensor,
+    category: str,
+    *,
+    rule: str,
+    seed: int = 0,
+    output_size: int | None = None,
+    floor: float | None = None,
+) -> ReferenceSet:
+    """The references (k x 3 x S x S uint8) of ``category``: their memory and, with k >= 2, the
+    image threshold ``rule`` chooses from their leave-one-out scores (each reference inspected
+    by the model against the others, its map at ``output_size``, the size the images it decides
+    on are scored at: a map's peak depends on it; default: the model's input size). ``floor``:
+    the lowest the threshold may be (the model's own calibrated one: references can make the
+    model stricter than it is alone, never laxer)."""
+    if not len(images):
+        raise ValueError(f"no reference images for {category!r}")
+    feats = predictor.reference_features(images)
+    cap = predictor.model.config.references.max_patches
+    memory = NormalMemory.build(feats, max_patches=cap, seed=seed).patches
+    loo: list[float] = []
+    if len(images) >= 2:
+        others = [patches(torch.cat([feats[:i], feats[i + 1 :]])) for i in range(len(feats))]
+        size = output_size or predictor.image_size
+        pred = predictor.predict(
+            images, [category] * len(images), output_size=size, references=others
+        )
+        loo = [float(s) for s in pred.scores]
+    threshold = references_threshold(np.array(loo), rule)
+    if threshold is not None and floor is not None:
+        threshold = max(threshold, float(floor))
+    return ReferenceSet(memory, len(images), threshold, loo, rule)
+
+
+@dataclass
+class References:
+    """What the images of one run are compared with: one product's references (``shots``), or
+    per product a pool of its own images (``batch``: an image is compared with the pool minus
+    itself). One memory of patches per image either way (:meth:`memories`)."""
+
+    mode: str  # shots | batch
+    label: str  # what the references are (a profile name, a folder, "batch")
+    shots: ReferenceSet | None = None
+    pools: dict[str, tuple[list[str], torch.Tensor]] = field(default_factory=dict)
+
+    def memories(self, keys: list[str], categories: list[str]) -> list[torch.Tensor | None]:
+        """Each image's memory (``keys``: the images' identities, as the pools hold them)."""
+        if self.mode == "shots":
+            return [self.shots.memory] * len(keys)
+        out: list[torch.Tensor | None] = []
+        for key, category in zip(keys, categories, strict=True):
+            pool_keys, feats = self.pools.get(category, ([], None))
+            keep = [i for i, k in enumerate(pool_keys) if k != key]
+            out.append(patches(feats[keep]) if keep else None)
+        return out
+
+    @property
+    def threshold(self) -> float | None:
+        """The references-only image threshold (shots with k >= 2), else None."""
+        return self.shots.threshold if self.shots is not None else None
+
+
+def batch_references(
+    predictor, keys: list[str], categories: list[str], load, *, seed: int = 0
+) -> References:
+    """Batch mode: per product, a pool of :data:`BATCH_REFERENCES` + 1 of its images (all of them
+    when fewer; a draw seeded by ``seed`` and the product's name), their features kept; each
+    image is compared with the pool minus itself. ``load(keys)``: (the keys it could read, their
+    images, uint8 n x 3 x S x S). Memory stays bounded whatever the number of images."""
+    import zlib
+
+    groups: dict[str, list[str]] = {}
+    for key, category in zip(keys, categories, strict=True):
+        groups.setdefault(category, []).append(key)
+    pools = {}
+    for category, members in groups.items():
+        if len(members) > BATCH_REFERENCES + 1:
+            rng = np.random.default_rng([seed, zlib.crc32(category.encode())])
+            members = sorted(rng.choice(members, BATCH_REFERENCES + 1, replace=False).tolist())
+        kept, images = load(members)
+        if len(kept):
+            pools[category] = (list(kept), predictor.reference_features(images))
+    return References("batch", "batch", pools=pools)
+
+
+def row_memories(categories: list[str], sets: dict[str, ReferenceSet]) -> list[torch.Tensor | None]:
+    """Shots mode: each image's memory = its product's references (None for a product
+    without)."""
+    return [sets[c].memory if c in sets else None for c in categories]

@@ -1,0 +1,138 @@
+"""The detector with normal references: none, shots and batch are one code path (one memory of
+patches per image read by the model's reference cue); the references-only threshold; the model
+evaluated with references."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers.models import SMALL_CFG, tiny_tokenizer
+
+from vmad_pipeline.configs.evaluate import parse_evaluate_params
+from vmad_pipeline.configs.model import ReferenceCueConfig
+from vmad_pipeline.inference.references import batch_references, reference_set, row_memories
+from vmad_pipeline.inference.service import Detector
+from vmad_pipeline.models.build import build_vmad
+
+CUE_CFG = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))
+EVALUATE = {"max_new_tokens": 3, "progress": False, "follow_ups": False}
+
+
+@pytest.fixture(scope="module")
+def detector():
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = build_vmad(CUE_CFG, tok, train_classes=["screw"]).eval()
+    with torch.no_grad():  # a cue that acts (its last layers start at zero)
+        for net in (model.cue.dense, model.cue.token):
+            net[-1].weight.normal_(0, 0.5)
+    cfg = parse_evaluate_params({**EVALUATE, "hierarchy": {"enabled": False}})
+    return Detector.for_model(model, tok, cfg, strict=False)
+
+
+def _images(n, seed=0, size=32):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 255, (n, 3, size, size), generator=gen, dtype=torch.uint8)
+
+
+def test_the_three_modes_are_one_code_path(detector):
+    """Shots and batch both end as one memory per image; a memory built by hand from the same
+    images gives the same prediction as the mode's."""
+    p = detector.predictor
+    images, refs = _images(4), _images(3, seed=1)
+    cats = ["screw"] * 4
+    sets = {"screw": reference_set(p, refs, "screw", rule="loo_max")}
+    shots = p.predict(images, cats, output_size=16, references=row_memories(cats, sets))
+    feats = p.reference_features(refs)
+    by_hand = [feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])] * 4
+    same = p.predict(images, cats, output_size=16, references=by_hand)
+    np.testing.assert_allclose(shots.scores, same.scores, rtol=1e-5)
+    none = p.predict(images, cats, output_size=16)
+    assert np.abs(shots.maps - none.maps).max() > 1e-4
+    keys = ["a", "b", "c", "d"]
+    batch = batch_references(p, keys, cats, lambda ks: (ks, images[[keys.index(k) for k in ks]]))
+    memories = batch.memories(keys, cats)
+    assert all(m is not None and len(m) == 3 * feats.shape[-1] ** 2 for m in memories)
+
+
+def test_a_reference_set_thresholds_from_its_leave_one_out_scores(detector):
+    p = detector.predictor
+    refs = _images(4, seed=2)
+    got = reference_set(p, refs, "screw", rule="loo_max")
+    assert len(got.loo_scores) == 4 and got.threshold == max(got.loo_scores)
+    assert got.n_images == 4 and got.memory.shape[1] > 0
+    one = reference_set(p, refs[:1], "screw", rule="loo_max")
+    assert one.threshold is None and one.loo_scores == []
+    with pytest.raises(ValueError, match="no reference images"):
+        reference_set(p, refs[:0], "screw", rule="loo_max")
+
+
+def test_batch_mode_never_compares_an_image_with_itself_or_another_product(detector):
+    p = detector.predictor
+    images = _images(3)
+    images[1] = images[0]  # a duplicate: only it can explain image 0's patches
+    keys, cats = ["x", "y", "z"], ["a", "a", "b"]
+    memories = batch_references(p, keys, cats, lambda ks: (ks, images[[keys.index(k) for k in ks]]))
+    memories = memories.memories(keys, cats)
+    assert memories[2] is None  # alone with its product
+    feats = p.reference_features(images)
+    own = feats[0].permute(1, 2, 0).reshape(-1, feats.shape[1])
+    torch.testing.assert_close(memories[0], own)  # image 1 == image 0, nothing else
+
+
+def test_the_model_is_evaluated_with_references(detector):
+    from vmad_pipeline.inference.shot_evaluation import model_shot_report
+
+    n = 6
+    eval_set = pd.DataFrame(
+        {
+            "category": ["screw"] * n,
+            "label": [0, 1] * 3,
+            "image_path": [f"{i}.png" for i in range(n)],
+            "source": "s",
+            "split": "test",
+            "mask_path": "",
+        }
+    )
+    masks = [np.zeros((16, 16), np.uint8) for _ in range(n)]
+    for i in range(1, n, 2):
+        masks[i][4:8, 4:8] = 1
+    images = _images(n)
+    pool = pd.DataFrame(
+        {
+            "category": ["screw"] * 5,
+            "label": 0,
+            "split": "train",
+            "source": "s",
+            "image_path": [f"r{i}.png" for i in range(5)],
+        }
+    )
+    refs = {f"r{i}.png": _images(1, seed=10 + i)[0] for i in range(5)}
+
+    def load(rows):
+        return torch.stack([refs[p] for p in rows["image_path"]])
+
+    cfg = parse_evaluate_params(
+        {
+            **EVALUATE,
+            "hierarchy": {"enabled": False},
+            "shots": [0, 2, 4],
+            "eval_size": 16,
+            "references": {"threshold": "loo_max"},
+        }
+    )
+    report, flat = model_shot_report(detector, eval_set, images, masks, load, pool, cfg, None)
+    assert set(report) == {"2", "4", "batch"}
+    for k in ("2", "4"):
+        assert set(report[k]["references"]["screw"]) <= set(refs)
+        assert len(report[k]["references"]["screw"]) == int(k)
+        assert report[k]["decision"]["classes"] == 1
+        assert 0 <= report[k]["mean"]["image_auroc"] <= 1
+    # a larger k holds the smaller k's references (one permutation per class)
+    assert report["4"]["references"]["screw"][:2] == report["2"]["references"]["screw"]
+    assert report["batch"]["decision"] is None
+    assert "4/image_auroc" in flat and "batch/pixel_auroc" in flat
