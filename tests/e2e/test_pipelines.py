@@ -269,6 +269,29 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
     rel = image.relative_to(data / "01_raw" / "synthetic").as_posix()
     assert said[0]["score"] == pytest.approx(evaluated[rel], abs=1e-5)
     assert all("[SEG]" not in x["answer"] for x in said) and all(x["answer"] for x in said[1:])
+    # ... and against the profile built above: its references, its threshold
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmad_pipeline",
+            "chat",
+            str(image),
+            "--category",
+            "pcb",
+            "--references",
+            "pcb-line1",
+        ],
+        input="Where is it?\n",
+        capture_output=True,
+        text=True,
+        cwd=project,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [json.loads(x) for x in done.stdout.splitlines()]
+    assert said[0]["references"] == "profile:pcb-line1"
+    assert said[0]["image_threshold"] == stored["threshold"] and len(said) == 2
     # the follow-ups are trained and measured: the evaluation reports them
     assert metrics_default["mean"]["follow_up_location_accuracy"] is not None
 

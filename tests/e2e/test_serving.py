@@ -5,6 +5,7 @@ input's size, and refusals as 4xx with a message and no stack trace."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -18,14 +19,19 @@ import urllib.request
 import numpy as np
 import pytest
 from helpers import REPO
-from helpers.models import CFG, tiny_tokenizer
+from helpers.models import SMALL_CFG, tiny_tokenizer
 from helpers.serving import b64, bomb_png, png_bytes
 from PIL import Image
 
+from vmad_pipeline.configs import WeightsConfig
 from vmad_pipeline.configs.evaluate import EvaluateConfig
+from vmad_pipeline.configs.model import ReferenceCueConfig
+from vmad_pipeline.images import read_rgb
+from vmad_pipeline.inference.profiles import build_profile, save_profile
+from vmad_pipeline.inference.service import Detector
 from vmad_pipeline.io.tracking import PyfuncModelDataset
 from vmad_pipeline.models.build import build_vmad
-from vmad_pipeline.models.checkpoint import save_checkpoint
+from vmad_pipeline.models.checkpoint import Checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +42,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CUE_CFG = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))
+
+
 def register_tiny_model(tmp, store: str) -> None:
-    """A tiny untrained model, saved and registered as the train pipeline does."""
+    """A small untrained model that reads references, saved and registered as the train
+    pipeline does, and a profile of two normal images for it (tmp/profiles/line-1)."""
     import mlflow
     import torch
 
     tok = tiny_tokenizer()
     torch.manual_seed(0)
-    model = build_vmad(CFG, tok)
+    model = build_vmad(CUE_CFG, tok, train_classes=["screw"])
     model.decision = {"image_threshold": 0.5, "pixel_threshold": 0.5, "calibrated": False}
     save_checkpoint(model, tok, tmp / "ckpt")
     mlflow.set_tracking_uri(store)
@@ -56,6 +66,20 @@ def register_tiny_model(tmp, store: str) -> None:
             checkpoint=str(tmp / "ckpt"),
             pip_requirements=["torch"],
         ).save({"model_config": EvaluateConfig(max_new_tokens=4).model_config()})
+    detector = Detector.from_checkpoint(
+        Checkpoint(tmp / "ckpt"), WeightsConfig(), EvaluateConfig(max_new_tokens=4)
+    )
+    refs = [png_bytes(40, 30, 90), png_bytes(40, 30, 95)]
+    images = torch.stack([detector.tensor(read_rgb(b)) for b in refs])
+    profile = build_profile(
+        detector,
+        "line-1",
+        "screw",
+        images,
+        [("a.png", refs[0]), ("b.png", refs[1])],
+        rule="loo_max",
+    )
+    save_profile(profile, tmp / "profiles")
 
 
 def readme_example() -> list[str]:
@@ -79,6 +103,7 @@ def served(tmp_path_factory):
     port = free_port()
     command = readme_example()[0].removesuffix("&").replace("5001", str(port))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["VMAD_SERVE_PROFILES"] = str(tmp / "profiles")
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         ["bash", "-c", command],
@@ -188,3 +213,22 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_no_stack_trace(server, body, m
     assert 400 <= status < 500, out
     text = json.dumps(out)
     assert message in text and "Traceback" not in text and "stack_trace" not in text
+
+
+def test_a_profile_is_read_by_name_and_decides_at_its_threshold(served, server):
+    folder, _ = served
+    stored = json.loads((folder / "profiles" / "line-1" / "profile.json").read_text())
+    rows = [
+        {"image": b64(png_bytes(40, 30, 90)), "category": "screw", "profile": "line-1"},
+        {"image": b64(png_bytes(40, 30, 90)), "category": "screw"},
+    ]
+    status, out = post(server, {"dataframe_records": rows})
+    assert status == 200, out
+    with_profile, without = out["predictions"]
+    assert with_profile["references"] == "profile:line-1" and without["references"] == ""
+    assert with_profile["image_threshold"] == pytest.approx(stored["threshold"])
+    assert with_profile["anomalous"] == (with_profile["score"] >= with_profile["image_threshold"])
+    for bad, message in (("nope", "unknown to this server"), ("../etc", "profile name")):
+        status, out = post(server, {"dataframe_records": [{**rows[0], "profile": bad}]})
+        assert 400 <= status < 500 and message in json.dumps(out), out
+        assert str(folder) not in json.dumps(out)  # the server's folders stay private

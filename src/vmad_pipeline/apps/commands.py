@@ -29,6 +29,10 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", action="store_true", help="JSON lines, even at a terminal")
     chat.add_argument("--out", default="data/08_reporting/chat", help="where masks are written")
     chat.add_argument("--max-new-tokens", type=int, default=48, help="an answer's token budget")
+    chat.add_argument(
+        "--references",
+        help="normal references of the product: a profile's name or a folder of normal images",
+    )
     demo = sub.add_parser("demo", help="the web demo (Gradio) on this machine")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
@@ -45,7 +49,10 @@ def main(argv: list[str]) -> int:
             from vmad_pipeline.images import read_rgb
 
             image = read_rgb(args.image)  # an unreadable file stops before the model loads
-            return chat(_detector(args), image, args)
+            detector = _detector(args)
+            if args.references:
+                args.loaded_references = _references(detector, args)
+            return chat(detector, image, args)
         from vmad_pipeline.apps.demo import example_images, launch
 
         examples = example_images(args.project)
@@ -64,6 +71,19 @@ def _detector(args):
         return load_detector(args.project, args.env)
 
 
+def _references(detector, args):
+    """``--references`` as the project's predict and evaluate parameters read it."""
+    from vmad_pipeline.apps.project import load_references
+
+    if args.references == "batch":
+        raise ValueError("--references batch needs many images: use kedro run --pipeline predict")
+    from vmad_pipeline.inference.batch import folder_category
+
+    category = args.category or folder_category(Path(args.image))
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_references(detector, args.references, category, args.project, args.env)
+
+
 def chat(detector, image, args, stdin=None, stdout=None) -> int:
     """The conversation about ``image``; questions from ``stdin``, answers to ``stdout``."""
     from vmad_pipeline.inference.batch import folder_category
@@ -73,12 +93,16 @@ def chat(detector, image, args, stdin=None, stdout=None) -> int:
     as_json = args.json or not stdin.isatty()
     category = args.category or folder_category(Path(args.image))
     out = Path(args.out) / Path(args.image).stem
-    talk = Conversation(detector, image, category, max_new_tokens=args.max_new_tokens)
+    references = getattr(args, "loaded_references", None)
+    talk = Conversation(
+        detector, image, category, max_new_tokens=args.max_new_tokens, references=references
+    )
     first = talk.inspection
     opening = {
         "score": round(first.score, 6),
         "anomalous": first.anomalous,
-        "image_threshold": detector.image_threshold,
+        "image_threshold": talk.image_threshold,
+        **({} if references is None else {"references": references.label}),
         "location": first.location,
         "defect_type": first.defect_type,
         "mask_fraction": round(first.mask_fraction, 6),

@@ -41,3 +41,33 @@ def load_detector(project: str | Path = ".", env: str | None = None):
         pixel_threshold=cfg.pixel_threshold,
         taxonomy=Taxonomy.from_dict(taxonomy),
     )
+
+
+def load_references(
+    detector, spec: str, category: str, project: str | Path = ".", env: str | None = None
+):
+    """``spec`` (a profile's name or a folder / glob of normal images) as the project's
+    parameters read it: profiles from ``predict.profiles``, the threshold rule
+    ``evaluate.references.model_threshold`` (``inference.profiles.resolve_references``)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from vmad_pipeline.configs.evaluate import parse_evaluate_params
+    from vmad_pipeline.configs.predict import parse_predict_params
+    from vmad_pipeline.inference.profiles import resolve_references
+
+    root = Path(project).resolve()
+    bootstrap_project(root)
+    with KedroSession.create(project_path=root, env=env) as session:
+        params = session.load_context().params
+    cfg, rule = parse_predict_params(params["predict"]), parse_evaluate_params(params["evaluate"])
+    return resolve_references(
+        detector,
+        spec,
+        [],
+        profiles=str(root / cfg.profiles),
+        max_pixels=cfg.max_pixels,
+        rule=rule.references.model_threshold,
+        seed=rule.shot_seed,
+        category=category,
+    )

@@ -31,14 +31,28 @@ class Conversation:
     """The turns so far about one image (H x W x 3 uint8) of the object ``category``."""
 
     def __init__(
-        self, detector, image: np.ndarray, category: str, *, max_new_tokens: int = 48
+        self,
+        detector,
+        image: np.ndarray,
+        category: str,
+        *,
+        max_new_tokens: int = 48,
+        references=None,
     ) -> None:
+        """``references``: the product's normal references (``inference.references.References``
+        in shots mode), read by every turn; they decide at their own threshold."""
         category = prompts.object_text(category)  # the one rule for a user's text
         self.detector, self.image, self.category = detector, image, category
         self.max_new_tokens = max_new_tokens
         self.tensor = detector.tensor(image)
         self._eos = detector.predictor.tokenizer.eos_token_id
-        (self.inspection,) = detector.inspect([image], [category])
+        self.references = references
+        self._memories = None if references is None else references.memories(["image"], [category])
+        cut = None if references is None else references.threshold
+        (self.inspection,) = detector.inspect(
+            [image], [category], memories=self._memories, threshold=cut
+        )
+        self.image_threshold = detector.image_threshold if cut is None else cut
         first = self.inspection
         self._turns: list[tuple[str, list[int]]] = [
             (prompts.vqa_prompt(category), _closed(first.answer_ids, self._eos))
@@ -67,6 +81,7 @@ class Conversation:
             [question],
             earlier_maps=None if self._seg_map is None else self._seg_map[None],
             max_new_tokens=self.max_new_tokens,
+            references=self._memories,
         )
         ids, found, square = pred.answer_ids[0], bool(pred.seg_found[0]), pred.maps[0]
         text = pred.texts[0]

@@ -158,11 +158,13 @@ class Predictor:
         max_new_tokens: int,
         batch_size: int = 16,
         progress: bool = False,
+        references: list[torch.Tensor | None] | None = None,
     ) -> FollowUps:
         """The next answer of a conversation about each image (N x 3 x S x S uint8):
         ``histories`` hold each one's earlier (question, generated ids) turns, the first a full
         prompt; ``earlier_maps`` (N x H x W probabilities) the maps of their first [SEG], which
-        the tokens after it read as in training. A [SEG] in the new answer draws its map at S."""
+        the tokens after it read as in training. A [SEG] in the new answer draws its map at S.
+        ``references``: each image's normal references, as in :meth:`predict`."""
         n = len(images)
         if not (len(histories) == len(questions) == n):
             raise ValueError(f"{n} images, {len(histories)} histories, {len(questions)} questions")
@@ -181,6 +183,7 @@ class Predictor:
                 max_new_tokens=max_new_tokens,
                 prompt_masks=masks,
                 fallback=False,  # a follow-up's map only where it says [SEG]
+                references=None if references is None else references[part],
             )
             ids += pred.answer_ids
             texts += self._text(pred.answer_ids)

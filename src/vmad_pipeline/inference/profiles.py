@@ -240,6 +240,7 @@ def resolve_references(
     max_pixels: int,
     rule: str,
     seed: int = 0,
+    category: str | None = None,
 ):
     """``predict.references`` resolved for ``items`` (``inference.batch.Item``) (``inference.references.References``): None, ``batch``,
     a profile's name under ``profiles`` or a folder / glob of normal images; a clear error for a
@@ -280,7 +281,7 @@ def resolve_references(
         )
     files = read_references(spec, max_pixels)
     images = torch.stack([detector.tensor(image) for _, _, image in files])
-    category = items[0].category if items else "object"
+    category = category or (items[0].category if items else "object")  # the question's name
     floor = detector.thresholds.get("image_threshold")  # never laxer than the model alone
     shots = reference_set(detector.predictor, images, category, rule=rule, seed=seed, floor=floor)
     return References("shots", spec, shots=shots)

@@ -2,7 +2,9 @@
 
 Requests: rows with ``image`` (base64 of an image file: line breaks and a ``data:...;base64,``
 prefix allowed) or ``path`` (a file under the serving configuration's allowed root, refused
-when none is named), and optionally ``category`` (the object's name; default "object"). Every
+when none is named), and optionally ``category`` (the object's name; default "object") and
+``profile`` (a product profile's name, read from the serving configuration's profile folder:
+the image is compared with its normal references and decided at its threshold). Every
 refusal is a :class:`RequestError` with a message for the client; nothing is decoded before the
 image's size in its header is checked against the pixel limit (decompression bombs).
 
@@ -36,7 +38,7 @@ _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 # The request's and the response's columns and their MLflow types (the registered model's
 # signature is built from these: io.pyfunc.signature).
-INPUTS = {"image": "string", "path": "string", "category": "string"}  # each optional
+INPUTS = {"image": "string", "path": "string", "category": "string", "profile": "string"}
 OUTPUTS = {
     "score": "double",
     "anomalous": "boolean",
@@ -51,6 +53,8 @@ OUTPUTS = {
     # Anomaly-OV's expert (docs/experts.md): its score (null) and map ("") without one
     "expert_score": "double",
     "significance_png": "string",
+    "references": "string",  # the profile the image was compared with ("" for none)
+    "image_threshold": "double",  # the threshold it was decided at
 }
 
 
@@ -61,28 +65,32 @@ class RequestError(ValueError):
 @dataclass(frozen=True)
 class ServeConfig:
     """Limits of the server: ``allowed_root`` (None: ``path`` is refused), ``max_pixels`` per
-    image, ``max_rows`` per request."""
+    image, ``max_rows`` per request, ``profiles`` (the folder of product profiles; None: the
+    ``profile`` column is refused)."""
 
     allowed_root: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_rows: int = DEFAULT_MAX_ROWS
+    profiles: str | None = None
 
     @classmethod
     def from_settings(cls, given: Mapping | None = None, env: Mapping | None = None) -> ServeConfig:
         """From ``model_config`` keys (``allowed_root``, ``max_pixels``, ``max_rows``), else the
         environment (``VMAD_SERVE_ALLOWED_ROOT``, ``VMAD_SERVE_MAX_PIXELS``,
-        ``VMAD_SERVE_MAX_ROWS``: ``mlflow models serve`` passes no model_config)."""
+        ``VMAD_SERVE_MAX_ROWS``, ``VMAD_SERVE_PROFILES``: ``mlflow models serve`` passes no
+        model_config)."""
         given, env = dict(given or {}), os.environ if env is None else env
 
         def pick(key: str, default):
             value = given.get(key)
             return env.get(f"VMAD_SERVE_{key.upper()}", default) if value is None else value
 
-        root = pick("allowed_root", None)
+        root, profiles = pick("allowed_root", None), pick("profiles", None)
         out = cls(
             allowed_root=str(root) if root else None,
             max_pixels=int(pick("max_pixels", DEFAULT_MAX_PIXELS)),
             max_rows=int(pick("max_rows", DEFAULT_MAX_ROWS)),
+            profiles=str(profiles) if profiles else None,
         )
         if out.max_pixels < 1 or out.max_rows < 1:
             raise ValueError(f"serving limits must be >= 1: {out}")
@@ -191,6 +199,50 @@ def read_request(frame: pd.DataFrame, cfg: ServeConfig) -> tuple[list[np.ndarray
     return images, names
 
 
+def request_profiles(frame: pd.DataFrame, cfg: ServeConfig) -> list[str | None]:
+    """Each row's ``profile`` (None where not given); a RequestError for a row that names one
+    when the server has no profile folder, or a name that could not be a profile."""
+    from vmad_pipeline.configs.profile import check_name
+
+    out: list[str | None] = []
+    for i, value in enumerate(frame.get("profile", pd.Series([None] * len(frame)))):
+        if not _present(value):
+            out.append(None)
+            continue
+        if not cfg.profiles:
+            raise RequestError(
+                f"row {i}: profile: this server reads no profiles (start it with "
+                "VMAD_SERVE_PROFILES=<folder>)"
+            )
+        try:
+            out.append(check_name(str(value)))
+        except ValueError as err:
+            raise RequestError(f"row {i}: {err}") from None
+    return out
+
+
+def inspect_request(detector, images, names, profiles: list[str | None], load_references):
+    """Each image inspected, grouped by profile (``load_references(name)``: its
+    ``inference.references.References``): (inspections, the references' labels, the thresholds
+    decided at), in the request's order."""
+    found: list = [None] * len(images)
+    labels, cuts = [""] * len(images), [detector.image_threshold] * len(images)
+    groups: dict[str | None, list[int]] = {}
+    for i, name in enumerate(profiles):
+        groups.setdefault(name, []).append(i)
+    for name, rows in groups.items():
+        refs = None if name is None else load_references(name)
+        cats = [names[i] for i in rows]
+        memories = None if refs is None else refs.memories([str(i) for i in rows], cats)
+        cut = None if refs is None else refs.threshold
+        seen = detector.inspect([images[i] for i in rows], cats, memories=memories, threshold=cut)
+        for i, one in zip(rows, seen, strict=True):
+            found[i] = one
+            labels[i] = "" if refs is None else refs.label
+            cuts[i] = detector.image_threshold if cut is None else cut
+    return found, labels, cuts
+
+
 def png_base64(array: np.ndarray) -> str:
     """A uint8 image (H x W or H x W x 3) as base64 PNG."""
     buf = io.BytesIO()
@@ -198,9 +250,10 @@ def png_base64(array: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def response(inspections) -> pd.DataFrame:
-    """The rows a request gets back (``inference.service.Inspection`` each), columns
-    :data:`OUTPUTS`."""
+def response(inspections, references=None, thresholds=None) -> pd.DataFrame:
+    """The rows a request gets back (``inference.service.Inspection`` each; the references each
+    was compared with and the threshold it was decided at), columns :data:`OUTPUTS`."""
+    n = len(inspections)
     out = pd.DataFrame(
         {
             "score": [float(x.score) for x in inspections],
@@ -217,6 +270,8 @@ def response(inspections) -> pd.DataFrame:
             "significance_png": [
                 "" if x.significance is None else png_base64(x.significance) for x in inspections
             ],
+            "references": list(references or [""] * n),
+            "image_threshold": [float(t) for t in (thresholds or [float("nan")] * n)],
         }
     )
     return out[list(OUTPUTS)]

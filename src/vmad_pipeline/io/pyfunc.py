@@ -30,7 +30,9 @@ from vmad_pipeline.inference.serving import (
     RequestError,
     ServeConfig,
     as_frame,
+    inspect_request,
     read_request,
+    request_profiles,
     response,
 )
 
@@ -56,6 +58,7 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
         self.detector = Detector.from_checkpoint(
             Checkpoint(context.artifacts["checkpoint"]), _weights(config), from_model_config(config)
         )
+        self._references: dict = {}  # profile name -> References, loaded once, checked once
 
     def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
         """Rows in (a DataFrame, a dict of columns or a list of rows; ``inference.serving``) ->
@@ -64,8 +67,13 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
         from mlflow.protos.databricks_pb2 import BAD_REQUEST, INTERNAL_ERROR
 
         try:
-            images, names = read_request(as_frame(model_input), self.limits)
-            return response(self.detector.inspect(images, names))
+            frame = as_frame(model_input)
+            images, names = read_request(frame, self.limits)
+            profiles = request_profiles(frame, self.limits)
+            found, labels, cuts = inspect_request(
+                self.detector, images, names, profiles, self._profile
+            )
+            return response(found, labels, cuts)
         except RequestError as err:
             raise MlflowException(str(err), error_code=BAD_REQUEST) from None
         except Exception as err:  # logged here in full; the client learns nothing internal
@@ -74,6 +82,26 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
                 f"internal error while predicting ({type(err).__name__}); see the server log",
                 error_code=INTERNAL_ERROR,
             ) from None
+
+    def _profile(self, name: str):
+        """The profile ``name`` from the server's folder, as references (a RequestError for an
+        unknown one, or one built for another backbone or model)."""
+        from vmad_pipeline.inference.profiles import ProfileError, load_profile
+        from vmad_pipeline.inference.references import References
+
+        if name not in self._references:
+            try:
+                profile = load_profile(self.limits.profiles, name)
+                profile.check_usable(self.detector.model)
+            except ProfileError as err:  # the server's folders stay out of the client's reply
+                log.warning("profile %r refused: %s", name, err)
+                raise RequestError(
+                    f"profile {name!r}: unknown to this server, or built for another model"
+                ) from None
+            self._references[name] = References(
+                "shots", f"profile:{name}", shots=profile.reference_set()
+            )
+        return self._references[name]
 
 
 def signature():

@@ -570,9 +570,11 @@ def test_the_metrics_node_reports_the_decision_at_the_models_thresholds() -> Non
     graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
     chosen = {"image_threshold": 0.35, "pixel_threshold": 0.5, "image_from": "validation"}
     chosen |= {"pixel_from": "validation", "calibrated": True, "score_source": "map_max"}
+    shots = {"4": {"mean": {}}}
     report, flat, _ = metrics_node(
-        eval_set(), {**pred, "decision": chosen}, masks(), graded, PARAMS
+        eval_set(), {**pred, "decision": chosen}, masks(), graded, shots, PARAMS
     )
+    assert report["shots"] == shots  # the model with references, beside k = 0
     # >= 0.35 flags images 1, 2, 3: tp 2 (2, 3), fp 1 (1), fn 1 (5), tn 2 (0, 4)
     assert report["decision"] == {
         "threshold": 0.35,
@@ -582,5 +584,7 @@ def test_the_metrics_node_reports_the_decision_at_the_models_thresholds() -> Non
         **{k: chosen[k] for k in ("pixel_from", "calibrated")},
     }
     assert flat["decision/f1"] == pytest.approx(2 / 3) and flat["decision/threshold"] == 0.35
-    report, flat, _ = metrics_node(eval_set(), {**pred, "decision": None}, masks(), graded, PARAMS)
+    report, flat, _ = metrics_node(
+        eval_set(), {**pred, "decision": None}, masks(), graded, {}, PARAMS
+    )
     assert "decision" not in report and not any(k.startswith("decision/") for k in flat)

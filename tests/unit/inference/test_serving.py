@@ -131,7 +131,9 @@ def test_a_failure_inside_the_model_is_a_500_that_tells_nothing_internal(caplog)
     from vmad_pipeline.io.pyfunc import VmadPyfunc
 
     class Broken:
-        def inspect(self, images, names):
+        image_threshold = 0.5
+
+        def inspect(self, images, names, **references):
             raise RuntimeError("CUDA error at /srv/secret/model.py:12")
 
     model = VmadPyfunc()
@@ -144,3 +146,16 @@ def test_a_failure_inside_the_model_is_a_500_that_tells_nothing_internal(caplog)
     with pytest.raises(MlflowException) as caught:
         model.predict(None, {"image": ["%%%"]})
     assert caught.value.get_http_status_code() == 400
+
+
+def test_a_profile_column_needs_a_profile_folder_and_a_plain_name():
+    from vmad_pipeline.inference.serving import request_profiles
+
+    rows = pd.DataFrame([{"image": "x", "profile": "line-1"}, {"image": "x", "profile": None}])
+    with pytest.raises(RequestError, match="reads no profiles"):
+        request_profiles(rows, ServeConfig())
+    assert request_profiles(rows, ServeConfig(profiles="/p")) == ["line-1", None]
+    bad = pd.DataFrame([{"image": "x", "profile": "../../etc/passwd"}])
+    with pytest.raises(RequestError, match="row 0: profile name"):
+        request_profiles(bad, ServeConfig(profiles="/p"))
+    assert request_profiles(pd.DataFrame([{"image": "x"}]), ServeConfig()) == [None]
