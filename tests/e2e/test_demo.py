@@ -36,6 +36,7 @@ PAGE_IDS = {
     "overlay",
     "chat",
     "question",
+    "references",
 }
 
 
@@ -64,6 +65,41 @@ def not_an_image(path: Path) -> Path:
 
 
 # --- the callbacks, without a browser ---------------------------------------------------------
+
+
+def test_uploaded_normal_references_are_read_and_decide(tmp_path):
+    import dataclasses
+
+    import torch
+    from helpers.models import SMALL_CFG, tiny_tokenizer
+
+    from vmad_pipeline.configs.evaluate import EvaluateConfig
+    from vmad_pipeline.configs.model import ReferenceCueConfig
+    from vmad_pipeline.inference.service import Detector
+    from vmad_pipeline.models.build import build_vmad
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))
+    model = build_vmad(cfg, tok, train_classes=["screw"]).eval()
+    cue = Detector.for_model(model, tok, EvaluateConfig(max_new_tokens=3), strict=False)
+    image = str(write_png(tmp_path / "part.png"))
+    refs = [str(write_png(tmp_path / f"ref{i}.png", w=W + i)) for i in range(3)]
+    conversation, decision, *_ = demo.on_inspect(cue, image, "screw", refs)
+    assert "Compared with 3 uploaded normal image(s)" in decision
+    cut = conversation.references.threshold
+    assert f"threshold {cut:.3f}" in decision and conversation.image_threshold == cut
+    assert conversation.inspection.anomalous == (conversation.inspection.score >= cut)
+    with pytest.raises(gr.Error, match="at most 16"):
+        demo.on_inspect(cue, image, "screw", refs * 6)
+    with pytest.raises(gr.Error, match="bad.png"):
+        demo.on_inspect(cue, image, "screw", [*refs, str(not_an_image(tmp_path / "bad.png"))])
+
+
+def test_references_for_a_model_that_reads_none_are_a_readable_error(detector, tmp_path):
+    image = str(write_png(tmp_path / "part.png"))
+    with pytest.raises(gr.Error, match="reads no references"):
+        demo.on_inspect(detector, image, "screw", [image])
 
 
 def test_the_page_has_the_elements_users_and_the_browser_test_rely_on(detector, tmp_path):

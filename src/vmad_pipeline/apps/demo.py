@@ -29,6 +29,7 @@ DEFAULT_OBJECT = "object"  # the object name when none is typed (the prompt need
 EXAMPLES_GLOB = "data/01_raw/synthetic/*/test/*/*.png"
 IMAGE_HEIGHT = 300  # px: the upload and the overlay side by side, the chat still in view
 NO_ANSWER = "(no answer)"  # an empty answer still shows as a chat bubble
+MAX_REFERENCES = 16  # normal reference images one inspection takes (uploads cost memory)
 
 
 def _gradio():
@@ -57,15 +58,19 @@ def example_images(project: str | Path = ".", limit: int = 4) -> list[str]:
     return [str(f) for f in ordered[:limit]]
 
 
-def decision_text(inspection: Inspection, detector) -> str:
+def decision_text(inspection: Inspection, detector, references=None) -> str:
     """The decision, the score and the threshold it was compared with (and where that came
-    from, when the model was loaded from a project: calibrated or a parameter)."""
+    from, when the model was loaded from a project: calibrated or a parameter; or the normal
+    references it was compared with, which chose it)."""
     verdict, sign = ("Anomalous", "≥") if inspection.anomalous else ("Normal", "<")
-    source = detector.thresholds.get("image_from")
+    source, cut = detector.thresholds.get("image_from"), detector.image_threshold
+    if references is not None and references.threshold is not None:
+        source, cut = f"from {references.label}", references.threshold
     origin = f" (`{source}`)" if source else ""  # code: "fpr@0.05" is no e-mail address
+    against = "" if references is None else f"\n\nCompared with {references.label}."
     return (
         f"## {verdict}\n\nScore **{inspection.score:.3f}** {sign} image threshold "
-        f"{detector.image_threshold:.3f}{origin}"
+        f"{cut:.3f}{origin}{against}"
     )
 
 
@@ -115,17 +120,44 @@ def read_upload(path: str | None) -> np.ndarray:
         raise gr.Error(message, print_exception=False) from err
 
 
-def on_inspect(detector, path: str | None, category: str | None):
-    """Inspect the upload; the conversation starts with the detection question."""
-    image = read_upload(path)
+def on_references(detector, paths: list[str] | None, category: str):
+    """The uploaded normal references of the product (None when there are none): read as the
+    image is, capped at :data:`MAX_REFERENCES`, thresholded from themselves alone."""
+    from vmad_pipeline.configs.evaluate import ReferencesConfig
+    from vmad_pipeline.inference.references import shots_from_images
+
+    gr = _gradio()
+    if not paths:
+        return None
+    if len(paths) > MAX_REFERENCES:
+        raise gr.Error(
+            f"{len(paths)} reference images: this demo takes at most {MAX_REFERENCES}.",
+            print_exception=False,
+        )
+    images = [read_upload(p) for p in paths]
+    label = f"{len(images)} uploaded normal image(s)"
     try:
-        conversation = Conversation(detector, image, (category or "").strip() or DEFAULT_OBJECT)
+        return shots_from_images(
+            detector, images, category, rule=ReferencesConfig().model_threshold, label=label
+        )
+    except ValueError as err:  # a model that reads no references
+        raise gr.Error(_shown(f"Cannot use references: {err}"), print_exception=False) from err
+
+
+def on_inspect(detector, path: str | None, category: str | None, references=None):
+    """Inspect the upload (against the uploaded normal references, when there are); the
+    conversation starts with the detection question."""
+    image = read_upload(path)
+    name = (category or "").strip() or DEFAULT_OBJECT
+    refs = on_references(detector, references, name)
+    try:
+        conversation = Conversation(detector, image, name, references=refs)
     except ValueError as err:  # the object's name: too long, or places <image> / [SEG]
         raise _gradio().Error(_shown(f"Cannot inspect: {err}"), print_exception=False) from err
     first = conversation.inspection
     return (
         conversation,
-        decision_text(first, detector),
+        decision_text(first, detector, refs),
         significance_text(first, detector),
         first.overlay,
         messages(conversation),
@@ -181,6 +213,12 @@ def _inputs(gr, examples: list[str]):
     category = gr.Textbox(
         label="Object name (optional)", placeholder="e.g. screw, pcb", elem_id="category"
     )
+    references = gr.File(
+        label=f"Normal images of this product (optional, up to {MAX_REFERENCES})",
+        file_count="multiple",
+        type="filepath",
+        elem_id="references",
+    )
     button = gr.Button("Inspect", variant="primary", elem_id="inspect")
     if examples:
         gr.Examples(
@@ -188,7 +226,7 @@ def _inputs(gr, examples: list[str]):
             inputs=[image, category],
             label="Example images",
         )
-    return image, category, button
+    return image, category, references, button
 
 
 def _outputs(gr):
@@ -218,7 +256,7 @@ def build_app(detector, examples: list[str] | None = None):
         state = gr.State()
         with gr.Row():
             with gr.Column():
-                image, category, button = _inputs(gr, examples or [])
+                image, category, references, button = _inputs(gr, examples or [])
             with gr.Column():
                 decision, significance, overlay = _outputs(gr)
         chat = gr.Chatbot(
@@ -234,7 +272,7 @@ def build_app(detector, examples: list[str] | None = None):
             ask = gr.Button("Ask", elem_id="ask", scale=1)
         button.click(
             partial(on_inspect, detector),
-            [image, category],
+            [image, category, references],
             [state, decision, significance, overlay, chat],
             concurrency_id="model",  # one model call at a time, inspections and questions alike
         )

@@ -31,6 +31,7 @@ from vmad_pipeline.inference.references import (
     ReferenceSet,
     batch_references,
     reference_set,
+    shots_from_images,
 )
 from vmad_pipeline.models.build import FROM_WEIGHT_FILES
 from vmad_pipeline.models.pretrained import weights_fingerprint
@@ -280,8 +281,6 @@ def resolve_references(
             "nor a glob of images"
         )
     files = read_references(spec, max_pixels)
-    images = torch.stack([detector.tensor(image) for _, _, image in files])
     category = category or (items[0].category if items else "object")  # the question's name
-    floor = detector.thresholds.get("image_threshold")  # never laxer than the model alone
-    shots = reference_set(detector.predictor, images, category, rule=rule, seed=seed, floor=floor)
-    return References("shots", spec, shots=shots)
+    images = [image for _, _, image in files]
+    return shots_from_images(detector, images, category, rule=rule, label=spec, seed=seed)

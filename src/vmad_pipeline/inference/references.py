@@ -130,3 +130,21 @@ def row_memories(categories: list[str], sets: dict[str, ReferenceSet]) -> list[t
     """Shots mode: each image's memory = its product's references (None for a product
     without)."""
     return [sets[c].memory if c in sets else None for c in categories]
+
+
+def shots_from_images(
+    detector, images: list, category: str, *, rule: str, label: str, seed: int = 0
+) -> References:
+    """Shots mode from normal images (H x W x 3 uint8, any sizes) of ``category``: their memory
+    and references-only threshold (never below the detector's own: references make it stricter,
+    never laxer). A model without the reference cue is a ValueError."""
+    if detector.model.cue is None:
+        raise ValueError(
+            "this model reads no references (train it with train.model.references.enabled: true)"
+        )
+    if not images:
+        raise ValueError("no reference images")
+    stack = torch.stack([detector.tensor(image) for image in images])
+    floor = detector.thresholds.get("image_threshold")
+    shots = reference_set(detector.predictor, stack, category, rule=rule, seed=seed, floor=floor)
+    return References("shots", label, shots=shots)
