@@ -9,8 +9,9 @@ plain folder outside the project's data.
 
     python benchmarks/predict.py --project /tmp/default/total
     python benchmarks/predict.py --project /tmp/default/total --images 200 --batch-size 16
+    python benchmarks/predict.py --project /tmp/default/total --references bench   # a profile
 
-Writes benchmarks/results/predict.json.
+Writes benchmarks/results/predict.json (with --references: predict_references.json).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--project", required=True, help="a project with a trained model")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=8, help="predict.batch_size")
+    parser.add_argument("--references", help="predict.references (e.g. a profile's name)")
     args = parser.parse_args()
     project = Path(args.project).resolve()
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +55,8 @@ def main() -> None:
         if out.exists():  # a fresh run, not a resume
             subprocess.run(["rm", "-rf", str(out)], check=True)
         params = f"predict.input={folder},predict.batch_size={args.batch_size}"
+        if args.references:
+            params += f",predict.references={args.references}"
         seconds = timed(["kedro", "run", "--pipeline", "predict", "--params", params], project)
         summary = json.loads((out / "summary.json").read_text())
     result = {
@@ -65,6 +69,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "model": "the default `kedro run` model (small preset), fp32 on the CPU",
             "outputs": "JSON line + mask, map, overlay PNG per image",
+            "references": args.references,
         },
         "predicted": summary["predicted"],
         "failed": summary["failed"],
@@ -75,7 +80,8 @@ def main() -> None:
         "note": "images_per_s: the predict node's loop (read, predict, write); run_images_per_s "
         "counts the whole `kedro run` (start-up and model load included)",
     }
-    path = REPO / "benchmarks/results/predict.json"
+    name = "predict_references.json" if args.references else "predict.json"
+    path = REPO / "benchmarks/results" / name
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

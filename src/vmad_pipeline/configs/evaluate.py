@@ -22,6 +22,9 @@ class MmadEvalConfig:
     )
     max_new_tokens: int = 4  # the answer is an option letter
     limit: int = 0  # evaluate the first N questions only (0 = all)
+    # a model that reads references compares each image with its first similar normal template
+    # (MMAD's 1-shot protocol); false: zero-shot
+    references: bool = True
 
     def __post_init__(self) -> None:
         check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")

@@ -37,6 +37,7 @@ MMAD_COLUMNS = [
     "answer",
     "type",
     "question_index",
+    "templates",  # the image's similar normal templates (MMAD's 1-shot protocol reads the first)
 ]
 ENTRY_FIELDS = {"mask_path": (str, type(None)), "similar_templates": list, "random_templates": list}
 QUESTION_FIELDS = {"Question": str, "Answer": str, "Options": dict, "type": str}
@@ -88,6 +89,7 @@ def read_mmad(path: str | os.PathLike[str]) -> pd.DataFrame:
                     "answer": turn["Answer"],
                     "type": turn["type"],
                     "question_index": index,
+                    "templates": [str(t) for t in entry["similar_templates"]],
                 }
             )
     frame = pd.DataFrame(rows, columns=MMAD_COLUMNS)

@@ -20,6 +20,7 @@ from vmad_pipeline.datasets.mmad import read_mmad
 from vmad_pipeline.evaluation.eval_set import check_seen
 from vmad_pipeline.images import load_rgb
 from vmad_pipeline.metrics.text import parse_option
+from vmad_pipeline.models.references import patches
 from vmad_pipeline.splitting import seen_mask
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,27 @@ def _responses(
             prompts.user_turn(mmad_question(q, o))
             for q, o in zip(chunk["question"], chunk["options"], strict=True)
         ]
+        extra = {}
+        if _reads_references(answerer, cfg):
+            extra["references"] = [_template(answerer, root, t) for t in chunk["templates"]]
         responses += answerer.answer(
-            images, texts, max_new_tokens=cfg.mmad.max_new_tokens, batch_size=len(texts)
+            images, texts, max_new_tokens=cfg.mmad.max_new_tokens, batch_size=len(texts), **extra
         ).texts
     return responses
+
+
+def _reads_references(answerer, cfg: EvaluateConfig) -> bool:
+    """MMAD's 1-shot protocol applies: asked for, and a model with the reference cue."""
+    model = getattr(answerer, "model", None)
+    return cfg.mmad.references and getattr(model, "cue", None) is not None
+
+
+def _template(answerer, root: Path, templates: list[str]):
+    """The memory of an image's first similar normal template (None when it has none)."""
+    if not templates:
+        return None
+    image = torch.from_numpy(load_rgb(root / templates[0], answerer.image_size)).permute(2, 0, 1)
+    return patches(answerer.reference_features(image[None]))  # its patches, M x C
 
 
 def score_mmad(

@@ -288,9 +288,11 @@ class Predictor:
         max_new_tokens: int,
         batch_size: int = 16,
         progress: bool = False,
+        references: list[torch.Tensor | None] | None = None,
     ) -> Answers:
         """Greedy answers to one prompt per image (a full prompt, e.g. ``prompts.user_turn(q)``),
-        by the same decoding (a [SEG] in an answer draws its mask, and its evidence is read)."""
+        by the same decoding (a [SEG] in an answer draws its mask, and its evidence is read);
+        ``references``: each image's normal references, as in :meth:`predict`."""
         if len(images) != len(prompt_texts):
             raise ValueError(f"got {len(images)} images but {len(prompt_texts)} prompts")
         texts: list[str] = []
@@ -300,6 +302,7 @@ class Predictor:
                 prompt_texts[s : s + batch_size],
                 output_size=self.image_size,
                 max_new_tokens=max_new_tokens,
+                references=None if references is None else references[s : s + batch_size],
             )
             texts += self._text(pred.answer_ids)
         return Answers(texts=texts)

@@ -132,8 +132,10 @@ def build_profile(
 ) -> Profile:
     """A profile of ``images`` (k x 3 x S x S uint8 at the detector's input size; ``files``:
     each one's name and bytes, for its SHA-256)."""
+    import time
     from datetime import datetime
 
+    start = time.perf_counter()
     check_name(name)
     if not len(images):
         raise ProfileError(f"profile {name!r}: no reference images")
@@ -159,7 +161,11 @@ def build_profile(
         images=hashes,
         backbone=backbone_identity(model),
         model=model_fingerprint(model),
-        meta={"format": FORMAT, "created": created},
+        meta={
+            "format": FORMAT,
+            "created": created,
+            "build_seconds": round(time.perf_counter() - start, 2),  # features, coreset, LOO
+        },
     )
 
 

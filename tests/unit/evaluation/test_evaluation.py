@@ -588,3 +588,50 @@ def test_the_metrics_node_reports_the_decision_at_the_models_thresholds() -> Non
         eval_set(), {**pred, "decision": None}, masks(), graded, {}, PARAMS
     )
     assert "decision" not in report and not any(k.startswith("decision/") for k in flat)
+
+
+def test_mmad_reads_the_first_similar_template_as_the_reference(tmp_path: Path) -> None:
+    """MMAD's 1-shot protocol: a model with the reference cue compares each image with its first
+    similar normal template (the same memory as that template's patches); none without one."""
+    import dataclasses
+
+    from helpers.models import SMALL_CFG, tiny_tokenizer
+
+    from vmad_pipeline.configs.model import ReferenceCueConfig
+    from vmad_pipeline.models.build import build_vmad
+
+    write_images(tmp_path, ["DS/obj/test/bad/000.png", "DS/obj/train/good/005.png"])
+    turn = {"Question": "Is there any defect?", "Options": {"A": "Yes.", "B": "No."}}
+    entry = {
+        "mask_path": None,
+        "random_templates": [],
+        "conversation": [{**turn, "Answer": "A", "type": "Anomaly Detection"}],
+    }
+    doc = {
+        "DS/obj/test/bad/000.png": {**entry, "similar_templates": ["DS/obj/train/good/005.png"]},
+        "DS/obj/train/good/005.png": {**entry, "similar_templates": []},
+    }
+    path = tmp_path / "mmad.json"
+    path.write_text(json.dumps(doc))
+    tok = tiny_tokenizer()
+    cfg = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))
+    predictor = Predictor(build_vmad(cfg, tok, train_classes=["screw"]), tok)
+    seen = []
+    answer = predictor.answer
+
+    def spy(images, texts, **kwargs):
+        seen.append(kwargs.get("references"))
+        return answer(images, texts, **kwargs)
+
+    predictor.answer = spy
+    params = {"progress": False, "batch_size": 2, "mmad": {"questions": str(path)}}
+    evaluate_mmad(predictor, parse_evaluate_params(params))
+    (memories,) = seen
+    template = torch.from_numpy(load_rgb(tmp_path / "DS/obj/train/good/005.png", 32))
+    feats = predictor.reference_features(template.permute(2, 0, 1)[None])
+    torch.testing.assert_close(memories[0], feats[0].flatten(1).T)
+    assert memories[1] is None
+    seen.clear()
+    off = {**params, "mmad": {"questions": str(path), "references": False}}
+    evaluate_mmad(predictor, parse_evaluate_params(off))
+    assert seen == [None]

@@ -136,3 +136,27 @@ def test_the_model_is_evaluated_with_references(detector):
     assert report["4"]["references"]["screw"][:2] == report["2"]["references"]["screw"]
     assert report["batch"]["decision"] is None
     assert "4/image_auroc" in flat and "batch/pixel_auroc" in flat
+
+
+def test_batch_pools_stay_bounded_and_seeded(detector, monkeypatch):
+    import vmad_pipeline.inference.references as references
+
+    monkeypatch.setattr(references, "BATCH_REFERENCES", 2)
+    p = detector.predictor
+    images = _images(6)
+    keys, cats = [str(i) for i in range(6)], ["a"] * 6
+    calls = []
+
+    def load(ks):
+        calls.append(list(ks))
+        return ks, images[[int(k) for k in ks]]
+
+    one = batch_references(p, keys, cats, load, seed=1)
+    two = batch_references(p, keys, cats, load, seed=1)
+    assert len(calls[0]) == 3 and calls[0] == calls[1]  # 2 + 1 images read, the same draw
+    memories = one.memories(keys, cats)
+    per_image = one.pools["a"][1].shape[-1] ** 2
+    for key, memory in zip(keys, memories, strict=True):
+        in_pool = key in one.pools["a"][0]
+        assert len(memory) == (2 if in_pool else 3) * per_image  # never itself
+    assert two.pools["a"][0] == one.pools["a"][0]
