@@ -172,6 +172,16 @@ def shot_decision(
     return out
 
 
+def decision_numbers(decision: dict[str, Any] | None, prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a :func:`shot_decision` as MLflow metrics
+    (``<prefix>decision/<name>``)."""
+    return {
+        f"{prefix}decision/{name}": v
+        for name, v in (decision or {}).items()
+        if isinstance(v, float) and np.isfinite(v)
+    }
+
+
 def shot_report(
     eval_set: pd.DataFrame,
     roots: dict[str, str],
@@ -210,9 +220,7 @@ def shot_report(
             "loo_scores": found.loo_scores,
         }
         flat |= {f"{k}/{name}": v for name, v in numbers.items()}
-        for name, v in (decision or {}).items():
-            if isinstance(v, float) and np.isfinite(v):
-                flat[f"{k}/decision/{name}"] = v
+        flat |= decision_numbers(decision, f"{k}/")
         mean = report["mean"]
         log.info(
             "nearest-normal-patch baseline, k = %d: image AUROC %s, pixel AUROC %s, AUPRO %s; "

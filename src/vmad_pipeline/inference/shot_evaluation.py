@@ -21,7 +21,7 @@ import torch
 from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.evaluation.grading import grade_answers
 from vmad_pipeline.evaluation.report import compute_metrics
-from vmad_pipeline.evaluation.shots import draw_references, shot_decision
+from vmad_pipeline.evaluation.shots import decision_numbers, draw_references, shot_decision
 from vmad_pipeline.inference.references import batch_references, reference_set, row_memories
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,7 @@ def _scored(predictor, eval_set, images, masks, memories, thresholds, cfg, taxon
     graded = grade_answers(eval_set, pred.as_dict(), masks, taxonomy)
     report, flat, _ = compute_metrics(eval_set, pred, masks, graded, cfg)
     decision = shot_decision(eval_set, np.asarray(pred.scores), thresholds)
-    for name, v in (decision or {}).items():
-        if isinstance(v, float) and np.isfinite(v):
-            flat[f"decision/{name}"] = v
+    flat |= decision_numbers(decision)
     mean = report["mean"]
     log.info(
         "the model with references: image AUROC %s, pixel AUROC %s, AUPRO %s, answer balanced "
