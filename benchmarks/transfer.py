@@ -10,7 +10,8 @@ foreign_object, fold) and evaluates the model of a project that has run `kedro r
 (`kedro run --pipeline evaluate --params evaluate.dataset.root=<tree>,evaluate.dataset.name=transfer`;
 reports in <project>/data/08_reporting/external/transfer/). Writes
 benchmarks/results/transfer.{json,md}: the model's metrics and the training-free reference's,
-per class and as the class mean.
+per class and as the class mean; the model with k references from the tree's own train/good
+(`--train-good` of them a class, 8 by default) and the baseline on the same draws.
 """
 
 from __future__ import annotations
@@ -49,13 +50,20 @@ def markdown(model: dict, reference: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--project", type=Path, required=True, help="a project after `kedro run`")
     ap.add_argument("--tree", type=Path, help="where to write the tree (default: in --project)")
+    ap.add_argument(
+        "--train-good", type=int, default=8, help="normal training images a class (references)"
+    )
     args = ap.parse_args()
     tree = args.tree or args.project / "data" / "01_raw" / "transfer"
-    counts = write_transfer_tree(tree)
+    counts = write_transfer_tree(tree, n_train=args.train_good)
     params = f"evaluate.dataset.root={tree.resolve()},evaluate.dataset.name=transfer"
     seconds = timed(["kedro", "run", "--pipeline", "evaluate", "--params", params], args.project)
     reports = args.project / "data" / "08_reporting" / "external" / "transfer"
@@ -75,6 +83,18 @@ def main() -> None:
         "model": {"mean": model["mean"], "per_class": model["per_class"]},
         "settings": model.get("settings"),
         "reference": {"mean": reference["mean"], "per_class": reference["per_class"]},
+        "train_good": args.train_good,
+        # the model with k references of each class (its own train/good) and in batch mode,
+        # and the nearest-normal-patch baseline on the same draws
+        "model_shots": {
+            k: {"mean": v["mean"], "decision": v.get("decision")}
+            for k, v in model.get("shots", {}).items()
+            if isinstance(v, dict) and "mean" in v
+        },
+        "baseline_shots": {
+            k: {"mean": v["mean"], "decision": v.get("decision")}
+            for k, v in _json(reports / "shots_metrics.json").get("shots", {}).items()
+        },
     }
     (out / "transfer.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(model, reference)

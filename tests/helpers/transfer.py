@@ -171,9 +171,16 @@ def _photo(img: Array, rng: np.random.Generator) -> Array:
 
 
 def write_transfer_tree(
-    root: Path, size: int = 128, n_good: int = 8, n_defect: int = 3, seed: int = 0
+    root: Path,
+    size: int = 128,
+    n_good: int = 8,
+    n_defect: int = 3,
+    seed: int = 0,
+    n_train: int = 2,
 ) -> dict[str, int]:
-    """Writes the tree (train/good: 2 images per class); returns the images per class."""
+    """Writes the tree (train/good: ``n_train`` images per class, at least 2; the ones past 2
+    drawn last, so the other images are the same whatever ``n_train``); returns the test images
+    per class."""
     root = Path(root)
     counts = {}
     for c, (cls, defects) in enumerate(DEFECTS.items()):
@@ -189,5 +196,8 @@ def write_transfer_tree(
                 _save(_photo(damaged, rng), root / cls / "test" / defect / f"{i:03d}.png")
                 gt = (mask * 255).astype(np.uint8)
                 _save(gt, root / cls / "ground_truth" / defect / f"{i:03d}_mask.png")
+        for i in range(2, n_train):  # more normal references (the k-shot evaluation)
+            img, _ = RENDER[cls](size, rng)
+            _save(_photo(img, rng), root / cls / "train" / "good" / f"t{i:03d}.png")
         counts[cls] = n_good + len(defects) * n_defect
     return counts
