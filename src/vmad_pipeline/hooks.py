@@ -21,6 +21,7 @@ from vmad_pipeline.configs.generate import parse_generate_params
 from vmad_pipeline.configs.ingest import parse_ingest_params
 from vmad_pipeline.configs.model import WeightsConfig
 from vmad_pipeline.configs.predict import parse_predict_params
+from vmad_pipeline.configs.profile import parse_profile_params
 from vmad_pipeline.configs.split import parse_split_params
 from vmad_pipeline.configs.train import parse_train_params, run_tags
 from vmad_pipeline.datasets.manifest import manifest_hash
@@ -94,6 +95,7 @@ BLOCK_CHECKS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "weights": lambda p: from_dict(WeightsConfig, p.get("weights"), "weights"),
     "evaluate": lambda p: parse_evaluate_params(p.get("evaluate")),
     "predict": lambda p: parse_predict_params(p.get("predict")),
+    "profile": lambda p: parse_profile_params(p.get("profile")),
     "generate": lambda p: parse_generate_params(p.get("generate")),
     "ablation": _ablation,
 }

@@ -208,13 +208,16 @@ class Predictor:
         progress: bool = False,
         region_masks: np.ndarray | torch.Tensor | None = None,
         references: list[torch.Tensor | None] | None = None,
+        max_new_tokens: int | None = None,
     ) -> Predictions:
         """Map, score and answer for each image (N x 3 x S x S uint8 at the SAM input size; one
         object name each), from one pass over the detection question: the tokens "Yes" and "No"
         answers share are fed first (e.g. " [SEG] "), P(yes) = P(Yes) / (P(Yes) + P(No)) at the
         next step, then the answer goes on greedily. ``region_masks`` (N x H x W in [0, 1]): the
         regions the model's region tokens read (None: its predicted ones). ``references``: one
-        memory of normal patches per image (``inference.references``; None: zero-shot)."""
+        memory of normal patches per image (``inference.references``; None: zero-shot).
+        ``max_new_tokens``: the answer's budget (default: the predictor's); the map and P(yes)
+        come from the forced prefix and the first free step, so the scores do not depend on it."""
         if references is not None and len(references) != len(images):
             raise ValueError(f"{len(images)} images but {len(references)} reference memories")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
@@ -224,7 +227,7 @@ class Predictor:
                 images[s : s + batch_size],
                 texts,
                 output_size=output_size,
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
                 forced=self.yes_no.prefix,
                 regions=None if region_masks is None else region_masks[s : s + batch_size],
                 references=None if references is None else references[s : s + batch_size],

@@ -90,14 +90,22 @@ def nearest_distance(queries: torch.Tensor, memory: torch.Tensor) -> torch.Tenso
     return torch.cat(out) if out else queries.new_zeros(0)
 
 
+PRESAMPLE = 4  # the greedy coreset runs on at most this many times ``size`` rows (a seeded draw)
+
+
 def coreset(patches: torch.Tensor, size: int, *, seed: int = 0, dim: int = 128) -> torch.Tensor:
     """Indices of ``size`` rows of ``patches`` (P x C) chosen by greedy k-centre selection (each
     next row the one farthest from those chosen), on a random projection to ``dim`` dimensions as
-    PatchCore does; all rows when there are no more than ``size``."""
+    PatchCore does; all rows when there are no more than ``size``. Past :data:`PRESAMPLE` x
+    ``size`` rows the greedy pass runs on a seeded random draw of that many: over every patch of
+    100 images (102,400 rows, size 4,096) it took 26 s on 2 cores."""
     n = len(patches)
     if n <= size:
         return torch.arange(n)
     gen = torch.Generator().manual_seed(seed)
+    if n > PRESAMPLE * size:
+        pool = torch.randperm(n, generator=gen)[: PRESAMPLE * size].sort().values
+        return pool[coreset(patches[pool], size, seed=seed, dim=dim)]
     proj = patches
     if patches.shape[1] > dim:
         proj = patches @ torch.randn(patches.shape[1], dim, generator=gen) / dim**0.5
@@ -117,6 +125,7 @@ class NormalMemory:
     patches: torch.Tensor  # M x C
     grid: tuple[int, int]  # h, w of the references' feature maps
     n_images: int
+    owners: torch.Tensor | None = None  # M: the reference each patch came from
 
     @classmethod
     def build(cls, features: torch.Tensor, *, max_patches: int, seed: int = 0) -> NormalMemory:
@@ -126,7 +135,8 @@ class NormalMemory:
         rows = patches(features)
         keep = coreset(rows, max_patches, seed=seed)
         grid = (features.shape[-2], features.shape[-1])
-        return cls(patches=rows[keep].contiguous(), grid=grid, n_images=len(features))
+        owners = keep // (grid[0] * grid[1])
+        return cls(rows[keep].contiguous(), grid, len(features), owners)
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """N x C x h x w -> N x h x w: each patch's distance to its nearest memory patch."""

@@ -160,3 +160,25 @@ def test_batch_pools_stay_bounded_and_seeded(detector, monkeypatch):
         in_pool = key in one.pools["a"][0]
         assert len(memory) == (2 if in_pool else 3) * per_image  # never itself
     assert two.pools["a"][0] == one.pools["a"][0]
+
+
+def test_many_references_are_scored_against_the_memory_without_their_own_patches(
+    detector, monkeypatch
+):
+    import vmad_pipeline.inference.references as references
+
+    p = detector.predictor
+    refs = _images(3, seed=4)
+    exact = reference_set(p, refs, "screw", rule="loo_max")
+    monkeypatch.setattr(references, "EXACT_LOO", 2)
+    approx = reference_set(p, refs, "screw", rule="loo_max")
+    # no coreset at this size: the memory holds every patch, so both ways agree
+    np.testing.assert_allclose(approx.loo_scores, exact.loo_scores, rtol=1e-5)
+
+
+def test_the_score_does_not_depend_on_the_answers_budget(detector):
+    p = detector.predictor
+    images = _images(3, seed=5)
+    full = p.predict(images, ["screw"] * 3, output_size=16)
+    short = p.predict(images, ["screw"] * 3, output_size=16, max_new_tokens=1)
+    np.testing.assert_allclose(short.scores, full.scores, rtol=1e-6)

@@ -40,7 +40,7 @@ def test_a_reference_identical_to_the_image_gives_a_zero_map_and_order_does_not_
 
 def test_the_coreset_is_greedy_k_centre_and_bounds_the_memory():
     gen = torch.Generator().manual_seed(2)
-    points = torch.randn(200, 3, generator=gen)
+    points = torch.randn(40, 3, generator=gen)  # <= PRESAMPLE x 12: greedy over every row
     chosen = coreset(points, 12, seed=0)
     assert len(chosen) == 12 and len(set(chosen.tolist())) == 12
     # each next point was the farthest from those chosen before it (naive twin, no projection)
@@ -48,9 +48,15 @@ def test_the_coreset_is_greedy_k_centre_and_bounds_the_memory():
         before = points[chosen[:i]]
         far = _naive_nearest(points, before)
         assert far[chosen[i]] == pytest.approx(float(far.max()), abs=1e-5)
-    assert torch.equal(coreset(points, 500), torch.arange(200))  # fewer rows than the cap
-    memory = NormalMemory.build(torch.randn(3, 4, 10, 10, generator=gen), max_patches=50)
-    assert memory.patches.shape == (50, 4)
+    assert torch.equal(coreset(points, 500), torch.arange(40))  # fewer rows than the cap
+    many = torch.randn(1000, 3, generator=gen)  # past PRESAMPLE x 12: a seeded draw first
+    picked = coreset(many, 12, seed=1)
+    assert len(set(picked.tolist())) == 12 and torch.equal(picked, coreset(many, 12, seed=1))
+    feats = torch.randn(3, 4, 10, 10, generator=gen)
+    memory = NormalMemory.build(feats, max_patches=50)
+    assert memory.patches.shape == (50, 4) and memory.owners.shape == (50,)
+    for row, owner in zip(memory.patches, memory.owners, strict=True):  # where each came from
+        assert (feats[owner].flatten(1).T == row).all(1).any()
     with pytest.raises(ValueError, match="at least one normal image"):
         NormalMemory.build(torch.zeros(0, 4, 2, 2), max_patches=5)
 
