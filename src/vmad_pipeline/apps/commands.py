@@ -71,6 +71,12 @@ def _detector(args):
         return load_detector(args.project, args.env)
 
 
+def unlike_message() -> str:
+    from vmad_pipeline.inference.references import UNLIKE
+
+    return UNLIKE
+
+
 def _references(detector, args):
     """``--references`` as the project's predict and evaluate parameters read it."""
     from vmad_pipeline.apps.project import load_references
@@ -103,6 +109,7 @@ def chat(detector, image, args, stdin=None, stdout=None) -> int:
         "anomalous": first.anomalous,
         "image_threshold": talk.image_threshold,
         **({} if references is None else {"references": references.label}),
+        **({"warning": unlike_message()} if first.unlike_references else {}),
         "location": first.location,
         "defect_type": first.defect_type,
         "mask_fraction": round(first.mask_fraction, 6),

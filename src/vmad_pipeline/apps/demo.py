@@ -68,6 +68,8 @@ def decision_text(inspection: Inspection, detector, references=None) -> str:
         source, cut = f"from {references.label}", references.threshold
     origin = f" (`{source}`)" if source else ""  # code: "fpr@0.05" is no e-mail address
     against = "" if references is None else f"\n\nCompared with {references.label}."
+    if inspection.unlike_references:
+        against += " **The image looks unlike them: are they of this product?**"
     return (
         f"## {verdict}\n\nScore **{inspection.score:.3f}** {sign} image threshold "
         f"{cut:.3f}{origin}{against}"

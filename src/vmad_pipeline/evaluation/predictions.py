@@ -22,6 +22,8 @@ class Predictions:
     answer_ids: list[list[int]] | None = None  # the generated tokens ([SEG], EOS included)
     significance: np.ndarray | None = None  # N x H x W: the anomaly expert's map (if any)
     expert_scores: np.ndarray | None = None  # N: the expert's image score (if any)
+    # N: each image's median patch distance to its normal references (None: zero-shot)
+    reference_distance: np.ndarray | None = None
 
     def as_dict(self) -> dict:
         """The fields by name, and the answers again as ``detection_answers`` (what the grading

@@ -12,7 +12,6 @@ model's metrics, and decides with a threshold chosen from the references alone
 from __future__ import annotations
 
 import logging
-import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from vmad_pipeline.configs.evaluate import ReferencesConfig
 from vmad_pipeline.evaluation.reference import reference_report, smoothed
 from vmad_pipeline.evaluation.scores import map_max
-from vmad_pipeline.evaluation.threshold_rules import decision_metrics
+from vmad_pipeline.evaluation.threshold_rules import decision_metrics, references_threshold
 from vmad_pipeline.models.references import NormalMemory, patch_features
 
 log = logging.getLogger(__name__)
@@ -73,23 +72,6 @@ def draw_references(pool: pd.DataFrame, k: int, seed: int) -> dict[str, pd.DataF
             )
         out[str(cls)] = rows.iloc[order[:k]].reset_index(drop=True)
     return out
-
-
-def references_threshold(loo_scores: np.ndarray, rule: str) -> float | None:
-    """The image threshold of one product from its references' leave-one-out scores (each
-    reference's image score against the others): ``loo_max``, their maximum, or
-    ``prediction@<p>``, the upper bound of a one-sided Student-t prediction interval of level p
-    for one more normal score: mean + t(p, n - 1) x sd x sqrt(1 + 1 / n). None with fewer than
-    two scores (one reference has nothing to be compared with)."""
-    from scipy.stats import t
-
-    scores = np.asarray(loo_scores, np.float64)
-    if len(scores) < 2:
-        return None
-    if rule == "loo_max":
-        return float(scores.max())
-    p, n = float(rule.split("@", 1)[1]), len(scores)
-    return float(scores.mean() + t.ppf(p, n - 1) * scores.std(ddof=1) * math.sqrt(1 + 1 / n))
 
 
 @dataclass

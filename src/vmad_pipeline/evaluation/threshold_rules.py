@@ -71,3 +71,20 @@ def decision_metrics(labels, scores, at: float) -> dict[str, float | int]:
         "recall": recall,
         "f1": f1,
     }
+
+
+def references_threshold(loo_scores: np.ndarray, rule: str) -> float | None:
+    """The image threshold of one product from its references' leave-one-out scores (each
+    reference's image score against the others): ``loo_max``, their maximum, or
+    ``prediction@<p>``, the upper bound of a one-sided Student-t prediction interval of level p
+    for one more normal score: mean + t(p, n - 1) x sd x sqrt(1 + 1 / n). None with fewer than
+    two scores (one reference has nothing to be compared with)."""
+    from scipy.stats import t
+
+    scores = np.asarray(loo_scores, np.float64)
+    if len(scores) < 2:
+        return None
+    if rule == "loo_max":
+        return float(scores.max())
+    p, n = float(rule.split("@", 1)[1]), len(scores)
+    return float(scores.mean() + t.ppf(p, n - 1) * scores.std(ddof=1) * math.sqrt(1 + 1 / n))

@@ -8,6 +8,7 @@ and the rest goes on.
 from __future__ import annotations
 
 import glob
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from tqdm.auto import tqdm
 from vmad_pipeline.configs.predict import DEFAULT_MAX_PIXELS
 from vmad_pipeline.images import IMAGE_SUFFIXES, check_pixels, read_rgb
 from vmad_pipeline.prompts import object_text
+
+log = logging.getLogger(__name__)
 
 SPLIT_FOLDERS = ("train", "test", "ground_truth", "validation", "val")
 
@@ -134,26 +137,44 @@ def predict_items(
         cats = [it.category for it in ok]
         memories = None if references is None else references.memories([it.key for it in ok], cats)
         cut = None if references is None else references.threshold
-        found = detector.inspect(originals, cats, memories=memories, threshold=cut)
+        normal = None if references is None else references.normal_distance
+        found = detector.inspect(
+            originals, cats, memories=memories, threshold=cut, normal_distance=normal
+        )
         for it, seen in zip(ok, found, strict=True):
-            record = _record(it, seen, detector) | _references_record(references, cut)
+            record = _record(it, seen, detector) | _references_record(references, cut, seen)
+            if references is not None:  # how many look unlike them (another product?)
+                counts["unlike_references"] = counts.get("unlike_references", 0) + int(
+                    seen.unlike_references
+                )
             store.write(record, _pictures(seen))
         counts["predicted"] += len(ok)
         bar.update(len(chunk))
     bar.close()
+    if counts.get("unlike_references"):
+        log.warning(
+            "%d image(s) look unlike their references (another product?): see 'warning' in "
+            "their lines",
+            counts["unlike_references"],
+        )
     seconds = time.perf_counter() - start
     counts["seconds"] = round(seconds, 2)
     counts["images_per_s"] = round(len(todo) / seconds, 2) if todo and seconds > 0 else None
     return counts
 
 
-def _references_record(references, cut: float | None) -> dict:
-    """What a JSON line says of the references it was compared with."""
+def _references_record(references, cut: float | None, seen) -> dict:
+    """What a JSON line says of the references it was compared with: their name, the threshold
+    they chose, and a warning when the image is unlike them (another product?)."""
     if references is None:
         return {}
     out = {"references": references.label}
     if cut is not None:
         out["image_threshold"] = cut
+    if seen.unlike_references:
+        from vmad_pipeline.inference.references import UNLIKE
+
+        out["warning"] = UNLIKE
     return out
 
 

@@ -49,8 +49,9 @@ class Conversation:
         self.references = references
         self._memories = None if references is None else references.memories(["image"], [category])
         cut = None if references is None else references.threshold
+        normal = None if references is None else references.normal_distance
         (self.inspection,) = detector.inspect(
-            [image], [category], memories=self._memories, threshold=cut
+            [image], [category], memories=self._memories, threshold=cut, normal_distance=normal
         )
         self.image_threshold = detector.image_threshold if cut is None else cut
         first = self.inspection

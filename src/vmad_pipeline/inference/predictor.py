@@ -221,6 +221,7 @@ class Predictor:
         if references is not None and len(references) != len(images):
             raise ValueError(f"{len(images)} images but {len(references)} reference memories")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
+        distance = []  # each image's median patch distance to its references
         for s in self._batches(len(images), batch_size, "predict", progress):
             texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
             pred = self._run(
@@ -238,6 +239,9 @@ class Predictor:
             pair = pred.free_logits[:, [self.yes_no.yes, self.yes_no.no]].float()
             p_yes.append(pair.softmax(-1)[:, 0].cpu().numpy())
             maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
+            if references is not None and pred.reference_maps is not None:
+                far = pred.reference_maps.flatten(1).float().median(1).values
+                distance.append(far.cpu().numpy())
             answers += self._text(pred.answer_ids)
             raw += pred.answer_ids  # the forced prefix included
             found.append(pred.seg_found.cpu().numpy())
@@ -255,6 +259,7 @@ class Predictor:
             answer_ids=raw,
             significance=np.concatenate(sig).astype(np.float32) if sig else None,
             expert_scores=np.concatenate(expert).astype(np.float64) if expert else None,
+            reference_distance=np.concatenate(distance).astype(np.float64) if distance else None,
         )
 
     def region_settings(

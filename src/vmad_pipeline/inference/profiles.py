@@ -92,10 +92,16 @@ class Profile:
     backbone: dict[str, Any]
     model: str  # model_fingerprint of the model that chose the threshold
     meta: dict[str, Any] = field(default_factory=dict)  # created, format, ...
+    normal_distance: float | None = None  # the references' median patch distance to each other
 
     def reference_set(self) -> ReferenceSet:
         return ReferenceSet(
-            self.memory, len(self.images), self.threshold, list(self.loo_scores), self.rule
+            self.memory,
+            len(self.images),
+            self.threshold,
+            list(self.loo_scores),
+            self.rule,
+            self.normal_distance,
         )
 
     def check_usable(self, model, fingerprint: str | None = None) -> None:
@@ -161,6 +167,7 @@ def build_profile(
         images=hashes,
         backbone=backbone_identity(model),
         model=model_fingerprint(model),
+        normal_distance=refs.normal_distance,
         meta={
             "format": FORMAT,
             "created": created,

@@ -4,7 +4,7 @@
 * ``shots``: k normal images of the product, given by the user: their patches (a coreset past
   the model's ``max_patches``) are one memory that every image of that product is compared with;
   with two or more, each reference scored against the others gives the product's image
-  threshold, chosen from normal images alone (:func:`evaluation.shots.references_threshold`);
+  threshold, chosen from normal images alone (:func:`evaluation.threshold_rules.references_threshold`);
 * ``batch``: no labels; each image is compared with other images of the same product in the
   input (MuSc's setting, Li et al., ICLR 2024: valid when most of them are normal): a seeded
   pool of up to :data:`BATCH_REFERENCES` + 1 of them, minus the image itself.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vmad_pipeline.evaluation.shots import references_threshold
+from vmad_pipeline.evaluation.threshold_rules import references_threshold
 from vmad_pipeline.models.references import NormalMemory, patches
 
 MODES = ("none", "shots", "batch")
@@ -28,6 +28,11 @@ MODES = ("none", "shots", "batch")
 # against the others' patches in the memory (the coreset): a 100-image profile's 100
 # comparisons with 99 x 1,024 patches each cost 29 s on 2 cores.
 EXACT_LOO = 16
+# An image whose median patch distance to the references is beyond FAR times theirs to each
+# other is reported as unlike them (references of another product?); chosen in
+# benchmarks/results/references_far.json.
+FAR = 2.0
+UNLIKE = "unlike its references: are they of this product?"  # what a user reads then
 # Batch mode compares an image with at most this many other images of its product (a seeded
 # pool): each brings all its patches (no coreset, which would cost seconds per image).
 BATCH_REFERENCES = 16
@@ -42,6 +47,8 @@ class ReferenceSet:
     threshold: float | None = None  # the references-only image threshold (None: k < 2)
     loo_scores: list[float] = field(default_factory=list)  # each reference against the others
     rule: str = ""
+    # the references' median patch distance to the others (k >= 2): what "this product" is
+    normal_distance: float | None = None
 
 
 def reference_set(
@@ -66,6 +73,7 @@ def reference_set(
     cap = predictor.model.config.references.max_patches
     built = NormalMemory.build(feats, max_patches=cap, seed=seed)
     loo: list[float] = []
+    normal = None
     if len(images) >= 2:
         if len(images) <= EXACT_LOO:  # each against every patch of the others
             others = [patches(torch.cat([feats[:i], feats[i + 1 :]])) for i in range(len(feats))]
@@ -80,11 +88,12 @@ def reference_set(
             max_new_tokens=1,  # the score needs the map and P(yes) only
         )
         loo = [float(s) for s in pred.scores]
+        normal = float(np.median(pred.reference_distance))
     memory = built.patches
     threshold = references_threshold(np.array(loo), rule)
     if threshold is not None and floor is not None:
         threshold = max(threshold, float(floor))
-    return ReferenceSet(memory, len(images), threshold, loo, rule)
+    return ReferenceSet(memory, len(images), threshold, loo, rule, normal)
 
 
 @dataclass
@@ -113,6 +122,18 @@ class References:
     def threshold(self) -> float | None:
         """The references-only image threshold (shots with k >= 2), else None."""
         return self.shots.threshold if self.shots is not None else None
+
+    @property
+    def normal_distance(self) -> float | None:
+        """The references' median patch distance to each other (shots with k >= 2)."""
+        return self.shots.normal_distance if self.shots is not None else None
+
+
+def unlike(distance: float | None, normal: float | None) -> bool:
+    """An image (its median patch distance to the references) so far from them that they are
+    likely of another product: beyond :data:`FAR` times the references' own distance to each
+    other; never when either is unknown."""
+    return bool(distance is not None and normal and distance > FAR * normal)
 
 
 def batch_references(

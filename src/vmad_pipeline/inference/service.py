@@ -38,6 +38,10 @@ class Inspection:
     # Anomaly-OV's expert, when the model has one: its map x 255 at the image's size, its score
     significance: np.ndarray | None = None
     expert_score: float | None = None
+    # with references: the image's median patch distance to them, and whether it is so far that
+    # they are likely of another product (inference.references.unlike)
+    reference_distance: float | None = None
+    unlike_references: bool = False
 
     @property
     def mask_fraction(self) -> float:
@@ -160,10 +164,15 @@ class Detector:
         *,
         memories: list | None = None,
         threshold: float | None = None,
+        normal_distance: float | None = None,
     ) -> list[Inspection]:
         """Score, decide, answer and draw each image (H x W x 3 uint8, any size) in one batch.
         ``memories``: each image's normal references (``inference.references``; None: zero-shot);
-        ``threshold``: the image threshold chosen from them (None: the detector's)."""
+        ``threshold``: the image threshold chosen from them (None: the detector's);
+        ``normal_distance``: their own median patch distance to each other (an image far beyond
+        it is reported as unlike them)."""
+        from vmad_pipeline.inference.references import unlike
+
         if len(originals) != len(categories):
             raise ValueError(f"{len(originals)} images but {len(categories)} object names")
         categories = [prompts.object_text(c) for c in categories]  # bounded, no special token
@@ -175,6 +184,8 @@ class Detector:
             batch, list(categories), output_size=size, references=memories
         )
         cut = self.image_threshold if threshold is None else float(threshold)
+        found = pred.reference_distance
+        distance = [None] * len(originals) if found is None else [float(d) for d in found]
         out = []
         for k, original in enumerate(originals):
             answer, score = pred.answers[k], float(pred.scores[k])
@@ -201,6 +212,8 @@ class Detector:
                     expert_score=None
                     if pred.expert_scores is None
                     else float(pred.expert_scores[k]),
+                    reference_distance=distance[k],
+                    unlike_references=unlike(distance[k], normal_distance),
                 )
             )
         return out

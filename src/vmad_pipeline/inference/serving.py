@@ -235,7 +235,14 @@ def inspect_request(detector, images, names, profiles: list[str | None], load_re
         cats = [names[i] for i in rows]
         memories = None if refs is None else refs.memories([str(i) for i in rows], cats)
         cut = None if refs is None else refs.threshold
-        seen = detector.inspect([images[i] for i in rows], cats, memories=memories, threshold=cut)
+        normal = None if refs is None else refs.normal_distance
+        seen = detector.inspect(
+            [images[i] for i in rows],
+            cats,
+            memories=memories,
+            threshold=cut,
+            normal_distance=normal,
+        )
         for i, one in zip(rows, seen, strict=True):
             found[i] = one
             labels[i] = "" if refs is None else refs.label

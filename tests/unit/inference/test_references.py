@@ -182,3 +182,28 @@ def test_the_score_does_not_depend_on_the_answers_budget(detector):
     full = p.predict(images, ["screw"] * 3, output_size=16)
     short = p.predict(images, ["screw"] * 3, output_size=16, max_new_tokens=1)
     np.testing.assert_allclose(short.scores, full.scores, rtol=1e-6)
+
+
+def test_an_image_far_from_its_references_is_reported_unlike_them(detector):
+    from vmad_pipeline.inference.references import FAR, unlike
+
+    assert unlike(FAR * 1.01, 1.0) and not unlike(FAR * 0.99, 1.0)
+    assert not unlike(None, 1.0) and not unlike(5.0, None)  # zero-shot, or one reference
+    p = detector.predictor
+    base = _images(1, seed=8).repeat(3, 1, 1, 1)  # one product: a texture, photographed thrice
+    gen = torch.Generator().manual_seed(0)
+    refs = (base.int() + torch.randint(-8, 9, base.shape, generator=gen)).clamp(0, 255)
+    refs = refs.to(torch.uint8)
+    shots = reference_set(p, refs, "x", rule="loo_max")
+    same = detector.inspect(
+        [base[0].permute(1, 2, 0).numpy()],
+        ["x"],
+        memories=[shots.memory],
+        normal_distance=shots.normal_distance,
+    )[0]
+    other = _images(1, seed=9)[0].permute(1, 2, 0).numpy()  # noise: another product
+    far = detector.inspect(
+        [other], ["x"], memories=[shots.memory], normal_distance=shots.normal_distance
+    )[0]
+    assert not same.unlike_references and far.unlike_references
+    assert far.reference_distance > same.reference_distance

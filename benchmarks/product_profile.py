@@ -6,7 +6,7 @@ project in which `kedro run` has trained the default model (e.g. /tmp/default/to
 `python benchmarks/default_run.py --total --keep /tmp/default`). The images are one unseen
 class's normal training images, each drawn again with its pixels shifted (distinct files).
 
-    python benchmarks/profile.py --project /tmp/default/total
+    python benchmarks/product_profile.py --project /tmp/default/total
     python benchmarks/predict.py --project /tmp/default/total --references bench
 
 Writes benchmarks/results/profile.json; the profile stays in the project as `bench`, for the
