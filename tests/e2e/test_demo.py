@@ -45,6 +45,26 @@ def detector():
     return tiny_detector()
 
 
+@pytest.fixture(scope="module")
+def cue_detector():
+    """A small untrained model that reads normal references."""
+    import dataclasses
+
+    import torch
+    from helpers.models import SMALL_CFG, tiny_tokenizer
+
+    from vmad_pipeline.configs.evaluate import EvaluateConfig
+    from vmad_pipeline.configs.model import ReferenceCueConfig
+    from vmad_pipeline.inference.service import Detector
+    from vmad_pipeline.models.build import build_vmad
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))
+    model = build_vmad(cfg, tok, train_classes=["screw"]).eval()
+    return Detector.for_model(model, tok, EvaluateConfig(max_new_tokens=3), strict=False)
+
+
 @pytest.fixture(autouse=True)
 def _gradio_cache(tmp_path, monkeypatch):
     """Gradio's uploads and outputs in the test's folder, not the machine's /tmp/gradio."""
@@ -67,22 +87,8 @@ def not_an_image(path: Path) -> Path:
 # --- the callbacks, without a browser ---------------------------------------------------------
 
 
-def test_uploaded_normal_references_are_read_and_decide(tmp_path):
-    import dataclasses
-
-    import torch
-    from helpers.models import SMALL_CFG, tiny_tokenizer
-
-    from vmad_pipeline.configs.evaluate import EvaluateConfig
-    from vmad_pipeline.configs.model import ReferenceCueConfig
-    from vmad_pipeline.inference.service import Detector
-    from vmad_pipeline.models.build import build_vmad
-
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))
-    model = build_vmad(cfg, tok, train_classes=["screw"]).eval()
-    cue = Detector.for_model(model, tok, EvaluateConfig(max_new_tokens=3), strict=False)
+def test_uploaded_normal_references_are_read_and_decide(cue_detector, tmp_path):
+    cue = cue_detector
     image = str(write_png(tmp_path / "part.png"))
     refs = [str(write_png(tmp_path / f"ref{i}.png", w=W + i)) for i in range(3)]
     conversation, decision, *_ = demo.on_inspect(cue, image, "screw", refs)
@@ -312,3 +318,38 @@ def test_a_user_inspects_an_image_and_chats_about_it_in_a_real_browser(browser, 
     )
     assert any("Not an image this demo can read" in t and "notes.png" in t for t in toast), toast
     assert "Traceback" not in browser.find_element("tag name", "body").text
+
+
+@pytest.fixture
+def cue_page_url(cue_detector):
+    port = free_port()
+    app = demo.launch(cue_detector, port=port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_a_user_inspects_against_uploaded_normal_images_in_a_real_browser(
+    browser, cue_page_url, tmp_path
+):
+    browser.get(cue_page_url)
+    wait_for(browser, lambda d: d.find_elements("id", "inspect"), "the page")
+    upload(browser, write_png(tmp_path / "part.png"))
+    refs = [write_png(tmp_path / f"ref{i}.png", w=W + i) for i in range(3)]
+    field = wait_for(
+        browser,
+        lambda d: d.find_elements("css selector", "#references input[type=file]"),
+        "the references' upload",
+    )
+    field[0].send_keys("\n".join(str(r) for r in refs))
+    wait_for(
+        browser,
+        lambda d: all(r.stem in d.find_element("id", "references").text for r in refs),
+        "the uploaded references listed",
+    )
+    browser.find_element("css selector", "#category textarea").send_keys("screw")
+    browser.find_element("id", "inspect").click()
+    shown = wait_for(browser, decision, "the decision with its score")
+    assert "Compared with 3 uploaded normal image(s)" in shown, shown
