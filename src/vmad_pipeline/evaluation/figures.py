@@ -91,7 +91,25 @@ def class_table_markdown(table: pd.DataFrame, report: dict[str, Any]) -> str:
             "",
             *_markdown_rows(head, shown, table[seen], report["seen"]),
         ]
+    for k, part in (report.get("shots") or {}).items():
+        lines += _shots_rows(k, part, shown)
     return "\n".join(lines) + "\n"
+
+
+def _shots_rows(k: str, part: dict[str, Any], shown: list[str]) -> list[str]:
+    """The section of the model with k references per class (or in batch mode): its classes'
+    rows and mean, the columns it has values for."""
+    if not isinstance(part, dict) or not part.get("per_class") or "counts" not in part:
+        return []
+    rows = pd.DataFrame([{"category": c, **v} for c, v in part["per_class"].items()])
+    cols = [m for m in shown if m in rows and rows[m].notna().any()]
+    head = ["class", "images", "anomalous", *(LABELS[m] for m in cols)]
+    title = (
+        "## Batch mode (each image against other images of its class; no labels)"
+        if k == "batch"
+        else f"## With {k} normal reference(s) per class (drawn from its training images)"
+    )
+    return ["", title, "", *_markdown_rows(head, cols, rows, part)]
 
 
 def _hierarchy_note(shown: list[str]) -> list[str]:

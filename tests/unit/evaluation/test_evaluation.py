@@ -292,6 +292,14 @@ def test_class_table_markdown() -> None:
     assert rows[-1].startswith("| **mean** | 6 | 3 | 0.875 |")
     assert rows[2].startswith("| alpha | 4 | 2 | 0.750 | 0.833 | 0.800 |")
     assert "`map_max`" in md
+    # the model with references: a section per k (and batch), from metrics.json "shots"
+    part = {k: report[k] for k in ("mean", "per_class", "counts")}
+    md = class_table_markdown(table, {**report, "shots": {"4": part, "batch": part}})
+    assert "## With 4 normal reference(s) per class" in md and "## Batch mode" in md
+    assert md.count("| **mean** | 6 | 3 | 0.875 |") == 3
+    assert class_table_markdown(table, {**report, "shots": {"note": "no cue"}}) == (
+        class_table_markdown(table, report)
+    )
 
 
 def test_curve_data_is_exact_roc_and_sampled_pro() -> None:
