@@ -292,6 +292,15 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
     said = [json.loads(x) for x in done.stdout.splitlines()]
     assert said[0]["references"] == "profile:pcb-line1"
     assert said[0]["image_threshold"] == stored["threshold"] and len(said) == 2
+    # The README's profile example, as written: a profile, then predict against it.
+    block = readme.split("<!-- profile-example -->")[1].split("<!-- /profile-example -->")[0]
+    for line in block.split("```bash")[1].split("```")[0].strip().splitlines():
+        done = subprocess.run(
+            ["bash", "-c", line], cwd=project, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, (line, done.stderr[-3000:])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["references"] == "profile:pcb-line1" and summary["image_from"] == "references"
     # the follow-ups are trained and measured: the evaluation reports them
     assert metrics_default["mean"]["follow_up_location_accuracy"] is not None
 
