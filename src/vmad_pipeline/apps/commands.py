@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,6 +72,14 @@ def _detector(args):
         return load_detector(args.project, args.env)
 
 
+def output_name(image: Path) -> str:
+    """The folder a chat's masks go to: the image's last four path parts (an MVTec layout's
+    class / split / defect / file), so that pcb/test/scratch/000.png and pcb/test/good/000.png
+    do not share one; characters other than letters, digits, '.', '_', '-' become '_'."""
+    parts = [*image.parts[-4:-1], image.stem]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(p for p in parts if p not in ("/", "")))
+
+
 def unlike_message() -> str:
     from vmad_pipeline.inference.references import UNLIKE
 
@@ -98,7 +107,7 @@ def chat(detector, image, args, stdin=None, stdout=None) -> int:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     as_json = args.json or not stdin.isatty()
     category = args.category or folder_category(Path(args.image))
-    out = Path(args.out) / Path(args.image).stem
+    out = Path(args.out) / output_name(Path(args.image))
     references = getattr(args, "loaded_references", None)
     talk = Conversation(
         detector, image, category, max_new_tokens=args.max_new_tokens, references=references

@@ -137,3 +137,15 @@ def test_the_chat_command_answers_questions_from_stdin_as_json_lines(detector, t
         for file in line["files"].values():
             with Image.open(file) as im:
                 assert im.size == (40, 30)
+
+
+def test_two_images_with_one_file_name_get_their_own_chat_folders():
+    from pathlib import Path
+
+    from vmad_pipeline.apps.commands import output_name
+
+    a = output_name(Path("data/01_raw/synthetic/pcb/test/scratch/000.png"))
+    b = output_name(Path("data/01_raw/synthetic/pcb/test/good/000.png"))
+    assert a == "pcb__test__scratch__000" and b == "pcb__test__good__000"
+    assert output_name(Path("000.png")) == "000"
+    assert output_name(Path("/tmp/a b/x?.png")) == "tmp__a_b__x_"
