@@ -195,6 +195,15 @@ def test_examples_show_a_defect_of_each_class_first(tmp_path):
         ("pcb", "good"),
     ]
     assert demo.example_images(tmp_path / "nowhere") == []
+    splits = tmp_path / "data/05_model_input/splits.json"  # pcb unseen: its images first
+    splits.parent.mkdir(parents=True)
+    splits.write_text('{"test_classes": ["pcb"], "train_classes": ["cap"]}')
+    found = [Path(p).relative_to(tmp_path).parts[-4:] for p in demo.example_images(tmp_path, 3)]
+    assert [(c, d) for c, _, d, _ in found] == [
+        ("pcb", "scratch"),
+        ("pcb", "good"),
+        ("cap", "crack"),
+    ]
 
 
 # --- the real page in a headless browser ------------------------------------------------------

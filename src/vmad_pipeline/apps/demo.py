@@ -27,6 +27,7 @@ from vmad_pipeline.inference.service import Inspection
 
 DEFAULT_OBJECT = "object"  # the object name when none is typed (the prompt needs one)
 EXAMPLES_GLOB = "data/01_raw/synthetic/*/test/*/*.png"
+SPLITS = "data/05_model_input/splits.json"  # the catalog's `splits`: unseen classes first
 IMAGE_HEIGHT = 300  # px: the upload and the overlay side by side, the chat still in view
 NO_ANSWER = "(no answer)"  # an empty answer still shows as a chat bubble
 MAX_REFERENCES = 16  # normal reference images one inspection takes (uploads cost memory)
@@ -41,21 +42,35 @@ def _gradio():
 
 
 def example_images(project: str | Path = ".", limit: int = 4) -> list[str]:
-    """Up to ``limit`` images of the project's synthetic test set: the first defect image of
-    each class in turn, then their good ones, then the rest (several objects and defects show
-    more than four views of one class)."""
+    """Up to ``limit`` images of the project's synthetic test set: the classes the model never
+    saw first (the split's test classes, when the project has a split: the product is
+    zero-shot), then within them the first defect image of each class in turn, then their good
+    ones, then the rest (several objects and defects show more than four views of one class)."""
     files = sorted(Path(project).glob(EXAMPLES_GLOB))
     firsts = {f.parent: f for f in reversed(files)}  # the first file of each folder
+    unseen = _unseen_classes(Path(project))
 
     def order(f: Path) -> tuple:
         folder = f.parent
         siblings = sorted(p for p in firsts if p.parent == folder.parent and p.name != "good")
         rank = siblings.index(folder) if folder in siblings else len(firsts)
-        return (rank, f.parents[2].name)  # each class's k-th defect folder, class by class
+        name = f.parents[2].name
+        return (bool(unseen) and name not in unseen, rank, name)  # unseen, k-th defect, class
 
     ordered = sorted(firsts.values(), key=order)
     ordered += [f for f in files if f not in firsts.values()]
     return [str(f) for f in ordered[:limit]]
+
+
+def _unseen_classes(project: Path) -> set[str]:
+    """The split's test classes (data/05_model_input/splits.json), or none without a split."""
+    import json
+
+    path = project / SPLITS
+    try:
+        return set(json.loads(path.read_text()).get("test_classes", []))
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def decision_text(inspection: Inspection, detector, references=None) -> str:
