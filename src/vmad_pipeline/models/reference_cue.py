@@ -9,17 +9,20 @@ scoring); the resulting distance map reaches the model twice:
 * **mask prompt**: a small conv net turns it into SAM's dense prompt embedding, added where SAM
   adds its no-mask embedding (SAM's mask decoder takes a dense mask prompt as an input; Kirillov
   et al., 2023), and a per-pixel affine map of it is added to the decoder's low-resolution mask
-  logits (a skip: with the dense prompt alone, 600 CPU steps moved the unseen-class image AUROC
-  at k = 4 from 0.863 to 0.902 while the map alone scored 0.992), so the mask follows "unlike
-  the references here" and, through the mask evidence, so does the answer;
+  logits (a skip: in a development run with the dense prompt alone, seed 0, 600 CPU steps
+  moved the unseen-class image AUROC at k = 4 from 0.863 to 0.902 while the map alone scored
+  0.992), so the mask follows "unlike the references here" (without it, the ablation's pixel
+  AUROC and AUPRO stay at k = 0's; README, "References");
 * **evidence**: an MLP turns each visual token's share of the map (its cell's peak and mean,
   relative to the image's median) and the image's peak into an embedding added to that visual
-  token, so P(yes) and the answer read "this is normal here" before the first answer token.
+  token, so P(yes) and the answer read "this is normal here" before the first answer token
+  (the mask evidence is read only after [SEG], after the Yes / No).
 
 The dense prompt's and the evidence's last layers start at zero; the skip starts as "a patch
 unlike every reference patch is a defect" (:data:`SKIP_INIT`). A row without references (k = 0)
-gets nothing from any of them: the zero-shot model. Ours; the comparison with normal templates in the
-spirit of MMAD's 1-shot protocol and AnomalyGPT's few-shot mode.
+gets nothing from any of them: the zero-shot model. What makes the model trust the cue is in the
+training data (``training.samples.shared_structure``). Ours; the comparison with normal
+templates in the spirit of MMAD's 1-shot protocol and AnomalyGPT's few-shot mode.
 """
 
 from __future__ import annotations
