@@ -215,15 +215,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def page_url(detector):
-    """The demo served as ``vmad-pipeline demo`` serves it, on a free port, from a thread."""
+def serve(detector):
+    """The demo served as ``vmad-pipeline demo`` serves it, on a free port, from a thread: its
+    URL, then closed."""
     port = free_port()
     app = demo.launch(detector, port=port, block=False)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+
+
+@pytest.fixture
+def page_url(detector):
+    yield from serve(detector)
 
 
 @pytest.fixture
@@ -331,12 +336,7 @@ def test_a_user_inspects_an_image_and_chats_about_it_in_a_real_browser(browser, 
 
 @pytest.fixture
 def cue_page_url(cue_detector):
-    port = free_port()
-    app = demo.launch(cue_detector, port=port, block=False)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        app.close()
+    yield from serve(cue_detector)
 
 
 @pytest.mark.slow

@@ -253,16 +253,22 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
     # The chat, scripted as docs/chat.md shows: questions on stdin, JSON lines on stdout.
     write_local_parameters(project, {"evaluate": SMALL["evaluate"]})
     image = data / "01_raw" / "synthetic" / "pcb" / "test" / "good" / "000.png"
-    done = subprocess.run(
-        [sys.executable, "-m", "vmad_pipeline", "chat", str(image), "--category", "pcb"],
-        input="Where is it?\nHow severe is it?\nWhat should be done?\n",
-        capture_output=True,
-        text=True,
-        cwd=project,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    said = [json.loads(x) for x in done.stdout.splitlines()]  # nothing else on stdout
+
+    def chat(questions: str, *options: str) -> list[dict]:
+        """``vmad-pipeline chat`` on the image; its JSON lines (nothing else is on stdout)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "vmad_pipeline", "chat", str(image), "--category", "pcb"]
+            + list(options),
+            input=questions,
+            capture_output=True,
+            text=True,
+            cwd=project,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads(x) for x in done.stdout.splitlines()]
+
+    said = chat("Where is it?\nHow severe is it?\nWhat should be done?\n")
     assert [x["turn"] for x in said] == [0, 1, 2, 3]
     assert said[0]["anomalous"] == (said[0]["score"] >= decision["image_threshold"])
     # one detector everywhere: the chat scores the image as the evaluation did
@@ -270,26 +276,7 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
     assert said[0]["score"] == pytest.approx(evaluated[rel], abs=1e-5)
     assert all("[SEG]" not in x["answer"] for x in said) and all(x["answer"] for x in said[1:])
     # ... and against the profile built above: its references, its threshold
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vmad_pipeline",
-            "chat",
-            str(image),
-            "--category",
-            "pcb",
-            "--references",
-            "pcb-line1",
-        ],
-        input="Where is it?\n",
-        capture_output=True,
-        text=True,
-        cwd=project,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    said = [json.loads(x) for x in done.stdout.splitlines()]
+    said = chat("Where is it?\n", "--references", "pcb-line1")
     assert said[0]["references"] == "profile:pcb-line1"
     assert said[0]["image_threshold"] == stored["threshold"] and len(said) == 2
     # The README's profile example, as written: a profile, then predict against it.
