@@ -16,7 +16,8 @@ The real preset rebuilds its frozen backbone from local weight files: pass them 
 ``model_config={"weights": {"llava_dir": ..., "sam_checkpoint": ...}}`` to ``load_model``, or set
 ``VMAD_LLAVA_DIR`` and ``VMAD_SAM_CHECKPOINT`` (e.g. for ``mlflow models serve``). The serving
 limits (``inference.serving.ServeConfig``): ``model_config`` keys ``allowed_root``,
-``max_pixels``, ``max_rows``, or ``VMAD_SERVE_ALLOWED_ROOT`` / ``_MAX_PIXELS`` / ``_MAX_ROWS``.
+``max_pixels``, ``max_rows``, ``profiles``, or ``VMAD_SERVE_ALLOWED_ROOT`` / ``_MAX_PIXELS`` /
+``_MAX_ROWS`` / ``_PROFILES`` (docs/serving.md).
 """
 
 import logging
@@ -49,6 +50,13 @@ def _weights(model_config: dict):
 
 
 class VmadPyfunc(mlflow.pyfunc.PythonModel):
+    # MLflow wraps ``predict`` of a subclass for type-hint validation and, finding no hint, warns
+    # when the class is defined (in every run, chat and demo that loads the catalog). The model
+    # is registered with its own signature (:func:`signature`), and the request forms it accepts
+    # (dict, list, DataFrame: ``inference.serving.as_frame``) have no single hint: the attribute
+    # MLflow reads to skip the wrapping (as its own ChatModel subclasses do).
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from vmad_pipeline.inference.service import Detector
         from vmad_pipeline.models.checkpoint import Checkpoint
