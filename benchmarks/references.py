@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from default_run import ENV, REPO, commit, fresh_clone
 
 SHOTS = "[0, 1, 2, 4, 8]"
@@ -34,13 +36,13 @@ MODEL = ("image_auroc", "pixel_auroc", "aupro", "p_yes_auroc", "answer_balanced_
 BASELINE = ("image_auroc", "pixel_auroc", "aupro")
 
 
-def run_one(seed: int, variant: str, parent: Path) -> dict:
+def run_one(seed: int, variant: str, parent: Path, shots: str = SHOTS) -> dict:
     clone = fresh_clone(parent, f"{variant}-{seed}")
     params_file = clone / "conf" / "base" / "parameters_evaluate.yml"
     text = params_file.read_text()
     if "  shots: [0, 4]\n" not in text:
         raise SystemExit("conf/base/parameters_evaluate.yml: no `shots: [0, 4]` line to widen")
-    params_file.write_text(text.replace("  shots: [0, 4]\n", f"  shots: {SHOTS}\n"))
+    params_file.write_text(text.replace("  shots: [0, 4]\n", f"  shots: {shots}\n"))
     params = ",".join(p for p in (f"train.seed={seed}", VARIANTS[variant]) if p)
     start = time.perf_counter()
     proc = subprocess.run(
@@ -53,8 +55,12 @@ def run_one(seed: int, variant: str, parent: Path) -> dict:
     baseline = json.loads((reports / "shots_metrics.json").read_text())
     transductive = json.loads((reports / "reference_metrics.json").read_text())
     model = {"0": {"mean": metrics["mean"], "decision": metrics.get("decision")}}
+    answers = pd.read_csv(reports / "answers.csv")  # the evaluated images, in order
+    floor = (metrics.get("decision") or {}).get("threshold")
     for k, part in metrics["shots"].items():
         model[k] = {"mean": part["mean"], "decision": part["decision"]}
+        if part.get("loo_scores") and part.get("scores"):  # other rules on the same scores
+            model[k]["rules"] = rule_decisions(answers, part, floor)
     return {
         "seed": seed,
         "variant": variant,
@@ -65,6 +71,54 @@ def run_one(seed: int, variant: str, parent: Path) -> dict:
         },
         "transductive": transductive["mean"],
     }
+
+
+RULES = ("loo_max", "prediction@0.9", "prediction@0.95")
+
+
+def rule_decisions(answers: pd.DataFrame, part: dict, floor: float | None) -> dict:
+    """FPR / recall of each rule in :data:`RULES` on a run's stored scores and leave-one-out
+    scores (``metrics.json`` ``shots.<k>``), each threshold floored at the calibrated one, as
+    the evaluation does."""
+    from vmad_pipeline.evaluation.threshold_rules import references_threshold
+
+    labels, cats = answers["label"].to_numpy(), answers["category"].to_numpy()
+    scores = np.asarray(part["scores"])
+    out = {}
+    for rule in RULES:
+        cut = {}
+        for cls, loo in part["loo_scores"].items():
+            value = references_threshold(np.asarray(loo), rule)
+            cut[cls] = None if value is None else max(value, floor or value)
+        keep = np.array([cut.get(c) is not None for c in cats])
+        flagged = np.array([bool(keep[i] and scores[i] >= cut[c]) for i, c in enumerate(cats)])
+        normal, defect = keep & (labels == 0), keep & (labels == 1)
+        out[rule] = {
+            "fpr": float(flagged[normal].mean()) if normal.any() else None,
+            "recall": float(flagged[defect].mean()) if defect.any() else None,
+        }
+    return out
+
+
+def rules_table(runs: list[dict]) -> str:
+    """The references-only rules on the model's stored scores, mean FPR / recall over runs."""
+    lines = ["| k | " + " | ".join(RULES) + " |", "|---" * (len(RULES) + 1) + "|"]
+    for k in ("1", "2", "4", "8"):
+        found = [r["model"].get(k, {}).get("rules") for r in runs]
+        found = [f for f in found if f]
+        if not found:
+            continue
+        cells = []
+        for rule in RULES:
+            fpr = [f[rule]["fpr"] for f in found if f[rule]["fpr"] is not None]
+            rec = [f[rule]["recall"] for f in found if f[rule]["recall"] is not None]
+            ok = fpr and rec
+            cells.append(f"{statistics.mean(fpr):.3f} / {statistics.mean(rec):.3f}" if ok else "–")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return ""
+    head = "FPR / recall of each references-only rule on the same scores:\n\n"
+    return head + "\n".join(lines) + "\n\n"
 
 
 def _stat(values: list[float | None]) -> str:
@@ -120,20 +174,22 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=["full"], choices=sorted(VARIANTS))
     ap.add_argument("--out", default="references", help="results/<out>.{json,md}")
+    ap.add_argument("--shots", default=SHOTS, help="evaluate.shots of each run")
     args = ap.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
             for seed in args.seeds:
-                runs.append(run_one(seed, variant, Path(tmp)))
+                runs.append(run_one(seed, variant, Path(tmp), args.shots))
                 print(json.dumps(runs[-1]["model"].get("4", {}).get("mean", {})), flush=True)
     info = {
         "commit": commit(),
         "command": "python benchmarks/references.py "
         + " ".join(
             ["--seeds", *map(str, args.seeds), "--variants", *args.variants, "--out", args.out]
+            + ([] if args.shots == SHOTS else ["--shots", f"'{args.shots}'"])
         ),
-        "shots": SHOTS,
+        "shots": args.shots,
         "runs": runs,
     }
     out = REPO / "benchmarks" / "results"
@@ -145,6 +201,7 @@ def main() -> None:
             f"## {variant} (seeds {', '.join(str(r['seed']) for r in part)})\n\n"
             + table(part)
             + "\n"
+            + rules_table(part)
         )
     (out / f"{args.out}.md").write_text(text)
     print(text)
