@@ -105,7 +105,8 @@ class ReferencesConfig:
     threshold: str = "prediction@0.95"
     # the same choice for the model with references (its scores are another scale: P(yes) and
     # its mask saturate); never below the model's own calibrated threshold. loo_max by default
-    # (FPR 0.067 / recall 0.956 at k = 4 over seeds 0-2; the README's "References")
+    # (FPR 0.067 / recall 0.956 at k = 4 over seeds 0-2; prediction@0.9 0.027 / 0.878; the
+    # README's "References")
     model_threshold: str = "loo_max"
 
     def __post_init__(self) -> None:
