@@ -4,9 +4,14 @@ DSSL in training.
 The model has no training loop, optimiser or logging (see ``training/``); it is assembled
 from already-built components by ``models/build.py``.
 
-Over 400 lines: the training forward, its mask-evidence pass and the prediction share one
-embedding rule and one [SEG] rule, kept in one class; the seeds' extra tokens and regions are
-in ``models/extras.py``, the records the model returns in ``models/outputs.py``.
+Over 400 lines (543): the training forward, its mask-evidence pass and the prediction share one
+embedding rule and one [SEG] rule, kept in one class; so do the reference cue's entry points
+(``reference_features``, ``reference_memories``, ``reference_cue``, ``with_cue``: about 60
+lines), which forward and predict both call on the features they already computed, before the
+backbone's one-call cache is overwritten. The cue's own modules are in
+``models/reference_cue.py``, the seeds' extra tokens and regions in ``models/extras.py``, the
+records the model returns in ``models/outputs.py``. Splitting the cue's entry points out would
+need a Protocol of the model's internals (vision tower, cached features) for a 60-line gain.
 """
 
 from __future__ import annotations
