@@ -97,6 +97,14 @@ def list_inputs(spec: str, category: str | None = None) -> list[Item]:
     return items
 
 
+def read_item(it: Item, max_pixels: int, limit: str = "predict.max_pixels") -> np.ndarray:
+    """An input image as H x W x 3 uint8, refused (ValueError naming it) past ``max_pixels``
+    from its header, before anything is decoded: the one read of predict's images and of its
+    batch-mode references."""
+    check_pixels(it.path, max_pixels, limit=limit)
+    return read_rgb(it.path)
+
+
 def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -127,8 +135,7 @@ def predict_items(
         for it in chunk:
             try:
                 object_text(it.category)  # a manifest's name: the one rule for a user's text
-                check_pixels(it.path, max_pixels, limit="predict.max_pixels")
-                originals.append(read_rgb(it.path))  # read once: its size for the outputs
+                originals.append(read_item(it, max_pixels))  # once: its size for the outputs
             except ValueError as err:
                 store.write(_base(it) | {"error": str(err)})
                 counts["failed"] += 1

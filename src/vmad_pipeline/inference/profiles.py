@@ -223,8 +223,7 @@ def read_references(spec: str, max_pixels: int) -> list[tuple[str, bytes, Any]]:
     """The reference images a folder or glob names: (name, file bytes, H x W x 3 uint8) each. An
     empty folder, too many images, an unreadable or oversized one: ProfileError naming it
     (nothing is built from a partial set)."""
-    from vmad_pipeline.images import check_pixels, read_rgb
-    from vmad_pipeline.inference.batch import list_inputs
+    from vmad_pipeline.inference.batch import list_inputs, read_item
 
     try:
         items = list_inputs(spec)
@@ -238,8 +237,8 @@ def read_references(spec: str, max_pixels: int) -> list[tuple[str, bytes, Any]]:
     out = []
     for it in items:
         try:
-            check_pixels(it.path, max_pixels, limit="profile.max_pixels")
-            out.append((it.path.name, it.path.read_bytes(), read_rgb(it.path)))
+            image = read_item(it, max_pixels, limit="profile.max_pixels")
+            out.append((it.path.name, it.path.read_bytes(), image))
         except (ValueError, OSError) as err:
             raise ProfileError(f"profile.images: {it.path}: {err}") from err
     return out
@@ -256,10 +255,11 @@ def resolve_references(
     seed: int = 0,
     category: str | None = None,
 ):
-    """``predict.references`` resolved for ``items`` (``inference.batch.Item``) (``inference.references.References``): None, ``batch``,
-    a profile's name under ``profiles`` or a folder / glob of normal images; a clear error for a
-    model without the reference cue, an unknown name, a profile of another backbone or model."""
-    from vmad_pipeline.images import check_pixels, read_rgb
+    """``predict.references`` for ``items`` (``inference.batch.Item``) as
+    ``inference.references.References``: None, ``batch``, a profile's name under ``profiles`` or
+    a folder / glob of normal images; a clear error for a model without the reference cue, an
+    unknown name, a profile of another backbone or model."""
+    from vmad_pipeline.inference.batch import read_item
 
     if not spec:
         return None
@@ -275,8 +275,7 @@ def resolve_references(
             kept, images = [], []
             for key in keys:
                 try:
-                    check_pixels(by_key[key].path, max_pixels, limit="predict.max_pixels")
-                    images.append(detector.tensor(read_rgb(by_key[key].path)))
+                    images.append(detector.tensor(read_item(by_key[key], max_pixels)))
                     kept.append(key)
                 except ValueError:
                     continue  # it gets its error line when it is predicted
