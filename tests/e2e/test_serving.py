@@ -232,3 +232,23 @@ def test_a_profile_is_read_by_name_and_decides_at_its_threshold(served, server):
         status, out = post(server, {"dataframe_records": [{**rows[0], "profile": bad}]})
         assert 400 <= status < 500 and message in json.dumps(out), out
         assert str(folder) not in json.dumps(out)  # the server's folders stay private
+
+
+def test_inline_references_decide_as_the_profile_of_the_same_images(served, server):
+    """The same two normal images sent inline (a JSON array of base64) give what their profile
+    gives: one code path; a bad set is a 400 naming the reference."""
+    image = b64(png_bytes(40, 30, 90))
+    refs = json.dumps([b64(png_bytes(40, 30, 90)), b64(png_bytes(40, 30, 95))])
+    rows = [
+        {"image": image, "category": "screw", "profile": "line-1"},
+        {"image": image, "category": "screw", "references": refs},
+    ]
+    status, out = post(server, {"dataframe_records": rows})
+    assert status == 200, out
+    profiled, inline = out["predictions"]
+    assert inline["references"] == "inline:2 images"
+    assert inline["image_threshold"] == pytest.approx(profiled["image_threshold"], abs=1e-6)
+    assert inline["score"] == pytest.approx(profiled["score"], abs=1e-6)
+    bad = json.dumps([b64(png_bytes(40, 30, 90)), b64(b"not an image")])
+    status, out = post(server, {"dataframe_records": [{**rows[1], "references": bad}]})
+    assert 400 <= status < 500 and "references[1]" in json.dumps(out), out

@@ -23,6 +23,7 @@ from vmad_pipeline.configs.predict import DEFAULT_MAX_PIXELS
 from vmad_pipeline.images import check_pixels, read_rgb
 from vmad_pipeline.inference.batch import folder_category
 from vmad_pipeline.inference.chat import Conversation
+from vmad_pipeline.inference.references import INLINE_REFERENCES as MAX_REFERENCES
 from vmad_pipeline.inference.service import Inspection
 
 DEFAULT_OBJECT = "object"  # the object name when none is typed (the prompt needs one)
@@ -30,7 +31,6 @@ EXAMPLES_GLOB = "data/01_raw/synthetic/*/test/*/*.png"
 SPLITS = "data/05_model_input/splits.json"  # the catalog's `splits`: unseen classes first
 IMAGE_HEIGHT = 300  # px: the upload and the overlay side by side, the chat still in view
 NO_ANSWER = "(no answer)"  # an empty answer still shows as a chat bubble
-MAX_REFERENCES = 16  # normal reference images one inspection takes (uploads cost memory)
 
 
 def _gradio():

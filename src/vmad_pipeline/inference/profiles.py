@@ -17,6 +17,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -30,12 +31,14 @@ from vmad_pipeline.inference.references import (
     References,
     ReferenceSet,
     batch_references,
+    left_out_note,
     reference_set,
     shots_from_images,
 )
 from vmad_pipeline.models.build import FROM_WEIGHT_FILES
 from vmad_pipeline.models.pretrained import weights_fingerprint
 
+log = logging.getLogger(__name__)
 MAX_IMAGES = 200  # references of one profile: more are refused (the message says so)
 FORMAT = 1
 
@@ -93,8 +96,11 @@ class Profile:
     model: str  # model_fingerprint of the model that chose the threshold
     meta: dict[str, Any] = field(default_factory=dict)  # created, format, ...
     normal_distance: float | None = None  # the references' median patch distance to each other
+    # the images left out as anomalous against the others (inference.references.outliers)
+    left_out: list[str] = field(default_factory=list)
 
     def reference_set(self) -> ReferenceSet:
+        names = [im["name"] for im in self.images]
         return ReferenceSet(
             self.memory,
             len(self.images),
@@ -102,7 +108,14 @@ class Profile:
             list(self.loo_scores),
             self.rule,
             self.normal_distance,
+            [names.index(n) for n in self.left_out if n in names],
         )
+
+    def references(self) -> References:
+        """The profile as the detector reads it, labelled ``profile:<name>`` (and what was left
+        out, :func:`inference.references.left_out_note`)."""
+        shots = self.reference_set()
+        return References("shots", f"profile:{self.name}{left_out_note(shots)}", shots=shots)
 
     def check_usable(self, model, fingerprint: str | None = None) -> None:
         """Refuse (ProfileError) a profile built for another backbone or model."""
@@ -156,6 +169,15 @@ def build_profile(
     floor = detector.thresholds.get("image_threshold")  # never laxer than the model alone
     refs = reference_set(detector.predictor, images, category, rule=rule, seed=seed, floor=floor)
     hashes = [{"name": n, "sha256": hashlib.sha256(b).hexdigest()} for n, b in files]
+    left_out = [files[i][0] for i in refs.left_out]
+    if left_out:
+        log.warning(
+            "profile %r: %s left out: anomalous against the other references (their threshold "
+            "would rise to its score); check %s",
+            name,
+            ", ".join(left_out),
+            "it" if len(left_out) == 1 else "them",
+        )
     created = datetime.now(UTC).isoformat(timespec="seconds")
     return Profile(
         name=name,
@@ -168,6 +190,7 @@ def build_profile(
         backbone=backbone_identity(model),
         model=model_fingerprint(model),
         normal_distance=refs.normal_distance,
+        left_out=left_out,
         meta={
             "format": FORMAT,
             "created": created,
@@ -286,7 +309,7 @@ def resolve_references(
     if NAME.fullmatch(spec) and (Path(profiles) / spec / "profile.json").is_file():
         profile = load_profile(profiles, spec)
         profile.check_usable(detector.model)
-        return References("shots", f"profile:{spec}", shots=profile.reference_set())
+        return profile.references()
     if not Path(spec).exists() and not glob.glob(spec, recursive=True):
         raise FileNotFoundError(
             f"predict.references {spec!r}: neither batch, a profile under {profiles}, a folder "

@@ -33,6 +33,14 @@ EXACT_LOO = 16
 # benchmarks/results/references_far.json.
 FAR = 2.0
 UNLIKE = "unlike its references: are they of this product?"  # what a user reads then
+# A reference is left out as anomalous (:func:`outliers`) only among this many or more: with
+# two, either could be the odd one.
+MIN_FOR_OUTLIERS = 3
+OUTLIER_RATIO = 2.0
+OUTLIER_GAP = 0.15  # on the image score's 0-1 scale
+# Normal references one inspection carries inline (a demo's uploads, a REST request's
+# ``references``): each is decoded at full size in memory; more go into a profile.
+INLINE_REFERENCES = 16
 # Batch mode compares an image with at most this many other images of its product (a seeded
 # pool): each brings all its patches (no coreset, which would cost seconds per image).
 BATCH_REFERENCES = 16
@@ -49,6 +57,8 @@ class ReferenceSet:
     rule: str = ""
     # the references' median patch distance to the others (k >= 2): what "this product" is
     normal_distance: float | None = None
+    # references left out as anomalous against the others (:func:`outliers`), by index
+    left_out: list[int] = field(default_factory=list)
 
 
 def reference_set(
@@ -88,12 +98,39 @@ def reference_set(
             max_new_tokens=1,  # the score needs the map and P(yes) only
         )
         loo = [float(s) for s in pred.scores]
-        normal = float(np.median(pred.reference_distance))
-    memory = built.patches
-    threshold = references_threshold(np.array(loo), rule)
+        dropped = outliers(loo, floor)
+        keep = [i for i in range(len(loo)) if i not in dropped]
+        normal = float(np.median(pred.reference_distance[keep]))
+        if dropped:  # the kept references' scores stand (the others' memory held the outlier's
+            # normal regions too: they can only have been lower), their memory is rebuilt
+            built = NormalMemory.build(feats[keep], max_patches=cap, seed=seed)
+    else:
+        dropped, keep = [], [0]
+    threshold = references_threshold(np.array(loo)[keep] if loo else np.array([]), rule)
     if threshold is not None and floor is not None:
         threshold = max(threshold, float(floor))
-    return ReferenceSet(memory, len(images), threshold, loo, rule, normal)
+    return ReferenceSet(built.patches, len(images), threshold, loo, rule, normal, dropped)
+
+
+def outliers(loo_scores: list[float], floor: float | None) -> list[int]:
+    """The references that look anomalous against the others (a defective image among a user's
+    "normal" ones raises the threshold to its own score, and puts its defect into the memory):
+    with :data:`MIN_FOR_OUTLIERS` or more, each whose leave-one-out score is past the model's
+    own threshold ``floor``, past :data:`OUTLIER_RATIO` times the median of the others' and
+    past the highest of the others by :data:`OUTLIER_GAP`. Never half of them or more:
+    references that disagree that much are reported by their threshold, not silently halved.
+    Chosen in benchmarks/results/references_outlier.json (docs/references.md)."""
+    scores = np.asarray(loo_scores, np.float64)
+    if len(scores) < MIN_FOR_OUTLIERS:
+        return []
+    found = [
+        i
+        for i, s in enumerate(scores)
+        if (floor is None or s > floor)
+        and s > OUTLIER_RATIO * np.median(np.delete(scores, i))
+        and s > np.delete(scores, i).max() + OUTLIER_GAP
+    ]
+    return found if 2 * len(found) < len(scores) else []
 
 
 @dataclass
@@ -180,4 +217,12 @@ def shots_from_images(
     stack = torch.stack([detector.tensor(image) for image in images])
     floor = detector.thresholds.get("image_threshold")
     shots = reference_set(detector.predictor, stack, category, rule=rule, seed=seed, floor=floor)
-    return References("shots", label, shots=shots)
+    return References("shots", label + left_out_note(shots), shots=shots)
+
+
+def left_out_note(shots: ReferenceSet) -> str:
+    """What a user reads of references left out (:func:`outliers`), "" when none."""
+    if not shots.left_out:
+        return ""
+    which = ", ".join(f"#{i + 1}" for i in shots.left_out)
+    return f" ({which} of {shots.n_images} left out: anomalous against the others)"

@@ -4,7 +4,9 @@ Requests: rows with ``image`` (base64 of an image file: line breaks and a ``data
 prefix allowed) or ``path`` (a file under the serving configuration's allowed root, refused
 when none is named), and optionally ``category`` (the object's name; default "object") and
 ``profile`` (a product profile's name, read from the serving configuration's profile folder:
-the image is compared with its normal references and decided at its threshold). Every
+the image is compared with its normal references and decided at its threshold) or
+``references`` (a JSON array of base64 normal images of the product, up to
+``inference.references.INLINE_REFERENCES`` a request: the same, built per request). Every
 refusal is a :class:`RequestError` with a message for the client; nothing is decoded before the
 image's size in its header is checked against the pixel limit (decompression bombs).
 
@@ -38,7 +40,13 @@ _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 # The request's and the response's columns and their MLflow types (the registered model's
 # signature is built from these: io.pyfunc.signature).
-INPUTS = {"image": "string", "path": "string", "category": "string", "profile": "string"}
+INPUTS = {
+    "image": "string",
+    "path": "string",
+    "category": "string",
+    "profile": "string",
+    "references": "string",  # a JSON array of base64 normal images of the product
+}
 OUTPUTS = {
     "score": "double",
     "anomalous": "boolean",
@@ -53,7 +61,8 @@ OUTPUTS = {
     # Anomaly-OV's expert (docs/experts.md): its score (null) and map ("") without one
     "expert_score": "double",
     "significance_png": "string",
-    "references": "string",  # the profile the image was compared with ("" for none)
+    # what the image was compared with: "profile:<name>", "inline:<n> images" or "" (none)
+    "references": "string",
     "image_threshold": "double",  # the threshold it was decided at
 }
 
@@ -199,39 +208,104 @@ def read_request(frame: pd.DataFrame, cfg: ServeConfig) -> tuple[list[np.ndarray
     return images, names
 
 
-def request_profiles(frame: pd.DataFrame, cfg: ServeConfig) -> list[str | None]:
-    """Each row's ``profile`` (None where not given); a RequestError for a row that names one
-    when the server has no profile folder, or a name that could not be a profile."""
-    from vmad_pipeline.configs.profile import check_name
+def _inline_references(value, cfg: ServeConfig) -> tuple[str, list[np.ndarray]]:
+    """A row's ``references``: a JSON array of base64 images, each read as ``image`` is (its
+    size from the header within the pixel limit first); (their digest, the images)."""
+    import hashlib
+    import json
 
-    out: list[str | None] = []
-    for i, value in enumerate(frame.get("profile", pd.Series([None] * len(frame)))):
-        if not _present(value):
-            out.append(None)
-            continue
-        if not cfg.profiles:
-            raise RequestError(
-                f"row {i}: profile: this server reads no profiles (start it with "
-                "VMAD_SERVE_PROFILES=<folder>)"
-            )
+    from vmad_pipeline.inference.references import INLINE_REFERENCES
+
+    try:
+        items = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        items = None
+    if not isinstance(items, list) or not items or not all(isinstance(x, str) for x in items):
+        raise RequestError(
+            "references: expected a JSON array of base64 images as text, e.g. "
+            '\'["<base64>", "<base64>"]\''
+        )
+    if len(items) > INLINE_REFERENCES:
+        raise RequestError(
+            f"references: {len(items)} images, at most {INLINE_REFERENCES} a request "
+            "(build a profile for more: docs/references.md)"
+        )
+    images = []
+    for j, item in enumerate(items):
         try:
-            out.append(check_name(str(value)))
+            data = decode_base64(item)
+            check_size(data, cfg.max_pixels)
+            images.append(read_rgb(data))
+        except RequestError as err:
+            raise RequestError(f"references[{j}]: {str(err).replace('image: ', '')}") from None
         except ValueError as err:
+            raise RequestError(f"references[{j}]: cannot be decoded") from err
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16], images
+
+
+def request_references(
+    frame: pd.DataFrame, cfg: ServeConfig
+) -> tuple[list[tuple[str, str] | None], dict[str, list[np.ndarray]]]:
+    """Each row's references: ``("profile", name)``, ``("inline", digest)`` or None; and the
+    inline references' images by digest. Refused (a RequestError naming the row): a
+    ``profile`` when the server has no profile folder, a name that could not be a profile, a
+    row with both columns, inline references past the pixel limit or more than
+    ``inference.references.INLINE_REFERENCES`` distinct images in one request."""
+    from vmad_pipeline.configs.profile import check_name
+    from vmad_pipeline.inference.references import INLINE_REFERENCES
+
+    out: list[tuple[str, str] | None] = []
+    inline: dict[str, list[np.ndarray]] = {}
+    texts: dict[str, str] = {}  # a row's references text -> its digest: each set read once
+    empty = pd.Series([None] * len(frame))
+    columns = zip(frame.get("profile", empty), frame.get("references", empty), strict=True)
+    for i, (profile, refs) in enumerate(columns):
+        try:
+            if _present(profile) and _present(refs):
+                raise RequestError("give at most one of 'profile' and 'references'")
+            if _present(profile):
+                if not cfg.profiles:
+                    raise RequestError(
+                        "profile: this server reads no profiles (start it with "
+                        "VMAD_SERVE_PROFILES=<folder>)"
+                    )
+                try:
+                    out.append(("profile", check_name(str(profile))))
+                except ValueError as err:
+                    raise RequestError(str(err)) from None
+            elif _present(refs):
+                key = refs if isinstance(refs, str) else repr(refs)
+                if key not in texts:
+                    digest, images = _inline_references(refs, cfg)
+                    inline[digest] = images
+                    texts[key] = digest
+                    if sum(len(v) for v in inline.values()) > INLINE_REFERENCES:
+                        raise RequestError(
+                            f"references: more than {INLINE_REFERENCES} distinct reference "
+                            "images in one request (send rows of one product together, or "
+                            "build a profile)"
+                        )
+                out.append(("inline", texts[key]))
+            else:
+                out.append(None)
+        except RequestError as err:
             raise RequestError(f"row {i}: {err}") from None
-    return out
+    return out, inline
 
 
-def inspect_request(detector, images, names, profiles: list[str | None], load_references):
-    """Each image inspected, grouped by profile (``load_references(name)``: its
+def inspect_request(detector, images, names, sources: list, load_references):
+    """Each image inspected, grouped by its references (``sources[i]``: a key of
+    :func:`request_references` or None; ``load_references(key, category)``: its
     ``inference.references.References``): (inspections, the references' labels, the thresholds
     decided at), in the request's order."""
     found: list = [None] * len(images)
     labels, cuts = [""] * len(images), [detector.image_threshold] * len(images)
-    groups: dict[str | None, list[int]] = {}
-    for i, name in enumerate(profiles):
-        groups.setdefault(name, []).append(i)
-    for name, rows in groups.items():
-        refs = None if name is None else load_references(name)
+    groups: dict = {}
+    for i, key in enumerate(sources):  # inline references are thresholded per object name
+        group = key if key is None or key[0] == "profile" else (*key, names[i])
+        groups.setdefault(group, []).append(i)
+    for key, rows in groups.items():
+        refs = None if key is None else load_references(key[:2], names[rows[0]])
         cats = [names[i] for i in rows]
         memories = None if refs is None else refs.memories([str(i) for i in rows], cats)
         cut = None if refs is None else refs.threshold

@@ -67,7 +67,15 @@ def model_shot_report(
         report["references"] = {c: list(r["image_path"]) for c, r in drawn.items()}
         report["thresholds"] = thresholds
         report["loo_scores"] = {c: s.loo_scores for c, s in sets.items()}
+        # normal training images all: any left out as anomalous (inference.references.outliers)
+        # is a false alarm of that rule, counted here
+        report["left_out"] = {
+            c: [drawn[c]["image_path"].iloc[i] for i in s.left_out]
+            for c, s in sets.items()
+            if s.left_out
+        }
         out[str(k)] = report
+        numbers["references_left_out"] = float(sum(len(s.left_out) for s in sets.values()))
         flat |= {f"{k}/{name}": v for name, v in numbers.items()}
     if cfg.batch_references:
         keys = [str(i) for i in range(len(images))]

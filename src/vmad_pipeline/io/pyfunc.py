@@ -33,11 +33,12 @@ from vmad_pipeline.inference.serving import (
     as_frame,
     inspect_request,
     read_request,
-    request_profiles,
+    request_references,
     response,
 )
 
 log = logging.getLogger(__name__)
+INLINE_CACHE = 8  # inline reference sets a server keeps thresholded (each: patches, ~1 MB)
 
 
 def _weights(model_config: dict):
@@ -67,6 +68,9 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
             Checkpoint(context.artifacts["checkpoint"]), _weights(config), from_model_config(config)
         )
         self._references: dict = {}  # profile name -> References, loaded once, checked once
+        # inline references (digest, object name) -> References: a client that sends the same
+        # references with every request has them thresholded once (a few, oldest dropped)
+        self._inline: dict = {}
 
     def predict(self, context, model_input, params: dict | None = None) -> pd.DataFrame:
         """Rows in (a DataFrame, a dict of columns or a list of rows; ``inference.serving``) ->
@@ -77,9 +81,13 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
         try:
             frame = as_frame(model_input)
             images, names = read_request(frame, self.limits)
-            profiles = request_profiles(frame, self.limits)
+            sources, inline = request_references(frame, self.limits)
             found, labels, cuts = inspect_request(
-                self.detector, images, names, profiles, self._profile
+                self.detector,
+                images,
+                names,
+                sources,
+                lambda key, category: self._load(key, category, inline),
             )
             return response(found, labels, cuts)
         except RequestError as err:
@@ -91,11 +99,40 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
                 error_code=INTERNAL_ERROR,
             ) from None
 
+    def _load(self, key: tuple[str, str], category: str, inline: dict):
+        """The references of ``key`` (``inference.serving.request_references``)."""
+        kind, name = key
+        if kind == "profile":
+            return self._profile(name)
+        return self._inline_references(name, category, inline[name])
+
+    def _inline_references(self, digest: str, category: str, images: list):
+        """A request's own normal images as references (thresholded from themselves alone, as
+        the demo's uploads; a RequestError for a model that reads no references)."""
+        from vmad_pipeline.configs.evaluate import ReferencesConfig
+        from vmad_pipeline.inference.references import shots_from_images
+
+        key = (digest, category)
+        if key not in self._inline:
+            try:
+                refs = shots_from_images(
+                    self.detector,
+                    images,
+                    category,
+                    rule=ReferencesConfig().model_threshold,
+                    label=f"inline:{len(images)} images",
+                )
+            except ValueError as err:
+                raise RequestError(f"references: {err}") from None
+            while len(self._inline) >= INLINE_CACHE:
+                self._inline.pop(next(iter(self._inline)))
+            self._inline[key] = refs
+        return self._inline[key]
+
     def _profile(self, name: str):
         """The profile ``name`` from the server's folder, as references (a RequestError for an
         unknown one, or one built for another backbone or model)."""
         from vmad_pipeline.inference.profiles import ProfileError, load_profile
-        from vmad_pipeline.inference.references import References
 
         if name not in self._references:
             try:
@@ -106,9 +143,7 @@ class VmadPyfunc(mlflow.pyfunc.PythonModel):
                 raise RequestError(
                     f"profile {name!r}: unknown to this server, or built for another model"
                 ) from None
-            self._references[name] = References(
-                "shots", f"profile:{name}", shots=profile.reference_set()
-            )
+            self._references[name] = profile.references()
         return self._references[name]
 
 

@@ -138,3 +138,17 @@ def test_a_model_without_the_cue_builds_no_profile(tmp_path):
             [("a", b""), ("b", b"")],
             rule="loo_max",
         )
+
+
+def test_a_profile_names_and_keeps_out_an_anomalous_reference(detector, tmp_path, monkeypatch):
+    import vmad_pipeline.inference.references as references
+
+    monkeypatch.setattr(references, "outliers", lambda scores, floor: [1])
+    profile = _profile(detector, tmp_path)
+    assert profile.left_out == ["1.png"]
+    save_profile(profile, tmp_path / "profiles")
+    back = load_profile(tmp_path / "profiles", "line-1")
+    assert back.left_out == ["1.png"] and back.reference_set().left_out == [1]
+    assert (
+        back.references().label == "profile:line-1 (#2 of 3 left out: anomalous against the others)"
+    )

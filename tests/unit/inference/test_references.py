@@ -207,3 +207,33 @@ def test_an_image_far_from_its_references_is_reported_unlike_them(detector):
     )[0]
     assert not same.unlike_references and far.unlike_references
     assert far.reference_distance > same.reference_distance
+
+
+def test_a_reference_anomalous_against_the_others_is_left_out():
+    from vmad_pipeline.inference.references import OUTLIER_RATIO, outliers
+
+    normal = [0.30, 0.32, 0.28, 0.31]
+    assert outliers(normal, 0.5) == []
+    assert outliers([*normal, 0.9], 0.5) == [4]  # past the model's threshold and the others'
+    assert outliers([*normal, 0.45], 0.5) == []  # past the others', not the model's threshold
+    assert outliers([0.1, 0.1, 0.1, 0.12], 0.05) == []  # past the threshold, like the others
+    assert outliers([0.30, 0.9], 0.5) == []  # two: either could be the odd one
+    assert outliers([0.3, 0.3, 0.9, 0.9], 0.5) == []  # half: they disagree, none is dropped
+    assert outliers([0.2, 0.2, 0.2 * OUTLIER_RATIO * 1.01], None) == [2]  # uncalibrated model
+
+
+def test_left_out_references_leave_the_memory_and_the_threshold(detector, monkeypatch):
+    import vmad_pipeline.inference.references as references
+
+    p = detector.predictor
+    refs = _images(4, seed=9)
+    whole = reference_set(p, refs, "screw", rule="loo_max")
+    monkeypatch.setattr(references, "outliers", lambda scores, floor: [2])
+    kept = reference_set(p, refs, "screw", rule="loo_max")
+    assert kept.left_out == [2] and kept.loo_scores == whole.loo_scores  # reported, all scored
+    assert len(kept.memory) == 3 * len(whole.memory) // 4  # its patches are gone
+    assert kept.threshold == max(s for i, s in enumerate(whole.loo_scores) if i != 2)
+    shots = references.shots_from_images(
+        detector, [r.permute(1, 2, 0).numpy() for r in refs], "screw", rule="loo_max", label="up"
+    )
+    assert shots.label == "up (#3 of 4 left out: anomalous against the others)"

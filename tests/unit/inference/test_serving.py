@@ -149,13 +149,58 @@ def test_a_failure_inside_the_model_is_a_500_that_tells_nothing_internal(caplog)
 
 
 def test_a_profile_column_needs_a_profile_folder_and_a_plain_name():
-    from vmad_pipeline.inference.serving import request_profiles
+    from vmad_pipeline.inference.serving import request_references
 
     rows = pd.DataFrame([{"image": "x", "profile": "line-1"}, {"image": "x", "profile": None}])
     with pytest.raises(RequestError, match="reads no profiles"):
-        request_profiles(rows, ServeConfig())
-    assert request_profiles(rows, ServeConfig(profiles="/p")) == ["line-1", None]
+        request_references(rows, ServeConfig())
+    assert request_references(rows, ServeConfig(profiles="/p")) == (
+        [("profile", "line-1"), None],
+        {},
+    )
     bad = pd.DataFrame([{"image": "x", "profile": "../../etc/passwd"}])
     with pytest.raises(RequestError, match="row 0: profile name"):
-        request_profiles(bad, ServeConfig(profiles="/p"))
-    assert request_profiles(pd.DataFrame([{"image": "x"}]), ServeConfig()) == [None]
+        request_references(bad, ServeConfig(profiles="/p"))
+    assert request_references(pd.DataFrame([{"image": "x"}]), ServeConfig()) == ([None], {})
+
+
+def test_inline_references_are_read_once_per_set_and_bounded():
+    import json
+
+    from vmad_pipeline.inference.references import INLINE_REFERENCES
+    from vmad_pipeline.inference.serving import request_references
+
+    refs = json.dumps([b64(png_bytes(8, 6, 10)), b64(png_bytes(8, 6, 20))])
+    other = json.dumps([b64(png_bytes(8, 6, 30))])
+    rows = pd.DataFrame(
+        [
+            {"image": "x", "references": refs},
+            {"image": "x"},
+            {"image": "x", "references": refs},
+            {"image": "x", "references": other},
+        ]
+    )
+    sources, inline = request_references(rows, ServeConfig())
+    assert sources[1] is None and sources[0] == sources[2] != sources[3]
+    assert sources[0][0] == "inline" and len(inline) == 2
+    assert [im.shape for im in inline[sources[0][1]]] == [(6, 8, 3)] * 2
+    one = json.dumps([b64(png_bytes(8, 6, i)) for i in range(INLINE_REFERENCES // 2 + 1)])
+    two = json.dumps([b64(png_bytes(8, 6, 100 + i)) for i in range(INLINE_REFERENCES // 2)])
+    for bad, message in (
+        ("[]", "row 0: references: expected a JSON array"),
+        ("not json", "expected a JSON array"),
+        ('["ok", 3]', "expected a JSON array"),
+        (json.dumps([b64(png_bytes())] * (INLINE_REFERENCES + 1)), f"at most {INLINE_REFERENCES}"),
+        (json.dumps([b64(png_bytes()), b64(bomb_png())]), r"references\[1\]: .*over this server"),
+        (json.dumps([b64(b"not an image")]), r"references\[0\]: not an image"),
+    ):
+        with pytest.raises(RequestError, match=message):
+            request_references(pd.DataFrame([{"image": "x", "references": bad}]), ServeConfig())
+    with pytest.raises(RequestError, match="row 1: references: more than"):  # per request
+        request_references(
+            pd.DataFrame([{"image": "x", "references": one}, {"image": "x", "references": two}]),
+            ServeConfig(),
+        )
+    both = pd.DataFrame([{"image": "x", "references": refs, "profile": "line-1"}])
+    with pytest.raises(RequestError, match="row 0: give at most one"):
+        request_references(both, ServeConfig(profiles="/p"))

@@ -37,7 +37,11 @@ def build_profile(
         rule=rule.references.model_threshold,
         seed=cfg.seed,
     )
-    metrics = {"n_images": float(len(files)), "n_patches": float(len(profile.memory))}
+    metrics = {
+        "n_images": float(len(files)),
+        "n_patches": float(len(profile.memory)),
+        "n_left_out": float(len(profile.left_out)),
+    }
     if profile.threshold is not None:
         metrics["threshold"] = profile.threshold
     return profile, profile.summary(), metrics
