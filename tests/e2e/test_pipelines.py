@@ -77,7 +77,7 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
         manifest["category"].isin(["pcb", "washer"]) & (manifest["split"] == "test")
     ]
     assert len(pd.read_csv(reports / "answers.csv")) == len(test_images)
-    for name in ("overlays.png", "roc.png", "pr.png", "pro.png"):
+    for name in ("overlays.png", "roc.png", "pr.png", "pro.png", "shots_roc.png"):
         assert (reports / name).stat().st_size > 1000
     assert (reports / "metrics_per_class.md").is_file()
     # the text metrics by level (docs/evaluation.md): every level per class and as the mean; the

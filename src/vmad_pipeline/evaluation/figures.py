@@ -288,3 +288,43 @@ def plot_overlays(
     )
     fig.tight_layout()
     return fig
+
+
+def plot_shot_roc(labels: np.ndarray, scores: np.ndarray, report: dict[str, Any]):
+    """The image ROC of the evaluated images pooled, one line per reference mode: zero-shot
+    (``scores``), each k of ``report["shots"]`` and batch (their stored per-image scores); the
+    legend holds each mode's headline, the mean of the per-class AUROCs. Without a mode that
+    uses references, a figure that says so."""
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels, dtype=np.int64)
+    modes = {"k = 0": (scores, report.get("mean", {}).get("image_auroc"))}
+    for key, shot in (report.get("shots") or {}).items():
+        if isinstance(shot, dict) and "scores" in shot:
+            name = "batch" if key == "batch" else f"k = {key}"
+            modes[name] = (shot["scores"], shot.get("mean", {}).get("image_auroc"))
+    if len(modes) < 2 or len(set(labels.tolist())) < 2:
+        fig = Figure(figsize=(6.4, 1.6))
+        fig.text(
+            0.5,
+            0.5,
+            "no evaluation with references (evaluate.shots, evaluate.batch_references)",
+            ha="center",
+            va="center",
+        )
+        return fig
+    curves, values = {}, {}
+    for name, (s, value) in modes.items():
+        fpr, tpr, _ = roc_curve(labels, np.asarray(s, dtype=np.float64))
+        curves[name], values[name] = pd.DataFrame({"fpr": fpr, "tpr": tpr}), value
+    return _curve_figure(
+        curves,
+        "fpr",
+        "tpr",
+        title="Image ROC by normal references (images pooled)",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        values=values,
+        metric="mean per-class AUROC",
+        diagonal=True,
+    )

@@ -137,3 +137,26 @@ def test_shot_report_on_a_tree(tmp_path):
     assert out["1"]["decision"] is None and out["4"]["decision"]["recall"] == 1.0
     assert not set(out["4"]["references"]["a"]) & set(eval_set["image_path"])
     assert flat["4/image_auroc"] == 1.0 and "4/decision/recall" in flat
+
+
+def test_the_roc_by_references_has_a_line_per_mode_with_its_headline():
+    from vmad_pipeline.evaluation.figures import plot_shot_roc
+
+    labels = np.array([0, 0, 1, 1])
+    report = {
+        "mean": {"image_auroc": 0.5},
+        "shots": {
+            "4": {"scores": [0.1, 0.2, 0.8, 0.9], "mean": {"image_auroc": 1.0}},
+            "batch": {"scores": [0.3, 0.2, 0.8, 0.1], "mean": {"image_auroc": 0.75}},
+            "note": "ignored",
+        },
+    }
+    fig = plot_shot_roc(labels, np.array([0.5, 0.1, 0.4, 0.9]), report)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == [
+        "batch (mean per-class AUROC 0.750)",
+        "k = 0 (mean per-class AUROC 0.500)",
+        "k = 4 (mean per-class AUROC 1.000)",
+    ]
+    empty = plot_shot_roc(labels, np.zeros(4), {"mean": {}})  # zero-shot only: says so
+    assert "no evaluation with references" in empty.texts[0].get_text()

@@ -285,6 +285,13 @@ def curve_data(
     return curves(eval_set, predictions, masks, parse_evaluate_params(params))
 
 
+def plot_shot_roc(eval_set: pd.DataFrame, predictions: dict[str, Any], metrics: dict[str, Any]):
+    """The image ROC by reference mode (zero-shot, each k, batch)."""
+    from vmad_pipeline.evaluation.figures import plot_shot_roc as plot
+
+    return plot(eval_set["label"].to_numpy(), predictions["scores"], metrics)
+
+
 def plot_overlays(
     eval_set: pd.DataFrame,
     predictions: dict[str, Any],

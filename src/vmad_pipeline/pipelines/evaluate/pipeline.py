@@ -13,6 +13,7 @@ from .nodes import (
     load_ground_truth,
     model_shot_metrics,
     plot_overlays,
+    plot_shot_roc,
     predict_eval_set,
     reference_metrics,
     select_eval_set,
@@ -121,6 +122,12 @@ def _report_nodes() -> list:
             ["roc_curves", "pr_curves", "pro_curves", "metrics"],
             ["roc_figure", "pr_figure", "pro_figure"],
             name="plot_curves",
+        ),
+        node(
+            plot_shot_roc,
+            ["eval_set", "eval_predictions", "metrics"],
+            "shots_roc_figure",
+            name="plot_shot_roc",
         ),
         node(
             plot_overlays,
