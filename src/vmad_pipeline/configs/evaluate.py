@@ -154,6 +154,9 @@ class ScoreRule:
 class EvaluateConfig:
     eval_size: int = 128  # evaluation resolution (square), recorded with the metrics
     max_new_tokens: int = 24  # greedy budget of the detection answer (holds [SEG] and the text)
+    # the answers' location and defect-type words read from the drawn mask and the type head
+    # (inference.grounding, docs/words.md); false: the LLM's own words
+    ground_words: bool = True
     n_overlays: int = 3  # test images per class in the overlay figure
     batch_size: int = 16
     fpr_limit: float = 0.3
@@ -218,7 +221,11 @@ class EvaluateConfig:
         """What a registered model is logged with (its MLflow ``model_config``): the score rule
         and the decoding budget, so that it scores an image exactly as this evaluation did;
         :func:`from_model_config` reads it back."""
-        return {"score_rule": to_dict(self.score_rule), "max_new_tokens": self.max_new_tokens}
+        return {
+            "score_rule": to_dict(self.score_rule),
+            "max_new_tokens": self.max_new_tokens,
+            "ground_words": self.ground_words,
+        }
 
 
 # Keys of an older layout, named with where they moved.
@@ -240,5 +247,5 @@ def from_model_config(config: dict[str, Any] | None) -> EvaluateConfig:
     """The evaluate settings a registered model was logged with (:meth:`EvaluateConfig.
     model_config`); other keys of ``config`` (weights, serving limits) are not read here."""
     config = config or {}
-    keys = ("score_rule", "max_new_tokens")
+    keys = ("score_rule", "max_new_tokens", "ground_words")
     return from_dict(EvaluateConfig, {k: config[k] for k in keys if k in config}, "model_config")

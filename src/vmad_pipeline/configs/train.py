@@ -138,6 +138,26 @@ class CalibrationConfig:
         check_threshold_rule(self.pixel, "pixel")
 
 
+@dataclass(frozen=True)
+class TypeHeadConfig:
+    """The defect-type head fitted after training (``training.type_head``, docs/words.md): the
+    answer names the type of what is inside its drawn mask, or abstains."""
+
+    enabled: bool = True
+    levels: tuple[int, ...] = (1, 2, 3)  # the tower's native levels read
+    grid: int = 32  # the descriptor's grid
+    # the images are resized to this before the tower (None: the tower's own size; a CLIP
+    # tower, whose positions are fixed, needs None). conf/base sets 256 for the small preset's
+    # 128 px input: named 68% of the unseen classes' defects right from the true mask, 50% at 128
+    input_size: int | None = None
+    c: float = 1.0  # the logistic regression's inverse regularisation
+    min_precision: float = 0.85  # the abstention threshold's target, on held-out classes
+
+    def __post_init__(self) -> None:
+        if self.grid < 1 or not self.levels or not 0 < self.min_precision <= 1 or self.c <= 0:
+            raise ValueError(f"train.type_head: invalid {self}")
+
+
 # train.synthesis: where a paste_prob (or detect_paste_prob) sample's anomaly comes from
 SYNTHESIS = ("paste", "generated", "both")
 
@@ -191,6 +211,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    type_head: TypeHeadConfig = field(default_factory=TypeHeadConfig)
     eval_every: int = 0  # steps between validation passes; 0 = only at the end (if any)
     keep: str = "last"  # last | best (by the validation pixel AUROC)
 

@@ -61,6 +61,8 @@ def grade_answers(
     tax = Taxonomy.from_dict(taxonomy) if taxonomy else None
     p_yes, scores = predictions.get("p_yes"), predictions["scores"]
     follow = predictions.get("follow_ups") or {}
+    drawn = predictions.get("drawn_locations") or [None] * n  # inference.grounding
+    probe = predictions.get("type_probe") or [None] * n  # the type head on the true mask
     records = [] if riad_qa is None else riad_qa.to_dict("records")
     qa = {(r["source"], r["image_path"]): r for r in records}
     rows = []
@@ -90,11 +92,23 @@ def grade_answers(
                 "location": location,
                 "gt_location": gt_location,
                 "location_correct": (location == gt_location) if gt_location else None,
+                # the location of the mask the model drew, and whether the answer's words say it
+                "drawn_location": drawn[i],
+                "mask_location_correct": (drawn[i] == gt_location)
+                if (gt_location and drawn[i])
+                else None,
+                "location_follows_mask": (location == drawn[i])
+                if (gt_location and drawn[i] and location)
+                else None,
                 "named_object": obj,
                 "object_correct": (obj == asked) if obj is not None else None,
                 "named_type": named.name if named else None,
                 "type_correct": (named is not None and named.id == gt_id)
                 if (tax is not None and anomalous and gt_id >= 0)
+                else None,
+                "probe_type": probe[i] if anomalous else None,
+                "probe_type_correct": (probe[i] == tax.by_id(gt_id).name)
+                if (tax is not None and anomalous and gt_id >= 0 and predictions.get("type_probe"))
                 else None,
                 **_follow_ups(follow, i, gt_location, gt_id if anomalous else -1, tax),
                 **_described(follow, i, qa.get((r.source, r.image_path)), r.category),

@@ -24,6 +24,19 @@ class Predictions:
     expert_scores: np.ndarray | None = None  # N: the expert's image score (if any)
     # N: each image's median patch distance to its normal references (None: zero-shot)
     reference_distance: np.ndarray | None = None
+    # the answers' grounding (inference.grounding): each drawn mask's location, and the type
+    # head's name for what is inside it (None: it abstains; the list is None without a head)
+    drawn_locations: list[str] | None = None
+    named_types: list[str | None] | None = None
+    type_probability: np.ndarray | None = None
+
+    def slots(self) -> list[tuple] | None:
+        """Each image's (drawn-mask location, type) to ground its follow-up answers on
+        (``inference.grounding.ground_text``: False, no type head); None when not grounded."""
+        if self.drawn_locations is None:
+            return None
+        named = self.named_types or [False] * len(self.drawn_locations)
+        return list(zip(self.drawn_locations, named, strict=True))
 
     def as_dict(self) -> dict:
         """The fields by name, and the answers again as ``detection_answers`` (what the grading

@@ -60,9 +60,27 @@ MODULE_METRICS = (
     "expert_aupro",
     *(f"{s}_{k}" for s in REGION_SETTINGS for k in _REGION_FLAGS),
 )
+# The answers' words against the model's own evidence (inference.grounding, docs/words.md): the
+# drawn mask's location against the truth, the answer's location against the drawn mask's, the
+# precision of the types named and the share of defects given a type; and the type head on the
+# true masks (what the features know, reported apart like the transductive reference).
+GROUNDING_METRICS = (
+    "mask_location_accuracy",
+    "location_mask_agreement",
+    "defect_type_precision",
+    "defect_type_named_share",
+    "type_probe_accuracy",
+)
 # Columns shown in the markdown table only where some class has them.
-OPTIONAL_METRICS = HIERARCHY_METRICS + MODULE_METRICS
-METRICS = IMAGE_METRICS + PIXEL_METRICS + TEXT_METRICS + HIERARCHY_METRICS + MODULE_METRICS
+OPTIONAL_METRICS = HIERARCHY_METRICS + MODULE_METRICS + GROUNDING_METRICS
+METRICS = (
+    IMAGE_METRICS
+    + PIXEL_METRICS
+    + TEXT_METRICS
+    + HIERARCHY_METRICS
+    + MODULE_METRICS
+    + GROUNDING_METRICS
+)
 
 
 def _mean_flag(flags: pd.Series | None) -> float:
@@ -120,12 +138,26 @@ def _class_metrics(
         "follow_up_location_accuracy": _mean_flag(graded.get("follow_up_location_correct")),
         "follow_up_type_accuracy": _mean_flag(graded.get("follow_up_type_correct")),
         **level4_metrics(graded),
+        **grounding_metrics(graded),
         "object_name_accuracy": _mean_flag(graded["object_correct"]),
         # share of answers that name an object at all (the default answers name none, so the
         # name accuracy above is then undefined, not perfect)
         "object_named_share": float(graded["named_object"].notna().mean())
         if len(graded)
         else float("nan"),
+    }
+
+
+def grounding_metrics(graded: pd.DataFrame) -> dict[str, float]:
+    """:data:`GROUNDING_METRICS` of one class's graded answers (NaN where undefined)."""
+    typed = graded[graded["type_correct"].notna()] if "type_correct" in graded else graded[:0]
+    named = typed[typed["named_type"].notna()]
+    return {
+        "mask_location_accuracy": _mean_flag(graded.get("mask_location_correct")),
+        "location_mask_agreement": _mean_flag(graded.get("location_follows_mask")),
+        "defect_type_precision": _mean_flag(named["type_correct"]) if len(named) else float("nan"),
+        "defect_type_named_share": len(named) / len(typed) if len(typed) else float("nan"),
+        "type_probe_accuracy": _mean_flag(graded.get("probe_type_correct")),
     }
 
 

@@ -59,6 +59,8 @@ class Conversation:
             (prompts.vqa_prompt(category), _closed(first.answer_ids, self._eos))
         ]
         self._seg_map = first.square_map if first.seg_found else None
+        # the first answer's drawn-mask location and type, which follow-ups are grounded on
+        self._slots = [(first.drawn_location, first.named_type)] if first.drawn_location else None
         self.turns = [
             Turn(
                 prompts.vqa_question(category),
@@ -83,6 +85,7 @@ class Conversation:
             earlier_maps=None if self._seg_map is None else self._seg_map[None],
             max_new_tokens=self.max_new_tokens,
             references=self._memories,
+            slots=self._slots,
         )
         ids, found, square = pred.answer_ids[0], bool(pred.seg_found[0]), pred.maps[0]
         text = pred.texts[0]
@@ -134,6 +137,7 @@ def ask_after_detection(
     answers and maps are the conversation so far); None for the images not asked."""
     picked = np.flatnonzero(rows)
     eos = predictor.tokenizer.eos_token_id
+    slots = predictions.slots()
     histories = [
         [(prompts.vqa_prompt(categories[i]), _closed(predictions.answer_ids[i], eos))]
         for i in picked
@@ -146,6 +150,7 @@ def ask_after_detection(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,
+        slots=None if slots is None else [slots[i] for i in picked],
     )
     out: list[str | None] = [None] * len(rows)
     for k, i in enumerate(picked):

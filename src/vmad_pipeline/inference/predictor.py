@@ -22,6 +22,13 @@ from vmad_pipeline.configs.evaluate import ScoreRule
 from vmad_pipeline.evaluation.predictions import Predictions
 from vmad_pipeline.evaluation.scores import image_scores, map_max
 from vmad_pipeline.images import to_model_inputs
+from vmad_pipeline.inference.grounding import (
+    drawn_regions,
+    ground_text,
+    region_location,
+    regrounded_ids,
+)
+from vmad_pipeline.models.type_head import TypeHead
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import autocast, to_device
 from vmad_pipeline.prompts import encode_prompt, encode_turns, pad_batch, yes_no_tokens
@@ -53,10 +60,12 @@ class Predictor:
         rule: ScoreRule | None = None,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
+        ground: bool = True,
     ) -> None:
         """``max_new_tokens``: the decoding budget of an answer; ``device`` / ``dtype``: where and
         in which precision to run (the model is moved and cast there, and the maths runs under
-        autocast); default: where the model is."""
+        autocast); default: where the model is. ``ground``: the answers' location and type
+        words read from the drawn mask and the type head (``inference.grounding``)."""
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         self.model, self.tokenizer, self.max_new_tokens = model.eval(), tokenizer, max_new_tokens
@@ -64,6 +73,8 @@ class Predictor:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.yes_no = yes_no_tokens(tokenizer, seg_first=model.config.seg_first)
+        self.ground = ground
+        self.type_head = TypeHead.from_json(getattr(model, "type_head", None))
 
     @property
     def image_size(self) -> int:
@@ -159,12 +170,15 @@ class Predictor:
         batch_size: int = 16,
         progress: bool = False,
         references: list[torch.Tensor | None] | None = None,
+        slots: list[tuple] | None = None,
     ) -> FollowUps:
         """The next answer of a conversation about each image (N x 3 x S x S uint8):
         ``histories`` hold each one's earlier (question, generated ids) turns, the first a full
         prompt; ``earlier_maps`` (N x H x W probabilities) the maps of their first [SEG], which
         the tokens after it read as in training. A [SEG] in the new answer draws its map at S.
-        ``references``: each image's normal references, as in :meth:`predict`."""
+        ``references``: each image's normal references, as in :meth:`predict`; ``slots``: each
+        image's (location, type) from its first answer (:meth:`predict`'s ``drawn_locations``
+        and ``named_types``), which the answer's words are grounded on."""
         n = len(images)
         if not (len(histories) == len(questions) == n):
             raise ValueError(f"{n} images, {len(histories)} histories, {len(questions)} questions")
@@ -185,8 +199,11 @@ class Predictor:
                 fallback=False,  # a follow-up's map only where it says [SEG]
                 references=None if references is None else references[part],
             )
-            ids += pred.answer_ids
-            texts += self._text(pred.answer_ids)
+            part_ids, part_texts = list(pred.answer_ids), self._text(pred.answer_ids)
+            if self.ground and slots is not None:
+                part_ids, part_texts = self._grounded(part_ids, part_texts, slots[part])
+            ids += part_ids
+            texts += part_texts
             said = pred.seg_found.cpu().numpy()
             found.append(said)
             maps.append(pred.mask_logits.sigmoid().float().cpu().numpy() * said[:, None, None])
@@ -222,6 +239,7 @@ class Predictor:
             raise ValueError(f"{len(images)} images but {len(references)} reference memories")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
         distance = []  # each image's median patch distance to its references
+        where, what, prob = [], [], []  # the grounding's slots (inference.grounding)
         for s in self._batches(len(images), batch_size, "predict", progress):
             texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
             pred = self._run(
@@ -242,8 +260,15 @@ class Predictor:
             if references is not None and pred.reference_maps is not None:
                 far = pred.reference_maps.flatten(1).float().median(1).values
                 distance.append(far.cpu().numpy())
-            answers += self._text(pred.answer_ids)
-            raw += pred.answer_ids  # the forced prefix included
+            ids, texts = list(pred.answer_ids), self._text(pred.answer_ids)
+            if self.ground:
+                slots = self._slots(images[s : s + batch_size], maps[-1])
+                where += slots[0]
+                what += slots[1]
+                prob.append(slots[2])
+                ids, texts = self._grounded(ids, texts, list(zip(slots[0], slots[1], strict=True)))
+            answers += texts
+            raw += ids  # the forced prefix included
             found.append(pred.seg_found.cpu().numpy())
         empty = np.zeros((0, output_size, output_size), np.float32)
         maps_arr = np.concatenate(maps).astype(np.float32) if maps else empty
@@ -260,7 +285,50 @@ class Predictor:
             significance=np.concatenate(sig).astype(np.float32) if sig else None,
             expert_scores=np.concatenate(expert).astype(np.float64) if expert else None,
             reference_distance=np.concatenate(distance).astype(np.float64) if distance else None,
+            drawn_locations=where if self.ground else None,
+            named_types=what if self.ground and self.type_head is not None else None,
+            type_probability=np.concatenate(prob) if prob and self.type_head else None,
         )
+
+    def _slots(self, images: torch.Tensor, maps: np.ndarray):
+        """Of each image (uint8, the SAM input) and its map: the drawn mask's location, the
+        type head's name for it (None: abstains; False: no head) and its probability."""
+        regions = drawn_regions(maps)
+        where = [region_location(r) for r in regions]
+        if self.type_head is None:
+            return where, [False] * len(where), np.full(len(where), np.nan)
+        clip, _ = to_model_inputs(images, self.model.config.vision.image_size)
+        with autocast(self.device, self.dtype):
+            desc = self.type_head.descriptors(self.model.vision, clip.to(self.device), regions)
+        named, prob = self.type_head.classify(desc)
+        return where, named, prob
+
+    def type_probe(self, images: torch.Tensor, masks, *, batch_size: int = 16) -> list:
+        """The type head's name (None: abstains) for what is inside each given mask (the true
+        ones: what the features know, reported apart); [] without a head."""
+        if self.type_head is None:
+            return []
+        named = []
+        for s in range(0, len(images), batch_size):
+            clip, _ = to_model_inputs(
+                images[s : s + batch_size], self.model.config.vision.image_size
+            )
+            with autocast(self.device, self.dtype):
+                desc = self.type_head.descriptors(
+                    self.model.vision, clip.to(self.device), masks[s : s + batch_size]
+                )
+            named += self.type_head.classify(desc)[0]
+        return named
+
+    def _grounded(self, ids: list[list[int]], texts: list[str], slots) -> tuple[list, list]:
+        """The answers with their location and type words set from ``slots`` ((location,
+        type) each: ``inference.grounding.ground_text``), their tokens likewise."""
+        out_ids, out_texts = [], []
+        for one, text, (where, what) in zip(ids, texts, slots, strict=True):
+            grounded = ground_text(text, where, what)
+            out_ids.append(regrounded_ids(self.tokenizer, list(one), text, grounded))
+            out_texts.append(grounded)
+        return out_ids, out_texts
 
     def region_settings(
         self,

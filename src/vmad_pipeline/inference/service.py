@@ -42,6 +42,10 @@ class Inspection:
     # they are likely of another product (inference.references.unlike)
     reference_distance: float | None = None
     unlike_references: bool = False
+    # the grounding of the answer's words (inference.grounding): the drawn mask's location and
+    # the type head's name for it (None: it abstains; False: no head)
+    drawn_location: str | None = None
+    named_type: str | None | bool = False
 
     @property
     def mask_fraction(self) -> float:
@@ -106,6 +110,7 @@ class Detector:
             tokenizer,
             rule=evaluate.score_rule,
             max_new_tokens=evaluate.max_new_tokens,
+            ground=evaluate.ground_words,
             device=device,
             dtype=dtype,
         )
@@ -214,6 +219,10 @@ class Detector:
                     else float(pred.expert_scores[k]),
                     reference_distance=distance[k],
                     unlike_references=unlike(distance[k], normal_distance),
+                    drawn_location=None
+                    if pred.drawn_locations is None
+                    else pred.drawn_locations[k],
+                    named_type=False if pred.named_types is None else pred.named_types[k],
                 )
             )
         return out

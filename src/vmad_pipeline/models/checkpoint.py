@@ -137,9 +137,16 @@ def _write_config(directory: Path, model: VmadModel, cfg: ModelConfig, **extra) 
         "weights_files": weights_fingerprint(cfg) if cfg.preset in FROM_WEIGHT_FILES else {},
         "trained_on": model.trained_on,
         "decision": getattr(model, "decision", {}),
+        "type_head": getattr(model, "type_head", None),
         **extra,
     }
     (directory / "config.json").write_text(json.dumps(meta, indent=2))
+
+
+def _set_meta(model, meta: dict) -> None:
+    """What is stored with the weights: the training data, the thresholds, the type head."""
+    model.trained_on, model.decision = meta.get("trained_on", {}), meta.get("decision", {})
+    model.type_head = meta.get("type_head")
 
 
 def _read_meta(path: str | Path) -> dict:
@@ -223,8 +230,7 @@ def load_checkpoint(
     bb = BACKBONES[cfg.preset](cfg, tokenizer, dtype, base)
     model = assemble(bb, tokenizer, _load_adapter(bb.llm, path / "adapter"))
     _load_parts(model, path)
-    meta = _read_meta(path)
-    model.trained_on, model.decision = meta.get("trained_on", {}), meta.get("decision", {})
+    _set_meta(model, _read_meta(path))
     return model.eval(), tokenizer
 
 
@@ -304,8 +310,7 @@ def load_exported(
     expected = set(_state(model, names, trained_only=False, keys_only=True))
     parts = model.parts()
     load_parts({n: parts[n] for n in names}, path / "weights.safetensors", expected)
-    meta = _read_meta(path)
-    model.trained_on, model.decision = meta.get("trained_on", {}), meta.get("decision", {})
+    _set_meta(model, _read_meta(path))
     return model.eval(), tokenizer
 
 

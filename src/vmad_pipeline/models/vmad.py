@@ -112,6 +112,8 @@ class VmadModel(nn.Module):
         # The decision thresholds calibrated after training (image score, anomaly map), saved
         # with every checkpoint; {} until calibrated (training/calibration.py).
         self.decision: dict = {}
+        # the defect-type head fitted after training (models.type_head, as JSON), or None
+        self.type_head: dict | None = None
 
     # ------------------------------------------------------------------ pieces
     @property

@@ -36,6 +36,7 @@ from vmad_pipeline.training.launch import distributed_env, launch
 from vmad_pipeline.training.loop import seed_everything, train
 from vmad_pipeline.training.state import Checkpoints, stable_hash
 from vmad_pipeline.training.tokenizer import train_tokenizer
+from vmad_pipeline.training.type_head import fit_type_head
 from vmad_pipeline.training.validation import validation_rows
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,11 @@ def fit_vmad(
         calibrate_model(
             trained.model, job.tokenizer, job.val_rows, job.roots, cfg.calibration, evaluate
         )
+    if cfg.type_head.enabled:
+        head = fit_type_head(trained.model, job.rows, job.roots, cfg.type_head)
+        trained.model.type_head = None if head is None else head.to_json()
+        if head is not None:
+            trained.summary["type_head"] = head.meta
     return trained
 
 

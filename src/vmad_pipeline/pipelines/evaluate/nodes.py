@@ -57,9 +57,10 @@ def predict_eval_set(
 
     cfg, predictor = parse_evaluate_params(params), detector.predictor
     regions = cfg.region_settings and predictor.model.region is not None
+    probe = predictor.type_head is not None  # the type head on the true masks, reported apart
     files, mask_files = row_files(eval_set, roots)
     images, truth = load_batch(
-        files, mask_files if regions else None, predictor.image_size, progress=cfg.progress
+        files, mask_files if regions or probe else None, predictor.image_size, progress=cfg.progress
     )
     pred = predictor.predict(
         images,
@@ -75,6 +76,8 @@ def predict_eval_set(
             len(pred.seg_found),
         )
     out = {**pred.as_dict(), "decision": _decision(detector)}
+    if probe:
+        out["type_probe"] = predictor.type_probe(images, (truth > 0).float())
     if cfg.follow_ups:
         out["follow_ups"] = follow_up_answers(predictor, images, eval_set, pred, cfg)
     if regions:  # the answers with no region and with the true one

@@ -1,0 +1,73 @@
+"""The answer's words follow the model's own evidence (docs/words.md).
+
+The LLM writes the answer; two of its words are read from evidence rather than trusted to it:
+- **where**: "at the <location>" is the location of the mask the answer's [SEG] drew (the grid
+  cell of its centroid, the rule RIAD's answers and the grading use: ``annotation.geometry``);
+  measured before this rule, the small preset's own words agreed with its mask in 77% of the
+  unseen classes' defects (seed 0);
+- **what**: the defect-type slot ("There is <a scratch> at ...", "It is <a scratch>.") is the
+  type head's name for what is inside that mask (``models.type_head``), "an anomaly" where it
+  abstains.
+
+The generated tokens are changed with the text (a conversation's next turn reads the words the
+user read). Off with ``evaluate.ground_words: false`` (the LLM's own words, for measuring them).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from vmad_pipeline.annotation.geometry import LOCATIONS, location_phrase, mask_geometry
+from vmad_pipeline.prompts import a_defect
+
+MASK_LEVEL = 0.5  # the map's mask: SAM's logit > 0
+PEAK_SHARE = 0.8  # no pixel past MASK_LEVEL: the region within this share of the map's peak
+UNKNOWN = "an anomaly"  # what the answer says when the head names no type
+_WHERE = re.compile(r"\bat the (" + "|".join(sorted(LOCATIONS, key=len, reverse=True)) + r")\b")
+_WHAT = re.compile(r"\b(There is|It is) (an? [a-z]+(?: [a-z]+)?)(?= at the\b|\.)")
+
+
+def drawn_regions(maps: np.ndarray) -> np.ndarray:
+    """The drawn mask of each map (N x H x W probabilities): its pixels past
+    :data:`MASK_LEVEL`, else (a faint map) those within :data:`PEAK_SHARE` of its peak."""
+    maps = np.asarray(maps, np.float32)
+    regions = maps >= MASK_LEVEL
+    for i in np.flatnonzero(~regions.reshape(len(maps), -1).any(1)):
+        regions[i] = maps[i] >= PEAK_SHARE * maps[i].max() if maps[i].max() > 0 else True
+    return regions
+
+
+def region_location(region: np.ndarray) -> str:
+    """The location phrase of a drawn mask (the centre for an empty one)."""
+    found = mask_geometry(region)["location"]
+    return found or location_phrase(*(s / 2 for s in region.shape), *region.shape)
+
+
+def ground_text(text: str, location: str | None, defect: str | None | bool) -> str:
+    """``text`` with its location phrase set to ``location`` and its type slot to ``defect``'s
+    name with its article (None: :data:`UNKNOWN`; False: the slot left as written). Text
+    without those phrases ("No. It looks normal.") is returned as it is."""
+    if location:
+        text = _WHERE.sub(f"at the {location}", text)
+    if defect is not False:
+        name = UNKNOWN if defect is None else a_defect(defect)
+        text = _WHAT.sub(lambda m: f"{m.group(1)} {name}", text)
+    return text
+
+
+def regrounded_ids(tokenizer, ids: list[int], text: str, grounded: str) -> list[int]:
+    """The generated tokens of a grounded answer: the same where the text did not change;
+    else the tokens before the first word (the forced prefix, e.g. " [SEG]"), the grounded
+    text's own tokens, and those after the last word ([SEG], end of sequence)."""
+    if grounded == text:
+        return ids
+    special = set(tokenizer.all_special_ids)
+    words = [i for i, t in enumerate(ids) if t not in special and tokenizer.decode([t]).strip()]
+    if not words:
+        return ids
+    first, last = words[0], words[-1]
+    space = " " if tokenizer.decode(ids[first : first + 1]).startswith(" ") else ""
+    body = tokenizer.encode(space + grounded, add_special_tokens=False)
+    return [*ids[:first], *body, *ids[last + 1 :]]

@@ -1,0 +1,136 @@
+"""Fit the defect-type head (``models.type_head``) on the training classes' defect images.
+
+A multinomial logistic regression (scikit-learn) on the region descriptors of the true masks.
+Its abstention threshold is chosen the way the head is used, on classes it has not seen: each
+training class in turn is held out, the head is fitted on the others and names the held-out
+class's defects; ``min_probability`` is the lowest probability at which the names given reach
+the target precision (the highest precision found when none reaches it). The figures of that
+choice are stored with the head (``meta``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vmad_pipeline.configs.train import TypeHeadConfig
+from vmad_pipeline.datasets.manifest import row_files
+from vmad_pipeline.images import load_batch, to_model_inputs
+from vmad_pipeline.models.type_head import TypeHead, region_descriptors
+
+log = logging.getLogger(__name__)
+CANDIDATES = np.round(np.arange(0.30, 0.96, 0.05), 2)  # min_probability values tried
+
+
+def typed_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The anomalous rows with a defect type and a mask."""
+    typed = rows.get("defect_type", pd.Series([""] * len(rows), index=rows.index)).fillna("")
+    keep = (rows["label"] == 1) & (typed != "") & (rows["mask_path"].fillna("") != "")
+    return rows[keep].reset_index(drop=True)
+
+
+def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHeadConfig):
+    """The head for ``model``'s tower from ``rows`` (the training rows: their typed defect
+    images), or None with fewer than two types (nothing to tell apart)."""
+    from sklearn.linear_model import LogisticRegression
+
+    start = time.perf_counter()
+    typed = typed_rows(rows)
+    types = sorted(set(typed["defect_type"]))
+    if len(types) < 2:
+        log.info(
+            "no defect-type head: %d typed defect image(s) of %d type(s)", len(typed), len(types)
+        )
+        return None
+    size = model.config.vision.image_size
+    images, masks = load_batch(*row_files(typed, roots), size)[:2]
+    device = next(model.parameters()).device
+    x = torch.cat(
+        [to_model_inputs(images[s : s + 16], size)[0].to(device) for s in range(0, len(images), 16)]
+    )
+    desc = region_descriptors(
+        model.vision, x, (masks > 0).float(), cfg.levels, cfg.grid, cfg.input_size
+    )
+    y = typed["defect_type"].to_numpy()
+
+    def fit(keep):
+        return LogisticRegression(C=cfg.c, max_iter=5000).fit(desc[keep], y[keep])
+
+    names, probs, truth = held_out_predictions(fit, desc, y, typed["category"].to_numpy())
+    chosen, figures = choose_min_probability(names, probs, truth, cfg.min_precision)
+    clf = fit(np.ones(len(y), bool))
+    coef, intercept = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:  # scikit-learn's binary form (one row: the second class's logit)
+        # as two rows whose softmax is that sigmoid
+        coef, intercept = (
+            np.vstack([-coef / 2, coef / 2]),
+            np.hstack([-intercept / 2, intercept / 2]),
+        )
+    head = TypeHead(
+        types=[str(t) for t in clf.classes_],
+        coef=coef.tolist(),
+        intercept=intercept.tolist(),
+        min_probability=chosen,
+        levels=list(cfg.levels),
+        grid=cfg.grid,
+        input_size=cfg.input_size,
+        meta={
+            "n_images": len(typed),
+            "per_type": {str(k): int(v) for k, v in typed["defect_type"].value_counts().items()},
+            "held_out_classes": figures,
+            "seconds": round(time.perf_counter() - start, 2),
+        },
+    )
+    log.info(
+        "defect-type head: %d types from %d images; on held-out classes it names %.0f%% of "
+        "defects at precision %s (min probability %.2f)",
+        len(types),
+        len(typed),
+        100 * figures["named_share"],
+        figures["precision"],
+        chosen,
+    )
+    return head
+
+
+def held_out_predictions(fit, desc, y, groups):
+    """Each image named by a head fitted without its class: (names, probabilities, truth);
+    classes whose images are the only ones of a type still count (a type the head lacks then is
+    a wrong name or an abstention, as on a new product)."""
+    names, probs, truth = [], [], []
+    for g in sorted(set(groups)):
+        out = groups == g
+        if len(set(y[~out])) < 2:
+            continue
+        clf = fit(~out)
+        p = clf.predict_proba(desc[out])
+        names += list(clf.classes_[p.argmax(1)])
+        probs += list(p.max(1))
+        truth += list(y[out])
+    return np.array(names, object), np.array(probs), np.array(truth, object)
+
+
+def choose_min_probability(names, probs, truth, target: float) -> tuple[float, dict]:
+    """The lowest candidate whose named predictions reach ``target`` precision; else the one of
+    highest precision. With its precision, the share named and the accuracy (abstentions
+    wrong)."""
+
+    def figures(t):
+        named = probs >= t
+        correct = names == truth
+        return {
+            "min_probability": float(t),
+            "precision": round(float(correct[named].mean()), 4) if named.any() else None,
+            "named_share": round(float(named.mean()), 4) if len(named) else 0.0,
+            "accuracy": round(float((correct & named).mean()), 4) if len(named) else 0.0,
+            "n_images": int(len(named)),
+        }
+
+    table = [figures(t) for t in CANDIDATES]
+    reached = [f for f in table if f["precision"] is not None and f["precision"] >= target]
+    best = reached[0] if reached else max(table, key=lambda f: f["precision"] or 0.0)
+    return best["min_probability"], {**best, "target_precision": target}
