@@ -102,6 +102,7 @@ def main() -> None:
                     "added": row.image_path.iloc[0],
                 }
             )
+
     def cut(scores, drop=()):  # the references-only threshold (loo_max, never below the floor)
         return max(floor, max(x for i, x in enumerate(scores) if i not in drop))
 

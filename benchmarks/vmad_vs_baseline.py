@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_run import REPO, fresh_clone, machine, timed  # noqa: E402
 
-from vmad_pipeline.evaluation.report import HEADLINE  # noqa: E402
+from vmad_pipeline.evaluation.report import GROUNDING_METRICS, HEADLINE  # noqa: E402
 
 VARIANTS = {
     "vmad": "",
@@ -42,10 +42,13 @@ VARIANTS = {
 }
 # the headline metrics but the object's name (the default answers name none), and the
 # follow-ups' accuracies (issue 14)
-METRICS = tuple(m for m in HEADLINE if m != "object_name_accuracy") + (
-    "follow_up_location_accuracy",
-    "follow_up_type_accuracy",
+METRICS = (
+    tuple(m for m in HEADLINE if m != "object_name_accuracy")
+    + ("follow_up_location_accuracy", "follow_up_type_accuracy")
+    + GROUNDING_METRICS  # the words against the model's own evidence (docs/words.md)
 )
+# with 4 normal references of each class (evaluate.shots): the words again
+SHOT_METRICS = ("image_auroc", "defect_type_accuracy", "location_accuracy") + GROUNDING_METRICS[:4]
 REFERENCE = ("image_auroc", "pixel_auroc", "aupro")
 
 
@@ -71,6 +74,10 @@ def run_cell(clone: Path, variant: str, seed: int) -> dict:
         "variant": variant,
         "seed": seed,
         **{m: metrics["mean"].get(m) for m in METRICS},
+        **{
+            f"k4_{m}": metrics.get("shots", {}).get("4", {}).get("mean", {}).get(m)
+            for m in SHOT_METRICS
+        },
         "train_run_s": train_s,
         "train_loop_s": summary["train_seconds"],
         "evaluate_run_s": eval_s,
@@ -88,8 +95,8 @@ def summarise(cells: list[dict]) -> dict:
                 "mean": round(statistics.fmean(r[m] for r in rows), 4),
                 "std": round(statistics.pstdev(r[m] for r in rows), 4),
             }
-            for m in METRICS
-            if all(r[m] is not None for r in rows)
+            for m in (*METRICS, *(f"k4_{x}" for x in SHOT_METRICS))
+            if all(r.get(m) is not None for r in rows)
         }
         out[variant]["seeds"] = [r["seed"] for r in rows]
         out[variant]["train_loop_s_mean"] = round(

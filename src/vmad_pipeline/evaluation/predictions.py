@@ -25,7 +25,8 @@ class Predictions:
     # N: each image's median patch distance to its normal references (None: zero-shot)
     reference_distance: np.ndarray | None = None
     # the answers' grounding (inference.grounding): each drawn mask's location, and the type
-    # head's name for what is inside it (None: it abstains; the list is None without a head)
+    # head's name for what is inside it (None: it abstains; False: not asked, the answer naming
+    # no defect; the list is None without a head)
     drawn_locations: list[str] | None = None
     named_types: list[str | None] | None = None
     type_probability: np.ndarray | None = None

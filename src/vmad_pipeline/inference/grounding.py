@@ -45,6 +45,11 @@ def region_location(region: np.ndarray) -> str:
     return found or location_phrase(*(s / 2 for s in region.shape), *region.shape)
 
 
+def has_type_slot(text: str) -> bool:
+    """The answer names a defect where :func:`ground_text` would set its type."""
+    return bool(_WHAT.search(text))
+
+
 def ground_text(text: str, location: str | None, defect: str | None | bool) -> str:
     """``text`` with its location phrase set to ``location`` and its type slot to ``defect``'s
     name with its article (None: :data:`UNKNOWN`; False: the slot left as written). Text

@@ -25,6 +25,7 @@ from vmad_pipeline.images import to_model_inputs
 from vmad_pipeline.inference.grounding import (
     drawn_regions,
     ground_text,
+    has_type_slot,
     region_location,
     regrounded_ids,
 )
@@ -262,7 +263,7 @@ class Predictor:
                 distance.append(far.cpu().numpy())
             ids, texts = list(pred.answer_ids), self._text(pred.answer_ids)
             if self.ground:
-                slots = self._slots(images[s : s + batch_size], maps[-1])
+                slots = self._slots(images[s : s + batch_size], maps[-1], texts)
                 where += slots[0]
                 what += slots[1]
                 prob.append(slots[2])
@@ -290,22 +291,32 @@ class Predictor:
             type_probability=np.concatenate(prob) if prob and self.type_head else None,
         )
 
-    def _slots(self, images: torch.Tensor, maps: np.ndarray):
-        """Of each image (uint8, the SAM input) and its map: the drawn mask's location, the
-        type head's name for it (None: abstains; False: no head) and its probability."""
+    def _slots(self, images: torch.Tensor, maps: np.ndarray, texts: list[str]):
+        """Of each image (uint8, the SAM input), its map and its answer: the drawn mask's
+        location, the type head's name for it (None: abstains; False: no head, or an answer
+        that names no defect, "No" or a bare "Yes", where it is not computed) and its
+        probability (NaN where not computed)."""
         regions = drawn_regions(maps)
         where = [region_location(r) for r in regions]
-        if self.type_head is None:
-            return where, [False] * len(where), np.full(len(where), np.nan)
-        clip, _ = to_model_inputs(images, self.model.config.vision.image_size)
+        what: list = [False] * len(where)
+        prob = np.full(len(where), np.nan)
+        rows = [i for i, t in enumerate(texts) if has_type_slot(t)]
+        if self.type_head is None or not rows:
+            return where, what, prob
+        clip, _ = to_model_inputs(images[rows], self.model.config.vision.image_size)
         with autocast(self.device, self.dtype):
-            desc = self.type_head.descriptors(self.model.vision, clip.to(self.device), regions)
-        named, prob = self.type_head.classify(desc)
-        return where, named, prob
+            desc = self.type_head.descriptors(
+                self.model.vision, clip.to(self.device), regions[rows]
+            )
+        named, found = self.type_head.classify(desc)
+        for k, i in enumerate(rows):
+            what[i], prob[i] = named[k], found[k]
+        return where, what, prob
 
     def type_probe(self, images: torch.Tensor, masks, *, batch_size: int = 16) -> list:
-        """The type head's name (None: abstains) for what is inside each given mask (the true
-        ones: what the features know, reported apart); [] without a head."""
+        """The type head's most likely name for what is inside each given mask, never
+        abstaining (the true masks: what the features know, reported apart); [] without a
+        head."""
         if self.type_head is None:
             return []
         named = []
@@ -317,7 +328,7 @@ class Predictor:
                 desc = self.type_head.descriptors(
                     self.model.vision, clip.to(self.device), masks[s : s + batch_size]
                 )
-            named += self.type_head.classify(desc)[0]
+            named += self.type_head.classify(desc, abstain=False)[0]
         return named
 
     def _grounded(self, ids: list[list[int]], texts: list[str], slots) -> tuple[list, list]:

@@ -46,8 +46,11 @@ class TypeHead:
         outside. An empty mask reads as the whole image."""
         return region_descriptors(vision, images, masks, self.levels, self.grid, self.input_size)
 
-    def classify(self, descriptors: np.ndarray) -> tuple[list[str | None], np.ndarray]:
-        """Each descriptor's type (None below ``min_probability``) and its probability."""
+    def classify(
+        self, descriptors: np.ndarray, *, abstain: bool = True
+    ) -> tuple[list[str | None], np.ndarray]:
+        """Each descriptor's type (None below ``min_probability``, unless not ``abstain``) and
+        its probability."""
         logits = descriptors @ np.asarray(self.coef, np.float64).T + np.asarray(self.intercept)
         p = torch.softmax(torch.as_tensor(logits), -1).numpy()
         best = p.argmax(1)

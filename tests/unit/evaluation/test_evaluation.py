@@ -643,3 +643,26 @@ def test_mmad_reads_the_first_similar_template_as_the_reference(tmp_path: Path) 
     off = {**params, "mmad": {"questions": str(path), "references": False}}
     evaluate_mmad(predictor, parse_evaluate_params(off))
     assert seen == [None]
+
+
+def test_the_words_are_graded_against_the_models_own_mask_and_the_type_probe() -> None:
+    """Where the drawn mask is against the truth and against the answer's words; how precise the
+    named types are and how many are named; the type head on the true masks apart."""
+    drawn = ["center", "top", "top left", "top", "center", "bottom right"]
+    probe = [None, None, "scratch", "hole", None, "dent"]
+    pred = {**predictions(), "drawn_locations": drawn, "type_probe": probe}
+    graded = grade_answers(eval_set(), pred, masks(), TAXONOMY)
+    # anomalous rows 2, 3, 5: truth top left, bottom right, bottom right
+    assert graded["mask_location_correct"].tolist()[2:4] == [True, False]
+    assert graded.loc[5, "mask_location_correct"]
+    assert graded.loc[2, "location_follows_mask"] and graded.loc[5, "location_follows_mask"]
+    assert pd.isna(graded.loc[3, "location_follows_mask"])  # its answer names no location
+    assert graded["probe_type_correct"].tolist()[2:4] == [True, False]
+    cfg = parse_evaluate_params(PARAMS)
+    report, _, _ = compute_metrics(eval_set(), typed(scored(pred, cfg)), masks(), graded, cfg)
+    alpha, beta = report["per_class"]["alpha"], report["per_class"]["beta"]
+    assert alpha["mask_location_accuracy"] == 0.5 and beta["mask_location_accuracy"] == 1.0
+    assert alpha["location_mask_agreement"] == 1.0
+    # alpha: 2 typed defects, 1 named (right): precision 1, named share 1/2
+    assert alpha["defect_type_precision"] == 1.0 and alpha["defect_type_named_share"] == 0.5
+    assert alpha["type_probe_accuracy"] == 0.5 and beta["type_probe_accuracy"] == 1.0

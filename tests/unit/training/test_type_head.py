@@ -14,6 +14,7 @@ from PIL import Image
 from vmad_pipeline.configs.train import TypeHeadConfig
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.type_head import TypeHead
+from vmad_pipeline.prompts import a_defect
 from vmad_pipeline.training.type_head import choose_min_probability, fit_type_head
 
 
@@ -101,7 +102,9 @@ def test_one_type_gives_no_head_and_bad_levels_are_named(tmp_path, fitted):
         fit_type_head(model, rows, roots, TypeHeadConfig(levels=(1, 9), grid=4))
 
 
-def test_the_head_travels_with_the_checkpoint_and_grounds_the_answers(fitted, tmp_path):
+def test_the_head_travels_with_the_checkpoint_and_grounds_the_answers(
+    fitted, tmp_path, monkeypatch
+):
     from vmad_pipeline.configs import WeightsConfig
     from vmad_pipeline.configs.evaluate import parse_evaluate_params
     from vmad_pipeline.inference.service import Detector
@@ -114,9 +117,19 @@ def test_the_head_travels_with_the_checkpoint_and_grounds_the_answers(fitted, tm
     detector = Detector.from_checkpoint(Checkpoint(tmp_path / "ck"), WeightsConfig(), cfg)
     assert detector.predictor.type_head == head
     images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
-    pred = detector.predictor.predict(images, ["a", "b"], output_size=16)
-    assert len(pred.drawn_locations) == 2 and len(pred.named_types) == 2
+    p = detector.predictor
+    pred = p.predict(images, ["a", "b"], output_size=16)
+    assert len(pred.drawn_locations) == 2  # an untrained model's words name no defect
+    assert pred.named_types == [False, False] and pred.answers == p._text(pred.answer_ids)
+    said = "Yes. There is a crack at the top right."  # as a trained model's would
+    monkeypatch.setattr(p, "_text", lambda ids: [said] * len(ids))
+    pred = p.predict(images, ["a", "b"], output_size=16)
     assert all(t is None or t in head.types for t in pred.named_types)
+    for answer, where, what in zip(
+        pred.answers, pred.drawn_locations, pred.named_types, strict=True
+    ):
+        name = "an anomaly" if what is None else a_defect(what)
+        assert answer == f"Yes. There is {name} at the {where}."
     off = parse_evaluate_params({"max_new_tokens": 3, "progress": False, "ground_words": False})
     plain = Detector.from_checkpoint(Checkpoint(tmp_path / "ck"), WeightsConfig(), off)
     assert plain.predictor.predict(images, ["a", "b"], output_size=16).named_types is None
