@@ -230,3 +230,34 @@ def test_a_killed_training_resumes_bitwise_at_the_default_settings(tmp_path):
     assert (project / "data/08_reporting/training_curves.csv").read_bytes() == kept["curves"]
     assert (models / "vmad/weights.safetensors").read_bytes() == kept["weights"]
     assert (models / "vmad/adapter/adapter_model.safetensors").read_bytes() == kept["adapter"]
+
+
+def test_a_users_mistake_prints_its_message_not_a_traceback(tmp_path):
+    """`kedro run` with a misspelt parameter: the message and its hint, status 1, no traceback
+    (it used to end a 218-line one); VMAD_TRACEBACK=1 shows it."""
+    project = make_project(tmp_path)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VMAD_TRACEBACK")
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "kedro",
+        "run",
+        "--pipeline",
+        "split",
+        "--params",
+        "split.seedz=3",
+    ]
+    done = subprocess.run(
+        command, cwd=project, capture_output=True, text=True, env=env, timeout=600
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said[-3000:]
+    assert "Traceback" not in said and "split.seedz: unknown parameter" in said, said[-3000:]
+    assert "ConfigError" in said and "VMAD_TRACEBACK=1" in said
+    env["VMAD_TRACEBACK"] = "1"
+    loud = subprocess.run(
+        command, cwd=project, capture_output=True, text=True, env=env, timeout=600
+    )
+    assert loud.returncode != 0 and "Traceback" in loud.stdout + loud.stderr

@@ -150,6 +150,24 @@ class Detector:
         model, tokenizer = checkpoint.load(weights, dtype=dtype)
         return cls.for_model(model, tokenizer, evaluate, device=dev, dtype=dtype, **options)
 
+    @classmethod
+    def from_export(
+        cls,
+        path,
+        evaluate: EvaluateConfig,
+        *,
+        device: str | None = None,
+        precision: str | None = None,
+        **options,
+    ) -> Detector:
+        """:meth:`for_model` of an exported model (``kedro run --pipeline export``: the LoRA
+        merged into the LLM, ``models.checkpoint.load_exported``); peft is not needed."""
+        from vmad_pipeline.models.checkpoint import load_exported
+
+        dev, dtype = resolve_placement(device or evaluate.device, precision or evaluate.precision)
+        model, tokenizer = load_exported(path, dtype=dtype)
+        return cls.for_model(model, tokenizer, evaluate, device=dev, dtype=dtype, **options)
+
     @property
     def model(self):
         return self.predictor.model

@@ -26,7 +26,6 @@ import json
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from safetensors.torch import save_file
 from transformers import (
     AutoTokenizer,
@@ -44,7 +43,7 @@ from vmad_pipeline.models.build import (
     Backbone,
     assemble,
 )
-from vmad_pipeline.models.llm import ADAPTER_PREFIXES, is_amoe, quiet_peft
+from vmad_pipeline.models.llm import ADAPTER_PREFIXES, is_amoe, is_peft, quiet_peft
 from vmad_pipeline.models.pretrained import weights_fingerprint
 from vmad_pipeline.models.sam import build_sam
 from vmad_pipeline.models.strict import check_adapter, from_pretrained_strict, load_parts
@@ -89,7 +88,7 @@ def _non_llm_state(model: VmadModel, *, keys_only: bool = False) -> dict[str, to
     return {**state, **_state(model, saved, trained_only=False, keys_only=keys_only)}
 
 
-def _base_llm_state(llm: PeftModel) -> dict[str, torch.Tensor]:
+def _base_llm_state(llm) -> dict[str, torch.Tensor]:
     """The base LLM's own weights, without the adapter / modules_to_save wrappers peft injects."""
     state = {}
     for key, value in llm.get_base_model().state_dict().items():
@@ -112,14 +111,18 @@ def save_checkpoint(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: 
         save_file(_non_llm_state(model), tmp / "weights.safetensors")
 
 
-def _save_adapter(llm: PeftModel, directory: Path) -> None:
+def _save_adapter(llm, directory: Path) -> None:
     with quiet_peft():
         llm.save_pretrained(directory)
 
 
-def _load_adapter(llm, directory: Path) -> PeftModel:
+def _load_adapter(llm, directory: Path):
     """The peft adapter saved in ``directory`` on ``llm``, strictly (every weight present)."""
     with quiet_peft():
+        from peft import PeftModel
+
+        import vmad_pipeline.models.amoe_lora  # noqa: F401 (registers AMoE-LoRA with peft)
+
         wrapped = PeftModel.from_pretrained(llm, directory)
     check_adapter(wrapped, directory)
     return wrapped
@@ -242,7 +245,7 @@ EXPORT_PARTS = ("projector", "sam_encoder", "sam_decoder", "seg_head")  # weight
 def merge_lora(model: VmadModel) -> VmadModel:
     """Merge the LoRA adapter (and the trained embeddings / head) into the LLM, in place. An
     AMoE-LoRA adapter stays as it is: it has no single weight delta (``amoe_lora.MERGE_ERROR``)."""
-    if isinstance(model.llm, PeftModel) and not is_amoe(model.llm):
+    if is_peft(model.llm) and not is_amoe(model.llm):
         with quiet_peft():
             model.llm = model.llm.merge_and_unload()
     return model
@@ -260,7 +263,7 @@ def export_model(model: VmadModel, tokenizer: PreTrainedTokenizerBase, path: str
     place). DSSL is training-only and is not exported.
     """
     merge_lora(model)
-    keep_adapter = isinstance(model.llm, PeftModel)  # AMoE-LoRA: not mergeable
+    keep_adapter = is_peft(model.llm)  # AMoE-LoRA: not mergeable
     cfg = dataclasses.replace(
         model.config, dssl=dataclasses.replace(model.config.dssl, enabled=False)
     )

@@ -7,17 +7,18 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from vmad_pipeline.configs import LLMConfig, LoraConfig, ModelConfig
-from vmad_pipeline.models.amoe_lora import AMOE_LORA, AmoeLoraConfig
-from vmad_pipeline.models.amoe_lora import PREFIX as AMOE_PREFIX
+from vmad_pipeline.models.adapter_names import ADAPTER_PREFIXES, AMOE_LORA  # noqa: F401
 
-# The names peft gives the adapters' own weights (LoRA's, AMoE-LoRA's)
-ADAPTER_PREFIXES = ("lora_", AMOE_PREFIX)
+if TYPE_CHECKING:  # peft is imported where an adapter is made or loaded: an export needs none
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel
+
+    from vmad_pipeline.models.amoe_lora import AmoeLoraConfig
 # Trained in full next to the LoRA matrices: the rows of added tokens ([SEG], <image>) live here.
 FULLY_TRAINED_LLM_MODULES = ["embed_tokens", "lm_head"]
 
@@ -42,6 +43,8 @@ def build_tiny_llm(
 
 
 def peft_lora_config(cfg: LoraConfig) -> PeftLoraConfig:
+    from peft import LoraConfig as PeftLoraConfig
+
     return PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -83,6 +86,8 @@ def activation_checkpointing(llm, on: bool) -> None:
 def peft_amoe_config(cfg: ModelConfig) -> AmoeLoraConfig:
     """AMoE-LoRA on LoRA's target modules with LoRA's dropout; the experts' own sizes from
     ``cfg.amoe``."""
+    from vmad_pipeline.models.amoe_lora import AmoeLoraConfig
+
     amoe = cfg.amoe
     return AmoeLoraConfig(
         r=amoe.r,
@@ -101,9 +106,16 @@ def peft_amoe_config(cfg: ModelConfig) -> AmoeLoraConfig:
 def add_adapter(llm: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
     """Wrap the LLM with the configured adapter (``cfg.adapter``) on ``cfg.lora.target_modules``;
     embeddings and head stay trainable."""
+    from peft import get_peft_model
+
     config = peft_amoe_config(cfg) if cfg.adapter == "amoe_lora" else peft_lora_config(cfg.lora)
     with quiet_peft():
         return get_peft_model(llm, config)
+
+
+def is_peft(llm) -> bool:
+    """Whether ``llm`` is wrapped by peft (it carries an adapter), without importing peft."""
+    return hasattr(llm, "peft_config")
 
 
 def is_amoe(llm) -> bool:

@@ -24,7 +24,6 @@ import torch
 from transformers import PreTrainedModel
 
 from vmad_pipeline.configs import ModelConfig
-from vmad_pipeline.models.amoe_lora import balancing_loss, routing_inputs
 from vmad_pipeline.models.llm import is_amoe
 from vmad_pipeline.models.region_tokens import RegionTokens
 
@@ -79,6 +78,8 @@ def routed(
     if evidence_source(model) is None:
         yield
         return
+    from vmad_pipeline.models.amoe_lora import routing_inputs  # peft: AMoE-LoRA models only
+
     keep = {} if record is None else {"record": record}
     with routing_inputs(model.llm, evidence=evidence, groups=groups, token_mask=token_mask, **keep):
         yield
@@ -86,4 +87,8 @@ def routed(
 
 def balance(model: RoutedModel) -> torch.Tensor | None:
     """The Switch balancing loss of the LLM's latest forward (None without AMoE-LoRA)."""
-    return balancing_loss(model.llm) if evidence_source(model) is not None else None
+    if evidence_source(model) is None:
+        return None
+    from vmad_pipeline.models.amoe_lora import balancing_loss  # peft: AMoE-LoRA models only
+
+    return balancing_loss(model.llm)

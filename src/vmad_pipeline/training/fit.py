@@ -289,8 +289,15 @@ def fit_vmad(
     if cfg.type_head.enabled:
         head = fit_type_head(trained.model, job.rows, job.roots, cfg.type_head)
         trained.model.type_head = None if head is None else head.to_json()
-        if head is not None:
-            trained.summary["type_head"] = head.meta
+        if head is not None:  # in brief (config.json holds the whole choice)
+            held = head.meta["held_out_classes"]
+            trained.summary["type_head"] = {
+                "types": len(head.types),
+                "images": head.meta["n_images"],
+                "min_probability": head.min_probability,
+                "held_out_precision": held["precision"],
+                "held_out_named_share": held["named_share"],
+            }
     return trained
 
 

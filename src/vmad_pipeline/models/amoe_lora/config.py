@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from peft.config import PeftConfig
 
-AMOE_LORA = "AMOE_LORA"  # peft type, a plain string (see amoe_lora/__init__.py's registration)
-PREFIX = "amoe_"  # every adapter parameter name starts with it
+from vmad_pipeline.models.adapter_names import AMOE_LORA  # noqa: F401 (this package's names)
+from vmad_pipeline.models.adapter_names import AMOE_PREFIX as PREFIX  # noqa: F401
 
 
 @dataclass
