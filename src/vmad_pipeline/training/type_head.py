@@ -53,7 +53,7 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
         [to_model_inputs(images[s : s + 16], size)[0].to(device) for s in range(0, len(images), 16)]
     )
     desc = region_descriptors(
-        model.vision, x, (masks > 0).float(), cfg.levels, cfg.grid, cfg.input_size
+        model.vision, x, (masks > 0).float(), cfg.levels, cfg.grid, cfg.input_size, cfg.crop
     )
     y = typed["defect_type"].to_numpy()
 
@@ -78,6 +78,7 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
         levels=list(cfg.levels),
         grid=cfg.grid,
         input_size=cfg.input_size,
+        crop=cfg.crop,
         meta={
             "n_images": len(typed),
             "per_type": {str(k): int(v) for k, v in typed["defect_type"].value_counts().items()},

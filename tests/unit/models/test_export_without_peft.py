@@ -14,13 +14,11 @@ from helpers.models import SMALL_CFG, tiny_tokenizer
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.checkpoint import export_model
 
+# as on a machine without peft: `import peft` fails, and find_spec (which transformers asks
+# whether peft is available) says there is none
 BLOCKED = """
 import sys
-class NoPeft:
-    def find_spec(self, name, path=None, target=None):
-        if name == "peft" or name.startswith("peft."):
-            raise ImportError("peft is blocked in this test")
-sys.meta_path.insert(0, NoPeft())
+sys.modules["peft"] = None
 """
 
 PREDICT = """
@@ -31,7 +29,7 @@ cfg = parse_evaluate_params({"max_new_tokens": 3, "progress": False})
 detector = Detector.from_export(sys.argv[1], cfg)
 image = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
 seen = detector.inspect([image], ["screw"])[0]
-print(json.dumps({"score": seen.score, "mask": list(seen.mask.shape), "peft": "peft" in sys.modules}))
+print(json.dumps({"score": seen.score, "mask": list(seen.mask.shape), "peft": sys.modules["peft"] is not None}))
 """
 
 
@@ -43,7 +41,7 @@ def test_an_export_predicts_without_peft(tmp_path):
     blocked = subprocess.run(
         [sys.executable, "-c", BLOCKED + "import peft"], capture_output=True, text=True
     )
-    assert blocked.returncode != 0 and "peft is blocked" in blocked.stderr  # the block holds
+    assert blocked.returncode != 0 and "ModuleNotFoundError" in blocked.stderr  # it holds
     run = subprocess.run(
         [sys.executable, "-c", BLOCKED + PREDICT, str(tmp_path / "export")],
         capture_output=True,

@@ -80,6 +80,7 @@ def test_it_abstains_below_the_chosen_probability():
     head = TypeHead(["hole", "scratch"], [[1.0], [-1.0]], [0.0, 0.0], 0.8, [1], 4, None)
     named, prob = head.classify(np.array([[3.0], [0.1], [-3.0]]))
     assert named == ["hole", None, "scratch"] and prob[1] < 0.8 < prob[0]
+    assert head.classify(np.array([[0.1]]), abstain=False)[0] == ["hole"]  # the probe names all
 
 
 def test_the_threshold_is_the_lowest_reaching_the_target_precision():
