@@ -132,40 +132,28 @@ class Detector:
         return out
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        checkpoint,
-        weights,
-        evaluate: EvaluateConfig,
-        *,
-        device: str | None = None,
-        precision: str | None = None,
-        **options,
-    ) -> Detector:
+    def from_checkpoint(cls, checkpoint, weights, evaluate: EvaluateConfig, **options) -> Detector:
         """:meth:`for_model` of the checkpoint's model (``models.checkpoint.Checkpoint``;
         ``weights``: this machine's weight paths), loaded once on ``device`` in ``precision``
         (``auto`` / ``cpu`` / ``cuda`` and ``auto`` / ``fp32`` / ``bf16``; default: the
-        ``evaluate`` parameters'); ``options``: :meth:`for_model`'s."""
-        dev, dtype = resolve_placement(device or evaluate.device, precision or evaluate.precision)
-        model, tokenizer = checkpoint.load(weights, dtype=dtype)
-        return cls.for_model(model, tokenizer, evaluate, device=dev, dtype=dtype, **options)
+        ``evaluate`` parameters'); other ``options``: :meth:`for_model`'s."""
+        return cls._loaded(lambda dtype: checkpoint.load(weights, dtype=dtype), evaluate, options)
 
     @classmethod
-    def from_export(
-        cls,
-        path,
-        evaluate: EvaluateConfig,
-        *,
-        device: str | None = None,
-        precision: str | None = None,
-        **options,
-    ) -> Detector:
-        """:meth:`for_model` of an exported model (``kedro run --pipeline export``: the LoRA
-        merged into the LLM, ``models.checkpoint.load_exported``); peft is not needed."""
+    def from_export(cls, path, evaluate: EvaluateConfig, **options) -> Detector:
+        """:meth:`from_checkpoint` for an exported model (``kedro run --pipeline export``: the
+        LoRA merged into the LLM, ``models.checkpoint.load_exported``); peft is not needed."""
         from vmad_pipeline.models.checkpoint import load_exported
 
+        return cls._loaded(lambda dtype: load_exported(path, dtype=dtype), evaluate, options)
+
+    @classmethod
+    def _loaded(cls, load, evaluate: EvaluateConfig, options: dict) -> Detector:
+        """``load(dtype)`` -> (model, tokenizer), placed by ``options``' ``device`` and
+        ``precision`` (default: ``evaluate``'s), then :meth:`for_model` with the rest."""
+        device, precision = options.pop("device", None), options.pop("precision", None)
         dev, dtype = resolve_placement(device or evaluate.device, precision or evaluate.precision)
-        model, tokenizer = load_exported(path, dtype=dtype)
+        model, tokenizer = load(dtype)
         return cls.for_model(model, tokenizer, evaluate, device=dev, dtype=dtype, **options)
 
     @property
