@@ -38,6 +38,9 @@ UNLIKE = "unlike its references: are they of this product?"  # what a user reads
 MIN_FOR_OUTLIERS = 3
 OUTLIER_RATIO = 2.0
 OUTLIER_GAP = 0.15  # on the image score's 0-1 scale
+# and only a reference the model, against the others, scores as more likely anomalous than not:
+# on the transfer tree two normal references (0.41, 0.29) passed the other tests
+OUTLIER_LEVEL = 0.5
 # Normal references one inspection carries inline (a demo's uploads, a REST request's
 # ``references``): each is decoded at full size in memory; more go into a profile.
 INLINE_REFERENCES = 16
@@ -116,8 +119,8 @@ def outliers(loo_scores: list[float], floor: float | None) -> list[int]:
     """The references that look anomalous against the others (a defective image among a user's
     "normal" ones raises the threshold to its own score, and puts its defect into the memory):
     with :data:`MIN_FOR_OUTLIERS` or more, each whose leave-one-out score is past the model's
-    own threshold ``floor``, past :data:`OUTLIER_RATIO` times the median of the others' and
-    past the highest of the others by :data:`OUTLIER_GAP`. Never half of them or more:
+    own threshold ``floor`` and :data:`OUTLIER_LEVEL`, past :data:`OUTLIER_RATIO` times the
+    median of the others' and past the highest of the others by :data:`OUTLIER_GAP`. Never half of them or more:
     references that disagree that much are reported by their threshold, not silently halved.
     Chosen in benchmarks/results/references_outlier.json (docs/references.md)."""
     scores = np.asarray(loo_scores, np.float64)
@@ -126,7 +129,7 @@ def outliers(loo_scores: list[float], floor: float | None) -> list[int]:
     found = [
         i
         for i, s in enumerate(scores)
-        if (floor is None or s > floor)
+        if s > max(OUTLIER_LEVEL, floor or 0.0)
         and s > OUTLIER_RATIO * np.median(np.delete(scores, i))
         and s > np.delete(scores, i).max() + OUTLIER_GAP
     ]

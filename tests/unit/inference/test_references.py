@@ -219,7 +219,10 @@ def test_a_reference_anomalous_against_the_others_is_left_out():
     assert outliers([0.1, 0.1, 0.1, 0.12], 0.05) == []  # past the threshold, like the others
     assert outliers([0.30, 0.9], 0.5) == []  # two: either could be the odd one
     assert outliers([0.3, 0.3, 0.9, 0.9], 0.5) == []  # half: they disagree, none is dropped
-    assert outliers([0.2, 0.2, 0.2 * OUTLIER_RATIO * 1.01], None) == [2]  # uncalibrated model
+    assert outliers([0.3, 0.3, 0.3 * OUTLIER_RATIO * 1.01], None) == [2]  # uncalibrated model
+    # a normal reference of a texture with holes: far past the others, yet the model scores it
+    # below 0.5 (the transfer tree's perforated sheet): kept
+    assert outliers([0.017, 0.408, 0.02, 0.209], 0.17) == []
 
 
 def test_left_out_references_leave_the_memory_and_the_threshold(detector, monkeypatch):
