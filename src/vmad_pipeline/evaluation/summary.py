@@ -1,6 +1,7 @@
 """The few lines a user reads at the end of an evaluating run (as anomalib prints its test
 metrics): the unseen classes' headline metrics, the decision counts at the calibrated
-threshold, the k-shot baseline, where the reports are and how to open them."""
+threshold, the model with k normal references and in batch mode beside the k-shot baseline,
+where the reports are, how to open them, and how DVC learns of the run."""
 
 from __future__ import annotations
 
@@ -33,15 +34,41 @@ def run_summary(metrics: dict[str, Any], shots: dict[str, Any] | None, reports: 
             f" {decision['tp']} defects found, {decision['fn']} missed, {decision['fp']} normal"
             f" images flagged, {decision['tn']} passed"
         )
-    for k, block in sorted(((shots or {}).get("shots") or {}).items(), key=lambda kv: int(kv[0])):
-        base = block.get("mean", {})
-        lines.append(
-            f"  with {k} normal reference(s), the nearest-normal-patch baseline: image AUROC "
-            f"{_number(base.get('image_auroc'))}, AUPRO {_number(base.get('aupro'))}"
-        )
+    model = {k: v for k, v in (metrics.get("shots") or {}).items() if isinstance(v, dict)}
+    baseline = (shots or {}).get("shots") or {}
+    for k in sorted(set(model) | set(baseline), key=lambda k: (k == "batch", k.zfill(4))):
+        lines += _with_references(k, model.get(k), baseline.get(k))
     lines += [
         f"Reports: {reports} (metrics.json, metrics_per_class.md, answers.csv, overlays.png)",
         "Open: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000",
         "      kedro viz run",
+        "DVC:  dvc commit -f dvc.yaml   (records this run in dvc.lock, so dvc status and dvc repro "
+        "agree with it)",
     ]
     return lines
+
+
+def _with_references(k: str, model: dict | None, baseline: dict | None) -> list[str]:
+    """The model with ``k`` references (or in batch mode) and the baseline on the same draw."""
+    where = "in batch mode" if k == "batch" else f"with {k} normal reference(s)"
+    out = []
+    if model:
+        mean, cut = model.get("mean", {}), model.get("decision") or {}
+        line = (
+            f"  {where}, the model: image AUROC {_number(mean.get('image_auroc'))}, AUPRO "
+            f"{_number(mean.get('aupro'))}, answer balanced accuracy "
+            f"{_number(mean.get('answer_balanced_accuracy'))}"
+        )
+        if cut.get("fpr") is not None:
+            line += (
+                f"; references-only threshold: FPR {_number(cut['fpr'])}, "
+                f"recall {_number(cut.get('recall'))}"
+            )
+        out.append(line)
+    if baseline:
+        base = baseline.get("mean", {})
+        out.append(
+            f"  {where}, the nearest-normal-patch baseline: image AUROC "
+            f"{_number(base.get('image_auroc'))}, AUPRO {_number(base.get('aupro'))}"
+        )
+    return out

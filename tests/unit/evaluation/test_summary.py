@@ -18,6 +18,14 @@ def test_the_summary_names_the_metrics_the_decision_the_baseline_and_the_way_to_
             "tn": 20,
         },
     }
+    metrics["shots"] = {
+        "4": {
+            "mean": {"image_auroc": 0.997, "aupro": 0.961, "answer_balanced_accuracy": 0.9},
+            "decision": {"fpr": 0.02, "recall": 0.95},
+        },
+        "batch": {"mean": {"image_auroc": 0.97, "aupro": 0.9}},
+        "note": "ignored",
+    }
     shots = {"shots": {"4": {"mean": {"image_auroc": 0.995, "aupro": 0.95}}}}
     text = "\n".join(run_summary(metrics, shots, "data/08_reporting/external/other/"))
     assert "Unseen classes (110 test images)" in text and "image AUROC               0.857" in text
@@ -26,6 +34,13 @@ def test_the_summary_names_the_metrics_the_decision_the_baseline_and_the_way_to_
     assert (
         "with 4 normal reference(s), the nearest-normal-patch baseline: image AUROC 0.995" in text
     )
+    assert (
+        "with 4 normal reference(s), the model: image AUROC 0.997, AUPRO 0.961, answer balanced"
+        " accuracy 0.900; references-only threshold: FPR 0.020, recall 0.950" in text
+    )
+    assert "in batch mode, the model: image AUROC 0.970" in text
+    assert text.index("with 4 normal reference(s), the model") < text.index("in batch mode")
+    assert "dvc commit -f dvc.yaml" in text
     assert "Reports: data/08_reporting/external/other/" in text
     assert (
         "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db" in text
