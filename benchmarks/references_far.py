@@ -32,21 +32,41 @@ from vmad_pipeline.inference.service import Detector
 from vmad_pipeline.models.checkpoint import Checkpoint
 
 
+def trained_project(project: Path):
+    """A project after `kedro run`: its manifest, split, dataset roots and the detector of its
+    model, scoring by the project's evaluate parameters."""
+    import yaml
+
+    data = project / "data"
+    manifest = pd.read_parquet(data / "02_intermediate/manifest.parquet")
+    splits = json.loads((data / "05_model_input/splits.json").read_text())
+    roots = json.loads((data / "02_intermediate/dataset_roots.json").read_text())
+    evaluate = yaml.safe_load((project / "conf/base/parameters_evaluate.yml").read_text())
+    detector = Detector.from_checkpoint(
+        Checkpoint(data / "06_models/vmad"),
+        WeightsConfig(),
+        parse_evaluate_params(evaluate["evaluate"]),
+    )
+    return manifest, splits, roots, detector
+
+
+def spread(values: list[float]) -> dict:
+    """How many values, and their minimum, median and maximum."""
+    v = np.array(values)
+    return {
+        "n": len(v),
+        "min": float(v.min()),
+        "median": float(np.median(v)),
+        "max": float(v.max()),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, required=True)
     ap.add_argument("--k", type=int, default=4)
     args = ap.parse_args()
-    data = args.project / "data"
-    manifest = pd.read_parquet(data / "02_intermediate/manifest.parquet")
-    splits = json.loads((data / "05_model_input/splits.json").read_text())
-    roots = json.loads((data / "02_intermediate/dataset_roots.json").read_text())
-    detector = Detector.from_checkpoint(
-        Checkpoint(data / "06_models/vmad"),
-        WeightsConfig(),
-        parse_evaluate_params({}),
-        strict=False,
-    )
+    manifest, splits, roots, detector = trained_project(args.project)
     p = detector.predictor
     tests = manifest[(manifest.split == "test") & manifest.category.isin(splits["test_classes"])]
     tests = tests.reset_index(drop=True)
@@ -70,14 +90,7 @@ def main() -> None:
         other += ratio[~mine].tolist()
 
     def summary(values):
-        v = np.array(values)
-        return {
-            "n": len(v),
-            "min": float(v.min()),
-            "median": float(np.median(v)),
-            "max": float(v.max()),
-            "share_beyond_far": float((v > FAR).mean()),
-        }
+        return {**spread(values), "share_beyond_far": float((np.array(values) > FAR).mean())}
 
     result = {
         "machine": machine(),

@@ -21,29 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-import yaml
 from default_run import REPO, commit, machine
+from references_far import spread, trained_project
 
-from vmad_pipeline.configs import WeightsConfig
-from vmad_pipeline.configs.evaluate import parse_evaluate_params
 from vmad_pipeline.datasets.manifest import row_files
 from vmad_pipeline.evaluation.shots import draw_references, reference_pool
 from vmad_pipeline.images import load_batch
 from vmad_pipeline.inference.references import outliers, reference_set
-from vmad_pipeline.inference.service import Detector
-from vmad_pipeline.models.checkpoint import Checkpoint
-
-
-def summary(values: list[float]) -> dict:
-    v = np.array(values)
-    return {
-        "n": len(v),
-        "min": float(v.min()),
-        "median": float(np.median(v)),
-        "max": float(v.max()),
-    }
 
 
 def main() -> None:
@@ -52,16 +37,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--trials", type=int, default=6)
     args = ap.parse_args()
-    data = args.project / "data"
-    manifest = pd.read_parquet(data / "02_intermediate/manifest.parquet")
-    splits = json.loads((data / "05_model_input/splits.json").read_text())
-    roots = json.loads((data / "02_intermediate/dataset_roots.json").read_text())
-    evaluate = yaml.safe_load((args.project / "conf/base/parameters_evaluate.yml").read_text())
-    detector = Detector.from_checkpoint(
-        Checkpoint(data / "06_models/vmad"),
-        WeightsConfig(),
-        parse_evaluate_params(evaluate["evaluate"]),
-    )
+    manifest, splits, roots, detector = trained_project(args.project)
     p, floor = detector.predictor, detector.thresholds["image_threshold"]
     tests = manifest[(manifest.split == "test") & manifest.category.isin(splits["test_classes"])]
     pool = reference_pool(manifest, tests)
@@ -121,8 +97,8 @@ def main() -> None:
         "k": args.k,
         "floor": floor,
         "seconds": round(time.perf_counter() - started, 1),
-        "normal_reference_score_over_floor": summary(normal),
-        "anomalous_reference_score_over_floor": summary(anomalous),
+        "normal_reference_score_over_floor": spread(normal),
+        "anomalous_reference_score_over_floor": spread(anomalous),
         "normal_share_above_floor": float((np.array(normal) > 1).mean()),
         "anomalous_share_above_floor": float((np.array(anomalous) > 1).mean()),
         **flags,
