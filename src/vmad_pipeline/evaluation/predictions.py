@@ -29,7 +29,6 @@ class Predictions:
     # no defect; the list is None without a head)
     drawn_locations: list[str] | None = None
     named_types: list[str | None] | None = None
-    type_probability: np.ndarray | None = None
 
     def slots(self) -> list[tuple] | None:
         """Each image's (drawn-mask location, type) to ground its follow-up answers on

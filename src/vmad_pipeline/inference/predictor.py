@@ -240,7 +240,7 @@ class Predictor:
             raise ValueError(f"{len(images)} images but {len(references)} reference memories")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
         distance = []  # each image's median patch distance to its references
-        where, what, prob = [], [], []  # the grounding's slots (inference.grounding)
+        where, what = [], []  # the grounding's slots (inference.grounding)
         for s in self._batches(len(images), batch_size, "predict", progress):
             texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
             pred = self._run(
@@ -263,11 +263,10 @@ class Predictor:
                 distance.append(far.cpu().numpy())
             ids, texts = list(pred.answer_ids), self._text(pred.answer_ids)
             if self.ground:
-                slots = self._slots(images[s : s + batch_size], maps[-1], texts)
-                where += slots[0]
-                what += slots[1]
-                prob.append(slots[2])
-                ids, texts = self._grounded(ids, texts, list(zip(slots[0], slots[1], strict=True)))
+                places, names = self._slots(images[s : s + batch_size], maps[-1], texts)
+                where += places
+                what += names
+                ids, texts = self._grounded(ids, texts, list(zip(places, names, strict=True)))
             answers += texts
             raw += ids  # the forced prefix included
             found.append(pred.seg_found.cpu().numpy())
@@ -288,30 +287,21 @@ class Predictor:
             reference_distance=np.concatenate(distance).astype(np.float64) if distance else None,
             drawn_locations=where if self.ground else None,
             named_types=what if self.ground and self.type_head is not None else None,
-            type_probability=np.concatenate(prob) if prob and self.type_head else None,
         )
 
     def _slots(self, images: torch.Tensor, maps: np.ndarray, texts: list[str]):
         """Of each image (uint8, the SAM input), its map and its answer: the drawn mask's
-        location, the type head's name for it (None: abstains; False: no head, or an answer
-        that names no defect, "No" or a bare "Yes", where it is not computed) and its
-        probability (NaN where not computed)."""
+        location, and the type head's name for it (None: abstains; False: no head, or an answer
+        that names no defect, "No" or a bare "Yes", where it is not computed)."""
         regions = drawn_regions(maps)
         where = [region_location(r) for r in regions]
         what: list = [False] * len(where)
-        prob = np.full(len(where), np.nan)
         rows = [i for i, t in enumerate(texts) if has_type_slot(t)]
-        if self.type_head is None or not rows:
-            return where, what, prob
-        clip, _ = to_model_inputs(images[rows], self.model.config.vision.image_size)
-        with autocast(self.device, self.dtype):
-            desc = self.type_head.descriptors(
-                self.model.vision, clip.to(self.device), regions[rows]
-            )
-        named, found = self.type_head.classify(desc)
-        for k, i in enumerate(rows):
-            what[i], prob[i] = named[k], found[k]
-        return where, what, prob
+        if self.type_head is not None and rows:
+            named, _ = self.type_head.classify(self._descriptors(images[rows], regions[rows]))
+            for k, i in enumerate(rows):
+                what[i] = named[k]
+        return where, what
 
     def type_probe(self, images: torch.Tensor, masks, *, batch_size: int = 16) -> list:
         """The type head's most likely name for what is inside each given mask, never
@@ -321,15 +311,16 @@ class Predictor:
             return []
         named = []
         for s in range(0, len(images), batch_size):
-            clip, _ = to_model_inputs(
-                images[s : s + batch_size], self.model.config.vision.image_size
-            )
-            with autocast(self.device, self.dtype):
-                desc = self.type_head.descriptors(
-                    self.model.vision, clip.to(self.device), masks[s : s + batch_size]
-                )
+            part = slice(s, s + batch_size)
+            desc = self._descriptors(images[part], masks[part])
             named += self.type_head.classify(desc, abstain=False)[0]
         return named
+
+    def _descriptors(self, images: torch.Tensor, masks) -> np.ndarray:
+        """The type head's region descriptors of images (uint8, the SAM input) and masks."""
+        clip, _ = to_model_inputs(images, self.model.config.vision.image_size)
+        with autocast(self.device, self.dtype):
+            return self.type_head.descriptors(self.model.vision, clip.to(self.device), masks)
 
     def _grounded(self, ids: list[list[int]], texts: list[str], slots) -> tuple[list, list]:
         """The answers with their location and type words set from ``slots`` ((location,
