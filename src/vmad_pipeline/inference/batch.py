@@ -124,6 +124,8 @@ def predict_items(
     predicted, failed). An unreadable image, one of more than ``max_pixels`` pixels (refused
     from its header, nothing decoded) and a name the text rule refuses each get an error line;
     the others go on. ``references``: ``inference.references.References`` (None: zero-shot)."""
+    from vmad_pipeline.inference.references import inspection_args
+
     done = store.done()
     todo = [it for it in items if it.key not in done]
     counts = {"images": len(items), "already_done": len(items) - len(todo), "predicted": 0}
@@ -142,12 +144,9 @@ def predict_items(
                 continue
             ok.append(it)
         cats = [it.category for it in ok]
-        memories = None if references is None else references.memories([it.key for it in ok], cats)
-        cut = None if references is None else references.threshold
-        normal = None if references is None else references.normal_distance
-        found = detector.inspect(
-            originals, cats, memories=memories, threshold=cut, normal_distance=normal
-        )
+        given = inspection_args(references, [it.key for it in ok], cats)  # {}: zero-shot
+        found = detector.inspect(originals, cats, **given)
+        cut = given.get("threshold")
         for it, seen in zip(ok, found, strict=True):
             record = _record(it, seen, detector) | _references_record(references, cut, seen)
             if references is not None:  # how many look unlike them (another product?)

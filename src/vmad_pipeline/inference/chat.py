@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmad_pipeline import prompts
+from vmad_pipeline.inference.references import inspection_args
 from vmad_pipeline.inference.service import pictures
 
 
@@ -47,12 +48,9 @@ class Conversation:
         self.tensor = detector.tensor(image)
         self._eos = detector.predictor.tokenizer.eos_token_id
         self.references = references
-        self._memories = None if references is None else references.memories(["image"], [category])
-        cut = None if references is None else references.threshold
-        normal = None if references is None else references.normal_distance
-        (self.inspection,) = detector.inspect(
-            [image], [category], memories=self._memories, threshold=cut, normal_distance=normal
-        )
+        given = inspection_args(references, ["image"], [category])  # {}: zero-shot
+        self._memories, cut = given.get("memories"), given.get("threshold")
+        (self.inspection,) = detector.inspect([image], [category], **given)
         self.image_threshold = detector.image_threshold if cut is None else cut
         first = self.inspection
         self._turns: list[tuple[str, list[int]]] = [

@@ -86,7 +86,7 @@ def reference_set(
     cap = predictor.model.config.references.max_patches
     built = NormalMemory.build(feats, max_patches=cap, seed=seed)
     loo: list[float] = []
-    normal = None
+    normal, dropped = None, []
     if len(images) >= 2:
         if len(images) <= EXACT_LOO:  # each against every patch of the others
             others = [patches(torch.cat([feats[:i], feats[i + 1 :]])) for i in range(len(feats))]
@@ -107,9 +107,8 @@ def reference_set(
         if dropped:  # the kept references' scores stand (the others' memory held the outlier's
             # normal regions too: they can only have been lower), their memory is rebuilt
             built = NormalMemory.build(feats[keep], max_patches=cap, seed=seed)
-    else:
-        dropped, keep = [], [0]
-    threshold = references_threshold(np.array(loo)[keep] if loo else np.array([]), rule)
+    kept = [score for i, score in enumerate(loo) if i not in dropped]
+    threshold = references_threshold(np.array(kept), rule)
     if threshold is not None and floor is not None:
         threshold = max(threshold, float(floor))
     return ReferenceSet(built.patches, len(images), threshold, loo, rule, normal, dropped)
@@ -120,19 +119,22 @@ def outliers(loo_scores: list[float], floor: float | None) -> list[int]:
     "normal" ones raises the threshold to its own score, and puts its defect into the memory):
     with :data:`MIN_FOR_OUTLIERS` or more, each whose leave-one-out score is past the model's
     own threshold ``floor`` and :data:`OUTLIER_LEVEL`, past :data:`OUTLIER_RATIO` times the
-    median of the others' and past the highest of the others by :data:`OUTLIER_GAP`. Never half of them or more:
-    references that disagree that much are reported by their threshold, not silently halved.
-    Chosen in benchmarks/results/references_outlier.json (docs/references.md)."""
+    median of the others' and past the highest of the others by :data:`OUTLIER_GAP`. Never
+    half of them or more: references that disagree that much are reported by their threshold,
+    not silently halved. Chosen in benchmarks/results/references_outlier.json
+    (docs/references.md)."""
     scores = np.asarray(loo_scores, np.float64)
     if len(scores) < MIN_FOR_OUTLIERS:
         return []
-    found = [
-        i
-        for i, s in enumerate(scores)
-        if s > max(OUTLIER_LEVEL, floor or 0.0)
-        and s > OUTLIER_RATIO * np.median(np.delete(scores, i))
-        and s > np.delete(scores, i).max() + OUTLIER_GAP
-    ]
+    found = []
+    for i, score in enumerate(scores):
+        others = np.delete(scores, i)
+        if (
+            score > max(OUTLIER_LEVEL, floor or 0.0)
+            and score > OUTLIER_RATIO * np.median(others)
+            and score > others.max() + OUTLIER_GAP
+        ):
+            found.append(i)
     return found if 2 * len(found) < len(scores) else []
 
 
@@ -167,6 +169,20 @@ class References:
     def normal_distance(self) -> float | None:
         """The references' median patch distance to each other (shots with k >= 2)."""
         return self.shots.normal_distance if self.shots is not None else None
+
+
+def inspection_args(references: References | None, keys: list[str], categories: list[str]):
+    """What ``inference.service.Detector.inspect`` reads of the references of images
+    (``keys``: their identities, as :meth:`References.memories` takes them): each image's
+    memory, the references-only threshold and their own distance to each other; nothing
+    (zero-shot) without references."""
+    if references is None:
+        return {}
+    return {
+        "memories": references.memories(keys, categories),
+        "threshold": references.threshold,
+        "normal_distance": references.normal_distance,
+    }
 
 
 def unlike(distance: float | None, normal: float | None) -> bool:

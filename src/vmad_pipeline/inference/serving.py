@@ -298,6 +298,8 @@ def inspect_request(detector, images, names, sources: list, load_references):
     :func:`request_references` or None; ``load_references(key, category)``: its
     ``inference.references.References``): (inspections, the references' labels, the thresholds
     decided at), in the request's order."""
+    from vmad_pipeline.inference.references import inspection_args
+
     found: list = [None] * len(images)
     labels, cuts = [""] * len(images), [detector.image_threshold] * len(images)
     groups: dict = {}
@@ -307,16 +309,9 @@ def inspect_request(detector, images, names, sources: list, load_references):
     for key, rows in groups.items():
         refs = None if key is None else load_references(key[:2], names[rows[0]])
         cats = [names[i] for i in rows]
-        memories = None if refs is None else refs.memories([str(i) for i in rows], cats)
-        cut = None if refs is None else refs.threshold
-        normal = None if refs is None else refs.normal_distance
-        seen = detector.inspect(
-            [images[i] for i in rows],
-            cats,
-            memories=memories,
-            threshold=cut,
-            normal_distance=normal,
-        )
+        given = inspection_args(refs, [str(i) for i in rows], cats)
+        seen = detector.inspect([images[i] for i in rows], cats, **given)
+        cut = given.get("threshold")
         for i, one in zip(rows, seen, strict=True):
             found[i] = one
             labels[i] = "" if refs is None else refs.label
