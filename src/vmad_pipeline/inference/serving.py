@@ -176,6 +176,16 @@ def check_size(source: bytes | Path, max_pixels: int) -> None:
         raise RequestError(str(err)) from None
 
 
+def read_image(source: bytes | Path, cfg: ServeConfig) -> np.ndarray:
+    """An image's pixels (H x W x 3 uint8), its size checked from its header first
+    (:func:`check_size`); a RequestError for an image that cannot be decoded."""
+    check_size(source, cfg.max_pixels)
+    try:
+        return read_rgb(source)
+    except ValueError as err:  # decodable header, unreadable pixels
+        raise RequestError("image: cannot be decoded") from err
+
+
 def read_request(frame: pd.DataFrame, cfg: ServeConfig) -> tuple[list[np.ndarray], list[str]]:
     """The images (H x W x 3 uint8) and object names of a request, or a RequestError naming the
     first bad row."""
@@ -194,12 +204,9 @@ def read_request(frame: pd.DataFrame, cfg: ServeConfig) -> tuple[list[np.ndarray
             source = (
                 decode_base64(image) if _present(image) else resolve_path(path, cfg.allowed_root)
             )
-            check_size(source, cfg.max_pixels)
-            images.append(read_rgb(source))
+            images.append(read_image(source, cfg))
         except RequestError as err:
             raise RequestError(f"row {i}: {err}") from None
-        except ValueError as err:  # decodable header, unreadable pixels
-            raise RequestError(f"row {i}: image: cannot be decoded") from err
         category = row.get("category")
         try:
             names.append(object_text(category) if _present(category) else "object")
@@ -233,13 +240,9 @@ def _inline_references(value, cfg: ServeConfig) -> tuple[str, list[np.ndarray]]:
     images = []
     for j, item in enumerate(items):
         try:
-            data = decode_base64(item)
-            check_size(data, cfg.max_pixels)
-            images.append(read_rgb(data))
+            images.append(read_image(decode_base64(item), cfg))
         except RequestError as err:
             raise RequestError(f"references[{j}]: {str(err).replace('image: ', '')}") from None
-        except ValueError as err:
-            raise RequestError(f"references[{j}]: cannot be decoded") from err
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16], images
 
 
