@@ -45,6 +45,18 @@ def trained(tmp_path_factory):
             mlflow.end_run()
 
 
+def kedro_run(project, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`kedro run ARGS` in ``project`` as a user runs it (its output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kedro", "run", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
 def reports(project):
     return project / "data" / "08_reporting"
 
@@ -174,14 +186,7 @@ def test_a_run_killed_outright_is_ended_as_killed_by_the_next_run(tmp_path):
     (orphan,) = client.search_runs(experiments)
     assert orphan.info.status == "RUNNING", log.read_text()[-2000:]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run(
-        [sys.executable, "-m", "kedro", "run", "--pipeline", "split"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    done = kedro_run(project, env, "--pipeline", "split")
     assert done.returncode == 0, done.stderr[-2000:]
     ended = client.get_run(orphan.info.run_id)
     said = " ".join((done.stdout + done.stderr).split())  # the log wraps long lines
@@ -239,25 +244,12 @@ def test_a_users_mistake_prints_its_message_not_a_traceback(tmp_path):
     env = {
         k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VMAD_TRACEBACK")
     }
-    command = [
-        sys.executable,
-        "-m",
-        "kedro",
-        "run",
-        "--pipeline",
-        "split",
-        "--params",
-        "split.seedz=3",
-    ]
-    done = subprocess.run(
-        command, cwd=project, capture_output=True, text=True, env=env, timeout=600
-    )
+    args = ("--pipeline", "split", "--params", "split.seedz=3")
+    done = kedro_run(project, env, *args)
     said = done.stdout + done.stderr
     assert done.returncode == 1, said[-3000:]
     assert "Traceback" not in said and "split.seedz: unknown parameter" in said, said[-3000:]
     assert "ConfigError" in said and "VMAD_TRACEBACK=1" in said
     env["VMAD_TRACEBACK"] = "1"
-    loud = subprocess.run(
-        command, cwd=project, capture_output=True, text=True, env=env, timeout=600
-    )
+    loud = kedro_run(project, env, *args)
     assert loud.returncode != 0 and "Traceback" in loud.stdout + loud.stderr

@@ -62,7 +62,7 @@ def grade_answers(
     p_yes, scores = predictions.get("p_yes"), predictions["scores"]
     follow = predictions.get("follow_ups") or {}
     drawn = predictions.get("drawn_locations") or [None] * n  # inference.grounding
-    probe = predictions.get("type_probe") or [None] * n  # the type head on the true mask
+    probe = predictions.get("type_probe")  # the type head on the true mask (none: no head)
     records = [] if riad_qa is None else riad_qa.to_dict("records")
     qa = {(r["source"], r["image_path"]): r for r in records}
     rows = []
@@ -106,9 +106,9 @@ def grade_answers(
                 "type_correct": (named is not None and named.id == gt_id)
                 if (tax is not None and anomalous and gt_id >= 0)
                 else None,
-                "probe_type": probe[i] if anomalous else None,
+                "probe_type": probe[i] if probe and anomalous else None,
                 "probe_type_correct": (probe[i] == tax.by_id(gt_id).name)
-                if (tax is not None and anomalous and gt_id >= 0 and predictions.get("type_probe"))
+                if (probe and tax is not None and anomalous and gt_id >= 0)
                 else None,
                 **_follow_ups(follow, i, gt_location, gt_id if anomalous else -1, tax),
                 **_described(follow, i, qa.get((r.source, r.image_path)), r.category),
