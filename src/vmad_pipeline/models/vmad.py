@@ -4,7 +4,7 @@ DSSL in training.
 The model has no training loop, optimiser or logging (see ``training/``); it is assembled
 from already-built components by ``models/build.py``.
 
-Over 400 lines (543): the training forward, its mask-evidence pass and the prediction share one
+Over 400 lines (545): the training forward, its mask-evidence pass and the prediction share one
 embedding rule and one [SEG] rule, kept in one class; so do the reference cue's entry points
 (``reference_features``, ``reference_memories``, ``reference_cue``, ``with_cue``: about 60
 lines), which forward and predict both call on the features they already computed, before the
