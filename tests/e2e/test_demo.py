@@ -6,13 +6,13 @@ no image."""
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
 from helpers.models import tiny_detector
+from helpers.serving import bomb_png, free_port
 from PIL import Image
 
 from vmad_pipeline.apps import demo
@@ -155,7 +155,6 @@ def test_a_file_that_is_no_image_is_a_readable_error(detector, tmp_path):
     assert str(tmp_path) not in message  # the file's name, not Gradio's cache path
     with pytest.raises(gr.Error, match="Upload an image"):
         demo.on_inspect(detector, None, "pcb")
-    from helpers.serving import bomb_png
 
     bomb = tmp_path / "bomb.png"  # 60,000 x 60,000 pixels in a few kB: refused from its header
     bomb.write_bytes(bomb_png())
@@ -207,12 +206,6 @@ def test_examples_show_a_defect_of_each_class_first(tmp_path):
 
 
 # --- the real page in a headless browser ------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(detector):

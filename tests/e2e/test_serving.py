@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from helpers import REPO
 from helpers.models import SMALL_CFG, tiny_tokenizer
-from helpers.serving import b64, bomb_png, png_bytes
+from helpers.serving import b64, bomb_png, free_port, png_bytes
 from PIL import Image
 
 from vmad_pipeline.configs import WeightsConfig
@@ -34,12 +33,6 @@ from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.checkpoint import Checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CUE_CFG = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))

@@ -1,9 +1,11 @@
-"""Image payloads for the serving tests: small PNGs, base64, and a decompression bomb."""
+"""Image payloads for the serving tests (small PNGs, base64, a decompression bomb) and a free
+port of 127.0.0.1 to serve on."""
 
 from __future__ import annotations
 
 import base64
 import io
+import socket
 import struct
 import zlib
 
@@ -36,3 +38,9 @@ def bomb_png(w: int = 60_000, h: int = 60_000) -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -31,6 +31,13 @@ EXAMPLES_GLOB = "data/01_raw/synthetic/*/test/*/*.png"
 SPLITS = "data/05_model_input/splits.json"  # the catalog's `splits`: unseen classes first
 IMAGE_HEIGHT = 300  # px: the upload and the overlay side by side, the chat still in view
 NO_ANSWER = "(no answer)"  # an empty answer still shows as a chat bubble
+# What one page may hold (docs/demo.md, "Bounds"). A file over MAX_UPLOAD is refused as it
+# arrives: an RGB image at the pixel limit, stored uncompressed, fits (3 x 40,000,000 bytes).
+MAX_UPLOAD = "128mb"
+SESSIONS = 16  # conversations kept in memory; a newer one drops the oldest
+SESSION_TTL_S = 3600  # and a conversation untouched for an hour is dropped
+QUEUE = 32  # inspections and questions waiting for the model; more are refused at once
+CACHE_S = (600, 3600)  # every 10 min, the page's uploads and outputs older than an hour deleted
 
 
 def _gradio():
@@ -261,16 +268,19 @@ def _outputs(gr):
     return decision, significance, overlay
 
 
-def build_app(detector, examples: list[str] | None = None):
+def build_app(detector, examples: list[str] | None = None, queue: int = QUEUE):
     """The demo page (a ``gradio.Blocks``) over ``detector``; ``examples``: image paths offered
-    as examples, their object name taken from their folders."""
+    as examples, their object name taken from their folders; ``queue``: the model calls that
+    may wait (more are refused at once, "Queue is full")."""
     gr = _gradio()
-    with gr.Blocks(title="VMAD anomaly inspection", analytics_enabled=False) as app:
+    with gr.Blocks(
+        title="VMAD anomaly inspection", analytics_enabled=False, delete_cache=CACHE_S
+    ) as app:
         gr.Markdown(
             "# VMAD anomaly inspection\nUpload an image of a part, name the object, press "
             "**Inspect**; then ask the model about the image."
         )
-        state = gr.State()
+        state = gr.State(time_to_live=SESSION_TTL_S)
         with gr.Row():
             with gr.Column():
                 image, category, references, button = _inputs(gr, examples or [])
@@ -291,12 +301,21 @@ def build_app(detector, examples: list[str] | None = None):
             partial(on_inspect, detector),
             [image, category, references],
             [state, decision, significance, overlay, chat],
+            api_name="inspect",  # what a script driving the page calls (gradio_client)
             concurrency_id="model",  # one model call at a time, inspections and questions alike
         )
-        for event in (question.submit, ask.click):
-            event(on_ask, [state, question], [chat, overlay, question], concurrency_id="model")
-        chat.clear(lambda: None, None, state)  # a cleared chat ends the conversation too
-    return app
+        for event, name in ((ask.click, "ask"), (question.submit, "ask_on_enter")):
+            event(
+                on_ask,
+                [state, question],
+                [chat, overlay, question],
+                api_name=name,
+                api_visibility="public" if name == "ask" else "private",
+                concurrency_id="model",
+            )
+        # a cleared chat ends the conversation too
+        chat.clear(lambda: None, None, state, api_visibility="private")
+    return app.queue(max_size=queue)
 
 
 def launch(
@@ -306,16 +325,22 @@ def launch(
     examples: list[str] | None = None,
     *,
     block: bool = True,
+    max_upload: str = MAX_UPLOAD,
+    sessions: int = SESSIONS,
+    queue: int = QUEUE,
 ):
     """Serve the demo on ``host``:``port``; ``block=False`` returns at once with the page
-    served from a thread (the tests; close it with ``app.close()``). Returns the Blocks."""
+    served from a thread (the tests; close it with ``app.close()``). ``max_upload`` (e.g.
+    "128mb"), ``sessions`` and ``queue`` bound what the page holds. Returns the Blocks."""
     gr = _gradio()
-    app = build_app(detector, examples)
+    app = build_app(detector, examples, queue)
     app.launch(
         server_name=host,
         server_port=port,
         prevent_thread_lock=not block,
         show_error=True,  # an error's message (never its stack trace) in the page
         theme=_theme(gr),
+        max_file_size=max_upload,
+        state_session_capacity=sessions,
     )
     return app

@@ -73,7 +73,9 @@ class Conversation:
         """The answer to ``question`` about the same image, the conversation kept. A question
         that is empty or places the image or [SEG] tokens is a ValueError; when the
         conversation outgrows the model's context, its oldest follow-ups are dropped (the first
-        turn, which holds the image, stays)."""
+        turn, which holds the image, stays). A turn that draws a mask drops the earlier turns'
+        mask and overlay (each is shown or written when its turn is answered): however long a
+        conversation runs, it holds the pictures of one turn, at the image's size."""
         question = prompts.question_text(question)  # the one rule for a user's text
         history = self._fit(question)
         pred = self.detector.predictor.follow_up(
@@ -93,6 +95,8 @@ class Conversation:
             mask, overlay = pics["masks"], pics["overlays"]
             if self._seg_map is None:
                 self._seg_map = square
+            for earlier in self.turns:  # one drawn turn's pictures kept: memory stays bounded
+                earlier.mask = earlier.overlay = None
         self._turns.append((question, _closed(ids, self._eos)))
         turn = Turn(question, text, found, mask, overlay)
         self.turns.append(turn)

@@ -91,10 +91,13 @@ def test_an_answer_with_seg_writes_its_mask_at_the_images_size(detector):
     handle = head.register_forward_hook(prefer_seg)
     try:
         turn = talk.ask("Where is it?")
+        assert turn.seg_found and turn.mask.shape == (30, 40)
+        assert turn.overlay.shape == (30, 40, 3) and set(np.unique(turn.mask)) <= {0, 255}
+        later = talk.ask("And now?")  # a later drawn turn: the conversation keeps its pictures only
     finally:
         handle.remove()
-    assert turn.seg_found and turn.mask.shape == (30, 40) and turn.overlay.shape == (30, 40, 3)
-    assert set(np.unique(turn.mask)) <= {0, 255}
+    assert later.mask is not None and turn.mask is None and turn.overlay is None
+    assert sum(t.overlay is not None for t in talk.turns) == 1  # memory bounded however long
 
     def never_seg(module, inputs, output):
         bump = torch.zeros_like(output)
