@@ -7,7 +7,7 @@ metrics.json (the model: k = 0 at the top level, `shots.<k>` and `shots.batch`),
 shots_metrics.json (the baseline on the same reference draws) and reference_metrics.json (the
 transductive reference) are read. Writes benchmarks/results/references.{json,md}.
 
-    python benchmarks/references.py --seeds 0 1 2
+    python benchmarks/references.py --seeds 0 1 2 [--keep /tmp/refs]
     python benchmarks/references.py --seeds 0 --variants no_evidence no_mask_prompt --out ablation
 """
 
@@ -175,12 +175,15 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["full"], choices=sorted(VARIANTS))
     ap.add_argument("--out", default="references", help="results/<out>.{json,md}")
     ap.add_argument("--shots", default=SHOTS, help="evaluate.shots of each run")
+    ap.add_argument("--keep", type=Path, help="keep the trained clones here (<variant>-<seed>)")
     args = ap.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        parent = args.keep or Path(tmp)
+        parent.mkdir(parents=True, exist_ok=True)
         for variant in args.variants:
             for seed in args.seeds:
-                runs.append(run_one(seed, variant, Path(tmp), args.shots))
+                runs.append(run_one(seed, variant, parent, args.shots))
                 print(json.dumps(runs[-1]["model"].get("4", {}).get("mean", {})), flush=True)
     info = {
         "commit": commit(),
