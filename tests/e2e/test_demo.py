@@ -203,6 +203,10 @@ def test_examples_show_a_defect_of_each_class_first(tmp_path):
         ("pcb", "good"),
         ("cap", "crack"),
     ]
+    shown = demo.example_images(tmp_path, 3)
+    label = demo.examples_label(tmp_path, shown)
+    assert label == "Example images (first: pcb, classes the model never saw in training)"
+    assert demo.examples_label(tmp_path / "nowhere", shown) == "Example images"
 
 
 # --- the real page in a headless browser ------------------------------------------------------
@@ -355,3 +359,32 @@ def test_a_user_inspects_against_uploaded_normal_images_in_a_real_browser(
     browser.find_element("id", "inspect").click()
     shown = wait_for(browser, decision, "the decision with its score")
     assert "Compared with 3 uploaded normal image(s)" in shown, shown
+
+
+@pytest.mark.slow
+def test_the_page_fetches_no_font_and_renders_within_two_seconds(page_url, tmp_path):
+    """The theme names the system's fonts: no stylesheet declares a font file to fetch, so
+    text renders at once (a headless screenshot once showed "Loading..." until a long
+    virtual-time budget let web fonts time out). A plain headless screenshot is blank: the page
+    is drawn by its script after the load event; 2 s of virtual time draw all of it."""
+    import subprocess
+
+    import httpx
+
+    page = httpx.get(page_url, timeout=WAIT_S).text
+    sheets = [s for s in re.findall(r'href="([^"]+\.css)"', page)] + ["theme.css"]
+    for sheet in sheets:
+        css = httpx.get(page_url + sheet.removeprefix("./"), timeout=WAIT_S).text
+        assert "@font-face" not in css and "fonts.googleapis" not in css, sheet
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no {CHROMIUM} for the screenshot")
+    shot = tmp_path / "page.png"
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--window-size")]
+    subprocess.run(
+        [str(CHROMIUM), *flags, "--window-size=1280,800", f"--user-data-dir={tmp_path / 'c'}",
+         "--virtual-time-budget=2000", f"--screenshot={shot}", page_url],
+        capture_output=True, timeout=WAIT_S, check=True,
+    )  # fmt: skip
+    grey = np.asarray(Image.open(shot).convert("L"))
+    # the drawn page: 0.6% of its pixels dark; "Loading..." alone 0.01%
+    assert (grey < 128).mean() > 0.002, "the page was not drawn (blank or only 'Loading...')"

@@ -253,3 +253,31 @@ def test_a_users_mistake_prints_its_message_not_a_traceback(tmp_path):
     env["VMAD_TRACEBACK"] = "1"
     loud = kedro_run(project, env, *args)
     assert loud.returncode != 0 and "Traceback" in loud.stdout + loud.stderr
+
+
+def test_after_kedro_run_dvc_commit_makes_dvc_agree(trained):
+    """`kedro run` writes no dvc.lock, so DVC thinks every stage changed; the command the run's
+    summary prints (`dvc commit -f dvc.yaml`) records the run, after which `dvc status` finds
+    everything up to date and `dvc repro --dry` would run nothing (README, "DVC")."""
+    import shutil
+
+    from helpers import REPO
+
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, trained / name)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def dvc(*args: str) -> str:
+        done = subprocess.run(
+            ["dvc", *args], cwd=trained, capture_output=True, text=True, env=env, timeout=600
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    subprocess.run(["git", "init", "-q"], cwd=trained, check=True)
+    dvc("init", "-q")
+    assert "changed" in dvc("status", "dvc.yaml")  # no dvc.lock: every stage looks new
+    dvc("commit", "-f", "dvc.yaml")
+    assert "Data and pipelines are up to date" in dvc("status", "dvc.yaml")
+    dry = dvc("repro", "--dry", "dvc.yaml")
+    assert "Running stage" not in dry and "didn't change" in dry, dry

@@ -54,10 +54,11 @@ def main(argv: list[str]) -> int:
             if args.references:
                 args.loaded_references = _references(detector, args)
             return chat(detector, image, args)
-        from vmad_pipeline.apps.demo import example_images, launch
+        from vmad_pipeline.apps.demo import example_images, examples_label, launch
 
         examples = example_images(args.project)
-        launch(_detector(args), host=args.host, port=args.port, examples=examples)
+        label = examples_label(args.project, examples)
+        launch(_detector(args), args.host, args.port, examples, examples_label=label)
         return 0
     except (FileNotFoundError, ValueError) as err:
         print(f"vmad-pipeline {args.command}: {err}", file=sys.stderr)

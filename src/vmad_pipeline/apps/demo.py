@@ -69,6 +69,15 @@ def example_images(project: str | Path = ".", limit: int = 4) -> list[str]:
     return [str(f) for f in ordered[:limit]]
 
 
+def examples_label(project: str | Path, examples: list[str]) -> str:
+    """The examples' heading, naming the classes among them the model never saw in training."""
+    unseen = _unseen_classes(Path(project))
+    shown = [c for c in dict.fromkeys(Path(e).parents[2].name for e in examples) if c in unseen]
+    if not shown:
+        return "Example images"
+    return f"Example images (first: {', '.join(shown)}, classes the model never saw in training)"
+
+
 def _unseen_classes(project: Path) -> set[str]:
     """The split's test classes (data/05_model_input/splits.json), or none without a split."""
     import json
@@ -229,7 +238,7 @@ def _upload(gr, **kwargs):
     return image
 
 
-def _inputs(gr, examples: list[str]):
+def _inputs(gr, examples: list[str], label: str):
     """The upload, the object name, the button and the example images."""
     image = _upload(
         gr, sources=["upload", "clipboard"], label="Image", elem_id="image", height=IMAGE_HEIGHT
@@ -248,7 +257,7 @@ def _inputs(gr, examples: list[str]):
         gr.Examples(
             [[path, folder_category(Path(path))] for path in examples],
             inputs=[image, category],
-            label="Example images",
+            label=label,
         )
     return image, category, references, button
 
@@ -268,7 +277,12 @@ def _outputs(gr):
     return decision, significance, overlay
 
 
-def build_app(detector, examples: list[str] | None = None, queue: int = QUEUE):
+def build_app(
+    detector,
+    examples: list[str] | None = None,
+    queue: int = QUEUE,
+    examples_label: str = "Example images",
+):
     """The demo page (a ``gradio.Blocks``) over ``detector``; ``examples``: image paths offered
     as examples, their object name taken from their folders; ``queue``: the model calls that
     may wait (more are refused at once, "Queue is full")."""
@@ -283,7 +297,7 @@ def build_app(detector, examples: list[str] | None = None, queue: int = QUEUE):
         state = gr.State(time_to_live=SESSION_TTL_S)
         with gr.Row():
             with gr.Column():
-                image, category, references, button = _inputs(gr, examples or [])
+                image, category, references, button = _inputs(gr, examples or [], examples_label)
             with gr.Column():
                 decision, significance, overlay = _outputs(gr)
         chat = gr.Chatbot(
@@ -328,12 +342,13 @@ def launch(
     max_upload: str = MAX_UPLOAD,
     sessions: int = SESSIONS,
     queue: int = QUEUE,
+    examples_label: str = "Example images",
 ):
     """Serve the demo on ``host``:``port``; ``block=False`` returns at once with the page
     served from a thread (the tests; close it with ``app.close()``). ``max_upload`` (e.g.
     "128mb"), ``sessions`` and ``queue`` bound what the page holds. Returns the Blocks."""
     gr = _gradio()
-    app = build_app(detector, examples, queue)
+    app = build_app(detector, examples, queue, examples_label)
     app.launch(
         server_name=host,
         server_port=port,

@@ -1,0 +1,313 @@
+"""The README's (and the docs') measured tables and examples, written from the benchmarks' results.
+
+Each measured block sits between ``<!-- measured: NAME -->`` and ``<!-- /measured -->`` and is
+written here from ``benchmarks/results/*.json``, naming the commit and the command that measured
+it, so no figure is typed by hand. ``tests/unit/project/test_readme.py`` fails when a block and
+its results disagree.
+
+    python benchmarks/readme.py                  # rewrite the blocks from the stored results
+    python benchmarks/readme.py --check          # exit 1, naming the blocks, when out of date
+    python benchmarks/readme.py --examples --project /tmp/refs/full-0
+        # ask a trained project the README's and docs/chat.md's example questions (the chat
+        # command's own code, zero-shot and with the board's normal images), store the answers
+        # in results/readme_examples.json, then rewrite the blocks
+
+To re-measure the default's tables at HEAD (about 40 minutes on 2 cores, then 5 more):
+
+    python benchmarks/references.py --seeds 0 1 2 --keep /tmp/refs
+    python benchmarks/transfer.py --project /tmp/refs/full-0
+    python benchmarks/readme.py --examples --project /tmp/refs/full-0
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from default_run import REPO, commit
+from references import _stat
+from references import table as references_table
+
+RESULTS = REPO / "benchmarks" / "results"
+DOCUMENTS = ("README.md", "docs/chat.md")
+BLOCK = re.compile(
+    r"^([ \t]*)<!-- measured: (\w+) -->\n(.*?)^[ \t]*<!-- /measured -->", re.DOTALL | re.MULTILINE
+)
+EXAMPLE = "data/01_raw/synthetic/pcb/test/good/000.png"
+EXAMPLE_REFERENCES = "data/01_raw/synthetic/pcb/train/good"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _seeds(runs: list[dict], k: str, metric: str) -> str:
+    return _stat([r["model"].get(k, {}).get("mean", {}).get(metric) for r in runs])
+
+
+def _references_runs() -> tuple[dict, list[dict]]:
+    info = _load("references.json")
+    return info, [r for r in info["runs"] if r["variant"] == "full"]
+
+
+def _source(info: dict, result: str) -> str:
+    seeds = sorted({r["seed"] for r in info.get("runs", [])})
+    over = f", seeds {', '.join(map(str, seeds))} (mean ± s.d.)" if seeds else ""
+    return (
+        f"Measured at commit `{info['commit']}`: `{info['command']}`{over}; "
+        f"`benchmarks/results/{result}`.\n\n"
+    )
+
+
+HEADLINE = (
+    ("image_auroc", "image AUROC"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("aupro", "AUPRO"),
+    ("answer_balanced_accuracy", "answer bal. acc."),
+    ("p_yes_auroc", "P(yes) AUROC"),
+    ("defect_type_accuracy", "defect-type acc."),
+    ("location_accuracy", "location acc."),
+)
+
+
+def headline() -> str:
+    """The default (zero-shot, from the references benchmark) beside the variants measured
+    together at an older commit (vmad_vs_baseline.json), each row naming its commit."""
+    info, runs = _references_runs()
+    head = "| variant | commit | " + " | ".join(n for _, n in HEADLINE) + " |\n"
+    rows = [head + "|---" * (len(HEADLINE) + 2) + "|"]
+    cells = [_seeds(runs, "0", m) for m, _ in HEADLINE]
+    rows.append(
+        f"| **VMAD, small (the default)** | `{info['commit']}` | " + " | ".join(cells) + " |"
+    )
+    older = _load("vmad_vs_baseline.json")
+    names = {"vmad": "VMAD, small", "baseline": "LISA-style baseline, small", "tiny": "VMAD, tiny"}
+    at = older.get("commit", "0c63bf1")
+    for variant, name in names.items():
+        part = [c for c in older["cells"] if c["variant"] == variant]
+        cells = [_stat([c.get(m) for c in part]) for m, _ in HEADLINE]
+        rows.append(f"| {name} | `{at}` | " + " | ".join(cells) + " |")
+    trans = [
+        _stat([r["transductive"].get(m) for r in runs])
+        for m in ("image_auroc", "pixel_auroc", "aupro")
+    ]
+    rows.append(
+        f"| *training-free reference (transductive, another protocol)* | `{info['commit']}` | "
+        + " | ".join(trans)
+        + " | – | – | – | – |"
+    )
+    return (
+        _source(info, "references.json") + "\n".join(rows) + "\n\nOther rows: "
+        f"`{older['command']}` at `{at}` (`benchmarks/results/vmad_vs_baseline.json`).\n"
+    )
+
+
+WORDS = (
+    ("defect_type_accuracy", "defect-type accuracy"),
+    ("defect_type_precision", "precision of the types named"),
+    ("defect_type_named_share", "share of defects named"),
+    ("follow_up_type_accuracy", "follow-up type accuracy"),
+    ("location_accuracy", "location accuracy"),
+    ("follow_up_location_accuracy", "follow-up location accuracy"),
+    ("location_mask_agreement", "answer location = the drawn mask's"),
+)
+
+
+def words() -> str:
+    info, runs = _references_runs()
+    rows = ["| | zero-shot | 4 references |", "|---|---|---|"]
+    for metric, name in WORDS:
+        rows.append(f"| {name} | {_seeds(runs, '0', metric)} | {_seeds(runs, '4', metric)} |")
+    return _source(info, "references.json") + "\n".join(rows) + "\n"
+
+
+def references() -> str:
+    info, runs = _references_runs()
+    return _source(info, "references.{json,md}") + references_table(runs)
+
+
+TRANSFER = ("image_auroc", "pixel_auroc", "aupro", "p_yes_auroc", "answer_balanced_accuracy")
+
+
+def transfer() -> str:
+    info = _load("transfer.json")
+    head = (
+        "| | image AUROC | pixel AUROC | AUPRO | P(yes) AUROC | answer bal. acc. | FPR / recall |"
+    )
+    rows = [head, "|---" * 7 + "|"]
+    parts = (
+        ("the model, k = 0", info["model"], None),
+        ("the model, k = 4", info["model_shots"]["4"], "4"),
+        ("the model, batch", info["model_shots"]["batch"], None),
+        ("baseline, k = 4", info["baseline_shots"]["4"], "4"),
+        ("transductive reference", info["reference"], None),
+    )
+    for name, part, k in parts:
+        cells = [_stat([part["mean"].get(m)]) for m in TRANSFER]
+        decision = part.get("decision") or {}
+        fpr = f"{decision['fpr']:.3f} / {decision['recall']:.3f}" if k and decision else "–"
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {fpr} |")
+    return _source(info, "transfer.json") + "\n".join(rows) + "\n"
+
+
+def chat_example() -> str:
+    info = _load("readme_examples.json")
+    return (
+        f"```\n$ vmad-pipeline chat {EXAMPLE}\n{info['chat']}```\n\n"
+        f"What the default model (trained at commit `{info['commit']}`, seed {info['seed']}) "
+        "says of this normal board, zero-shot. With the board's own normal images "
+        f"(`--references {EXAMPLE_REFERENCES}`) it opens with:\n\n"
+        f"```\n{info['chat_references']}```\n"
+    )
+
+
+def serve_answer() -> str:
+    info = _load("readme_examples.json")
+    zero, refs = info["served"], info["served_references"]
+    return (
+        f'It answers `{{"predictions": [{{"score": {zero["score"]:.3f}, "anomalous": '
+        f'{str(zero["anomalous"]).lower()}, "answer": "{zero["answer"]}", "mask_png": '
+        f'"iVBOR...", ...}}]}}` with the default model (trained at commit `{info["commit"]}`, '
+        f"seed {info['seed']}); with four of the board's normal images as inline `references` "
+        f"(or a `profile`): score {refs['score']:.3f}, anomalous {str(refs['anomalous']).lower()}, "
+        f'"{refs["answer"]}".\n'
+    )
+
+
+RENDER = {
+    "headline": headline,
+    "words": words,
+    "references": references,
+    "transfer": transfer,
+    "chat_example": chat_example,
+    "serve_answer": serve_answer,
+}
+
+
+def rendered(text: str) -> str:
+    """``text`` with each measured block written from the results."""
+
+    def block(m: re.Match) -> str:
+        indent, name = m.group(1), m.group(2)
+        if name not in RENDER:
+            raise SystemExit(f"no renderer for the measured block {name!r}: {sorted(RENDER)}")
+        body = "".join(
+            indent + line if line.strip() else line
+            for line in RENDER[name]().splitlines(keepends=True)
+        )
+        return f"{indent}<!-- measured: {name} -->\n{body}{indent}<!-- /measured -->"
+
+    return BLOCK.sub(block, text)
+
+
+class _Terminal(io.StringIO):
+    """A terminal's stdin for the chat command: its questions echoed into the transcript."""
+
+    def __init__(self, questions: list[str], transcript: io.StringIO) -> None:
+        super().__init__("".join(q + "\n" for q in questions))
+        self.transcript = transcript
+
+    def isatty(self) -> bool:
+        return True
+
+    def readline(self, *args) -> str:
+        line = super().readline(*args)
+        self.transcript.write(line)
+        return line
+
+
+def examples(project: Path, seed: int) -> dict:
+    """The chat command's transcript and the registered model's answer for :data:`EXAMPLE`,
+    zero-shot and against the board's normal images, asked of ``project``."""
+    import os
+
+    from vmad_pipeline.apps.commands import chat
+    from vmad_pipeline.apps.project import load_detector, load_references
+    from vmad_pipeline.images import read_rgb
+
+    os.chdir(project)
+    detector = load_detector(".")
+    refs = load_references(detector, EXAMPLE_REFERENCES, "pcb", ".", None)
+    out = {}
+    for key, given, questions in (
+        ("chat", None, ["Where is it?", "quit"]),
+        ("chat_references", refs, []),
+    ):
+        args = argparse.Namespace(
+            json=False,
+            category=None,
+            out="data/08_reporting/chat",
+            image=EXAMPLE,
+            max_new_tokens=48,
+            loaded_references=given,
+        )
+        transcript = io.StringIO()
+        chat(detector, read_rgb(EXAMPLE), args, _Terminal(questions, transcript), transcript)
+        text = transcript.getvalue()
+        out[key] = text if questions else text.rsplit("> ", 1)[0]
+    out |= served(project)
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return {"commit": head, "seed": seed, **out}
+
+
+def served(project: Path) -> dict:
+    """The registered model's answer (the README's pyfunc example; the REST server's the same)."""
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    model = mlflow.pyfunc.load_model("models:/vmad/latest")
+    image = base64.b64encode((project / EXAMPLE).read_bytes()).decode()
+    normals = sorted((project / EXAMPLE_REFERENCES).glob("*.png"))[:4]
+    inline = json.dumps([base64.b64encode(p.read_bytes()).decode() for p in normals])
+    keep = ("score", "anomalous", "answer")
+    out = {}
+    for key, row in (("served", {}), ("served_references", {"references": [inline]})):
+        frame = model.predict(pd.DataFrame({"image": [image], "category": ["pcb"], **row}))
+        first = frame.iloc[0]
+        out[key] = {k: (round(float(first[k]), 3) if k == "score" else first[k]) for k in keep}
+        out[key]["anomalous"] = bool(out[key]["anomalous"])
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 when a block is out of date")
+    ap.add_argument("--examples", action="store_true", help="ask --project the examples first")
+    ap.add_argument("--project", type=Path, help="a trained project (with --examples)")
+    ap.add_argument("--seed", type=int, default=0, help="the training seed of --project")
+    args = ap.parse_args()
+    if args.examples:
+        found = examples(args.project.resolve(), args.seed)
+        found["asked_at"] = commit()
+        (RESULTS / "readme_examples.json").write_text(json.dumps(found, indent=1) + "\n")
+    stale = []
+    for name in DOCUMENTS:
+        path = REPO / name
+        text = path.read_text()
+        new = rendered(text)
+        if new != text:
+            stale.append(name)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)} (python benchmarks/readme.py)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
