@@ -26,35 +26,18 @@ import statistics
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from default_run import REPO, commit, machine
-from serve_load import bomb_png, free_port, rss_kb
+from serve_load import bomb_png, free_port, rss_kb, run_clients, start
 
 MB = 1024 * 1024
 
 
 def start_demo(project: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(project / "demo_load.log", "wb")  # noqa: SIM115 (the server's, closed with it)
-    proc = subprocess.Popen(
-        ["vmad-pipeline", "demo", "--port", str(port)],
-        cwd=project,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((project / "demo_load.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
+    command = ["vmad-pipeline", "demo", "--port", str(port)]
+    return start(command, project, env, f"http://127.0.0.1:{port}/")
 
 
 def hostile_cases(folder: Path, image: str) -> list[tuple[str, str, str | None, str]]:
@@ -146,13 +129,7 @@ def main() -> None:
                     if len(results) % max(1, total // 4) == 0:
                         rss_mb.append(round(rss_kb(proc.pid) / 1024, 1))
 
-        start = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        wall = run_clients(client, args.clients)
         too_big = oversized_upload(url, folder)
         rss_mb.append(round(rss_kb(proc.pid) / 1024, 1))
     finally:

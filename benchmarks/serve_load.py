@@ -25,6 +25,7 @@ import socket
 import statistics
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -108,24 +109,37 @@ def start_server(project: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = "sqlite:///mlruns/mlflow.db"
     command = ["mlflow", "models", "serve", "-m", "models:/vmad/latest", "--env-manager", "local"]
-    log = open(project / "serve_load.log", "wb")  # noqa: SIM115 (the server's, closed with it)
+    return start([*command, "--port", str(port)], project, env, f"http://127.0.0.1:{port}/ping")
+
+
+def start(command: list[str], project: Path, env: dict, ready: str) -> subprocess.Popen:
+    """``command`` started in ``project`` in its own process group (its output in
+    ``<project>/<name>.log``), once ``ready`` answers; the log's end if it never does."""
+    log_path = project / f"{Path(sys.argv[0]).stem}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (the server's, closed with it)
     proc = subprocess.Popen(
-        [*command, "--port", str(port)],
-        cwd=project,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     deadline = time.monotonic() + 300
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+            with urllib.request.urlopen(ready, timeout=2):
                 return proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((project / "serve_load.log").read_text()[-3000:]) from None
+                raise RuntimeError(log_path.read_text()[-3000:]) from None
             time.sleep(0.5)
+
+
+def run_clients(client, n: int) -> float:
+    """``client(k)`` for k < n, each in its own thread at once; the seconds until all end."""
+    began = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - began
 
 
 def main() -> None:
@@ -157,13 +171,7 @@ def main() -> None:
                 with lock:
                     results.append(("hostile" if is_bad else "valid", status, seconds))
 
-        start = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        wall = run_clients(client, args.clients)
         after = rss_kb(proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
