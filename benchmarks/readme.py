@@ -155,6 +155,23 @@ def transfer() -> str:
     return _source(info, "transfer.json") + "\n".join(rows) + "\n"
 
 
+def transfer_classes() -> str:
+    """The model's zero-shot figures per class of the transfer tree, beside the reference's."""
+    from transfer import markdown
+
+    info = _load("transfer.json")
+    named = [info["model"], info["model_shots"]["4"], info["model_shots"]["batch"]]
+    share = [100 * (1 - part["mean"]["defect_type_named_share"]) for part in named]
+    return (
+        _source(info, "transfer.{json,md}")
+        + markdown(info["model"], info["reference"])
+        + '\nNone of these defect types is in the training data: the type head abstains ("an '
+        f'anomaly") on {share[0]:.0f}% of the defects zero-shot, {share[1]:.0f}% with 4 '
+        f"references and {share[2]:.0f}% in batch mode; defect-type accuracy "
+        f"{info['model']['mean']['defect_type_accuracy']:.3f}.\n"
+    )
+
+
 def chat_example() -> str:
     info = _load("readme_examples.json")
     return (
@@ -184,6 +201,7 @@ RENDER = {
     "words": words,
     "references": references,
     "transfer": transfer,
+    "transfer_classes": transfer_classes,
     "chat_example": chat_example,
     "serve_answer": serve_answer,
 }
