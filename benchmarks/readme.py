@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from default_run import REPO, commit
-from references import _stat
+from references import _stat, rules_table
 from references import table as references_table
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -128,7 +128,13 @@ def words() -> str:
 
 def references() -> str:
     info, runs = _references_runs()
-    return _source(info, "references.{json,md}") + references_table(runs)
+    return (
+        _source(info, "references.{json,md}")
+        + references_table(runs)
+        + "\n"
+        + rules_table(runs).rstrip("\n")
+        + "\n"
+    )
 
 
 TRANSFER = ("image_auroc", "pixel_auroc", "aupro", "p_yes_auroc", "answer_balanced_accuracy")
