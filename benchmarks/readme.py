@@ -32,6 +32,7 @@ from pathlib import Path
 from default_run import REPO, commit
 from references import _stat, rules_table
 from references import table as references_table
+from transfer import markdown as transfer_markdown
 
 RESULTS = REPO / "benchmarks" / "results"
 DOCUMENTS = ("README.md", "docs/chat.md")
@@ -163,14 +164,12 @@ def transfer() -> str:
 
 def transfer_classes() -> str:
     """The model's zero-shot figures per class of the transfer tree, beside the reference's."""
-    from transfer import markdown
-
     info = _load("transfer.json")
     named = [info["model"], info["model_shots"]["4"], info["model_shots"]["batch"]]
     share = [100 * (1 - part["mean"]["defect_type_named_share"]) for part in named]
     return (
         _source(info, "transfer.{json,md}")
-        + markdown(info["model"], info["reference"])
+        + transfer_markdown(info["model"], info["reference"])
         + '\nNone of these defect types is in the training data: the type head abstains ("an '
         f'anomaly") on {share[0]:.0f}% of the defects zero-shot, {share[1]:.0f}% with 4 '
         f"references and {share[2]:.0f}% in batch mode; defect-type accuracy "
