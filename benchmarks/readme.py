@@ -177,6 +177,33 @@ def transfer_classes() -> str:
     )
 
 
+ABLATION_CELLS = (  # (table, cell, label): Table IV's avgpool and full-LTC cells repeat Table III's
+    ("table_iii", "ltc0_dssl0", "LTC off, DSSL off"),
+    ("table_iii", "ltc0_dssl1", "LTC off, DSSL on"),
+    ("table_iii", "ltc1_dssl0", "LTC on, DSSL off"),
+    ("table_iii", "ltc1_dssl1", "LTC on, DSSL on (VMAD)"),
+    ("table_iv", "mlp", "mlp (Table IV)"),
+    ("table_iv", "resampler", "resampler"),
+    ("table_iv", "ldpv2", "ldpv2"),
+    ("table_iv", "ltc_baseline", "LTC baseline (= avgpool)"),
+    ("table_iv", "ltc_injection", "+ injection"),
+    ("table_iv", "ltc_multilevel", "+ multi-level"),
+)
+ABLATION = ("image_auroc", "pixel_auroc", "aupro", "p_yes_auroc", "location_accuracy")
+
+
+def ablation() -> str:
+    """Tables III and IV of the ablation (mean ± sample s.d. over its seeds, as it stored them)."""
+    info = _load("ablation.json")
+    head = "| cell | visual tokens | image AUROC | pixel AUROC | AUPRO | P(yes) AUROC | location acc. |"
+    rows = [head, "|---" * 7 + "|"]
+    for table, cell, label in ABLATION_CELLS:
+        v = info["summary"][table][cell]
+        cells = [f"{v[f'{m}_mean']:.3f} ± {v[f'{m}_std']:.3f}" for m in ABLATION]
+        rows.append(f"| {label} | {v['visual_tokens']} | " + " | ".join(cells) + " |")
+    return _source(info, "ablation.{json,md}") + "\n".join(rows) + "\n"
+
+
 def chat_example() -> str:
     info = _load("readme_examples.json")
     return (
@@ -207,6 +234,7 @@ RENDER = {
     "references": references,
     "transfer": transfer,
     "transfer_classes": transfer_classes,
+    "ablation": ablation,
     "chat_example": chat_example,
     "serve_answer": serve_answer,
 }
