@@ -51,10 +51,10 @@ def timed(cmd: list[str], cwd: Path) -> float:
     return round(seconds, 1)
 
 
-def commit() -> str:
-    """The short hash of the checkout's HEAD."""
+def commit(checkout: Path = REPO) -> str:
+    """The short hash of the checkout's HEAD (this repository's by default)."""
     return subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True
     ).stdout.strip()
 
 
@@ -109,10 +109,7 @@ def main() -> None:
     args = ap.parse_args()
     out = REPO / "benchmarks" / "results" / "default_run.json"
     result = json.loads(out.read_text()) if args.stages and out.is_file() else {}
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
-    result.update(commit=commit.stdout.strip(), machine=machine(), date=time.strftime("%Y-%m-%d"))
+    result.update(commit=commit(), machine=machine(), date=time.strftime("%Y-%m-%d"))
     with tempfile.TemporaryDirectory() as tmp:
         parent = args.keep or Path(tmp)
         parent.mkdir(parents=True, exist_ok=True)

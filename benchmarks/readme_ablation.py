@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from default_run import REPO
+from references import _stat
 
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -40,7 +41,7 @@ ABLATION = ("image_auroc", "pixel_auroc", "aupro", "p_yes_auroc", "location_accu
 
 
 def ablation() -> str:
-    """Tables III and IV of the ablation (mean ± sample s.d. over its seeds, as it stored them)."""
+    """Tables III and IV of the ablation (mean ± sample s.d. over its seeds)."""
     info = _load("ablation.json")
     head = "| cell | visual tokens | image AUROC | pixel AUROC | AUPRO | P(yes) AUROC | location acc. |"
     rows = [head, "|---" * 7 + "|"]
@@ -65,13 +66,12 @@ def _frame(info: dict):
 def _stats(frame, cell: str, metric: str) -> str:
     """Mean ± sample s.d. over the seeds of one cell (the stored summary is rounded to 4
     digits: rounding it again to 3 could move the last digit)."""
-    values = frame.loc[frame["cell"] == cell, metric]
-    return f"{values.mean():.3f} ± {values.std():.3f}"
+    return _stat(frame.loc[frame["cell"] == cell, metric].tolist())
 
 
-def _per_cell(info: dict, column: str) -> dict:
+def _per_cell(frame, column: str) -> dict:
     """A column of an ablation's per-seed results, averaged per cell."""
-    return _frame(info).groupby("cell")[column].mean().to_dict()
+    return frame.groupby("cell")[column].mean().to_dict()
 
 
 TABLE_V = (
@@ -86,8 +86,8 @@ TABLE_V = (
 def table_v() -> str:
     """Table V (the seeds' modules), and the region tokens' three readings."""
     info = _load("table_v.json")
-    cells, train = info["summary"]["table_v"], _per_cell(info, "train_images_per_s")
     frame = _frame(info)
+    cells, train = info["summary"]["table_v"], _per_cell(frame, "train_images_per_s")
     metrics = ("image_auroc", "pixel_auroc", "aupro", "answer_accuracy", "location_accuracy")
     rows = [
         "| cell | visual tokens | image AUROC | pixel AUROC | AUPRO | answer acc. | location acc. "
@@ -135,7 +135,8 @@ TABLE_VI = (
 def table_vi() -> str:
     """Table VI (AMoE-LoRA and generated anomalies)."""
     info = _load("table_vi.json")
-    frame, params = _frame(info), _per_cell(info, "params_adapter")
+    frame = _frame(info)
+    params = _per_cell(frame, "params_adapter")
     metrics = (
         "image_auroc",
         "p_yes_auroc",
