@@ -31,6 +31,7 @@ EXAMPLES_GLOB = "data/01_raw/synthetic/*/test/*/*.png"
 SPLITS = "data/05_model_input/splits.json"  # the catalog's `splits`: unseen classes first
 IMAGE_HEIGHT = 300  # px: the upload and the overlay side by side, the chat still in view
 NO_ANSWER = "(no answer)"  # an empty answer still shows as a chat bubble
+EXAMPLES = "Example images"  # the examples' heading (examples_label names the unseen ones)
 # What one page may hold (docs/demo.md, "Bounds"). A file over MAX_UPLOAD is refused as it
 # arrives: an RGB image at the pixel limit, stored uncompressed, fits (3 x 40,000,000 bytes).
 MAX_UPLOAD = "128mb"
@@ -74,8 +75,8 @@ def examples_label(project: str | Path, examples: list[str]) -> str:
     unseen = _unseen_classes(Path(project))
     shown = [c for c in dict.fromkeys(Path(e).parents[2].name for e in examples) if c in unseen]
     if not shown:
-        return "Example images"
-    return f"Example images (first: {', '.join(shown)}, classes the model never saw in training)"
+        return EXAMPLES
+    return f"{EXAMPLES} (first: {', '.join(shown)}, classes the model never saw in training)"
 
 
 def _unseen_classes(project: Path) -> set[str]:
@@ -281,7 +282,7 @@ def build_app(
     detector,
     examples: list[str] | None = None,
     queue: int = QUEUE,
-    examples_label: str = "Example images",
+    examples_label: str = EXAMPLES,
 ):
     """The demo page (a ``gradio.Blocks``) over ``detector``; ``examples``: image paths offered
     as examples, their object name taken from their folders; ``queue``: the model calls that
@@ -342,7 +343,7 @@ def launch(
     max_upload: str = MAX_UPLOAD,
     sessions: int = SESSIONS,
     queue: int = QUEUE,
-    examples_label: str = "Example images",
+    examples_label: str = EXAMPLES,
 ):
     """Serve the demo on ``host``:``port``; ``block=False`` returns at once with the page
     served from a thread (the tests; close it with ``app.close()``). ``max_upload`` (e.g.
