@@ -308,6 +308,10 @@ class ReferenceCueConfig:
     evidence: bool = True
     hidden: int = 32  # the cue's width
     max_patches: int = 4096  # coreset cap of one product's memory (a profile, batch mode)
+    # at inference each reference is also read flipped (left-right, up-down, both:
+    # models.references.FLIPS); off for a product whose mirror image is itself a defect.
+    # Training reads its references as they come (augmented as the sample is).
+    flips: bool = True
 
     def __post_init__(self) -> None:
         check(len(self.levels) >= 1, "levels", "needs at least one level")

@@ -29,6 +29,7 @@ from vmad_pipeline.inference.grounding import (
     region_location,
     regrounded_ids,
 )
+from vmad_pipeline.models.references import FLIPS, flipped, side_by_side
 from vmad_pipeline.models.type_head import TypeHead
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import autocast, to_device
@@ -109,9 +110,18 @@ class Predictor:
         )
 
     @torch.no_grad()
-    def reference_features(self, images: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+    def reference_features(
+        self, images: torch.Tensor, *, batch_size: int = 16, flips: bool | None = None
+    ) -> torch.Tensor:
         """The patch features the model compares references with (N x 3 x S x S uint8 -> N x C x
-        g x g, float32 on the model's device)."""
+        g x g, float32 on the model's device); with the model's ``references.flips``, each image's
+        flipped views side by side with it (N x C x g x 4g: ``models.references.side_by_side``;
+        ``flips``: True / False instead of the model's setting)."""
+        if flips is None:
+            flips = self.model.config.references.flips
+        views = len(FLIPS) if flips else 1
+        if views > 1:
+            images = flipped(images)
         out = []
         for s in range(0, len(images), batch_size):
             clip, _ = to_model_inputs(
@@ -119,7 +129,7 @@ class Predictor:
             )
             with autocast(self.device, self.dtype):
                 out.append(self.model.reference_features(clip.to(self.device)).float())
-        return torch.cat(out)
+        return side_by_side(torch.cat(out), views)
 
     def _generate(
         self,

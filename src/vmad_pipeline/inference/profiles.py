@@ -37,6 +37,7 @@ from vmad_pipeline.inference.references import (
 )
 from vmad_pipeline.models.build import FROM_WEIGHT_FILES
 from vmad_pipeline.models.pretrained import weights_fingerprint
+from vmad_pipeline.models.references import FLIPS
 
 log = logging.getLogger(__name__)
 MAX_IMAGES = 200  # references of one profile: more are refused (the message says so)
@@ -66,6 +67,11 @@ def backbone_identity(model) -> dict[str, Any]:
         "stride": cfg.references.stride,
         "weights_files": weights_fingerprint(cfg) if cfg.preset in FROM_WEIGHT_FILES else {},
     }
+
+
+def reference_views(model) -> int:
+    """How many views of each reference the model's memories hold (``models.references.FLIPS``)."""
+    return len(FLIPS) if model.config.references.flips else 1
 
 
 def model_fingerprint(model) -> str:
@@ -98,6 +104,7 @@ class Profile:
     normal_distance: float | None = None  # the references' median patch distance to each other
     # the images left out as anomalous against the others (inference.references.outliers)
     left_out: list[str] = field(default_factory=list)
+    views: int = 1  # each reference's views in the memory: 4 with the model's references.flips
 
     def reference_set(self) -> ReferenceSet:
         names = [im["name"] for im in self.images]
@@ -124,6 +131,13 @@ class Profile:
             raise ProfileError(
                 f"profile {self.name!r} was built on backbone {self.backbone}, this model reads "
                 f"{found}: rebuild it (kedro run --pipeline profile)"
+            )
+        views = reference_views(model)
+        if views != self.views:
+            raise ProfileError(
+                f"profile {self.name!r} holds each reference in {self.views} view(s), this model "
+                f"reads {views} (train.model.references.flips): rebuild it (kedro run --pipeline "
+                "profile)"
             )
         if (fingerprint or model_fingerprint(model)) != self.model:
             raise ProfileError(
@@ -191,6 +205,7 @@ def build_profile(
         model=model_fingerprint(model),
         normal_distance=refs.normal_distance,
         left_out=left_out,
+        views=reference_views(model),
         meta={
             "format": FORMAT,
             "created": created,

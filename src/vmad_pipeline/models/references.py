@@ -67,6 +67,29 @@ def level_features(
     return F.normalize(feats, dim=1) if normalise else feats
 
 
+# The views a reference is read in when flips are on: itself, flipped left-right, up-down, and
+# both (a half turn). AnomalyDINO's reference augmentation (Damm et al., WACV 2025): a normal
+# patch of a test image then finds its like among a few references even where the product's parts
+# sit mirrored. Measured on the default split's unseen classes (docs/references.md).
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def flipped(images: torch.Tensor) -> torch.Tensor:
+    """N x ... x H x W -> (V N) x ... x H x W: the images in each view of :data:`FLIPS`, view
+    after view."""
+    return torch.cat([images.flip(dims) if dims else images for dims in FLIPS])
+
+
+def side_by_side(features: torch.Tensor, views: int) -> torch.Tensor:
+    """(V N) x C x h x w, view after view (:func:`flipped`'s order) -> N x C x h x (V w): each
+    image's views side by side as one wider map, so every rule that reads an image's patches (a
+    memory, leave-one-out without it, the owner of a patch, batch pools) reads its views with it.
+    Each view was aggregated on its own before (no neighbourhood spans two views)."""
+    if views < 1 or len(features) % views:
+        raise ValueError(f"{len(features)} feature maps are not {views} views of the same images")
+    return torch.cat(features.split(len(features) // views), dim=-1)
+
+
 def _local(features: torch.Tensor) -> torch.Tensor:
     """Each position's mean over its 3 x 3 neighbourhood (PatchCore's local aggregation)."""
     return F.avg_pool2d(features, 3, stride=1, padding=1, count_include_pad=False)
@@ -109,11 +132,15 @@ def coreset(patches: torch.Tensor, size: int, *, seed: int = 0, dim: int = 128) 
     proj = patches
     if patches.shape[1] > dim:
         proj = patches @ torch.randn(patches.shape[1], dim, generator=gen) / dim**0.5
+    # squared distances as |x|^2 - 2 x.c + |c|^2, one matrix-vector product a step: the same
+    # choices as cdist's (4,094 of 4,096 on 16,384 random rows) in 0.59 s instead of 2.05 s
+    square = (proj * proj).sum(1)
     chosen = [int(torch.randint(n, (1,), generator=gen))]
-    nearest = torch.cdist(proj, proj[chosen[-1]][None])[:, 0]
+    nearest = (square - 2 * torch.mv(proj, proj[chosen[-1]]) + square[chosen[-1]]).clamp_min(0)
     for _ in range(size - 1):
         chosen.append(int(nearest.argmax()))
-        nearest = torch.minimum(nearest, torch.cdist(proj, proj[chosen[-1]][None])[:, 0])
+        c = chosen[-1]
+        torch.minimum(nearest, square - 2 * torch.mv(proj, proj[c]) + square[c], out=nearest)
     return torch.tensor(chosen)
 
 
@@ -143,16 +170,20 @@ class NormalMemory:
         n, _, h, w = features.shape
         return nearest_distance(patches(features), self.patches).view(n, h, w)
 
-    def leave_one_out(self, features: torch.Tensor) -> torch.Tensor:
+    def leave_one_out(
+        self, features: torch.Tensor, memory: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The references' own maps (k x h x w), each against the other references' patches
         (every patch, not the coreset): what a normal image of this product scores. Needs two
-        or more references."""
+        or more references. ``memory``: what each is compared with, the same k images in another
+        form (their views side by side: :func:`side_by_side`); default ``features``."""
         k = len(features)
-        if k < 2:
-            raise ValueError("leave-one-out scores need at least two references")
+        memory = features if memory is None else memory
+        if k < 2 or len(memory) != k:
+            raise ValueError("leave-one-out scores need at least two references, as many in memory")
         out = []
         for i in range(k):
-            others = patches(torch.cat([features[:i], features[i + 1 :]]))
+            others = patches(torch.cat([memory[:i], memory[i + 1 :]]))
             out.append(nearest_distance(patches(features[i : i + 1]), others))
         return torch.stack(out).view(k, *features.shape[-2:])
 

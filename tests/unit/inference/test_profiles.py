@@ -86,6 +86,9 @@ def test_a_profile_of_another_backbone_or_model_is_refused(detector, tmp_path):
         other.check_usable(detector.model)
     with pytest.raises(ProfileError, match="another model"):
         dataclasses.replace(profile, model="0" * 64).check_usable(detector.model)
+    assert profile.views == 4  # the default model reads each reference with its flips
+    with pytest.raises(ProfileError, match=r"1 view\(s\), this model reads 4 .*flips"):
+        dataclasses.replace(profile, views=1).check_usable(detector.model)  # built before flips
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 65, "a..b", "über"])

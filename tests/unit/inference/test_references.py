@@ -56,7 +56,7 @@ def test_the_three_modes_are_one_code_path(detector):
     keys = ["a", "b", "c", "d"]
     batch = batch_references(p, keys, cats, lambda ks: (ks, images[[keys.index(k) for k in ks]]))
     memories = batch.memories(keys, cats)
-    assert all(m is not None and len(m) == 3 * feats.shape[-1] ** 2 for m in memories)
+    assert all(m is not None and len(m) == 3 * feats.shape[-2] ** 2 for m in memories)  # no flips
 
 
 def test_a_reference_set_thresholds_from_its_leave_one_out_scores(detector):
@@ -79,7 +79,7 @@ def test_batch_mode_never_compares_an_image_with_itself_or_another_product(detec
     memories = batch_references(p, keys, cats, lambda ks: (ks, images[[keys.index(k) for k in ks]]))
     memories = memories.memories(keys, cats)
     assert memories[2] is None  # alone with its product
-    feats = p.reference_features(images)
+    feats = p.reference_features(images, flips=False)  # batch pools hold no flips
     own = feats[0].permute(1, 2, 0).reshape(-1, feats.shape[1])
     torch.testing.assert_close(memories[0], own)  # image 1 == image 0, nothing else
 
@@ -244,3 +244,28 @@ def test_left_out_references_leave_the_memory_and_the_threshold(detector, monkey
         detector, [r.permute(1, 2, 0).numpy() for r in refs], "screw", rule="loo_max", label="up"
     )
     assert shots.label == "up (#3 of 5 left out: anomalous against the others)"
+
+
+def test_with_flips_a_mirrored_image_matches_its_reference_and_without_it_does_not(detector):
+    from vmad_pipeline.models.references import nearest_distance, patches
+
+    p = detector.predictor
+    ref = _images(1, seed=7)
+    mirrored = p.reference_features(ref.flip(-1), flips=False)
+    with_flips = p.reference_features(ref)
+    assert with_flips.shape[-1] == 4 * with_flips.shape[-2]  # 4 views side by side
+    near = nearest_distance(patches(mirrored), patches(with_flips))
+    far = nearest_distance(patches(mirrored), patches(p.reference_features(ref, flips=False)))
+    assert near.max() < 1e-3 < far.max()
+
+
+def test_a_reference_is_scored_against_the_other_references_views_never_its_own(detector):
+    p = detector.predictor
+    refs = _images(2, seed=8)
+    loo = reference_set(p, refs, "screw", rule="loo_max").loo_scores
+    feats = p.reference_features(refs)  # each with its flips
+    by_hand = [feats[1 - i].permute(1, 2, 0).reshape(-1, feats.shape[1]) for i in range(2)]
+    pred = p.predict(
+        refs, ["screw"] * 2, output_size=p.image_size, references=by_hand, max_new_tokens=1
+    )
+    np.testing.assert_allclose(loo, pred.scores, rtol=1e-5)

@@ -85,3 +85,28 @@ def test_mutual_scores_stay_where_they_were():
     feats = torch.zeros(5, 2, 4, 4)
     feats[2, :, 1, 3] = torch.tensor([3.0, 4.0])
     assert mutual_scores(feats, 1.0)[2, 1, 3].item() == pytest.approx(5.0, abs=1e-4)
+
+
+def test_flipped_views_sit_side_by_side_and_belong_to_their_image():
+    from vmad_pipeline.models.references import FLIPS, flipped, side_by_side
+
+    images = torch.rand(2, 3, 5, 5)
+    views = flipped(images)
+    assert views.shape == (2 * len(FLIPS), 3, 5, 5)
+    tiled = side_by_side(views, len(FLIPS))  # the images themselves as "features"
+    assert tiled.shape == (2, 3, 5, 5 * len(FLIPS))
+    torch.testing.assert_close(tiled[1, :, :, :5], images[1])
+    torch.testing.assert_close(tiled[1, :, :, 5:10], images[1].flip(-1))
+    torch.testing.assert_close(tiled[0, :, :, 15:], images[0].flip(-2, -1))
+    memory = NormalMemory.build(tiled, max_patches=10_000)
+    assert memory.owners.tolist() == [0] * 100 + [1] * 100  # every view is its image's
+    # leave-one-out reads none of the image's own views: image 1 = image 0 mirrored scores 0
+    mirrored = side_by_side(flipped(torch.stack([images[0], images[0].flip(-1)])), len(FLIPS))
+    own = NormalMemory.build(mirrored, max_patches=10_000).leave_one_out(
+        mirrored[..., :5], mirrored
+    )
+    assert own.abs().max() < 1e-5
+    alone = NormalMemory.build(tiled, max_patches=10_000).leave_one_out(tiled[..., :5], tiled)
+    assert (alone.flatten(1).amax(1) > 0.1).all()  # its own views would have scored 0
+    with pytest.raises(ValueError, match="not 4 views"):
+        side_by_side(torch.rand(6, 3, 5, 5), 4)
