@@ -32,6 +32,9 @@ from vmad_pipeline.inference.service import Detector
 from vmad_pipeline.models.checkpoint import Checkpoint
 
 
+CUTOFFS = (1.75, 2.0, 2.25, 2.5, 3.0)
+
+
 def trained_project(project: Path):
     """A project after `kedro run`: its manifest, split, dataset roots and the detector of its
     model, scoring by the project's evaluate parameters."""
@@ -90,7 +93,13 @@ def main() -> None:
         other += ratio[~mine].tolist()
 
     def summary(values):
-        return {**spread(values), "share_beyond_far": float((np.array(values) > FAR).mean())}
+        v = np.array(values)
+        return {
+            **spread(values),
+            "share_beyond_far": float((v > FAR).mean()),
+            # the shares past other cut-offs: what choosing FAR trades
+            "share_beyond": {str(c): float((v > c).mean()) for c in CUTOFFS},
+        }
 
     result = {
         "machine": machine(),
