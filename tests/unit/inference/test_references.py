@@ -142,6 +142,8 @@ def test_batch_pools_stay_bounded_and_seeded(detector, monkeypatch):
     import vmad_pipeline.inference.references as references
 
     monkeypatch.setattr(references, "BATCH_REFERENCES", 2)
+    monkeypatch.setattr(references, "BATCH_CANDIDATES", 5)
+    monkeypatch.setattr(references, "BATCH_MIN_TO_PRUNE", 4)
     p = detector.predictor
     images = _images(6)
     keys, cats = [str(i) for i in range(6)], ["a"] * 6
@@ -153,7 +155,8 @@ def test_batch_pools_stay_bounded_and_seeded(detector, monkeypatch):
 
     one = batch_references(p, keys, cats, load, seed=1)
     two = batch_references(p, keys, cats, load, seed=1)
-    assert len(calls[0]) == 3 and calls[0] == calls[1]  # 2 + 1 images read, the same draw
+    assert len(calls[0]) == 5 and calls[0] == calls[1]  # 5 candidates read, the same draw
+    assert len(one.pools["a"][0]) == 3  # the most normal half of them, at most 2 + 1
     memories = one.memories(keys, cats)
     per_image = one.pools["a"][1].shape[-1] ** 2
     for key, memory in zip(keys, memories, strict=True):
@@ -269,3 +272,28 @@ def test_a_reference_is_scored_against_the_other_references_views_never_its_own(
         refs, ["screw"] * 2, output_size=p.image_size, references=by_hand, max_new_tokens=1
     )
     np.testing.assert_allclose(loo, pred.scores, rtol=1e-5)
+
+
+def test_batch_pools_keep_the_images_the_model_finds_most_normal(detector, monkeypatch):
+    """An anomalous image in the batch would lend its defect's patches to every other image's
+    memory: the pool keeps the half that the model, each image against the others, scores
+    lowest; a product of fewer than BATCH_MIN_TO_PRUNE images keeps them all."""
+    from types import SimpleNamespace
+
+    p = detector.predictor
+    images = _images(8)
+    scores = np.array([0.2, 0.9, 0.1, 0.8, 0.3, 0.95, 0.25, 0.7])  # what the model finds
+    seen = []
+
+    def predict(batch, categories, output_size, references, max_new_tokens):
+        seen.append([len(m) for m in references])
+        return SimpleNamespace(scores=scores[: len(batch)])
+
+    monkeypatch.setattr(p, "predict", predict)
+    keys, cats = [str(i) for i in range(8)], ["a"] * 8
+    refs = batch_references(p, keys, cats, lambda ks: (ks, images[[int(k) for k in ks]]))
+    assert refs.pools["a"][0] == ["0", "2", "4", "6"]
+    per_image = refs.pools["a"][1].shape[-1] ** 2
+    assert seen == [[7 * per_image] * 8]  # each scored against the 7 others, never itself
+    few = batch_references(p, keys[:3], cats[:3], lambda ks: (ks, images[[int(k) for k in ks]]))
+    assert few.pools["a"][0] == ["0", "1", "2"] and len(seen) == 1  # too few to prune
