@@ -117,11 +117,9 @@ class Predictor:
         g x g, float32 on the model's device); with the model's ``references.flips``, each image's
         flipped views side by side with it (N x C x g x 4g: ``models.references.side_by_side``;
         ``flips``: True / False instead of the model's setting)."""
-        if flips is None:
-            flips = self.model.config.references.flips
+        flips = self.model.config.references.flips if flips is None else flips
         views = len(FLIPS) if flips else 1
-        if views > 1:
-            images = flipped(images)
+        images = flipped(images) if flips else images
         out = []
         for s in range(0, len(images), batch_size):
             clip, _ = to_model_inputs(
