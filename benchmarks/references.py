@@ -64,6 +64,7 @@ def run_one(seed: int, variant: str, parent: Path, shots: str = SHOTS) -> dict:
     return {
         "seed": seed,
         "variant": variant,
+        "commit": commit(clone),  # the clone's, not the checkout's: it may have moved since
         "seconds": round(time.perf_counter() - start, 1),
         "model": model,
         "baseline": {
@@ -186,7 +187,7 @@ def main() -> None:
                 runs.append(run_one(seed, variant, parent, args.shots))
                 print(json.dumps(runs[-1]["model"].get("4", {}).get("mean", {})), flush=True)
     info = {
-        "commit": commit(),
+        "commit": ", ".join(sorted({r["commit"] for r in runs})),  # one, unless HEAD moved
         "command": "python benchmarks/references.py "
         + " ".join(
             ["--seeds", *map(str, args.seeds), "--variants", *args.variants, "--out", args.out]

@@ -31,7 +31,6 @@ from vmad_pipeline.inference.references import FAR, reference_set
 from vmad_pipeline.inference.service import Detector
 from vmad_pipeline.models.checkpoint import Checkpoint
 
-
 CUTOFFS = (1.75, 2.0, 2.25, 2.5, 3.0)
 
 
