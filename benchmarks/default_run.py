@@ -73,12 +73,14 @@ def machine() -> dict:
 def run_total(tmp: Path) -> dict:
     """Part 1: one `kedro run` in a fresh clone, with the metrics it produced."""
     clone = fresh_clone(tmp, "total")
+    load = round(os.getloadavg()[0], 2)  # the 1-minute load average: what else was running
     seconds = timed(["kedro", "run"], clone)
     reports = clone / "data" / "08_reporting"
     metrics = json.loads((reports / "metrics.json").read_text())
     summary = json.loads((reports / "training_summary.json").read_text())
     return {
         "kedro_run_seconds": seconds,
+        "load_average_at_start": load,
         "metrics": metrics["mean"],
         "reference_metrics": json.loads((reports / "reference_metrics.json").read_text())["mean"],
         "per_class": metrics["per_class"],
