@@ -106,17 +106,10 @@ def reference_set(
     normal, dropped = None, []
     if len(images) >= 2:
         if len(images) <= EXACT_LOO:  # each against every patch of the others
-            others = [patches(torch.cat([feats[:i], feats[i + 1 :]])) for i in range(len(feats))]
+            others = _the_others(feats)
         else:  # each against the memory's patches of the others
             others = [built.patches[built.owners != i] for i in range(len(feats))]
-        size = output_size or predictor.image_size
-        pred = predictor.predict(
-            images,
-            [category] * len(images),
-            output_size=size,
-            references=others,
-            max_new_tokens=1,  # the score needs the map and P(yes) only
-        )
+        pred = _each_against(predictor, images, category, others, output_size)
         loo = [float(s) for s in pred.scores]
         dropped = outliers(loo, floor)
         keep = [i for i in range(len(loo)) if i not in dropped]
@@ -129,6 +122,23 @@ def reference_set(
     if threshold is not None and floor is not None:
         threshold = max(threshold, float(floor))
     return ReferenceSet(built.patches, len(images), threshold, loo, rule, normal, dropped)
+
+
+def _the_others(feats: torch.Tensor) -> list[torch.Tensor]:
+    """For each of n images' features, the patches of the other n - 1 (its views with it)."""
+    return [patches(torch.cat([feats[:i], feats[i + 1 :]])) for i in range(len(feats))]
+
+
+def _each_against(predictor, images, category: str, others, output_size: int | None = None):
+    """The model's prediction of each image of one product against its memory in ``others``
+    (one per image), its map at ``output_size`` (default: the model's input size)."""
+    return predictor.predict(
+        images,
+        [category] * len(images),
+        output_size=output_size or predictor.image_size,
+        references=others,
+        max_new_tokens=1,  # the score needs the map and P(yes) only
+    )
 
 
 def outliers(loo_scores: list[float], floor: float | None) -> list[int]:
@@ -247,14 +257,7 @@ def _most_normal(predictor, images: torch.Tensor, feats: torch.Tensor, category:
     n = len(images)
     if n < BATCH_MIN_TO_PRUNE:
         return list(range(min(n, BATCH_REFERENCES + 1)))
-    others = [patches(torch.cat([feats[:i], feats[i + 1 :]])) for i in range(n)]
-    pred = predictor.predict(
-        images,
-        [category] * n,
-        output_size=predictor.image_size,
-        references=others,
-        max_new_tokens=1,  # the score needs the map and P(yes) only
-    )
+    pred = _each_against(predictor, images, category, _the_others(feats))
     size = min(BATCH_REFERENCES + 1, max(2, int(np.ceil(BATCH_KEEP * n))))
     return sorted(np.argsort(np.asarray(pred.scores), kind="stable")[:size].tolist())
 
