@@ -29,7 +29,7 @@ from vmad_pipeline.inference.grounding import (
     region_location,
     regrounded_ids,
 )
-from vmad_pipeline.models.references import FLIPS, flipped, side_by_side
+from vmad_pipeline.models.references import flipped, side_by_side, views
 from vmad_pipeline.models.type_head import TypeHead
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import autocast, to_device
@@ -118,7 +118,6 @@ class Predictor:
         flipped views side by side with it (N x C x g x 4g: ``models.references.side_by_side``;
         ``flips``: True / False instead of the model's setting)."""
         flips = self.model.config.references.flips if flips is None else flips
-        views = len(FLIPS) if flips else 1
         images = flipped(images) if flips else images
         out = []
         for s in range(0, len(images), batch_size):
@@ -127,7 +126,7 @@ class Predictor:
             )
             with autocast(self.device, self.dtype):
                 out.append(self.model.reference_features(clip.to(self.device)).float())
-        return side_by_side(torch.cat(out), views)
+        return side_by_side(torch.cat(out), views(flips))
 
     def _generate(
         self,

@@ -37,7 +37,7 @@ from vmad_pipeline.inference.references import (
 )
 from vmad_pipeline.models.build import FROM_WEIGHT_FILES
 from vmad_pipeline.models.pretrained import weights_fingerprint
-from vmad_pipeline.models.references import FLIPS
+from vmad_pipeline.models.references import views
 
 log = logging.getLogger(__name__)
 MAX_IMAGES = 200  # references of one profile: more are refused (the message says so)
@@ -70,8 +70,8 @@ def backbone_identity(model) -> dict[str, Any]:
 
 
 def reference_views(model) -> int:
-    """How many views of each reference the model's memories hold (``models.references.FLIPS``)."""
-    return len(FLIPS) if model.config.references.flips else 1
+    """How many views of each reference the model's memories hold."""
+    return views(model.config.references.flips)
 
 
 def model_fingerprint(model) -> str:
@@ -132,11 +132,11 @@ class Profile:
                 f"profile {self.name!r} was built on backbone {self.backbone}, this model reads "
                 f"{found}: rebuild it (kedro run --pipeline profile)"
             )
-        views = reference_views(model)
-        if views != self.views:
+        reads = reference_views(model)
+        if reads != self.views:
             raise ProfileError(
                 f"profile {self.name!r} holds each reference in {self.views} view(s), this model "
-                f"reads {views} (train.model.references.flips): rebuild it (kedro run --pipeline "
+                f"reads {reads} (train.model.references.flips): rebuild it (kedro run --pipeline "
                 "profile)"
             )
         if (fingerprint or model_fingerprint(model)) != self.model:

@@ -80,6 +80,11 @@ def flipped(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([images.flip(dims) if dims else images for dims in FLIPS])
 
 
+def views(flips: bool) -> int:
+    """How many views of each reference a memory holds: :data:`FLIPS`' with flips, else one."""
+    return len(FLIPS) if flips else 1
+
+
 def side_by_side(features: torch.Tensor, views: int) -> torch.Tensor:
     """(V N) x C x h x w, view after view (:func:`flipped`'s order) -> N x C x h x (V w): each
     image's views side by side as one wider map, so every rule that reads an image's patches (a
