@@ -175,20 +175,16 @@ class NormalMemory:
         n, _, h, w = features.shape
         return nearest_distance(patches(features), self.patches).view(n, h, w)
 
-    def leave_one_out(
-        self, features: torch.Tensor, memory: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def leave_one_out(self, features: torch.Tensor) -> torch.Tensor:
         """The references' own maps (k x h x w), each against the other references' patches
         (every patch, not the coreset): what a normal image of this product scores. Needs two
-        or more references. ``memory``: what each is compared with, the same k images in another
-        form (their views side by side: :func:`side_by_side`); default ``features``."""
+        or more references."""
         k = len(features)
-        memory = features if memory is None else memory
-        if k < 2 or len(memory) != k:
-            raise ValueError("leave-one-out scores need at least two references, as many in memory")
+        if k < 2:
+            raise ValueError("leave-one-out scores need at least two references")
         out = []
         for i in range(k):
-            others = patches(torch.cat([memory[:i], memory[i + 1 :]]))
+            others = patches(torch.cat([features[:i], features[i + 1 :]]))
             out.append(nearest_distance(patches(features[i : i + 1]), others))
         return torch.stack(out).view(k, *features.shape[-2:])
 
