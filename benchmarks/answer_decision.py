@@ -14,13 +14,11 @@ Writes benchmarks/results/answer_decision.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import yaml
-from default_run import REPO, commit, machine
+from default_run import on_project
 from references_far import trained_project
 
 KS = (1, 4)
@@ -81,20 +79,5 @@ def measure(project: Path) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--project", type=Path, required=True)
-    args = ap.parse_args()
-    result = {
-        "command": "python benchmarks/answer_decision.py --project <clone after kedro run>",
-        "commit": commit(args.project),
-        "machine": machine(),
-        "shots": measure(args.project),
-    }
-    path = REPO / "benchmarks/results/answer_decision.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(path)
-
-
 if __name__ == "__main__":
-    main()
+    on_project(__doc__, "answer_decision", measure, "shots")

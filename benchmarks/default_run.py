@@ -70,6 +70,26 @@ def machine() -> dict:
     }
 
 
+def on_project(doc: str, name: str, measure, key: str, **fields) -> Path:
+    """The main of a benchmark measured on a project where `kedro run` has run: ``--project P``,
+    then benchmarks/results/<name>.json = the command, the project's commit (its model's),
+    the machine, ``fields`` and ``{key: measure(P)}``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--project", type=Path, required=True)
+    project = ap.parse_args().project
+    result = {
+        "command": f"python benchmarks/{name}.py --project <clone after kedro run>",
+        "commit": commit(project),
+        "machine": machine(),
+        **fields,
+        key: measure(project),
+    }
+    path = REPO / "benchmarks" / "results" / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(path)
+    return path
+
+
 def run_total(tmp: Path) -> dict:
     """Part 1: one `kedro run` in a fresh clone, with the metrics it produced."""
     clone = fresh_clone(tmp, "total")

@@ -13,12 +13,10 @@ Writes benchmarks/results/shots_flips.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-from default_run import REPO, commit, machine
+from default_run import on_project
 from shots import SEEDS, project_eval_set
 
 KS = (1, 4)
@@ -77,21 +75,11 @@ def measure(project: Path) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--project", type=Path, required=True)
-    args = ap.parse_args()
-    result = {
-        "command": "python benchmarks/shots_flips.py --project <clone after kedro run>",
-        "commit": commit(REPO),
-        "machine": machine(),
-        "settings": "evaluate.references as shipped; image AUROC = mean of the unseen classes'",
-        "image_auroc": measure(args.project),
-    }
-    path = REPO / "benchmarks/results/shots_flips.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(path)
-
-
 if __name__ == "__main__":
-    main()
+    on_project(
+        __doc__,
+        "shots_flips",
+        measure,
+        "image_auroc",
+        settings="evaluate.references as shipped; image AUROC = mean of the unseen classes'",
+    )
