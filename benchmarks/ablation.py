@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_run import REPO, fresh_clone, machine, timed  # noqa: E402
+from default_run import REPO, commit, fresh_clone, machine, timed  # noqa: E402
 
 
 def set_seeds(clone: Path, seeds: list[int]) -> None:
@@ -49,9 +48,7 @@ def main() -> None:
     if params:
         cmd += ["--params", ",".join(params)]
     name = args.table or "ablation"
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    at = commit()
     with tempfile.TemporaryDirectory() as tmp:
         clone = fresh_clone(Path(tmp), "ablation")
         if args.seeds:
@@ -70,7 +67,7 @@ def main() -> None:
         shutil.copy(reports / "ablation.png", out / f"{name}.png")
     result = {
         "command": cmd_text,
-        "commit": commit,
+        "commit": at,
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "ablation_seconds": first,

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from default_run import REPO, fresh_clone, machine, timed
+from default_run import REPO, commit, fresh_clone, machine, timed
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "answer_balanced_accuracy", "p_yes_auroc")
 
@@ -45,9 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     out = REPO / "benchmarks" / "results" / "processes.json"
     result = json.loads(out.read_text()) if out.is_file() else {}  # runs accumulate
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    )
+    at = commit()
     result.update(machine=machine(), date=time.strftime("%F"))
     result["settings"] = "conf/presets/tiny (900 steps, batch 8), ddp over gloo"
     runs = result.setdefault("runs", {})
@@ -61,7 +58,7 @@ def main() -> None:
                 seconds = timed(["kedro", "run", "--pipeline", "train", *params], clone)
                 seconds += timed(["kedro", "run", "--pipeline", "evaluate"], clone)
                 run = outcome(clone, round(seconds, 1))
-                runs[f"processes={n},seed={seed}"] = {**run, "commit": commit.stdout.strip()}
+                runs[f"processes={n},seed={seed}"] = {**run, "commit": at}
                 print(seed, n, run, flush=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

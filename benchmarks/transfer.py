@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from default_run import REPO, machine, timed  # noqa: E402
+from default_run import REPO, commit, machine, timed  # noqa: E402
 from helpers.transfer import write_transfer_tree  # noqa: E402
 
 from vmad_pipeline.evaluation.report import HEADLINE  # noqa: E402
@@ -69,13 +68,11 @@ def main() -> None:
     reports = args.project / "data" / "08_reporting" / "external" / "transfer"
     model = json.loads((reports / "metrics.json").read_text())
     reference = json.loads((reports / "reference_metrics.json").read_text())
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=args.project, capture_output=True, text=True
-    ).stdout.strip()
+    at = commit(args.project)
     out = REPO / "benchmarks" / "results"
     result = {
         "command": "python benchmarks/transfer.py --project <clone after kedro run>",
-        "commit": commit,
+        "commit": at,
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "images_per_class": counts,
