@@ -126,9 +126,24 @@ def test_inspect_shows_the_decision_its_score_the_overlay_and_the_first_turn(det
     assert float(SCORE.search(decision).group(1)) == pytest.approx(first.score, abs=1e-3)
     assert "threshold 0.500" in decision
     assert f"{100 * first.mask_fraction:.2f} %" in significance
+    overlay = np.asarray(overlay)
     assert overlay.shape == (H, W, 3) and overlay.dtype == np.uint8  # at the image's own size
     assert chat[0] == {"role": "user", "content": "Is there any defect in the object?"}
     assert chat[1]["role"] == "assistant" and chat[1]["content"]  # never an empty bubble
+
+
+def test_two_identical_inspections_are_served_from_two_files(detector, tmp_path, monkeypatch):
+    """Gradio 6 writes an output image to a path named by its bytes' hash, truncating and
+    rewriting it in place: two users inspecting the same image at once had one of them download
+    a file while the other's rewrite emptied it (CI, stop 33: "peer closed connection"). Each
+    inspection's overlay is its own file, the pixels the same."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    path = str(write_png(tmp_path / "part.png"))
+    with gr.Blocks():
+        _, _, overlay = demo._outputs(gr)
+    served = [overlay.postprocess(demo.on_inspect(detector, path, "")[3]).path for _ in range(2)]
+    assert served[0] != served[1]
+    assert np.array_equal(read_rgb(served[0]), read_rgb(served[1]))
 
 
 def test_an_upload_is_read_as_everywhere_else_16_bit_included(detector, tmp_path):

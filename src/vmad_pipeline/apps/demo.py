@@ -193,9 +193,23 @@ def on_inspect(detector, path: str | None, category: str | None, references=None
         conversation,
         decision_text(first, detector, refs),
         significance_text(first, detector),
-        first.overlay,
+        _served(first.overlay),
         messages(conversation),
     )
+
+
+def _served(overlay: np.ndarray):
+    """The overlay as the page serves it: a PNG tagged with this call's own id. Gradio (6.31)
+    names an output image's file by its bytes' hash and rewrites that file in place, so two
+    identical overlays at once (two users, one image) had a download read the file while the
+    other call's rewrite had emptied it; a tag per call gives each its own file."""
+    from uuid import uuid4
+
+    from PIL import Image
+
+    image = Image.fromarray(overlay)
+    image.info["vmad-inspection"] = uuid4().hex  # kept by Gradio's PNG writer as a text chunk
+    return image
 
 
 def on_ask(conversation: Conversation | None, question: str | None):
@@ -210,7 +224,7 @@ def on_ask(conversation: Conversation | None, question: str | None):
     except ValueError as err:  # empty, or places <image> / [SEG], or too long
         gr.Warning(_shown(f"Cannot ask that: {err}"))
         return gr.skip(), gr.skip(), gr.skip()
-    overlay = turn.overlay if turn.overlay is not None else gr.skip()
+    overlay = _served(turn.overlay) if turn.overlay is not None else gr.skip()
     return messages(conversation), overlay, ""
 
 
