@@ -41,6 +41,8 @@ LABELS = {
     "level4_impact_rouge_l": "L4 impact R-L",
     "level4_suggestion_rouge_l": "L4 suggestion R-L",
     "level4_rouge_l": "L4 ROUGE-L",
+    "level4_consistency": "L4 consistent",
+    "level4_broken_share": "L4 broken",
     "object_name_accuracy": "Name acc",
     "object_named_share": "Named share",
     "mask_location_accuracy": "Mask loc acc",
@@ -123,7 +125,9 @@ def _hierarchy_note(shown: list[str]) -> list[str]:
         return []
     return [
         "L4 = level 4 of the hierarchical text evaluation: ROUGE-L F of the description, impact "
-        "and suggestion follow-ups against the RIAD answers (docs/evaluation.md)."
+        "and suggestion follow-ups against the RIAD answers; consistent: the share of images "
+        "whose long answers say nothing their detection answer contradicts; broken: the share "
+        "of long answers that break off (docs/evaluation.md)."
     ]
 
 

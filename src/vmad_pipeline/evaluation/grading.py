@@ -15,6 +15,8 @@ from vmad_pipeline.annotation.answers import follow_up_answer
 from vmad_pipeline.annotation.geometry import mask_geometry
 from vmad_pipeline.annotation.taxonomy import Taxonomy
 from vmad_pipeline.metrics.text import (
+    broken_sentence,
+    consistent_with,
     parse_defect_type,
     parse_location,
     parse_object,
@@ -112,6 +114,7 @@ def grade_answers(
                 else None,
                 **_follow_ups(follow, i, gt_location, gt_id if anomalous else -1, tax),
                 **_described(follow, i, qa.get((r.source, r.image_path)), r.category),
+                **_long_checks(follow, i, answer, tax),
             }
         )
     graded = pd.DataFrame(rows)
@@ -167,3 +170,23 @@ def _described(follow: dict, i: int, qa: dict | None, category: str) -> dict:
             f"follow_up_{kind}_rouge_l": None if reference is None else rouge_l_f(reference, said),
         }
     return out
+
+
+def _long_checks(follow: dict, i: int, detection: str, tax: Taxonomy | None) -> dict:
+    """Of image ``i``'s long answers (those asked): whether each says nothing its detection
+    answer contradicts (``metrics.text.consistent_with``; unset without a taxonomy) and how
+    many break off (``metrics.text.broken_sentence``); unset where none was asked."""
+    said = {k: _asked(follow, k, i) for k in LONG_KINDS}
+    said = {k: v for k, v in said.items() if v is not None}
+    if not said:
+        return {"level4_consistent": None, "level4_broken": None}
+    consistent = None
+    if tax is not None:
+        consistent = all(
+            consistent_with(v, detection, tax, names_type=k == "description")
+            for k, v in said.items()
+        )
+    return {
+        "level4_consistent": consistent,
+        "level4_broken": sum(broken_sentence(v) for v in said.values()),
+    }

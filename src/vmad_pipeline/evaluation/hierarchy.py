@@ -19,7 +19,14 @@ from vmad_pipeline.metrics.text import ROUGE_L_SETTINGS
 
 # Level 4 of the hierarchical text evaluation (docs/evaluation.md): per long follow-up kind the
 # mean ROUGE-L F over the anomalous images asked, and the mean of the three; NaN where not asked.
-HIERARCHY_METRICS = (*(f"level4_{k}_rouge_l" for k in LONG_KINDS), "level4_rouge_l")
+# Beside them, the long answers' checks (issue 26): the share of images whose long answers
+# say nothing their detection answer contradicts, and the share of long answers that break off.
+HIERARCHY_METRICS = (
+    *(f"level4_{k}_rouge_l" for k in LONG_KINDS),
+    "level4_rouge_l",
+    "level4_consistency",
+    "level4_broken_share",
+)
 # The levels (binary -> defect type -> location -> description and reasoning; the ends are
 # MAU-Set's, the middle ours) and the table metric each one is: the detection answer, the
 # follow-ups asked after it.
@@ -42,13 +49,29 @@ def _mean_value(values: pd.Series | None) -> float:
 
 def level4_metrics(graded: pd.DataFrame) -> dict[str, float]:
     """HIERARCHY_METRICS of one class: per long kind the mean ROUGE-L F of its graded answers
-    (``follow_up_<kind>_rouge_l``), and ``level4_rouge_l``, the mean of the kinds' means."""
+    (``follow_up_<kind>_rouge_l``), ``level4_rouge_l``, the mean of the kinds' means, and the
+    long answers' checks (``grading._long_checks``)."""
     out = {
         f"level4_{k}_rouge_l": _mean_value(graded.get(f"follow_up_{k}_rouge_l")) for k in LONG_KINDS
     }
     kinds = [v for v in out.values() if not math.isnan(v)]
     out["level4_rouge_l"] = float(np.mean(kinds)) if kinds else float("nan")
+    consistent = graded.get("level4_consistent")
+    out["level4_consistency"] = _mean_value(
+        None if consistent is None else consistent.astype(float)
+    )
+    asked = sum(int(c.notna().sum()) for c in _columns(graded, "answer"))
+    broken = graded.get("level4_broken")
+    out["level4_broken_share"] = (
+        float(broken.fillna(0).sum()) / asked if (asked and broken is not None) else float("nan")
+    )
     return out
+
+
+def _columns(graded: pd.DataFrame, suffix: str) -> list[pd.Series]:
+    """The long kinds' ``follow_up_<kind>_<suffix>`` columns that ``graded`` has."""
+    columns = (graded.get(f"follow_up_{k}_{suffix}") for k in LONG_KINDS)
+    return [c for c in columns if c is not None]
 
 
 def hierarchy_report(
@@ -62,15 +85,16 @@ def hierarchy_report(
     def levels(values: dict[str, Any]) -> dict[str, Any]:
         return {level: values[metric] for level, metric in HIERARCHY_LEVELS.items()}
 
-    long_answers = [graded.get(f"follow_up_{k}_answer") for k in LONG_KINDS]
-    scored = [graded.get(f"follow_up_{k}_rouge_l") for k in LONG_KINDS]
+    long_answers, scored = _columns(graded, "answer"), _columns(graded, "rouge_l")
+    broken = graded.get("level4_broken")
     return {
         "levels": dict(HIERARCHY_LEVELS),
         "mean": levels(report["mean"]),
         "per_class": {cls: levels(row) for cls, row in report["per_class"].items()},
         "counts": {
-            "level4_asked": sum(int(c.notna().sum()) for c in long_answers if c is not None),
-            "level4_graded": sum(int(c.notna().sum()) for c in scored if c is not None),
+            "level4_asked": sum(int(c.notna().sum()) for c in long_answers),
+            "level4_graded": sum(int(c.notna().sum()) for c in scored),
+            "level4_broken": 0 if broken is None else int(broken.fillna(0).sum()),
         },
         "level4": {
             "enabled": cfg.hierarchy.enabled,

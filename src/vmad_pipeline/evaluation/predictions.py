@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from vmad_pipeline.metrics.text import parse_yes_no
+
 
 @dataclass
 class Predictions:
@@ -31,12 +33,14 @@ class Predictions:
     named_types: list[str | None] | None = None
 
     def slots(self) -> list[tuple] | None:
-        """Each image's (drawn-mask location, type) to ground its follow-up answers on
-        (``inference.grounding.ground_text``: False, no type head); None when not grounded."""
+        """Each image's (drawn-mask location, type, whether its answer said "Yes") to ground
+        its follow-up answers on (``inference.grounding``; type False: no type head); None when
+        not grounded."""
         if self.drawn_locations is None:
             return None
         named = self.named_types or [False] * len(self.drawn_locations)
-        return list(zip(self.drawn_locations, named, strict=True))
+        said = [parse_yes_no(a) is True for a in self.answers]
+        return list(zip(self.drawn_locations, named, said, strict=True))
 
     def as_dict(self) -> dict:
         """The fields by name, and the answers again as ``detection_answers`` (what the grading

@@ -17,6 +17,7 @@ import numpy as np
 from vmad_pipeline import prompts
 from vmad_pipeline.inference.references import inspection_args
 from vmad_pipeline.inference.service import pictures
+from vmad_pipeline.metrics.text import parse_yes_no
 
 
 @dataclass
@@ -57,8 +58,11 @@ class Conversation:
             (prompts.vqa_prompt(category), _closed(first.answer_ids, self._eos))
         ]
         self._seg_map = first.square_map if first.seg_found else None
-        # the first answer's drawn-mask location and type, which follow-ups are grounded on
-        self._slots = [(first.drawn_location, first.named_type)] if first.drawn_location else None
+        # the first answer's drawn-mask location, type and "Yes", which follow-ups are grounded on
+        said = parse_yes_no(first.answer) is True
+        self._slots = (
+            [(first.drawn_location, first.named_type, said)] if first.drawn_location else None
+        )
         self.turns = [
             Turn(
                 prompts.vqa_question(category),

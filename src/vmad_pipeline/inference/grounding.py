@@ -10,7 +10,12 @@ The LLM writes the answer; two of its words are read from evidence rather than t
   abstains.
 
 The generated tokens are changed with the text (a conversation's next turn reads the words the
-user read). Off with ``evaluate.ground_words: false`` (the LLM's own words, for measuring them).
+user read). The follow-ups training asks (``prompts.FOLLOW_UPS``: where, what kind, describe it,
+how severe, what should be done) are answered from that evidence whole (:func:`evidence_answer`):
+the small preset's LLM wrote them broken and contradicting its own first answer ("No, the part."
+after "Yes. There is a crack"; issue 26), and the evidence answers them in complete sentences
+whatever the LLM's size. Off with ``evaluate.ground_words: false`` (the LLM's own words, for
+measuring them).
 """
 
 from __future__ import annotations
@@ -19,14 +24,23 @@ import re
 
 import numpy as np
 
+from vmad_pipeline import prompts
+from vmad_pipeline.annotation.answers import follow_up_answer
 from vmad_pipeline.annotation.geometry import LOCATIONS, location_phrase, mask_geometry
+from vmad_pipeline.annotation.taxonomy import DefectType
+from vmad_pipeline.annotation.templates import template_qa
 from vmad_pipeline.prompts import a_defect
 
 MASK_LEVEL = 0.5  # the map's mask: SAM's logit > 0
 PEAK_SHARE = 0.8  # no pixel past MASK_LEVEL: the region within this share of the map's peak
-UNKNOWN = "an anomaly"  # what the answer says when the head names no type
+UNKNOWN_NAME = "anomaly"  # the type's name when the head names none
+UNKNOWN = a_defect(UNKNOWN_NAME)  # "an anomaly": what the answer says then
 _WHERE = re.compile(r"\bat the (" + "|".join(sorted(LOCATIONS, key=len, reverse=True)) + r")\b")
 _WHAT = re.compile(r"\b(There is|It is) (an? [a-z]+(?: [a-z]+)?)(?= at the\b|\.)")
+_KINDS = {" ".join(q.lower().split()): k for k, qs in prompts.FOLLOW_UPS.items() for q in qs}
+PHRASING_SEED = (
+    0  # which of RIAD's phrasings an evidence answer takes: the same evidence, the same words
+)
 
 
 def drawn_regions(maps: np.ndarray) -> np.ndarray:
@@ -76,3 +90,47 @@ def regrounded_ids(tokenizer, ids: list[int], text: str, grounded: str) -> list[
     space = " " if tokenizer.decode(ids[first : first + 1]).startswith(" ") else ""
     body = tokenizer.encode(space + grounded, add_special_tokens=False)
     return [*ids[:first], *body, *ids[last + 1 :]]
+
+
+def question_kind(question: str) -> str | None:
+    """The follow-up kind (``prompts.FOLLOW_UPS``) of a question training asks, case and spaces
+    aside ("what kind of defect is it?": "type"); None for any other question."""
+    return _KINDS.get(" ".join(question.lower().split()))
+
+
+def evidence_answer(kind: str, region: np.ndarray, defect: str | None, said_yes: bool) -> str:
+    """The answer to the follow-up ``kind`` from the first answer's evidence: ``region`` its
+    drawn mask (H x W bool), ``defect`` the type head's name (None: :data:`UNKNOWN`),
+    ``said_yes`` whether it said "Yes". The answers training teaches
+    (``annotation.answers.follow_up_answer``), the long ones written by RIAD's templates from
+    the drawn mask's location, size and regions: an answer that said "No" is followed by "the
+    part looks normal", whatever the map shows."""
+    mask = np.asarray(region, bool) if said_yes else np.zeros((1, 1), bool)
+    if said_yes and not mask.any():  # nothing drawn: the place the answer says, the centre
+        mask = np.zeros((3, 3), bool)
+        mask[1, 1] = True
+    qa = None
+    if said_yes and kind in prompts.ANSWER_KINDS:
+        qa = template_qa(
+            category=prompts.GENERIC_OBJECT,
+            defect=DefectType(-1, defect or UNKNOWN_NAME),
+            geometry=mask_geometry(mask),
+            seed=PHRASING_SEED,
+        )
+    return follow_up_answer(kind, mask, defect, qa, prompts.GENERIC_OBJECT)
+
+
+def evidence_follow_ups(tokenizer, questions: list[str], slots: list[tuple], maps) -> dict:
+    """The follow-ups among ``questions`` that training asks, answered from each image's
+    evidence (:func:`evidence_answer`): row -> (its tokens as the model is trained to write
+    them, its text). ``slots``: each image's (location, type, said yes) from its first answer;
+    ``maps``: the maps of the first answers' [SEG] (N x H x W, None: none drawn, nothing
+    answered here)."""
+    out = {}
+    for i, (question, (_, what, said_yes)) in enumerate(zip(questions, slots, strict=True)):
+        kind = question_kind(question)
+        if kind is None or maps is None:
+            continue
+        text = evidence_answer(kind, drawn_regions(maps[i : i + 1])[0], what or None, said_yes)
+        out[i] = (prompts.encode_answer(tokenizer, text), text)
+    return out

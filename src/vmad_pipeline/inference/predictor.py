@@ -24,6 +24,7 @@ from vmad_pipeline.evaluation.scores import image_scores, map_max
 from vmad_pipeline.images import to_model_inputs
 from vmad_pipeline.inference.grounding import (
     drawn_regions,
+    evidence_follow_ups,
     ground_text,
     has_type_slot,
     region_location,
@@ -185,11 +186,50 @@ class Predictor:
         prompt; ``earlier_maps`` (N x H x W probabilities) the maps of their first [SEG], which
         the tokens after it read as in training. A [SEG] in the new answer draws its map at S.
         ``references``: each image's normal references, as in :meth:`predict`; ``slots``: each
-        image's (location, type) from its first answer (:meth:`predict`'s ``drawn_locations``
-        and ``named_types``), which the answer's words are grounded on."""
+        image's (location, type, said yes) from its first answer (``Predictions.slots``), which
+        the answer's words are grounded on. Grounded, the questions training asks are answered
+        from that evidence whole, not generated (``inference.grounding.evidence_follow_ups``)."""
         n = len(images)
         if not (len(histories) == len(questions) == n):
             raise ValueError(f"{n} images, {len(histories)} histories, {len(questions)} questions")
+        known = {}
+        if self.ground and slots is not None:  # the questions training asks: from the evidence
+            known = evidence_follow_ups(self.tokenizer, questions, slots, earlier_maps)
+        rest = [i for i in range(n) if i not in known]
+        asked = self._follow_up_generated(
+            images[rest],
+            [histories[i] for i in rest],
+            [questions[i] for i in rest],
+            earlier_maps=None if earlier_maps is None else earlier_maps[rest],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            progress=progress,
+            references=None if references is None else [references[i] for i in rest],
+            slots=None if slots is None else [slots[i] for i in rest],
+        )
+        generated = dict(zip(rest, zip(asked.answer_ids, asked.texts, strict=True), strict=True))
+        said = np.zeros(n, bool)
+        said[rest] = asked.seg_found
+        maps = np.zeros((n, self.image_size, self.image_size), np.float32)
+        maps[rest] = asked.maps
+        ids, texts = zip(*(known.get(i) or generated[i] for i in range(n)), strict=True)
+        return FollowUps(answer_ids=list(ids), texts=list(texts), seg_found=said, maps=maps)
+
+    def _follow_up_generated(
+        self,
+        images,
+        histories,
+        questions,
+        *,
+        earlier_maps,
+        max_new_tokens,
+        batch_size,
+        progress,
+        references,
+        slots,
+    ) -> FollowUps:
+        """:meth:`follow_up`'s answers that the LLM writes (its words grounded)."""
+        n = len(images)
         ids, texts, found, maps = [], [], [], []
         for s in self._batches(n, batch_size, "follow-up", progress):
             part = slice(s, s + batch_size)
@@ -333,7 +373,7 @@ class Predictor:
         """The answers with their location and type words set from ``slots`` ((location,
         type) each: ``inference.grounding.ground_text``), their tokens likewise."""
         out_ids, out_texts = [], []
-        for one, text, (where, what) in zip(ids, texts, slots, strict=True):
+        for one, text, (where, what, *_) in zip(ids, texts, slots, strict=True):
             grounded = ground_text(text, where, what)
             out_ids.append(regrounded_ids(self.tokenizer, list(one), text, grounded))
             out_texts.append(grounded)

@@ -22,6 +22,13 @@ Parsing rules (each the one place for its rule; docs/evaluation.md repeats them)
 * **free text** (:func:`rouge_l_f`, the description / impact / suggestion answers): ROUGE-L
   F-measure against the reference answer, Google's ``rouge-score`` with ``use_stemmer=True``
   (lower-cased, runs of letters and digits as tokens, Porter-stemmed).
+* **broken sentence** (:func:`broken_sentence`): a free answer that is empty, does not end in
+  ". ! ?", or ends on a word no sentence ends on ("the", "of", "is", ...; a size after its
+  article, "It is a small.", the break-off issue 26 saw).
+* **consistency** (:func:`consistent_with`): a free answer says nothing its detection answer
+  contradicts: after "Yes" not that the part looks normal, no other location, and a description
+  names the detection answer's type (none where it said "an anomaly"); after "No", that the part
+  looks normal and no place.
 
 Unparseable answers count as wrong in every accuracy, and are counted separately.
 """
@@ -48,6 +55,8 @@ __all__ = [
     "balanced_answer_accuracy",
     "rouge_l_f",
     "ROUGE_L_SETTINGS",
+    "broken_sentence",
+    "consistent_with",
 ]
 
 _YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
@@ -166,3 +175,32 @@ def rouge_l_f(reference: str, answer: str) -> float:
     [0, 1]: 2PR / (P + R) with P = LCS / answer tokens, R = LCS / reference tokens; 0 when
     either has no token."""
     return float(_rouge().score(reference or "", answer or "")["rougeL"].fmeasure)
+
+
+# Words no sentence ends on, and the sizes RIAD's answers use (annotation.geometry).
+_DANGLING = frozenset("a an the of at on in to with and or but is are was its for from by".split())
+_SIZES = frozenset("tiny small medium large".split())
+_NORMAL = re.compile(r"\blooks? normal\b", re.IGNORECASE)
+
+
+def broken_sentence(answer: str) -> bool:
+    """The free answer breaks off (see the module's rules)."""
+    text = (answer or "").strip()
+    words = re.findall(r"[a-z]+", text.lower())
+    if not words or text[-1] not in ".!?":
+        return True
+    return words[-1] in _DANGLING or (words[-1] in _SIZES and words[-2:-1] in (["a"], ["an"]))
+
+
+def consistent_with(answer: str, detection: str, taxonomy: Taxonomy, *, names_type: bool) -> bool:
+    """The free ``answer`` says nothing its ``detection`` answer contradicts (see the module's
+    rules); ``names_type``: the kind of answer that names the type (the description)."""
+    says_normal = parse_yes_no(answer) is False or bool(_NORMAL.search(answer or ""))
+    if parse_yes_no(detection) is not True:
+        return says_normal and parse_location(answer) is None
+    where = parse_location(answer)
+    if says_normal or (where is not None and where != parse_location(detection)):
+        return False
+    return not names_type or parse_defect_type(answer, taxonomy) == parse_defect_type(
+        detection, taxonomy
+    )

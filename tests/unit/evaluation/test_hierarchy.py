@@ -209,7 +209,7 @@ def test_report_by_level_per_class_and_mean() -> None:
     assert h["mean"]["level4_rouge_l"] == pytest.approx((1.7 / 3 + 1.0) / 2, abs=1e-6)
     assert h["mean"]["level4_description"] == pytest.approx(0.85)
     assert h["mean"]["level2_type"] == pytest.approx(0.75)
-    assert h["counts"] == {"level4_asked": 12, "level4_graded": 9}
+    assert h["counts"] == {"level4_asked": 12, "level4_graded": 9, "level4_broken": 0}
     assert (
         h["level4"]["metric"].startswith("rouge-score")
         and "use_stemmer=True" in h["level4"]["metric"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from PIL import Image
 from vmad_pipeline import prompts
 from vmad_pipeline.apps.commands import chat
 from vmad_pipeline.inference.chat import Conversation
+from vmad_pipeline.inference.grounding import drawn_regions, evidence_answer
+from vmad_pipeline.metrics.text import parse_yes_no
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,59 @@ def test_follow_ups_are_answered_with_the_earlier_turns_as_context(detector, mon
     assert "[SEG]" not in first.answer and "</s>" not in first.answer
     eos = detector.predictor.tokenizer.eos_token_id
     assert all(ids[-1] == eos for _, ids in talk._turns)  # each answer closed in the history
+
+
+@pytest.mark.parametrize(
+    "said, named",
+    [(None, None), ("Yes. There is a crack at the {}.", "crack"), ("No. It looks normal.", None)],
+)
+def test_the_follow_ups_training_asks_are_answered_from_the_first_answers_evidence(
+    detector, monkeypatch, said, named
+):
+    """Where, what kind, describe it, how severe, what should be done: each answer is what the
+    first answer's drawn mask and type say (``inference.grounding.evidence_answer``), whole
+    sentences, and the LLM is not asked; a question of the user's own is the LLM's. ``said``:
+    the first answer made to be this (None: the untrained model's own)."""
+    inspect = detector.inspect
+
+    def made_to_say(*args, **kwargs):
+        (first,) = inspect(*args, **kwargs)
+        if said is None:
+            return [first]
+        return [replace(first, answer=said.format(first.drawn_location), named_type=named)]
+
+    monkeypatch.setattr(detector, "inspect", made_to_say)
+    talk = Conversation(detector, image(), "screw", max_new_tokens=4)
+    first = talk.inspection
+    calls = []
+    real = detector.predictor._generate
+    monkeypatch.setattr(
+        detector.predictor, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    said_yes = parse_yes_no(first.answer) is True
+    assert said_yes == (said is not None and said.startswith("Yes"))
+    region = drawn_regions(first.square_map[None])[0]
+    for kind, questions in prompts.FOLLOW_UPS.items():
+        turn = talk.ask(questions[-1])
+        assert turn.answer == evidence_answer(kind, region, first.named_type or None, said_yes)
+    assert calls == []
+    talk.ask("Why is it there?")
+    assert calls == [1]
+    eos = detector.predictor.tokenizer.eos_token_id
+    assert all(ids[-1] == eos for _, ids in talk._turns)  # each answer closed in the history
+
+
+def test_ungrounded_the_llm_answers_every_follow_up(detector, monkeypatch):
+    """``evaluate.ground_words: false``: the LLM's own words, the trained questions' included."""
+    monkeypatch.setattr(detector.predictor, "ground", False)
+    talk = Conversation(detector, image(), "screw", max_new_tokens=4)
+    calls = []
+    real = detector.predictor._generate
+    monkeypatch.setattr(
+        detector.predictor, "_generate", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    talk.ask("Describe it.")
+    assert calls == [1]
 
 
 def test_bad_questions_are_refused_and_the_conversation_goes_on(detector):
@@ -90,7 +146,7 @@ def test_an_answer_with_seg_writes_its_mask_at_the_images_size(detector):
     talk = Conversation(detector, image(), "screw", max_new_tokens=3)
     handle = head.register_forward_hook(prefer_seg)
     try:
-        turn = talk.ask("Where is it?")
+        turn = talk.ask("Show me the defect.")  # a question of its own: the LLM answers it
         assert turn.seg_found and turn.mask.shape == (30, 40)
         assert turn.overlay.shape == (30, 40, 3) and set(np.unique(turn.mask)) <= {0, 255}
         later = talk.ask("And now?")  # a later drawn turn: the conversation keeps its pictures only

@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
+from helpers import REPO
 from helpers.models import tiny_tokenizer
 
+from vmad_pipeline import prompts
+from vmad_pipeline.annotation.taxonomy import Taxonomy
 from vmad_pipeline.inference.grounding import (
     drawn_regions,
+    evidence_answer,
+    evidence_follow_ups,
     ground_text,
+    question_kind,
     region_location,
     regrounded_ids,
 )
+from vmad_pipeline.metrics.text import broken_sentence, consistent_with
 
 
 @pytest.mark.parametrize(
@@ -79,3 +87,57 @@ def test_the_tokens_change_with_the_text():
     out = regrounded_ids(tok, ids, text, grounded)
     assert out[0] == seg and out[-1] == tok.eos_token_id
     assert tok.decode(out, skip_special_tokens=True).strip() == grounded
+
+
+TAXONOMY = Taxonomy.from_dict(yaml.safe_load((REPO / "conf/base/taxonomy.yml").read_text()))
+
+
+def top_right() -> np.ndarray:
+    region = np.zeros((64, 64), bool)
+    region[4:14, 44:60] = True  # 160 of 4,096 pixels: "medium" in RIAD's size words
+    return region
+
+
+def test_the_questions_training_asks_are_known_by_their_kind():
+    for kind, questions in prompts.FOLLOW_UPS.items():
+        for q in questions:
+            assert question_kind(q) == kind
+            assert question_kind(f"  {q.upper()}  ") == kind
+    assert question_kind("Why is it there?") is None
+
+
+@pytest.mark.parametrize("defect", ["crack", "missing_part", None])
+def test_evidence_answers_are_whole_sentences_that_agree_with_the_first_answer(defect):
+    first = prompts.detection_answer(anomalous=True, defect=defect, location="top right")
+    first = first.replace("[SEG] ", "")
+    said = {k: evidence_answer(k, top_right(), defect, True) for k in prompts.FOLLOW_UPS}
+    assert said["location"] == "It is at the top right."
+    assert said["type"] == f"It is {prompts.a_defect(defect) if defect else 'an anomaly'}."
+    described = said["description"]
+    assert "top right" in described and "medium" in described
+    assert (prompts.a_defect(defect)[2:] if defect else "anomaly") in described.replace("_", " ")
+    for kind in prompts.ANSWER_KINDS:
+        assert not broken_sentence(said[kind]), said[kind]
+        assert consistent_with(said[kind], first, TAXONOMY, names_type=kind == "description")
+
+
+def test_after_a_no_every_follow_up_says_the_part_looks_normal():
+    for kind in prompts.FOLLOW_UPS:
+        said = evidence_answer(kind, top_right(), "crack", False)
+        assert "normal" in said and "top right" not in said and "crack" not in said
+        assert consistent_with(said, "No. It looks normal.", TAXONOMY, names_type=True)
+
+
+def test_only_the_questions_training_asks_are_answered_from_the_evidence():
+    tok = tiny_tokenizer()
+    maps = np.zeros((3, 64, 64), np.float32)
+    maps[:, 4:14, 44:60] = 0.9
+    slots = [("top right", "crack", True), ("top right", None, True), ("top right", "hole", False)]
+    questions = ["Where is it?", "Why is it there?", "What kind of defect is it?"]
+    answered = evidence_follow_ups(tok, questions, slots, maps)
+    assert set(answered) == {0, 2}  # the free question is the LLM's
+    ids, text = answered[0]
+    assert text == "It is at the top right."
+    assert ids == prompts.encode_answer(tok, text) and ids[-1] == tok.eos_token_id
+    assert answered[2][1] == prompts.FOLLOW_UP_NONE
+    assert evidence_follow_ups(tok, questions, slots, None) == {}  # no map drawn: none

@@ -13,6 +13,8 @@ from vmad_pipeline.annotation.taxonomy import Taxonomy
 from vmad_pipeline.metrics.text import (
     answer_accuracy,
     balanced_answer_accuracy,
+    broken_sentence,
+    consistent_with,
     parse_defect_type,
     parse_location,
     parse_option,
@@ -112,3 +114,58 @@ def test_balanced_accuracy_one_class_is_nan_and_bad_input_raises() -> None:
         answer_accuracy([0, 1], [True])
     with pytest.raises(ValueError, match="0/1"):
         answer_accuracy([0, 2], [True, False])
+
+
+@pytest.mark.parametrize(
+    "answer,broken",
+    [
+        ("The part.", False),
+        ("There is a small crack on the center of the part.", False),
+        ("It is small.", False),
+        ("It is a crack.", False),
+        ("It is a small.", True),  # the break-off issue 26 saw
+        ("It is a", True),
+        ("A crack at the", True),
+        ("No, the part.", False),
+        ("The damage is at the.", True),
+        ("", True),
+        ("   ", True),
+    ],
+)
+def test_a_broken_sentence_is_one_that_breaks_off(answer, broken):
+    assert broken_sentence(answer) is broken
+
+
+YES = "Yes. There is a crack at the top left."
+
+
+@pytest.mark.parametrize(
+    "answer,detection,names_type,expected",
+    [
+        ("A crack is visible at the top left of the part; it is small.", YES, True, True),
+        ("There is a small scratch on the top left of the part.", YES, True, False),
+        ("There is a small crack on the bottom of the part.", YES, True, False),
+        ("No, the part looks normal; no defect is visible.", YES, False, False),
+        ("The part looks normal.", YES, False, False),
+        ("Scrap the part; do not repair it.", YES, False, True),  # names neither: no contradiction
+        ("Check the line where such defects arise.", YES, False, True),  # no type asked of it
+        (
+            "A small anomaly appears in the top left area.",
+            "Yes. There is an anomaly at the top left.",
+            True,
+            True,
+        ),
+        (
+            "A small crack appears in the top left area.",
+            "Yes. There is an anomaly at the top left.",
+            True,
+            False,
+        ),
+        ("No, the part looks normal; no defect is visible.", "No. It looks normal.", False, True),
+        ("There is a crack at the top.", "No. It looks normal.", True, False),
+    ],
+)
+def test_a_long_answer_is_consistent_when_its_detection_answer_contradicts_none_of_it(
+    taxonomy, answer, detection, names_type, expected
+):
+    assert consistent_with(answer, detection, taxonomy, names_type=names_type) is expected
