@@ -102,6 +102,9 @@ WORDS = (
     ("location_accuracy", "location accuracy"),
     ("follow_up_location_accuracy", "follow-up location accuracy"),
     ("location_mask_agreement", "answer location = the drawn mask's"),
+    ("level4_rouge_l", "level 4 ROUGE-L F (description, impact, suggestion)"),
+    ("level4_consistency", "long answers consistent with the detection answer"),
+    ("level4_broken_share", "long answers that break off"),
 )
 
 

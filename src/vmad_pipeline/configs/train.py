@@ -147,13 +147,13 @@ class TypeHeadConfig:
     levels: tuple[int, ...] = (1, 2, 3)  # the tower's native levels read
     grid: int = 16  # the descriptor's grid
     # > 0: the tower reads a square cut around the mask (this times its box's longer side, at
-    # least a quarter of the image), resized to input_size: seed 0's unseen defects were named
-    # from their true masks as well as from the whole image at 256 px (67% and 68%), 10 times
-    # cheaper; 0: the whole image
-    crop: float = 1.5
+    # least a quarter of the image), resized to input_size; 0: the whole image. docs/words.md,
+    # "Choosing the head", has the figures of each choice
+    crop: float = 1.0
     # the size the tower reads (None: its own; a CLIP tower, whose positions are fixed, needs it)
-    input_size: int | None = None
-    c: float = 1.0  # the logistic regression's inverse regularisation
+    input_size: int | None = 224
+    c: float = 0.1  # the logistic regression's inverse regularisation, on standardised features
+    balanced: bool = True  # each type weighs the same in the fit, however many images it has
     min_precision: float = 0.85  # the abstention threshold's target, on held-out classes
 
     def __post_init__(self) -> None:

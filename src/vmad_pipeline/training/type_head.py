@@ -1,6 +1,8 @@
 """Fit the defect-type head (``models.type_head``) on the training classes' defect images.
 
-A multinomial logistic regression (scikit-learn) on the region descriptors of the true masks.
+A multinomial logistic regression (scikit-learn) on the standardised region descriptors of the
+true masks, each type weighted alike (``balanced``); the standardisation is folded into the
+stored coefficients, so the head reads raw descriptors.
 Its abstention threshold is chosen the way the head is used, on classes it has not seen: each
 training class in turn is held out, the head is fitted on the others and names the held-out
 class's defects; ``min_probability`` is the lowest probability at which the names given reach
@@ -37,6 +39,8 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
     """The head for ``model``'s tower from ``rows`` (the training rows: their typed defect
     images), or None with fewer than two types (nothing to tell apart)."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     start = time.perf_counter()
     typed = typed_rows(rows)
@@ -58,12 +62,14 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
     y = typed["defect_type"].to_numpy()
 
     def fit(keep):
-        return LogisticRegression(C=cfg.c, max_iter=5000).fit(desc[keep], y[keep])
+        weights = "balanced" if cfg.balanced else None
+        classifier = LogisticRegression(C=cfg.c, max_iter=5000, class_weight=weights)
+        return make_pipeline(StandardScaler(), classifier).fit(desc[keep], y[keep])
 
     names, probs, truth = held_out_predictions(fit, desc, y, typed["category"].to_numpy())
     chosen, figures = choose_min_probability(names, probs, truth, cfg.min_precision)
     clf = fit(np.ones(len(y), bool))
-    coef, intercept = clf.coef_, clf.intercept_
+    coef, intercept = folded(clf)
     if len(clf.classes_) == 2:  # scikit-learn's binary form (one row: the second class's logit)
         # as two rows whose softmax is that sigmoid
         coef, intercept = (
@@ -96,6 +102,14 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
         chosen,
     )
     return head
+
+
+def folded(pipeline) -> tuple[np.ndarray, np.ndarray]:
+    """The coefficients and intercepts of a standardise-then-classify pipeline on the raw
+    descriptors: w (x - mean) / scale + b = (w / scale) x + (b - w . mean / scale)."""
+    scaler, classifier = pipeline[0], pipeline[-1]
+    coef = classifier.coef_ / scaler.scale_
+    return coef, classifier.intercept_ - coef @ scaler.mean_
 
 
 def held_out_predictions(fit, desc, y, groups):

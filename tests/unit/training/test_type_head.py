@@ -15,7 +15,7 @@ from vmad_pipeline.configs.train import TypeHeadConfig
 from vmad_pipeline.models.build import build_vmad
 from vmad_pipeline.models.type_head import TypeHead
 from vmad_pipeline.prompts import a_defect
-from vmad_pipeline.training.type_head import choose_min_probability, fit_type_head
+from vmad_pipeline.training.type_head import choose_min_probability, fit_type_head, folded
 
 
 def _typed_corpus(tmp_path, classes=("a", "b", "c"), n=6):
@@ -134,3 +134,19 @@ def test_the_head_travels_with_the_checkpoint_and_grounds_the_answers(
     off = parse_evaluate_params({"max_new_tokens": 3, "progress": False, "ground_words": False})
     plain = Detector.from_checkpoint(Checkpoint(tmp_path / "ck"), WeightsConfig(), off)
     assert plain.predictor.predict(images, ["a", "b"], output_size=16).named_types is None
+
+
+def test_the_standardisation_is_folded_into_the_stored_coefficients():
+    """The head stores one linear map on the raw descriptors: its logits are the fitted
+    standardise-then-classify pipeline's, to rounding."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, [0.1, 10.0, 1.0, 3.0], (60, 4))
+    y = np.array(["a", "b", "c"] * 20, object)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced"))
+    pipe.fit(x, y)
+    coef, intercept = folded(pipe)
+    np.testing.assert_allclose(x @ coef.T + intercept, pipe.decision_function(x), atol=1e-9)
