@@ -155,10 +155,15 @@ class TypeHeadConfig:
     c: float = 0.1  # the logistic regression's inverse regularisation, on standardised features
     balanced: bool = True  # each type weighs the same in the fit, however many images it has
     min_precision: float = 0.85  # the abstention threshold's target, on held-out classes
+    # and the share of a held-out type's defects it must leave unnamed (a type no training class
+    # has: a new product's own kind of defect); 0: no such target
+    min_novel_abstention: float = 0.9
 
     def __post_init__(self) -> None:
         bad = self.grid < 1 or not self.levels or self.crop < 0 or self.c <= 0
-        if bad or not 0 < self.min_precision <= 1:
+        if bad or not 0 <= self.min_novel_abstention <= 1:
+            raise ValueError(f"train.type_head: invalid {self}")
+        if not 0 < self.min_precision <= 1:
             raise ValueError(f"train.type_head: invalid {self}")
 
 

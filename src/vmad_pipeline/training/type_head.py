@@ -3,11 +3,14 @@
 A multinomial logistic regression (scikit-learn) on the standardised region descriptors of the
 true masks, each type weighted alike (``balanced``); the standardisation is folded into the
 stored coefficients, so the head reads raw descriptors.
-Its abstention threshold is chosen the way the head is used, on classes it has not seen: each
-training class in turn is held out, the head is fitted on the others and names the held-out
-class's defects; ``min_probability`` is the lowest probability at which the names given reach
-the target precision (the highest precision found when none reaches it). The figures of that
-choice are stored with the head (``meta``).
+Its abstention threshold is chosen the way the head is used, on classes and types it has not
+seen: each training class in turn is held out, the head is fitted on the others and names the
+held-out class's defects; and each defect type in turn is held out, so that its defects stand
+for a type no training class has (a new product's own kind of defect), which the head should not
+name. ``min_probability`` is the lowest probability at which the names given reach the target
+precision and the held-out types' defects are left unnamed at the target share (the highest
+candidate when none reaches both). The figures of that choice are stored with the head
+(``meta``).
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
         return make_pipeline(StandardScaler(), classifier).fit(desc[keep], y[keep])
 
     names, probs, truth = held_out_predictions(fit, desc, y, typed["category"].to_numpy())
-    chosen, figures = choose_min_probability(names, probs, truth, cfg.min_precision)
+    novel = held_out_type_probabilities(fit, desc, y)
+    chosen, figures = choose_min_probability(
+        names, probs, truth, cfg.min_precision, novel, cfg.min_novel_abstention
+    )
     clf = fit(np.ones(len(y), bool))
     coef, intercept = folded(clf)
     if len(clf.classes_) == 2:  # scikit-learn's binary form (one row: the second class's logit)
@@ -129,10 +135,26 @@ def held_out_predictions(fit, desc, y, groups):
     return np.array(names, object), np.array(probs), np.array(truth, object)
 
 
-def choose_min_probability(names, probs, truth, target: float) -> tuple[float, dict]:
-    """The lowest candidate whose named predictions reach ``target`` precision; else the one of
-    highest precision. With its precision, the share named and the accuracy (abstentions
-    wrong)."""
+def held_out_type_probabilities(fit, desc, y) -> np.ndarray:
+    """Of each defect type in turn, its images' highest probability under a head fitted
+    without that type (types whose leaving would leave fewer than two are skipped)."""
+    out = []
+    for t in sorted(set(y)):
+        left = y == t
+        if len(set(y[~left])) >= 2:
+            out += list(fit(~left).predict_proba(desc[left]).max(1))
+    return np.array(out)
+
+
+def choose_min_probability(
+    names, probs, truth, target: float, novel=None, novel_target: float = 0.0
+) -> tuple[float, dict]:
+    """The lowest candidate whose named predictions reach ``target`` precision and below which
+    at least ``novel_target`` of ``novel`` (the held-out types' probabilities) fall; else,
+    without ``novel_target``, the one of highest precision, and with it the highest candidate.
+    With its precision, the share named, the accuracy (abstentions wrong) and the held-out
+    types' share left unnamed."""
+    novel = np.asarray([] if novel is None else novel)
 
     def figures(t):
         named = probs >= t
@@ -143,9 +165,20 @@ def choose_min_probability(names, probs, truth, target: float) -> tuple[float, d
             "named_share": round(float(named.mean()), 4) if len(named) else 0.0,
             "accuracy": round(float((correct & named).mean()), 4) if len(named) else 0.0,
             "n_images": int(len(named)),
+            "new_type_abstention": round(float((novel < t).mean()), 4) if len(novel) else None,
         }
 
+    def reaches(f):
+        abstains = f["new_type_abstention"] is None or f["new_type_abstention"] >= novel_target
+        return f["precision"] is not None and f["precision"] >= target and abstains
+
     table = [figures(t) for t in CANDIDATES]
-    reached = [f for f in table if f["precision"] is not None and f["precision"] >= target]
-    best = reached[0] if reached else max(table, key=lambda f: f["precision"] or 0.0)
-    return best["min_probability"], {**best, "target_precision": target}
+    reached = [f for f in table if reaches(f)]
+    if reached:
+        best = reached[0]
+    elif novel_target > 0 and len(novel):
+        best = table[-1]
+    else:
+        best = max(table, key=lambda f: f["precision"] or 0.0)
+    targets = {"target_precision": target, "target_new_type_abstention": novel_target}
+    return best["min_probability"], {**best, **targets}

@@ -92,6 +92,14 @@ def test_the_threshold_is_the_lowest_reaching_the_target_precision():
     # never reached: the most precise one, said so by its figures
     chosen, figures = choose_min_probability(names, probs, np.array(["b"] * 4, object), 0.99)
     assert figures["precision"] < 0.99
+    # held-out types whose defects the head must leave unnamed: 0.45 names 2 of their 3
+    novel = np.array([0.5, 0.6, 0.7])
+    chosen, figures = choose_min_probability(names, probs, truth, 0.85, novel, 0.6)
+    assert chosen == 0.65 and figures["new_type_abstention"] == pytest.approx(2 / 3, abs=1e-3)
+    assert figures["precision"] == 1.0 and figures["named_share"] == 0.5
+    # never both: the highest candidate, naming least
+    chosen, _ = choose_min_probability(names, probs, truth, 0.85, np.array([0.99]), 1.0)
+    assert chosen == 0.95
 
 
 def test_one_type_gives_no_head_and_bad_levels_are_named(tmp_path, fitted):
