@@ -157,7 +157,7 @@ class TypeHeadConfig:
     min_precision: float = 0.85  # the abstention threshold's target, on held-out classes
     # and the share of a held-out type's defects it must leave unnamed (a type no training class
     # has: a new product's own kind of defect); 0: no such target
-    min_novel_abstention: float = 0.9
+    min_novel_abstention: float = 0.8
 
     def __post_init__(self) -> None:
         bad = self.grid < 1 or not self.levels or self.crop < 0 or self.c <= 0
