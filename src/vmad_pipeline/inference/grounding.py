@@ -123,13 +123,16 @@ def evidence_answer(kind: str, region: np.ndarray, defect: str | None, said_yes:
 def evidence_follow_ups(tokenizer, questions: list[str], slots: list[tuple], maps) -> dict:
     """The follow-ups among ``questions`` that training asks, answered from each image's
     evidence (:func:`evidence_answer`): row -> (its tokens as the model is trained to write
-    them, its text). ``slots``: each image's (location, type, said yes) from its first answer;
-    ``maps``: the maps of the first answers' [SEG] (N x H x W, None: none drawn, nothing
+    them, its text). ``slots``: each image's (location, type, said yes) from its first answer
+    (type False: not read, no head or no type slot; then a "Yes" leaves all but "where" to the
+    LLM, whose first answer named the type); ``maps``: the maps of the first answers' [SEG] (N x H x W, None: none drawn, nothing
     answered here)."""
     out = {}
     for i, (question, (_, what, said_yes)) in enumerate(zip(questions, slots, strict=True)):
         kind = question_kind(question)
         if kind is None or maps is None:
+            continue
+        if what is False and said_yes and kind != "location":  # no type read: the LLM's word
             continue
         text = evidence_answer(kind, drawn_regions(maps[i : i + 1])[0], what or None, said_yes)
         out[i] = (prompts.encode_answer(tokenizer, text), text)

@@ -141,3 +141,7 @@ def test_only_the_questions_training_asks_are_answered_from_the_evidence():
     assert ids == prompts.encode_answer(tok, text) and ids[-1] == tok.eos_token_id
     assert answered[2][1] == prompts.FOLLOW_UP_NONE
     assert evidence_follow_ups(tok, questions, slots, None) == {}  # no map drawn: none
+    # no type read (no head): after a "Yes" only "where" is the evidence's; the LLM named the type
+    unread = [("top right", False, True)] * 3
+    asked = ["Where is it?", "What kind of defect is it?", "Describe it."]
+    assert set(evidence_follow_ups(tok, asked, unread, maps)) == {0}
