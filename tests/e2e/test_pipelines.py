@@ -91,7 +91,9 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
     assert hierarchy["counts"] == {
         "level4_asked": 3 * n_anomalous,
         "level4_graded": 3 * n_anomalous,
+        "level4_broken": 0,  # written from the evidence (ground_words): whole sentences
     }
+    assert metrics["mean"]["level4_consistency"] == 1.0  # and none contradicts its first answer
     assert {"level4_rouge_l", "level4_impact_rouge_l"} <= set(per_class.columns)
     assert "L4 ROUGE-L" in (reports / "metrics_per_class.md").read_text()
     assert graded["follow_up_description_reference"].notna().sum() == n_anomalous
