@@ -195,47 +195,18 @@ class Predictor:
         known = {}
         if self.ground and slots is not None:  # the questions training asks: from the evidence
             known = evidence_follow_ups(self.tokenizer, questions, slots, earlier_maps)
-        rest = [i for i in range(n) if i not in known]
-        asked = self._follow_up_generated(
-            images[rest],
-            [histories[i] for i in rest],
-            [questions[i] for i in rest],
-            earlier_maps=None if earlier_maps is None else earlier_maps[rest],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress,
-            references=None if references is None else [references[i] for i in rest],
-            slots=None if slots is None else [slots[i] for i in rest],
-        )
-        generated = dict(zip(rest, zip(asked.answer_ids, asked.texts, strict=True), strict=True))
+        ids = [known[i][0] if i in known else None for i in range(n)]
+        texts = [known[i][1] if i in known else None for i in range(n)]
         said = np.zeros(n, bool)
-        said[rest] = asked.seg_found
         maps = np.zeros((n, self.image_size, self.image_size), np.float32)
-        maps[rest] = asked.maps
-        ids, texts = zip(*(known.get(i) or generated[i] for i in range(n)), strict=True)
-        return FollowUps(answer_ids=list(ids), texts=list(texts), seg_found=said, maps=maps)
-
-    def _follow_up_generated(
-        self,
-        images,
-        histories,
-        questions,
-        *,
-        earlier_maps,
-        max_new_tokens,
-        batch_size,
-        progress,
-        references,
-        slots,
-    ) -> FollowUps:
-        """:meth:`follow_up`'s answers that the LLM writes (its words grounded)."""
-        n = len(images)
-        ids, texts, found, maps = [], [], [], []
-        for s in self._batches(n, batch_size, "follow-up", progress):
-            part = slice(s, s + batch_size)
+        rest = [i for i in range(n) if i not in known]  # the LLM's to write
+        for s in self._batches(len(rest), batch_size, "follow-up", progress):
+            part = rest[s : s + batch_size]
             seqs = [
-                encode_turns(self.tokenizer, [*h, (q, None)], self.model.image_slots)[0]
-                for h, q in zip(histories[part], questions[part], strict=True)
+                encode_turns(
+                    self.tokenizer, [*histories[i], (questions[i], None)], self.model.image_slots
+                )[0]
+                for i in part
             ]
             masks = None if earlier_maps is None else np.asarray(earlier_maps[part], np.float32)
             pred = self._generate(
@@ -245,23 +216,17 @@ class Predictor:
                 max_new_tokens=max_new_tokens,
                 prompt_masks=masks,
                 fallback=False,  # a follow-up's map only where it says [SEG]
-                references=None if references is None else references[part],
+                references=None if references is None else [references[i] for i in part],
             )
             part_ids, part_texts = list(pred.answer_ids), self._text(pred.answer_ids)
             if self.ground and slots is not None:
-                part_ids, part_texts = self._grounded(part_ids, part_texts, slots[part])
-            ids += part_ids
-            texts += part_texts
-            said = pred.seg_found.cpu().numpy()
-            found.append(said)
-            maps.append(pred.mask_logits.sigmoid().float().cpu().numpy() * said[:, None, None])
-        empty = np.zeros((0, self.image_size, self.image_size), np.float32)
-        return FollowUps(
-            answer_ids=ids,
-            texts=texts,
-            seg_found=np.concatenate(found) if found else np.zeros(0, bool),
-            maps=np.concatenate(maps) if maps else empty,
-        )
+                part_slots = [slots[i] for i in part]
+                part_ids, part_texts = self._grounded(part_ids, part_texts, part_slots)
+            found = pred.seg_found.cpu().numpy()
+            for k, i in enumerate(part):
+                ids[i], texts[i], said[i] = part_ids[k], part_texts[k], found[k]
+            maps[part] = pred.mask_logits.sigmoid().float().cpu().numpy() * found[:, None, None]
+        return FollowUps(answer_ids=ids, texts=texts, seg_found=said, maps=maps)
 
     def predict(
         self,

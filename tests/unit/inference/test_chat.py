@@ -94,6 +94,27 @@ def test_the_follow_ups_training_asks_are_answered_from_the_first_answers_eviden
     assert all(ids[-1] == eos for _, ids in talk._turns)  # each answer closed in the history
 
 
+def test_a_batch_mixing_trained_and_own_questions_keeps_each_answer_in_its_row(detector):
+    """The evidence answers the trained question, the LLM the other; each lands in its row."""
+    predictor = detector.predictor
+    first = detector.inspect([image()], ["screw"])[0]
+    history = [(prompts.vqa_prompt("screw"), list(first.answer_ids))]
+    slot = ("top left", "crack", True)
+    maps = np.zeros((2, predictor.image_size, predictor.image_size), np.float32)
+    maps[:, :8, :8] = 0.9
+    out = predictor.follow_up(
+        torch.stack([detector.tensor(image())] * 2),
+        [history, history],
+        ["Why is it there?", "Where is it?"],
+        earlier_maps=maps,
+        max_new_tokens=3,
+        slots=[slot, slot],
+    )
+    assert out.texts[1] == "It is at the top left." and out.seg_found[1] == 0
+    assert out.texts[0] is not None and out.texts[0] != out.texts[1]
+    assert out.maps.shape == maps.shape and len(out.answer_ids) == 2
+
+
 def test_ungrounded_the_llm_answers_every_follow_up(detector, monkeypatch):
     """``evaluate.ground_words: false``: the LLM's own words, the trained questions' included."""
     monkeypatch.setattr(detector.predictor, "ground", False)
