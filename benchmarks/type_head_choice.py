@@ -34,8 +34,8 @@ from vmad_pipeline.models.efficientnet import FrozenEfficientNet, load_efficient
 from vmad_pipeline.models.type_head import region_descriptors
 from vmad_pipeline.training.type_head import (
     choose_min_probability,
+    classifier,
     held_out_predictions,
-    held_out_type_probabilities,
     typed_rows,
 )
 
@@ -64,14 +64,10 @@ class _Tower:
 
 
 def _classifier(c: float, standardised: bool):
+    """The head's classifier (standardised, balanced), or a plain logistic regression."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    if not standardised:
-        return LogisticRegression(C=c, max_iter=5000)
-    balanced = LogisticRegression(C=c, max_iter=5000, class_weight="balanced")
-    return make_pipeline(StandardScaler(), balanced)
+    return classifier(c, True) if standardised else LogisticRegression(C=c, max_iter=5000)
 
 
 def measure(project: Path) -> dict:
@@ -99,7 +95,7 @@ def measure(project: Path) -> dict:
             return _classifier(c, standardised).fit(fit_x[keep], y[keep])
 
         names, probs, held_truth = held_out_predictions(fit, fit_x, y, train.category.to_numpy())
-        novel = held_out_type_probabilities(fit, fit_x, y)
+        novel = held_out_predictions(fit, fit_x, y, y)[1]
         cfg = TypeHeadConfig()
         chosen, held = choose_min_probability(
             names, probs, held_truth, cfg.min_precision, novel, cfg.min_novel_abstention

@@ -161,9 +161,8 @@ class TypeHeadConfig:
 
     def __post_init__(self) -> None:
         bad = self.grid < 1 or not self.levels or self.crop < 0 or self.c <= 0
-        if bad or not 0 <= self.min_novel_abstention <= 1:
-            raise ValueError(f"train.type_head: invalid {self}")
-        if not 0 < self.min_precision <= 1:
+        shares = 0 < self.min_precision <= 1 and 0 <= self.min_novel_abstention <= 1
+        if bad or not shares:
             raise ValueError(f"train.type_head: invalid {self}")
 
 

@@ -41,10 +41,6 @@ def typed_rows(rows: pd.DataFrame) -> pd.DataFrame:
 def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHeadConfig):
     """The head for ``model``'s tower from ``rows`` (the training rows: their typed defect
     images), or None with fewer than two types (nothing to tell apart)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     start = time.perf_counter()
     typed = typed_rows(rows)
     types = sorted(set(typed["defect_type"]))
@@ -65,12 +61,10 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
     y = typed["defect_type"].to_numpy()
 
     def fit(keep):
-        weights = "balanced" if cfg.balanced else None
-        classifier = LogisticRegression(C=cfg.c, max_iter=5000, class_weight=weights)
-        return make_pipeline(StandardScaler(), classifier).fit(desc[keep], y[keep])
+        return classifier(cfg.c, cfg.balanced).fit(desc[keep], y[keep])
 
     names, probs, truth = held_out_predictions(fit, desc, y, typed["category"].to_numpy())
-    novel = held_out_type_probabilities(fit, desc, y)
+    novel = held_out_predictions(fit, desc, y, y)[1]  # each type held out: its probabilities
     chosen, figures = choose_min_probability(
         names, probs, truth, cfg.min_precision, novel, cfg.min_novel_abstention
     )
@@ -110,6 +104,19 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
     return head
 
 
+def classifier(c: float, balanced: bool):
+    """The head's classifier, unfitted: standardise, then a multinomial logistic regression
+    (inverse regularisation ``c``; ``balanced``: each type weighted alike)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    weights = "balanced" if balanced else None
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, max_iter=5000, class_weight=weights)
+    )
+
+
 def folded(pipeline) -> tuple[np.ndarray, np.ndarray]:
     """The coefficients and intercepts of a standardise-then-classify pipeline on the raw
     descriptors: w (x - mean) / scale + b = (w / scale) x + (b - w . mean / scale)."""
@@ -119,9 +126,10 @@ def folded(pipeline) -> tuple[np.ndarray, np.ndarray]:
 
 
 def held_out_predictions(fit, desc, y, groups):
-    """Each image named by a head fitted without its class: (names, probabilities, truth);
-    classes whose images are the only ones of a type still count (a type the head lacks then is
-    a wrong name or an abstention, as on a new product)."""
+    """Each image named by a head fitted without its group (its class; or, with ``groups`` =
+    ``y``, its type): (names, probabilities, truth); classes whose images are the only ones of a
+    type still count (a type the head lacks then is a wrong name or an abstention, as on a new
+    product); a group whose leaving would leave fewer than two types is skipped."""
     names, probs, truth = [], [], []
     for g in sorted(set(groups)):
         out = groups == g
@@ -133,17 +141,6 @@ def held_out_predictions(fit, desc, y, groups):
         probs += list(p.max(1))
         truth += list(y[out])
     return np.array(names, object), np.array(probs), np.array(truth, object)
-
-
-def held_out_type_probabilities(fit, desc, y) -> np.ndarray:
-    """Of each defect type in turn, its images' highest probability under a head fitted
-    without that type (types whose leaving would leave fewer than two are skipped)."""
-    out = []
-    for t in sorted(set(y)):
-        left = y == t
-        if len(set(y[~left])) >= 2:
-            out += list(fit(~left).predict_proba(desc[left]).max(1))
-    return np.array(out)
 
 
 def choose_min_probability(
