@@ -13,6 +13,13 @@ import numpy as np
 from vmad_pipeline.metrics.text import parse_yes_no
 
 
+def answer_slot(location: str, named: str | None | bool, answer: str) -> tuple:
+    """What a first answer's follow-ups are grounded on (``inference.grounding``): the drawn
+    mask's location, the type head's name (None: it abstains; False: not read) and whether the
+    answer said "Yes"."""
+    return (location, named, parse_yes_no(answer) is True)
+
+
 @dataclass
 class Predictions:
     maps: np.ndarray  # N x H x W float32: sigmoid of the mask logits (anomaly map)
@@ -39,8 +46,8 @@ class Predictions:
         if self.drawn_locations is None:
             return None
         named = self.named_types or [False] * len(self.drawn_locations)
-        said = [parse_yes_no(a) is True for a in self.answers]
-        return list(zip(self.drawn_locations, named, said, strict=True))
+        parts = zip(self.drawn_locations, named, self.answers, strict=True)
+        return [answer_slot(*part) for part in parts]
 
     def as_dict(self) -> dict:
         """The fields by name, and the answers again as ``detection_answers`` (what the grading

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmad_pipeline import prompts
+from vmad_pipeline.evaluation.predictions import answer_slot
 from vmad_pipeline.inference.references import inspection_args
 from vmad_pipeline.inference.service import pictures
-from vmad_pipeline.metrics.text import parse_yes_no
 
 
 @dataclass
@@ -58,11 +58,9 @@ class Conversation:
             (prompts.vqa_prompt(category), _closed(first.answer_ids, self._eos))
         ]
         self._seg_map = first.square_map if first.seg_found else None
-        # the first answer's drawn-mask location, type and "Yes", which follow-ups are grounded on
-        said = parse_yes_no(first.answer) is True
-        self._slots = (
-            [(first.drawn_location, first.named_type, said)] if first.drawn_location else None
-        )
+        # what the follow-ups are grounded on: the first answer's drawn mask, type and "Yes"
+        slot = answer_slot(first.drawn_location, first.named_type, first.answer)
+        self._slots = [slot] if first.drawn_location else None
         self.turns = [
             Turn(
                 prompts.vqa_question(category),

@@ -38,9 +38,8 @@ UNKNOWN = a_defect(UNKNOWN_NAME)  # "an anomaly": what the answer says then
 _WHERE = re.compile(r"\bat the (" + "|".join(sorted(LOCATIONS, key=len, reverse=True)) + r")\b")
 _WHAT = re.compile(r"\b(There is|It is) (an? [a-z]+(?: [a-z]+)?)(?= at the\b|\.)")
 _KINDS = {" ".join(q.lower().split()): k for k, qs in prompts.FOLLOW_UPS.items() for q in qs}
-PHRASING_SEED = (
-    0  # which of RIAD's phrasings an evidence answer takes: the same evidence, the same words
-)
+# which of RIAD's phrasings an evidence answer takes: the same evidence, the same words
+PHRASING_SEED = 0
 
 
 def drawn_regions(maps: np.ndarray) -> np.ndarray:
@@ -100,15 +99,13 @@ def question_kind(question: str) -> str | None:
 
 def evidence_answer(kind: str, region: np.ndarray, defect: str | None, said_yes: bool) -> str:
     """The answer to the follow-up ``kind`` from the first answer's evidence: ``region`` its
-    drawn mask (H x W bool), ``defect`` the type head's name (None: :data:`UNKNOWN`),
+    drawn mask (H x W bool, :func:`drawn_regions`: never empty), ``defect`` the type head's
+    name (None: :data:`UNKNOWN`),
     ``said_yes`` whether it said "Yes". The answers training teaches
     (``annotation.answers.follow_up_answer``), the long ones written by RIAD's templates from
     the drawn mask's location, size and regions: an answer that said "No" is followed by "the
     part looks normal", whatever the map shows."""
     mask = np.asarray(region, bool) if said_yes else np.zeros((1, 1), bool)
-    if said_yes and not mask.any():  # nothing drawn: the place the answer says, the centre
-        mask = np.zeros((3, 3), bool)
-        mask[1, 1] = True
     qa = None
     if said_yes and kind in prompts.ANSWER_KINDS:
         qa = template_qa(
@@ -124,8 +121,9 @@ def evidence_follow_ups(tokenizer, questions: list[str], slots: list[tuple], map
     """The follow-ups among ``questions`` that training asks, answered from each image's
     evidence (:func:`evidence_answer`): row -> (its tokens as the model is trained to write
     them, its text). ``slots``: each image's (location, type, said yes) from its first answer
-    (type False: not read, no head or no type slot; then a "Yes" leaves all but "where" to the
-    LLM, whose first answer named the type); ``maps``: the maps of the first answers' [SEG] (N x H x W, None: none drawn, nothing
+    (``evaluation.predictions.answer_slot``; type False: not read, no head or no type slot,
+    and then a "Yes" leaves all but "where" to the LLM, whose first answer named the type);
+    ``maps``: the maps of the first answers' [SEG] (N x H x W; None: none drawn, nothing
     answered here)."""
     out = {}
     for i, (question, (_, what, said_yes)) in enumerate(zip(questions, slots, strict=True)):
