@@ -55,6 +55,8 @@ def test_shipped_plan_has_both_tables_and_trains_shared_cells_once():
     )
     assert key("table_iii", "ltc1_dssl1", 0) != key("table_iii", "ltc1_dssl1", 1)
     assert len({p["params_key"] for p in plan}) == 9 * len(seeds)
+    # Every cell is graded on its own words, not the mask's and the type head's.
+    assert {p["evaluate"]["ground_words"] for p in plan} == {False}
     # Every cell trains with the reduced ablation steps and its own seed.
     assert {p["cell_steps"] for p in plan} == {shipped("ablation")["train"]["steps"]}
     steps = {p["cell"]: p["cell_ltc_steps"] for p in plan if p["table"] == "table_iv"}
