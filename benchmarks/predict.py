@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -57,12 +58,14 @@ def main() -> None:
         params = f"predict.input={folder},predict.batch_size={args.batch_size}"
         if args.references:
             params += f",predict.references={args.references}"
+        load = round(os.getloadavg()[0], 2)  # the 1-minute load average: what else ran
         seconds = timed(["kedro", "run", "--pipeline", "predict", "--params", params], project)
         summary = json.loads((out / "summary.json").read_text())
     result = {
         "machine": machine(),
-        "commit": commit(),
+        "commit": commit(project),  # the code that ran: `kedro run` imports the project's src/
         "date": time.strftime("%F"),
+        "load_average_at_start": load,
         "settings": {
             "images": args.images,
             "image_size": "128 x 128 PNG (the synthetic default)",

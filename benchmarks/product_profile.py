@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -45,14 +46,16 @@ def main() -> None:
             Image.fromarray(pixels).save(folder / f"{i:04d}.png")
         params = f"profile.name=bench,profile.category={args.category.replace('_', ' ')}"
         params += f",profile.images={folder}"
+        load = round(os.getloadavg()[0], 2)  # the 1-minute load average: what else ran
         seconds = timed(["kedro", "run", "--pipeline", "profile", "--params", params], project)
     stored = project / "data/06_models/profiles/bench"
     summary = json.loads((stored / "profile.json").read_text())
     size = sum(f.stat().st_size for f in stored.iterdir())
     result = {
         "machine": machine(),
-        "commit": commit(),
+        "commit": commit(project),  # the code that ran: `kedro run` imports the project's src/
         "date": time.strftime("%F"),
+        "load_average_at_start": load,
         "settings": {"images": args.images, "category": args.category, "image_size": 128},
         "build_seconds": summary["meta"]["build_seconds"],
         "run_seconds": seconds,

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from default_run import REPO, commit
 from readme_ablation import RESULTS, _load, _source, ablation, table_v, table_vi
+from readme_costs import RENDER as COSTS
 from references import _stat, rules_table
 from references import table as references_table
 from transfer import markdown as transfer_markdown
@@ -216,6 +217,7 @@ RENDER = {
     "chat_example": chat_example,
     "serve_answer": serve_answer,
     "default_run": default_run,
+    **COSTS,
 }
 
 
