@@ -7,9 +7,11 @@ an image is scored the same way everywhere: by the
 (``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
 P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 
-Over 400 lines (406): one class whose entry points (predict, follow-ups, references, answers,
+Over 400 lines (445): one class whose entry points (predict, follow-ups, references, answers,
 P(yes)) share the model, its tokenizer and placement and the one generation pass; splitting it
-would pass those internals between files for a few lines' gain.
+would pass those internals between files for a few lines' gain. ``predict`` is over 60 lines
+for the same reason: one loop that reads the map, P(yes), the answer and its verdict of each
+batch from one generation.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from vmad_pipeline.inference.grounding import (
     has_type_slot,
     region_location,
     regrounded_ids,
+    verdict_rows,
 )
 from vmad_pipeline.models.references import flipped, side_by_side, views
 from vmad_pipeline.models.type_head import TypeHead
@@ -241,6 +244,7 @@ class Predictor:
         region_masks: np.ndarray | torch.Tensor | None = None,
         references: list[torch.Tensor | None] | None = None,
         max_new_tokens: int | None = None,
+        thresholds: list[float | None] | None = None,
     ) -> Predictions:
         """Map, score and answer for each image (N x 3 x S x S uint8 at the SAM input size; one
         object name each), from one pass over the detection question: the tokens "Yes" and "No"
@@ -249,7 +253,10 @@ class Predictor:
         regions the model's region tokens read (None: its predicted ones). ``references``: one
         memory of normal patches per image (``inference.references``; None: zero-shot).
         ``max_new_tokens``: the answer's budget (default: the predictor's); the map and P(yes)
-        come from the forced prefix and the first free step, so the scores do not depend on it."""
+        come from the forced prefix and the first free step, so the scores do not depend on it.
+        ``thresholds``: each image's references-only image threshold (None: it has none); where
+        given, the answer says "Yes" exactly when the score reaches it, as the decision does
+        (``inference.grounding.verdict_rows``), the rest written after that word."""
         if references is not None and len(references) != len(images):
             raise ValueError(f"{len(images)} images but {len(references)} reference memories")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
@@ -275,7 +282,21 @@ class Predictor:
             if references is not None and pred.reference_maps is not None:
                 far = pred.reference_maps.flatten(1).float().median(1).values
                 distance.append(far.cpu().numpy())
-            ids, texts = list(pred.answer_ids), self._text(pred.answer_ids)
+            ids = list(pred.answer_ids)
+            if thresholds is not None:
+                part = slice(s, s + batch_size)
+                self._say_verdicts(
+                    ids,
+                    image_scores(map_max(maps[-1]), p_yes[-1].astype(np.float64), self.rule),
+                    thresholds[part],
+                    images[part],
+                    texts,
+                    output_size=output_size,
+                    max_new_tokens=max_new_tokens or self.max_new_tokens,
+                    regions=None if region_masks is None else region_masks[part],
+                    references=None if references is None else references[part],
+                )
+            texts = self._text(ids)
             if self.ground:
                 places, names = self._slots(images[s : s + batch_size], maps[-1], texts)
                 where += places
@@ -302,6 +323,24 @@ class Predictor:
             drawn_locations=where if self.ground else None,
             named_types=what if self.ground and self.type_head is not None else None,
         )
+
+    def _say_verdicts(self, ids, scores, cuts, images, texts, *, regions, references, **run):
+        """``ids`` (one batch's answers) with each answer whose Yes / No contradicts its decision
+        (``inference.grounding.verdict_rows``) written again from the word the decision says, in
+        place; ``run``: ``output_size`` and ``max_new_tokens``, as the batch was run."""
+        y, budget = self.yes_no, max(1, run.pop("max_new_tokens") - 1)  # the word is one of it
+        for token, rows in verdict_rows(ids, len(y.prefix), scores, cuts, y.yes, y.no).items():
+            again = self._run(
+                images[rows],
+                [texts[i] for i in rows],
+                max_new_tokens=budget,
+                forced=(*y.prefix, token),
+                regions=None if regions is None else regions[rows],
+                references=None if references is None else [references[i] for i in rows],
+                **run,
+            )
+            for k, i in enumerate(rows):
+                ids[i] = list(again.answer_ids[k])
 
     def _slots(self, images: torch.Tensor, maps: np.ndarray, texts: list[str]):
         """Of each image (uint8, the SAM input), its map and its answer: the drawn mask's

@@ -179,7 +179,8 @@ class Detector:
     ) -> list[Inspection]:
         """Score, decide, answer and draw each image (H x W x 3 uint8, any size) in one batch.
         ``memories``: each image's normal references (``inference.references``; None: zero-shot);
-        ``threshold``: the image threshold chosen from them (None: the detector's);
+        ``threshold``: the image threshold chosen from them (None: the detector's), which the
+        answer's Yes / No then follows;
         ``normal_distance``: their own median patch distance to each other (an image far beyond
         it is reported as unlike them)."""
         from vmad_pipeline.inference.references import unlike
@@ -191,8 +192,12 @@ class Detector:
             return []
         size = self.image_size
         batch = torch.stack([self.tensor(o) for o in originals])
-        pred = self.predictor.predict(
-            batch, list(categories), output_size=size, references=memories
+        pred = self.predictor.predict(  # the answer says the references' decision, if any
+            batch,
+            list(categories),
+            output_size=size,
+            references=memories,
+            thresholds=None if threshold is None else [float(threshold)] * len(originals),
         )
         cut = self.image_threshold if threshold is None else float(threshold)
         found = pred.reference_distance

@@ -91,14 +91,18 @@ def model_shot_report(
 
 def _scored(predictor, eval_set, images, masks, memories, thresholds, cfg, taxonomy):
     """The model's metrics with each image's reference memory, and the decision at the
-    references-only thresholds (None where no class has one)."""
+    references-only thresholds (None where no class has one), which the answers' Yes / No
+    follow (``Predictor.predict``'s ``thresholds``)."""
+    cats = [str(c) for c in eval_set["category"]]
+    cuts = [thresholds.get(c) for c in cats]
     pred = predictor.predict(
         images,
-        [str(c) for c in eval_set["category"]],
+        cats,
         output_size=cfg.eval_size,
         batch_size=cfg.batch_size,
         progress=cfg.progress,
         references=memories,
+        thresholds=cuts if any(c is not None for c in cuts) else None,
     )
     graded = grade_answers(eval_set, pred.as_dict(), masks, taxonomy)
     report, flat, _ = compute_metrics(eval_set, pred, masks, graded, cfg)

@@ -145,3 +145,14 @@ def test_only_the_questions_training_asks_are_answered_from_the_evidence():
     unread = [("top right", False, True)] * 3
     asked = ["Where is it?", "What kind of defect is it?", "Describe it."]
     assert set(evidence_follow_ups(tok, asked, unread, maps)) == {0}
+
+
+def test_a_verdict_contradicted_by_the_answer_is_the_word_it_must_say():
+    from vmad_pipeline.inference.grounding import verdict_rows
+
+    yes, no, prefix = 7, 8, 1  # each answer: [prefix token, Yes / No, ...]
+    answers = [[1, yes, 3], [1, no, 3], [1, yes], [1, no], [1]]
+    scores = [0.9, 0.9, 0.1, 0.1, 0.9]
+    assert verdict_rows(answers, prefix, scores, [0.5] * 5, yes, no) == {yes: [1, 4], no: [2]}
+    assert verdict_rows(answers, prefix, scores, [None] * 5, yes, no) == {}  # no threshold
+    assert verdict_rows(answers[:1], prefix, [0.5], [0.5], yes, no) == {}  # at it: anomalous

@@ -297,3 +297,24 @@ def test_batch_pools_keep_the_images_the_model_finds_most_normal(detector, monke
     assert seen == [[7 * per_image] * 8]  # each scored against the 7 others, never itself
     few = batch_references(p, keys[:3], cats[:3], lambda ks: (ks, images[[int(k) for k in ks]]))
     assert few.pools["a"][0] == ["0", "1", "2"] and len(seen) == 1  # too few to prune
+
+
+def test_the_answer_says_the_references_decision(detector):
+    """With a references-only threshold the answer's Yes / No is the decision's (0: every image
+    is decided anomalous; above 1: none), the scores and maps untouched; without one, or None for
+    an image, the model's own word."""
+    p = detector.predictor
+    images, cats = _images(4, seed=3), ["screw"] * 4
+    y, k = p.yes_no, len(p.yes_no.prefix)
+    own = p.predict(images, cats, output_size=16)
+    for cut, word in ((0.0, y.yes), (1.5, y.no)):
+        said = p.predict(images, cats, output_size=16, thresholds=[cut] * 4)
+        assert [ids[k] for ids in said.answer_ids] == [word] * 4
+        np.testing.assert_array_equal(said.scores, own.scores)
+        np.testing.assert_array_equal(said.maps, own.maps)
+        assert said.answers[0].startswith(p.tokenizer.decode([word]).strip())
+    mixed = p.predict(images, cats, output_size=16, thresholds=[None, None, 0.0, 1.5])
+    assert mixed.answer_ids[:2] == own.answer_ids[:2]
+    assert [ids[k] for ids in mixed.answer_ids[2:]] == [y.yes, y.no]
+    (seen,) = detector.inspect([images[0].permute(1, 2, 0).numpy()], ["screw"], threshold=1.5)
+    assert not seen.anomalous and seen.answer_ids[k] == y.no
