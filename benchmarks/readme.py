@@ -35,7 +35,7 @@ from references import _stat, rules_table
 from references import table as references_table
 from transfer import markdown as transfer_markdown
 
-DOCUMENTS = ("README.md", "docs/chat.md")
+DOCUMENTS = ("README.md", "docs/chat.md", "docs/measurements.md")
 BLOCK = re.compile(
     r"^([ \t]*)<!-- measured: (\w+) -->\n(.*?)^[ \t]*<!-- /measured -->", re.DOTALL | re.MULTILINE
 )
@@ -63,35 +63,44 @@ HEADLINE = (
 )
 
 
+def _headline_row(name: str, at: str, cells: list[str]) -> str:
+    return f"| {name} | `{at}` | " + " | ".join(cells) + " |"
+
+
+def _headline_head() -> list[str]:
+    head = "| variant | commit | " + " | ".join(n for _, n in HEADLINE) + " |"
+    return [head, "|---" * (len(HEADLINE) + 2) + "|"]
+
+
 def headline() -> str:
-    """The default (zero-shot, from the references benchmark) beside the variants measured
-    together at an older commit (vmad_vs_baseline.json), each row naming its commit."""
+    """The default, zero-shot (the references benchmark's k = 0), beside the training-free
+    transductive reference of the same runs."""
     info, runs = _references_runs()
-    head = "| variant | commit | " + " | ".join(n for _, n in HEADLINE) + " |\n"
-    rows = [head + "|---" * (len(HEADLINE) + 2) + "|"]
+    rows = _headline_head()
     cells = [_seeds(runs, "0", m) for m, _ in HEADLINE]
-    rows.append(
-        f"| **VMAD, small (the default)** | `{info['commit']}` | " + " | ".join(cells) + " |"
-    )
-    older = _load("vmad_vs_baseline.json")
-    names = {"vmad": "VMAD, small", "baseline": "LISA-style baseline, small", "tiny": "VMAD, tiny"}
-    at = older.get("commit", "0c63bf1")  # measured before the benchmark recorded its commit
-    for variant, name in names.items():
-        part = [c for c in older["cells"] if c["variant"] == variant]
-        cells = [_stat([c.get(m) for c in part]) for m, _ in HEADLINE]
-        rows.append(f"| {name} | `{at}` | " + " | ".join(cells) + " |")
+    rows.append(_headline_row("**VMAD, small (the default)**", info["commit"], cells))
     trans = [
         _stat([r["transductive"].get(m) for r in runs])
         for m in ("image_auroc", "pixel_auroc", "aupro")
     ]
-    rows.append(
-        f"| *training-free reference (transductive, another protocol)* | `{info['commit']}` | "
-        + " | ".join(trans)
-        + " | – | – | – | – |"
-    )
+    name = "*training-free reference (transductive, another protocol)*"
+    rows.append(_headline_row(name, info["commit"], [*trans, "–", "–", "–", "–"]))
+    return _source(info, "references.json") + "\n".join(rows) + "\n"
+
+
+def variants() -> str:
+    """VMAD, the LISA-style baseline and the tiny preset, measured together at one older commit
+    (vmad_vs_baseline.json; docs/measurements.md)."""
+    older = _load("vmad_vs_baseline.json")
+    at = older.get("commit", "0c63bf1")  # measured before the benchmark recorded its commit
+    names = {"vmad": "VMAD, small", "baseline": "LISA-style baseline, small", "tiny": "VMAD, tiny"}
+    rows = _headline_head()
+    for variant, name in names.items():
+        part = [c for c in older["cells"] if c["variant"] == variant]
+        rows.append(_headline_row(name, at, [_stat([c.get(m) for c in part]) for m, _ in HEADLINE]))
     return (
-        _source(info, "references.json") + "\n".join(rows) + "\n\nOther rows: "
-        f"`{older['command']}` at `{at}` (`benchmarks/results/vmad_vs_baseline.json`).\n"
+        f"Measured at commit `{at}`: `{older['command']}`; "
+        "`benchmarks/results/vmad_vs_baseline.json`.\n\n" + "\n".join(rows) + "\n"
     )
 
 
@@ -207,6 +216,7 @@ def default_run() -> str:
 
 RENDER = {
     "headline": headline,
+    "variants": variants,
     "words": words,
     "references": references,
     "transfer": transfer,

@@ -24,8 +24,9 @@ def readme():
     return module
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/chat.md"])
+@pytest.mark.parametrize("document", ["README.md", "docs/chat.md", "docs/measurements.md"])
 def test_each_measured_block_is_what_its_results_give(readme, document):
+    assert document in readme.DOCUMENTS
     text = (REPO / document).read_text()
     names = re.findall(r"<!-- measured: (\w+) -->", text)
     assert names, f"{document} has no measured block"
