@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from scipy import ndimage
 
 from vmad_pipeline import prompts
 from vmad_pipeline.annotation.answers import follow_up_answer
@@ -33,6 +34,7 @@ from vmad_pipeline.prompts import a_defect
 
 MASK_LEVEL = 0.5  # the map's mask: SAM's logit > 0
 PEAK_SHARE = 0.8  # no pixel past MASK_LEVEL: the region within this share of the map's peak
+SPECK_SHARE = 0.1  # a drawn mask's parts under this share of its largest one are dropped
 UNKNOWN_NAME = "anomaly"  # the type's name when the head names none
 UNKNOWN = a_defect(UNKNOWN_NAME)  # "an anomaly": what the answer says then
 _WHERE = re.compile(r"\bat the (" + "|".join(sorted(LOCATIONS, key=len, reverse=True)) + r")\b")
@@ -44,12 +46,26 @@ PHRASING_SEED = 0
 
 def drawn_regions(maps: np.ndarray) -> np.ndarray:
     """The drawn mask of each map (N x H x W probabilities): its pixels past
-    :data:`MASK_LEVEL`, else (a faint map) those within :data:`PEAK_SHARE` of its peak."""
+    :data:`MASK_LEVEL`, else (a faint map) those within :data:`PEAK_SHARE` of its peak; without
+    its specks (:func:`without_specks`)."""
     maps = np.asarray(maps, np.float32)
     regions = maps >= MASK_LEVEL
     for i in np.flatnonzero(~regions.reshape(len(maps), -1).any(1)):
         regions[i] = maps[i] >= PEAK_SHARE * maps[i].max() if maps[i].max() > 0 else True
-    return regions
+    return np.stack([without_specks(r) for r in regions]) if len(regions) else regions
+
+
+def without_specks(region: np.ndarray) -> np.ndarray:
+    """``region`` without its 8-connected parts smaller than :data:`SPECK_SHARE` of its largest.
+    A zero-shot map breaks into specks around the defect, which the words counted as "separate
+    areas": 47% of the unseen defects' descriptions said more than three (seed 0's model at
+    5101b43, zero-shot; RIAD's answers, from the true masks, say so for 10%); without the specks 18%, and the
+    drawn masks' location and the type head's names are the same."""
+    labels, n = ndimage.label(region, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return region
+    sizes = ndimage.sum(region, labels, range(1, n + 1))
+    return np.isin(labels, np.flatnonzero(sizes >= SPECK_SHARE * sizes.max()) + 1)
 
 
 def region_location(region: np.ndarray) -> str:

@@ -11,6 +11,7 @@ from helpers import REPO
 from helpers.models import tiny_tokenizer
 
 from vmad_pipeline import prompts
+from vmad_pipeline.annotation.geometry import mask_geometry
 from vmad_pipeline.annotation.taxonomy import Taxonomy
 from vmad_pipeline.inference.grounding import (
     drawn_regions,
@@ -156,3 +157,14 @@ def test_a_verdict_contradicted_by_the_answer_is_the_word_it_must_say():
     assert verdict_rows(answers, prefix, scores, [0.5] * 5, yes, no) == {yes: [1, 4], no: [2]}
     assert verdict_rows(answers, prefix, scores, [None] * 5, yes, no) == {}  # no threshold
     assert verdict_rows(answers[:1], prefix, [0.5], [0.5], yes, no) == {}  # at it: anomalous
+
+
+def test_a_drawn_mask_loses_its_specks_not_its_second_defect():
+    maps = np.zeros((1, 32, 32), np.float32)
+    maps[0, 4:12, 4:12] = 0.9  # the defect: 64 pixels
+    maps[0, 20:26, 20:26] = 0.9  # a second one, over half its size: kept
+    maps[0, 30, 1] = 0.9  # a speck of one pixel: dropped
+    (region,) = drawn_regions(maps)
+    assert region.sum() == 64 + 36 and not region[30, 1]
+    geometry = mask_geometry(region)
+    assert geometry["n_regions"] == 2
