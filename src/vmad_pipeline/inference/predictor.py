@@ -7,7 +7,7 @@ an image is scored the same way everywhere: by the
 (``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
 P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 
-Over 400 lines (445): one class whose entry points (predict, follow-ups, references, answers,
+Over 400 lines (447): one class whose entry points (predict, follow-ups, references, answers,
 P(yes)) share the model, its tokenizer and placement and the one generation pass; splitting it
 would pass those internals between files for a few lines' gain. ``predict`` is over 60 lines
 for the same reason: one loop that reads the map, P(yes), the answer and its verdict of each
@@ -259,6 +259,8 @@ class Predictor:
         (``inference.grounding.verdict_rows``), the rest written after that word."""
         if references is not None and len(references) != len(images):
             raise ValueError(f"{len(images)} images but {len(references)} reference memories")
+        if thresholds is not None and len(thresholds) != len(images):
+            raise ValueError(f"{len(images)} images but {len(thresholds)} thresholds")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
         distance = []  # each image's median patch distance to its references
         where, what = [], []  # the grounding's slots (inference.grounding)

@@ -316,5 +316,7 @@ def test_the_answer_says_the_references_decision(detector):
     mixed = p.predict(images, cats, output_size=16, thresholds=[None, None, 0.0, 1.5])
     assert mixed.answer_ids[:2] == own.answer_ids[:2]
     assert [ids[k] for ids in mixed.answer_ids[2:]] == [y.yes, y.no]
+    with pytest.raises(ValueError, match="4 images but 3 thresholds"):
+        p.predict(images, cats, output_size=16, thresholds=[0.5] * 3)
     (seen,) = detector.inspect([images[0].permute(1, 2, 0).numpy()], ["screw"], threshold=1.5)
     assert not seen.anomalous and seen.answer_ids[k] == y.no
