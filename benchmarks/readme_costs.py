@@ -4,6 +4,7 @@ writes them), each from its benchmark's results and naming the commit it was mea
 from __future__ import annotations
 
 from readme_ablation import _load
+from references import _stat
 
 
 def _at(info: dict) -> str:
@@ -78,20 +79,20 @@ CHAT = (
 
 
 def chat_samples() -> str:
-    """Training with multi-turn chat samples against none (chat.json), mean ± s.d. over seeds."""
+    """Training with multi-turn chat samples against none (chat.json), mean ± sample s.d. over
+    the seeds (``_stat``, as every other table)."""
     info = _load("chat.json")
     head = "| variant | " + " | ".join(n for _, n in CHAT) + " | training loop s (seed 0) |"
     rows = [head, "| --- " * (len(CHAT) + 2) + "|"]
     for variant, name in (("vmad", "with chat (default then)"), ("no_chat", "without")):
-        mean = info["summary"][variant]
-        cells = [f"{mean[m]['mean']:.3f} ± {mean[m]['std']:.3f}" for m, _ in CHAT]
-        loop = next(
-            c["train_loop_s"] for c in info["cells"] if c["variant"] == variant and c["seed"] == 0
-        )
+        part = [c for c in info["cells"] if c["variant"] == variant]  # one per seed
+        cells = [_stat([c[m] for c in part]) for m, _ in CHAT]
+        loop = next(c["train_loop_s"] for c in part if c["seed"] == 0)
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {loop:.0f} |")
     seeds = ", ".join(str(s) for s in info["summary"]["vmad"]["seeds"])
     return (
-        f"Measured at commit {_at(info)}: `{info['command']}`, seeds {seeds}, unseen classes; "
+        f"Measured at commit {_at(info)}: `{info['command']}`, seeds {seeds} (mean ± sample "
+        "s.d.), unseen classes; "
         "`benchmarks/results/chat.{json,md}`.\n\n" + "\n".join(rows) + "\n"
     )
 
