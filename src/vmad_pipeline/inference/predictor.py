@@ -265,15 +265,16 @@ class Predictor:
         distance = []  # each image's median patch distance to its references
         where, what = [], []  # the grounding's slots (inference.grounding)
         for s in self._batches(len(images), batch_size, "predict", progress):
-            texts = [prompts.vqa_prompt(c) for c in categories[s : s + batch_size]]
+            part = slice(s, s + batch_size)
+            texts = [prompts.vqa_prompt(c) for c in categories[part]]
             pred = self._run(
-                images[s : s + batch_size],
+                images[part],
                 texts,
                 output_size=output_size,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
                 forced=self.yes_no.prefix,
-                regions=None if region_masks is None else region_masks[s : s + batch_size],
-                references=None if references is None else references[s : s + batch_size],
+                regions=None if region_masks is None else region_masks[part],
+                references=None if references is None else references[part],
             )
             if pred.significance is not None:
                 sig.append(pred.significance.float().cpu().numpy())
@@ -286,7 +287,6 @@ class Predictor:
                 distance.append(far.cpu().numpy())
             ids = list(pred.answer_ids)
             if thresholds is not None:
-                part = slice(s, s + batch_size)
                 self._say_verdicts(
                     ids,
                     image_scores(map_max(maps[-1]), p_yes[-1].astype(np.float64), self.rule),
@@ -300,7 +300,7 @@ class Predictor:
                 )
             texts = self._text(ids)
             if self.ground:
-                places, names = self._slots(images[s : s + batch_size], maps[-1], texts)
+                places, names = self._slots(images[part], maps[-1], texts)
                 where += places
                 what += names
                 ids, texts = self._grounded(ids, texts, list(zip(places, names, strict=True)))
