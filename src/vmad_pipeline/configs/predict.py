@@ -28,8 +28,8 @@ class PredictConfig:
     batch_size: int = 8
     # normal references (docs/references.md): null (zero-shot) | batch (each image against other
     # images of its product in the input) | a profile's name (under `profiles`) | a folder or
-    # glob of normal images of the product. With two or more references the image threshold is
-    # chosen from them alone (evaluate.references.threshold)
+    # glob of normal images of the product. The image threshold is chosen from them alone
+    # (evaluate.references.model_threshold; one image: from its flipped views)
     references: str | None = None
     profiles: str = "data/06_models/profiles"
     # an image of more pixels is refused from its header (an error line), as the REST server does

@@ -65,10 +65,38 @@ def test_a_reference_set_thresholds_from_its_leave_one_out_scores(detector):
     got = reference_set(p, refs, "screw", rule="loo_max")
     assert len(got.loo_scores) == 4 and got.threshold == max(got.loo_scores)
     assert got.n_images == 4 and got.memory.shape[1] > 0
-    one = reference_set(p, refs[:1], "screw", rule="loo_max")
-    assert one.threshold is None and one.loo_scores == []
     with pytest.raises(ValueError, match="no reference images"):
         reference_set(p, refs[:0], "screw", rule="loo_max")
+
+
+def test_one_reference_thresholds_from_its_views_against_each_other(detector, monkeypatch):
+    """One reference read with its flips: each view scored against the other three views only
+    (never itself), the threshold their loo_max, never below the floor; no "normal distance"
+    (views are not references). Without flips, one reference has no threshold."""
+    p = detector.predictor
+    ref = _images(1, seed=3)
+    one = reference_set(p, ref, "screw", rule="loo_max")
+    assert len(one.loo_scores) == 4 and one.threshold == max(one.loo_scores)
+    assert one.normal_distance is None and one.left_out == []
+    feats = p.reference_features(ref)  # 1 x C x g x 4g: the four views side by side
+    parts = feats.split(feats.shape[-2], dim=-1)
+    assert len(parts) == 4
+    memory = torch.cat([parts[0], parts[2], parts[3]], -1).permute(0, 2, 3, 1)
+    by_hand = p.predict(
+        ref.flip(-1),
+        ["screw"],
+        references=[memory.reshape(-1, memory.shape[-1])],
+        output_size=p.image_size,
+        max_new_tokens=1,
+    )  # the left-right view against the other three
+    assert one.loo_scores[1] == pytest.approx(float(by_hand.scores[0]), rel=1e-5)
+    floored = reference_set(p, ref, "screw", rule="loo_max", floor=2.0)
+    assert floored.threshold == 2.0
+    cfg = p.model.config
+    no_flips = dataclasses.replace(cfg, references=dataclasses.replace(cfg.references, flips=False))
+    monkeypatch.setattr(p.model, "config", no_flips)
+    alone = reference_set(p, ref, "screw", rule="loo_max")
+    assert alone.threshold is None and alone.loo_scores == []
 
 
 def test_batch_mode_never_compares_an_image_with_itself_or_another_product(detector):

@@ -1,0 +1,104 @@
+"""Benchmark: the decision and the answer with ONE normal reference (issue 25: k = 1 had no
+references-only threshold, so it decided at the model's own calibrated one and the answer was
+the LLM's word).
+
+On the unseen classes of projects where `kedro run` has run (one per training seed), with the
+evaluation's k = 1 draw (``evaluate.shot_seed``): the reference, read with its flips, gives four
+view-against-the-others scores (``inference.references.reference_set``); their maximum
+(``loo_max``, never below the model's own threshold) is the threshold. Reports, per project,
+the decision's balanced accuracy, FPR and recall at the model's own threshold and at the views'
+one, and the answer's balanced accuracy as the LLM says it and as it follows the decision.
+
+    python benchmarks/one_reference.py --projects /tmp/refs5/full-0 /tmp/refs5/full-1 /tmp/refs5/full-2
+
+Writes benchmarks/results/one_reference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from answer_decision import balanced
+from default_run import REPO, commit, machine
+from references_far import trained_project
+
+
+def _rates(said: np.ndarray, labels: np.ndarray) -> dict:
+    return {
+        "balanced_accuracy": round(balanced(said, labels), 4),
+        "fpr": round(float(said[labels == 0].mean()), 4),
+        "recall": round(float(said[labels == 1].mean()), 4),
+    }
+
+
+def measure(project: Path) -> dict:
+    from vmad_pipeline.configs.evaluate import parse_evaluate_params
+    from vmad_pipeline.datasets.manifest import row_files
+    from vmad_pipeline.evaluation.shots import draw_references, reference_pool
+    from vmad_pipeline.images import load_batch
+    from vmad_pipeline.inference.references import reference_set
+
+    manifest, splits, roots, detector = trained_project(project)
+    params = yaml.safe_load((project / "conf/base/parameters_evaluate.yml").read_text())
+    cfg = parse_evaluate_params(params["evaluate"])
+    p, floor = detector.predictor, detector.thresholds.get("image_threshold")
+    tests = manifest[(manifest.split == "test") & manifest.category.isin(splits["test_classes"])]
+    tests = tests.reset_index(drop=True)
+    images = load_batch(row_files(tests, roots)[0], None, p.image_size)[0]
+    drawn = draw_references(reference_pool(manifest, tests), 1, cfg.shot_seed)
+    own, views, llm, follows, labels, per_class = [], [], [], [], [], {}
+    for cls, rows in drawn.items():
+        ref = load_batch(row_files(rows, roots)[0], None, p.image_size)[0]
+        found = reference_set(
+            p, ref, cls, rule=cfg.references.model_threshold, floor=floor, output_size=cfg.eval_size
+        )
+        idx = np.where(tests.category == cls)[0]
+        kwargs = {"output_size": cfg.eval_size, "references": [found.memory] * len(idx)}
+        said = p.predict(images[idx], [cls] * len(idx), **kwargs)
+        decided = p.predict(
+            images[idx], [cls] * len(idx), thresholds=[found.threshold] * len(idx), **kwargs
+        )
+        scores = np.asarray(said.scores)
+        own += (scores >= floor).tolist()
+        views += (scores >= found.threshold).tolist()
+        llm += [a.strip().lower().startswith("yes") for a in said.answers]
+        follows += [a.strip().lower().startswith("yes") for a in decided.answers]
+        labels += tests.label.to_numpy()[idx].tolist()
+        per_class[cls] = {"view_scores": [round(s, 4) for s in found.loo_scores]}
+        per_class[cls]["threshold"] = round(found.threshold, 4)
+        print(cls, per_class[cls], flush=True)
+    lab = np.array(labels)
+    out = {
+        "model_threshold": round(float(floor), 4),
+        "decision_at_the_model_threshold": _rates(np.array(own), lab),
+        "decision_at_the_views_threshold": _rates(np.array(views), lab),
+        "answer_the_llm_says": _rates(np.array(llm), lab),
+        "answer_following_the_decision": _rates(np.array(follows), lab),
+        "per_class": per_class,
+    }
+    print(project, {k: v for k, v in out.items() if k != "per_class"}, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--projects", type=Path, nargs="+", required=True)
+    projects = ap.parse_args().projects
+    runs = {str(p): {"commit": commit(p), **measure(p)} for p in projects}
+    result = {
+        "command": "python benchmarks/one_reference.py --projects <clones after kedro run>",
+        "code_commit": commit(REPO),
+        "machine": machine(),
+        "projects": runs,
+    }
+    path = REPO / "benchmarks" / "results" / "one_reference.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
