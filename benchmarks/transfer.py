@@ -53,6 +53,13 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _shot(part: dict) -> dict:
+    """One k's mean, per-class image / pixel AUROC and AUPRO, and decision."""
+    keep = ("image_auroc", "pixel_auroc", "aupro")
+    per_class = {c: {k: m.get(k) for k in keep} for c, m in part.get("per_class", {}).items()}
+    return {"mean": part["mean"], "per_class": per_class, "decision": part.get("decision")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--project", type=Path, required=True, help="a project after `kedro run`")
@@ -60,18 +67,27 @@ def main() -> None:
     ap.add_argument(
         "--train-good", type=int, default=8, help="normal training images a class (references)"
     )
+    ap.add_argument(
+        "--params",
+        default="",
+        help="more evaluate parameters, e.g. the baseline at the model's input side: "
+        "evaluate.references.image_size=128,evaluate.references.stride=4",
+    )
+    ap.add_argument("--out", default="transfer", help="results/<out>.{json,md}")
     args = ap.parse_args()
     tree = args.tree or args.project / "data" / "01_raw" / "transfer"
     counts = write_transfer_tree(tree, n_train=args.train_good)
-    params = f"evaluate.dataset.root={tree.resolve()},evaluate.dataset.name=transfer"
+    params = f"evaluate.dataset.root={tree.resolve()},evaluate.dataset.name={args.out}"
+    params += f",{args.params}" if args.params else ""
     seconds = timed(["kedro", "run", "--pipeline", "evaluate", "--params", params], args.project)
-    reports = args.project / "data" / "08_reporting" / "external" / "transfer"
+    reports = args.project / "data" / "08_reporting" / "external" / args.out
     model = json.loads((reports / "metrics.json").read_text())
     reference = json.loads((reports / "reference_metrics.json").read_text())
     at = commit(args.project)
     out = REPO / "benchmarks" / "results"
     result = {
-        "command": "python benchmarks/transfer.py --project <clone after kedro run>",
+        "command": "python benchmarks/transfer.py --project <clone after kedro run>"
+        + (f" --params {args.params} --out {args.out}" if args.params else ""),
         "commit": at,
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
@@ -84,18 +100,17 @@ def main() -> None:
         # the model with k references of each class (its own train/good) and in batch mode,
         # and the nearest-normal-patch baseline on the same draws
         "model_shots": {
-            k: {"mean": v["mean"], "decision": v.get("decision")}
+            k: _shot(v)
             for k, v in model.get("shots", {}).items()
             if isinstance(v, dict) and "mean" in v
         },
         "baseline_shots": {
-            k: {"mean": v["mean"], "decision": v.get("decision")}
-            for k, v in _json(reports / "shots_metrics.json").get("shots", {}).items()
+            k: _shot(v) for k, v in _json(reports / "shots_metrics.json").get("shots", {}).items()
         },
     }
-    (out / "transfer.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(model, reference)
-    (out / "transfer.md").write_text(table)
+    (out / f"{args.out}.md").write_text(table)
     print(table)
 
 
