@@ -17,9 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 from default_run import on_project
-from references_far import trained_project
+from references_far import evaluate_config, trained_project, unseen_tests
 
 KS = (1, 4)
 
@@ -29,19 +28,15 @@ def balanced(said: np.ndarray, labels: np.ndarray) -> float:
 
 
 def measure(project: Path) -> dict:
-    from vmad_pipeline.configs.evaluate import parse_evaluate_params
     from vmad_pipeline.datasets.manifest import row_files
     from vmad_pipeline.evaluation.shots import draw_references, reference_pool
     from vmad_pipeline.images import load_batch
     from vmad_pipeline.inference.references import reference_set
 
     manifest, splits, roots, detector = trained_project(project)
-    params = yaml.safe_load((project / "conf/base/parameters_evaluate.yml").read_text())
-    cfg = parse_evaluate_params(params["evaluate"])
+    cfg = evaluate_config(project)
     p, floor = detector.predictor, detector.thresholds.get("image_threshold")
-    tests = manifest[(manifest.split == "test") & manifest.category.isin(splits["test_classes"])]
-    tests = tests.reset_index(drop=True)
-    images = load_batch(row_files(tests, roots)[0], None, p.image_size)[0]
+    tests, images = unseen_tests(manifest, splits, roots, p.image_size)
     out = {}
     for k in KS:
         drawn = draw_references(reference_pool(manifest, tests), k, cfg.shot_seed)

@@ -90,6 +90,26 @@ def on_project(doc: str, name: str, measure, key: str, **fields) -> Path:
     return path
 
 
+def on_projects(doc: str, name: str, measure) -> Path:
+    """The main of a benchmark measured on several projects where `kedro run` has run (one per
+    training seed): ``--projects P ...``, then benchmarks/results/<name>.json = the command, this
+    checkout's commit (the code measuring), the machine and, per project, its commit (its
+    model's) and ``measure(P)``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--projects", type=Path, nargs="+", required=True)
+    projects = ap.parse_args().projects
+    result = {
+        "command": f"python benchmarks/{name}.py --projects <clones after kedro run>",
+        "code_commit": commit(REPO),
+        "machine": machine(),
+        "projects": {str(p): {"commit": commit(p), **measure(p)} for p in projects},
+    }
+    path = REPO / "benchmarks" / "results" / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(path)
+    return path
+
+
 def run_total(tmp: Path) -> dict:
     """Part 1: one `kedro run` in a fresh clone, with the metrics it produced."""
     clone = fresh_clone(tmp, "total")

@@ -19,12 +19,10 @@ Writes benchmarks/results/location_rules.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-from default_run import REPO, commit, machine
+from default_run import on_projects
 from references_far import trained_project
 from scipy import ndimage
 
@@ -104,20 +102,5 @@ def measure(project: Path) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--projects", type=Path, nargs="+", required=True)
-    projects = ap.parse_args().projects
-    result = {
-        "command": "python benchmarks/location_rules.py --projects <clones after kedro run>",
-        "code_commit": commit(REPO),
-        "machine": machine(),
-        "projects": {str(p): {"commit": commit(p), **measure(p)} for p in projects},
-    }
-    path = REPO / "benchmarks" / "results" / "location_rules.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(path)
-
-
 if __name__ == "__main__":
-    main()
+    on_projects(__doc__, "location_rules", measure)

@@ -16,15 +16,12 @@ Writes benchmarks/results/one_reference.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 from answer_decision import balanced
-from default_run import REPO, commit, machine
-from references_far import trained_project
+from default_run import on_projects
+from references_far import evaluate_config, trained_project, unseen_tests
 
 
 def _rates(said: np.ndarray, labels: np.ndarray) -> dict:
@@ -36,19 +33,15 @@ def _rates(said: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def measure(project: Path) -> dict:
-    from vmad_pipeline.configs.evaluate import parse_evaluate_params
     from vmad_pipeline.datasets.manifest import row_files
     from vmad_pipeline.evaluation.shots import draw_references, reference_pool
     from vmad_pipeline.images import load_batch
     from vmad_pipeline.inference.references import reference_set
 
     manifest, splits, roots, detector = trained_project(project)
-    params = yaml.safe_load((project / "conf/base/parameters_evaluate.yml").read_text())
-    cfg = parse_evaluate_params(params["evaluate"])
+    cfg = evaluate_config(project)
     p, floor = detector.predictor, detector.thresholds.get("image_threshold")
-    tests = manifest[(manifest.split == "test") & manifest.category.isin(splits["test_classes"])]
-    tests = tests.reset_index(drop=True)
-    images = load_batch(row_files(tests, roots)[0], None, p.image_size)[0]
+    tests, images = unseen_tests(manifest, splits, roots, p.image_size)
     drawn = draw_references(reference_pool(manifest, tests), 1, cfg.shot_seed)
     own, views, llm, follows, labels, per_class = [], [], [], [], [], {}
     for cls, rows in drawn.items():
@@ -84,21 +77,5 @@ def measure(project: Path) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--projects", type=Path, nargs="+", required=True)
-    projects = ap.parse_args().projects
-    runs = {str(p): {"commit": commit(p), **measure(p)} for p in projects}
-    result = {
-        "command": "python benchmarks/one_reference.py --projects <clones after kedro run>",
-        "code_commit": commit(REPO),
-        "machine": machine(),
-        "projects": runs,
-    }
-    path = REPO / "benchmarks" / "results" / "one_reference.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(path)
-
-
 if __name__ == "__main__":
-    main()
+    on_projects(__doc__, "one_reference", measure)

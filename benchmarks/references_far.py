@@ -34,6 +34,21 @@ from vmad_pipeline.models.checkpoint import Checkpoint
 CUTOFFS = (1.75, 2.0, 2.25, 2.5, 3.0)
 
 
+def unseen_tests(manifest: pd.DataFrame, splits: dict, roots: dict, size: int):
+    """The test rows of the split's unseen classes (index reset) and their images at ``size``."""
+    tests = manifest[(manifest.split == "test") & manifest.category.isin(splits["test_classes"])]
+    tests = tests.reset_index(drop=True)
+    return tests, load_batch(row_files(tests, roots)[0], None, size)[0]
+
+
+def evaluate_config(project: Path):
+    """The project's evaluate parameters, parsed."""
+    import yaml
+
+    params = yaml.safe_load((project / "conf/base/parameters_evaluate.yml").read_text())
+    return parse_evaluate_params(params["evaluate"])
+
+
 def trained_project(project: Path):
     """A project after `kedro run`: its manifest, split, dataset roots and the detector of its
     model, scoring by the project's evaluate parameters."""
@@ -70,9 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     manifest, splits, roots, detector = trained_project(args.project)
     p = detector.predictor
-    tests = manifest[(manifest.split == "test") & manifest.category.isin(splits["test_classes"])]
-    tests = tests.reset_index(drop=True)
-    images = load_batch(row_files(tests, roots)[0], None, p.image_size)[0]
+    tests, images = unseen_tests(manifest, splits, roots, p.image_size)
     drawn = draw_references(reference_pool(manifest, tests), args.k, 0)
     same, other, anomalous = [], [], []
     for cls, rows in drawn.items():

@@ -14,13 +14,11 @@ Writes benchmarks/results/zero_shot_threshold.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from default_run import REPO, commit, machine
+from default_run import on_projects
 
 
 def _balanced(said: np.ndarray, labels: np.ndarray) -> float:
@@ -55,19 +53,5 @@ def measure(project: Path) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--projects", type=Path, nargs="+", required=True)
-    projects = ap.parse_args().projects
-    result = {
-        "command": "python benchmarks/zero_shot_threshold.py --projects <clones after kedro run>",
-        "machine": machine(),
-        "projects": {str(p): {"commit": commit(p), **measure(p)} for p in projects},
-    }
-    path = REPO / "benchmarks" / "results" / "zero_shot_threshold.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(path)
-
-
 if __name__ == "__main__":
-    main()
+    on_projects(__doc__, "zero_shot_threshold", measure)
