@@ -94,7 +94,7 @@ def measure(project: Path) -> dict:
         def fit(keep, fit_x=fit_x, c=c, standardised=standardised):
             return _classifier(c, standardised).fit(fit_x[keep], y[keep])
 
-        names, probs, held_truth = held_out_predictions(fit, fit_x, y, train.category.to_numpy())
+        names, probs, held_truth, _ = held_out_predictions(fit, fit_x, y, train.category.to_numpy())
         novel = held_out_predictions(fit, fit_x, y, y)[1]
         cfg = TypeHeadConfig()
         chosen, held = choose_min_probability(

@@ -158,6 +158,9 @@ class TypeHeadConfig:
     # and the share of a held-out type's defects it must leave unnamed (a type no training class
     # has: a new product's own kind of defect); 0: no such target
     min_novel_abstention: float = 0.8
+    # a region far from every trained type goes unnamed whatever its probability (the gate's
+    # distance chosen with the probability, on the same held-out classes and types)
+    novelty_gate: bool = True
 
     def __post_init__(self) -> None:
         bad = self.grid < 1 or not self.levels or self.crop < 0 or self.c <= 0

@@ -4,9 +4,10 @@ The answer's words read where the mask is, not what is inside it: a region descr
 vision tower's frozen levels (the mean feature inside the mask, and inside minus outside: a
 linear probe's input, after the region features of Anomaly-OV and IAD-Unify) goes to a linear
 classifier over the training classes' defect types, fitted after training
-(``training.type_head``). Where its probability is below ``min_probability``, it abstains: the
-answer then says "an anomaly" rather than a wrong name. Stored with the model as JSON (a few
-thousand numbers), like the decision thresholds.
+(``training.type_head``). Where its probability is below ``min_probability``, or the region
+is far from every trained type (:class:`NoveltyGate`), it abstains: the answer then says "an
+anomaly" rather than a wrong name. Stored with the model as JSON (about ten thousand numbers),
+like the decision thresholds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,30 @@ from vmad_pipeline.models.references import level_features
 
 
 @dataclass(frozen=True)
+class NoveltyGate:
+    """How far a region is from every defect type the head was fitted on: the mean over the
+    descriptor's dimensions of the squared, standardised distance to the nearest type's mean,
+    each dimension scaled by its within-type variance (a diagonal Mahalanobis distance). A
+    classifier's probability says which trained type a region is most like, not whether it is
+    like any: a type no training class has can still take a high probability. Over the training
+    classes held out in turn (seed 0's descriptors), the gate let the head name 48% of the
+    held-out defects at precision 0.935 where probability alone named 43%, with 80% of held-out
+    types left unnamed in both (docs/words.md, "The novelty gate")."""
+
+    centre: list[float]  # D: the training descriptors' mean
+    scale: list[float]  # D: their standard deviation
+    means: list[list[float]]  # T x D: each type's mean, standardised
+    spread: list[float]  # D: the within-type variance of the standardised descriptors
+    max_novelty: float  # past it, no type is named
+
+    def novelty(self, descriptors: np.ndarray) -> np.ndarray:
+        """N x D -> N: each descriptor's distance to the nearest type (see the class)."""
+        z = (np.asarray(descriptors, np.float64) - np.asarray(self.centre)) / np.asarray(self.scale)
+        d = (z[:, None, :] - np.asarray(self.means)[None]) ** 2 / np.asarray(self.spread)
+        return d.mean(-1).min(1)
+
+
+@dataclass(frozen=True)
 class TypeHead:
     types: list[str]  # the classes, in the order of coef's rows
     coef: list[list[float]]  # T x D
@@ -32,10 +57,14 @@ class TypeHead:
     input_size: int | None  # the images are resized to this before the tower (None: as given)
     crop: float = 0.0  # > 0: cut around the mask first (crop_regions), this times its box
     meta: dict[str, Any] = field(default_factory=dict)  # how it was fitted, its measured figures
+    gate: NoveltyGate | None = None  # None: the probability alone decides (heads before it)
 
     @classmethod
     def from_json(cls, data: dict | None) -> TypeHead | None:
-        return cls(**data) if data else None
+        if not data:
+            return None
+        gate = data.get("gate")
+        return cls(**{**data, "gate": NoveltyGate(**gate) if gate else None})
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -52,14 +81,18 @@ class TypeHead:
     def classify(
         self, descriptors: np.ndarray, *, abstain: bool = True
     ) -> tuple[list[str | None], np.ndarray]:
-        """Each descriptor's type (None below ``min_probability``, unless not ``abstain``) and
-        its probability."""
+        """Each descriptor's type (None below ``min_probability`` or past the gate's
+        ``max_novelty``, unless not ``abstain``) and its probability."""
         logits = descriptors @ np.asarray(self.coef, np.float64).T + np.asarray(self.intercept)
         p = torch.softmax(torch.as_tensor(logits), -1).numpy()
         best = p.argmax(1)
         prob = p[np.arange(len(p)), best]
-        floor = self.min_probability if abstain else 0.0
-        named = [self.types[b] if q >= floor else None for b, q in zip(best, prob, strict=True)]
+        sure = prob >= self.min_probability
+        if self.gate is not None:
+            sure &= self.gate.novelty(descriptors) <= self.gate.max_novelty
+        if not abstain:
+            sure[:] = True
+        named = [self.types[b] if ok else None for b, ok in zip(best, sure, strict=True)]
         return named, prob
 
 

@@ -9,8 +9,11 @@ held-out class's defects; and each defect type in turn is held out, so that its 
 for a type no training class has (a new product's own kind of defect), which the head should not
 name. ``min_probability`` is the lowest probability at which the names given reach the target
 precision and the held-out types' defects are left unnamed at the target share (the highest
-candidate when none reaches both). The figures of that choice are stored with the head
-(``meta``).
+candidate when none reaches both). With the novelty gate (``cfg.novelty_gate``), each held-out
+image also gets its distance to the types of the head fitted without it
+(``models.type_head.NoveltyGate``), and the gate's ``max_novelty`` is chosen with
+``min_probability``: of the pairs that reach both targets, the one naming the most held-out
+defects right. The figures of that choice are stored with the head (``meta``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from vmad_pipeline.configs.train import TypeHeadConfig
 from vmad_pipeline.datasets.manifest import row_files
 from vmad_pipeline.images import load_batch, to_model_inputs
-from vmad_pipeline.models.type_head import TypeHead, region_descriptors
+from vmad_pipeline.models.type_head import NoveltyGate, TypeHead, region_descriptors
 
 log = logging.getLogger(__name__)
 CANDIDATES = np.round(np.arange(0.30, 0.96, 0.05), 2)  # min_probability values tried
@@ -63,10 +66,12 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
     def fit(keep):
         return classifier(cfg.c, cfg.balanced).fit(desc[keep], y[keep])
 
-    names, probs, truth = held_out_predictions(fit, desc, y, typed["category"].to_numpy())
-    novel = held_out_predictions(fit, desc, y, y)[1]  # each type held out: its probabilities
-    chosen, figures = choose_min_probability(
-        names, probs, truth, cfg.min_precision, novel, cfg.min_novel_abstention
+    names, probs, truth, far = held_out_predictions(fit, desc, y, typed["category"].to_numpy())
+    _, novel, _, novel_far = held_out_predictions(fit, desc, y, y)  # each type held out
+    if not cfg.novelty_gate:
+        far = novel_far = None
+    chosen, max_novelty, figures = choose_thresholds(
+        names, probs, truth, far, cfg.min_precision, novel, novel_far, cfg.min_novel_abstention
     )
     clf = fit(np.ones(len(y), bool))
     coef, intercept = folded(clf)
@@ -85,6 +90,7 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
         grid=cfg.grid,
         input_size=cfg.input_size,
         crop=cfg.crop,
+        gate=None if max_novelty is None else novelty_gate(desc, y, max_novelty),
         meta={
             "n_images": len(typed),
             "per_type": {str(k): int(v) for k, v in typed["defect_type"].value_counts().items()},
@@ -125,12 +131,25 @@ def folded(pipeline) -> tuple[np.ndarray, np.ndarray]:
     return coef, classifier.intercept_ - coef @ scaler.mean_
 
 
+def novelty_gate(desc: np.ndarray, y: np.ndarray, max_novelty: float) -> NoveltyGate:
+    """The gate of descriptors ``desc`` of types ``y`` (``models.type_head.NoveltyGate``)."""
+    centre, scale = desc.mean(0), desc.std(0) + 1e-6
+    z = (desc - centre) / scale
+    types = sorted(set(y))
+    means = np.stack([z[y == t].mean(0) for t in types])
+    spread = (z - means[[types.index(t) for t in y]]).var(0) + 1e-3
+    return NoveltyGate(
+        centre.tolist(), scale.tolist(), means.tolist(), spread.tolist(), float(max_novelty)
+    )
+
+
 def held_out_predictions(fit, desc, y, groups):
     """Each image named by a head fitted without its group (its class; or, with ``groups`` =
-    ``y``, its type): (names, probabilities, truth); classes whose images are the only ones of a
-    type still count (a type the head lacks then is a wrong name or an abstention, as on a new
-    product); a group whose leaving would leave fewer than two types is skipped."""
-    names, probs, truth = [], [], []
+    ``y``, its type): (names, probabilities, truth, novelty: its distance to the types of that
+    head's gate); classes whose images are the only ones of a type still count (a type the head
+    lacks then is a wrong name or an abstention, as on a new product); a group whose leaving
+    would leave fewer than two types is skipped."""
+    names, probs, truth, far = [], [], [], []
     for g in sorted(set(groups)):
         out = groups == g
         if len(set(y[~out])) < 2:
@@ -140,7 +159,41 @@ def held_out_predictions(fit, desc, y, groups):
         names += list(clf.classes_[p.argmax(1)])
         probs += list(p.max(1))
         truth += list(y[out])
-    return np.array(names, object), np.array(probs), np.array(truth, object)
+        far += list(novelty_gate(desc[~out], y[~out], np.inf).novelty(desc[out]))
+    return np.array(names, object), np.array(probs), np.array(truth, object), np.array(far)
+
+
+GATE_QUANTILES = np.linspace(0.05, 1.0, 40)  # max_novelty candidates: these of the held-out's
+
+
+def choose_thresholds(
+    names, probs, truth, far, target: float, novel, novel_far, novel_target: float
+) -> tuple[float, float | None, dict]:
+    """``min_probability`` and the gate's ``max_novelty`` (None: no gate, ``far`` None): for
+    each candidate ``max_novelty`` (:data:`GATE_QUANTILES` of the held-out images' novelty), a
+    gated image counts as unnamed, and :func:`choose_min_probability` picks the probability;
+    of the pairs that reach both targets, the one naming the most held-out defects right (the
+    smallest ``max_novelty`` on a tie); with none, probability alone."""
+    alone = choose_min_probability(names, probs, truth, target, novel, novel_target)
+    if far is None:
+        return alone[0], None, alone[1]
+    best = None
+    for cut in np.quantile(np.concatenate([far, novel_far]), GATE_QUANTILES):
+        gated = choose_min_probability(
+            names,
+            np.where(far <= cut, probs, 0.0),
+            truth,
+            target,
+            np.where(novel_far <= cut, novel, 0.0),
+            novel_target,
+        )
+        f = gated[1]
+        reached = (f["precision"] or 0.0) >= target and (
+            f["new_type_abstention"] is None or f["new_type_abstention"] >= novel_target
+        )
+        if reached and (best is None or f["accuracy"] > best[2]["accuracy"]):
+            best = (gated[0], float(cut), {**f, "max_novelty": round(float(cut), 4)})
+    return best or (alone[0], None, alone[1])
 
 
 def choose_min_probability(

@@ -13,9 +13,14 @@ from PIL import Image
 
 from vmad_pipeline.configs.train import TypeHeadConfig
 from vmad_pipeline.models.build import build_vmad
-from vmad_pipeline.models.type_head import TypeHead
+from vmad_pipeline.models.type_head import NoveltyGate, TypeHead
 from vmad_pipeline.prompts import a_defect
-from vmad_pipeline.training.type_head import choose_min_probability, fit_type_head, folded
+from vmad_pipeline.training.type_head import (
+    choose_min_probability,
+    choose_thresholds,
+    fit_type_head,
+    folded,
+)
 
 
 def _typed_corpus(tmp_path, classes=("a", "b", "c"), n=6):
@@ -100,6 +105,56 @@ def test_the_threshold_is_the_lowest_reaching_the_target_precision():
     # never both: the highest candidate, naming least
     chosen, _ = choose_min_probability(names, probs, truth, 0.85, np.array([0.99]), 1.0)
     assert chosen == 0.95
+
+
+def test_the_novelty_gate_leaves_a_region_far_from_every_type_unnamed():
+    """A probability says which trained type a region is most like, not that it is like any:
+    a region far from both types' means is named by probability alone, not past the gate."""
+    gate = NoveltyGate([0.0, 0.0], [1.0, 1.0], [[0.0, 0.0], [4.0, 0.0]], [1.0, 1.0], 2.0)
+    near, far = np.array([[3.9, 0.1]]), np.array([[2.0, 9.0]])
+    assert gate.novelty(near)[0] == pytest.approx(0.01) and gate.novelty(far)[0] == 42.5
+    head = TypeHead(
+        types=["a", "b"],
+        coef=[[-1.0, 0.0], [1.0, 0.0]],
+        intercept=[0.0, 0.0],
+        min_probability=0.6,
+        levels=[1],
+        grid=1,
+        input_size=None,
+        gate=gate,
+    )
+    names, probs = head.classify(np.vstack([near, far]))
+    assert probs.min() > 0.9 and names == ["b", None]
+    assert head.classify(np.vstack([near, far]), abstain=False)[0] == ["b", "b"]
+    again = TypeHead.from_json(head.to_json())
+    assert again == head and isinstance(again.gate, NoveltyGate)
+    before = {k: v for k, v in head.to_json().items() if k != "gate"}  # a head without a gate
+    assert TypeHead.from_json(before).gate is None
+    assert TypeHead.from_json(before).classify(far)[0] == ["b"]
+
+
+def test_the_gate_is_chosen_with_the_probability_on_held_out_images():
+    """Probability alone cannot leave the held-out types unnamed without naming nothing; the
+    gate, chosen on the same held-out images, leaves them and the one wrong name out."""
+    names = np.array(["a", "a", "b", "b"], object)
+    truth = np.array(["a", "a", "b", "a"], object)
+    probs, far = np.full(4, 0.9), np.array([0.1, 0.2, 0.3, 5.0])
+    novel, novel_far = np.array([0.9, 0.9]), np.array([6.0, 7.0])
+    alone, cut, figures = choose_thresholds(names, probs, truth, None, 0.85, novel, None, 0.8)
+    assert alone == 0.95 and cut is None and figures["named_share"] == 0.0
+    chosen, cut, figures = choose_thresholds(names, probs, truth, far, 0.85, novel, novel_far, 0.8)
+    assert chosen == 0.3 and 0.3 <= cut < 5.0 and figures["max_novelty"] == round(cut, 4)
+    assert figures["accuracy"] == 0.75 and figures["precision"] == 1.0
+    assert figures["new_type_abstention"] == 1.0
+
+
+def test_without_the_gate_the_head_has_none(tmp_path, fitted):
+    model = fitted[0]
+    rows, roots = _typed_corpus(tmp_path)
+    head = fit_type_head(
+        model, rows, roots, TypeHeadConfig(grid=4, input_size=64, novelty_gate=False)
+    )
+    assert head.gate is None and "max_novelty" not in head.meta["held_out_classes"]
 
 
 def test_one_type_gives_no_head_and_bad_levels_are_named(tmp_path, fitted):
