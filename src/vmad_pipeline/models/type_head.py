@@ -6,7 +6,7 @@ linear probe's input, after the region features of Anomaly-OV and IAD-Unify) goe
 classifier over the training classes' defect types, fitted after training
 (``training.type_head``). Where its probability is below ``min_probability``, or the region
 is far from every trained type (:class:`NoveltyGate`), it abstains: the answer then says "an
-anomaly" rather than a wrong name. Stored with the model as JSON (about ten thousand numbers),
+anomaly" rather than a wrong name. Stored with the model as JSON (some 16,000 numbers),
 like the decision thresholds.
 """
 
