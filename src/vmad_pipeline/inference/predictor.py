@@ -300,7 +300,8 @@ class Predictor:
                 )
             texts = self._text(ids)
             if self.ground:
-                places, names = self._slots(images[part], maps[-1], texts)
+                compared = None if references is None else references[part]
+                places, names = self._slots(images[part], maps[-1], texts, compared)
                 where += places
                 what += names
                 ids, texts = self._grounded(ids, texts, list(zip(places, names, strict=True)))
@@ -344,16 +345,19 @@ class Predictor:
             for k, i in enumerate(rows):
                 ids[i] = list(again.answer_ids[k])
 
-    def _slots(self, images: torch.Tensor, maps: np.ndarray, texts: list[str]):
+    def _slots(self, images: torch.Tensor, maps: np.ndarray, texts: list[str], references=None):
         """Of each image (uint8, the SAM input), its map and its answer: the drawn mask's
         location, and the type head's name for it (None: abstains; False: no head, or an answer
-        that names no defect, "No" or a bare "Yes", where it is not computed)."""
+        that names no defect, "No" or a bare "Yes", where it is not computed); an image with
+        references (a memory in ``references``) is named by the head's gated rule."""
         regions = drawn_regions(maps)
         where = [region_location(r) for r in regions]
         what: list = [False] * len(where)
         rows = [i for i, t in enumerate(texts) if has_type_slot(t)]
         if self.type_head is not None and rows:
-            named, _ = self.type_head.classify(self._descriptors(images[rows], regions[rows]))
+            gated = [references is not None and references[i] is not None for i in rows]
+            desc = self._descriptors(images[rows], regions[rows])
+            named, _ = self.type_head.classify(desc, gated=gated)
             for k, i in enumerate(rows):
                 what[i] = named[k]
         return where, what

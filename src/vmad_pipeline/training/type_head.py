@@ -9,11 +9,12 @@ held-out class's defects; and each defect type in turn is held out, so that its 
 for a type no training class has (a new product's own kind of defect), which the head should not
 name. ``min_probability`` is the lowest probability at which the names given reach the target
 precision and the held-out types' defects are left unnamed at the target share (the highest
-candidate when none reaches both). With the novelty gate (``cfg.novelty_gate``), each held-out
-image also gets its distance to the types of the head fitted without it
-(``models.type_head.NoveltyGate``), and the gate's ``max_novelty`` is chosen with
-``min_probability``: of the pairs that reach both targets, the one naming the most held-out
-defects right. The figures of that choice are stored with the head (``meta``).
+candidate when none reaches both). With the novelty gate (``cfg.novelty_gate``: the rule for
+regions drawn against references), each held-out image also gets its distance to the types of
+the head fitted without it (``models.type_head.NoveltyGate``), and the gate's ``max_novelty``
+is chosen with a probability of its own: of the pairs that reach both targets, the one naming
+the most held-out defects right. The figures of both choices are stored with the head
+(``meta``).
 """
 
 from __future__ import annotations
@@ -68,11 +69,16 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
 
     names, probs, truth, far = held_out_predictions(fit, desc, y, typed["category"].to_numpy())
     _, novel, _, novel_far = held_out_predictions(fit, desc, y, y)  # each type held out
-    if not cfg.novelty_gate:
-        far = novel_far = None
-    chosen, max_novelty, figures = choose_thresholds(
-        names, probs, truth, far, cfg.min_precision, novel, novel_far, cfg.min_novel_abstention
+    chosen, figures = choose_min_probability(
+        names, probs, truth, cfg.min_precision, novel, cfg.min_novel_abstention
     )
+    gate = None
+    if cfg.novelty_gate:
+        gate_probability, max_novelty, gated = choose_thresholds(
+            names, probs, truth, far, cfg.min_precision, novel, novel_far, cfg.min_novel_abstention
+        )
+        if max_novelty is not None:
+            gate = novelty_gate(desc, y, max_novelty, gate_probability)
     clf = fit(np.ones(len(y), bool))
     coef, intercept = folded(clf)
     if len(clf.classes_) == 2:  # scikit-learn's binary form (one row: the second class's logit)
@@ -90,11 +96,12 @@ def fit_type_head(model, rows: pd.DataFrame, roots: dict[str, str], cfg: TypeHea
         grid=cfg.grid,
         input_size=cfg.input_size,
         crop=cfg.crop,
-        gate=None if max_novelty is None else novelty_gate(desc, y, max_novelty),
+        gate=gate,
         meta={
             "n_images": len(typed),
             "per_type": {str(k): int(v) for k, v in typed["defect_type"].value_counts().items()},
             "held_out_classes": figures,
+            "held_out_classes_gated": None if gate is None else gated,
             "seconds": round(time.perf_counter() - start, 2),
         },
     )
@@ -131,7 +138,9 @@ def folded(pipeline) -> tuple[np.ndarray, np.ndarray]:
     return coef, classifier.intercept_ - coef @ scaler.mean_
 
 
-def novelty_gate(desc: np.ndarray, y: np.ndarray, max_novelty: float) -> NoveltyGate:
+def novelty_gate(
+    desc: np.ndarray, y: np.ndarray, max_novelty: float, min_probability: float = 0.0
+) -> NoveltyGate:
     """The gate of descriptors ``desc`` of types ``y`` (``models.type_head.NoveltyGate``)."""
     centre, scale = desc.mean(0), desc.std(0) + 1e-6
     z = (desc - centre) / scale
@@ -139,7 +148,12 @@ def novelty_gate(desc: np.ndarray, y: np.ndarray, max_novelty: float) -> Novelty
     means = np.stack([z[y == t].mean(0) for t in types])
     spread = (z - means[[types.index(t) for t in y]]).var(0) + 1e-3
     return NoveltyGate(
-        centre.tolist(), scale.tolist(), means.tolist(), spread.tolist(), float(max_novelty)
+        centre.tolist(),
+        scale.tolist(),
+        means.tolist(),
+        spread.tolist(),
+        float(max_novelty),
+        float(min_probability),
     )
 
 

@@ -348,3 +348,28 @@ def test_the_answer_says_the_references_decision(detector):
         p.predict(images, cats, output_size=16, thresholds=[0.5] * 3)
     (seen,) = detector.inspect([images[0].permute(1, 2, 0).numpy()], ["screw"], threshold=1.5)
     assert not seen.anomalous and seen.answer_ids[k] == y.no
+
+
+def test_only_images_read_against_references_are_named_by_the_gated_rule(detector, monkeypatch):
+    """The type head's gated rule is for regions drawn against references: in one batch, the
+    image with a memory is gated, the one without (zero-shot) is not."""
+    p = detector.predictor
+    seen = {}
+
+    class Head:
+        def classify(self, descriptors, *, abstain=True, gated=None):
+            seen["gated"] = list(gated)
+            return [None] * len(descriptors), np.zeros(len(descriptors))
+
+    monkeypatch.setattr(p, "type_head", Head())
+    monkeypatch.setattr(p, "ground", True)
+    monkeypatch.setattr(p, "_descriptors", lambda images, masks: np.zeros((len(images), 2)))
+    monkeypatch.setattr(
+        p, "_text", lambda ids: ["Yes. There is a crack at the top left."] * len(ids)
+    )
+    images = _images(2)
+    memory = reference_set(p, _images(2, seed=5), "screw", rule="loo_max").memory
+    p.predict(images, ["screw"] * 2, output_size=16, references=[memory, None])
+    assert seen["gated"] == [True, False]
+    p.predict(images, ["screw"] * 2, output_size=16)
+    assert seen["gated"] == [False, False]

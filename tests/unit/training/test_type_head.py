@@ -107,30 +107,34 @@ def test_the_threshold_is_the_lowest_reaching_the_target_precision():
     assert chosen == 0.95
 
 
-def test_the_novelty_gate_leaves_a_region_far_from_every_type_unnamed():
-    """A probability says which trained type a region is most like, not that it is like any:
-    a region far from both types' means is named by probability alone, not past the gate."""
-    gate = NoveltyGate([0.0, 0.0], [1.0, 1.0], [[0.0, 0.0], [4.0, 0.0]], [1.0, 1.0], 2.0)
-    near, far = np.array([[3.9, 0.1]]), np.array([[2.0, 9.0]])
-    assert gate.novelty(near)[0] == pytest.approx(0.01) and gate.novelty(far)[0] == 42.5
+def test_the_novelty_gate_names_regions_drawn_against_references_by_its_own_rule():
+    """A probability says which trained type a region is most like, not that it is like any.
+    Ungated (zero-shot), a type is named at min_probability alone; gated (drawn against
+    references), at the gate's lower probability unless the region is far from both types."""
+    gate = NoveltyGate([0.0, 0.0], [1.0, 1.0], [[0.0, 0.0], [4.0, 0.0]], [1.0, 1.0], 2.0, 0.6)
+    near, mid, far = [3.9, 0.1], [0.5, 0.0], [2.0, 9.0]  # P(b): 0.9996, 0.731, 0.982
+    regions = np.array([near, mid, far])
+    assert gate.novelty(regions[:1])[0] == pytest.approx(0.01)
+    assert gate.novelty(regions[2:])[0] == 42.5
     head = TypeHead(
         types=["a", "b"],
         coef=[[-1.0, 0.0], [1.0, 0.0]],
         intercept=[0.0, 0.0],
-        min_probability=0.6,
+        min_probability=0.95,
         levels=[1],
         grid=1,
         input_size=None,
         gate=gate,
     )
-    names, probs = head.classify(np.vstack([near, far]))
-    assert probs.min() > 0.9 and names == ["b", None]
-    assert head.classify(np.vstack([near, far]), abstain=False)[0] == ["b", "b"]
+    assert head.classify(regions)[0] == ["b", None, "b"]
+    assert head.classify(regions, gated=[True] * 3)[0] == ["b", "b", None]
+    assert head.classify(regions, gated=[True, False, False])[0] == ["b", None, "b"]
+    assert head.classify(regions, abstain=False, gated=[True] * 3)[0] == ["b"] * 3
     again = TypeHead.from_json(head.to_json())
     assert again == head and isinstance(again.gate, NoveltyGate)
     before = {k: v for k, v in head.to_json().items() if k != "gate"}  # a head without a gate
     assert TypeHead.from_json(before).gate is None
-    assert TypeHead.from_json(before).classify(far)[0] == ["b"]
+    assert TypeHead.from_json(before).classify(regions, gated=[True] * 3)[0] == ["b", None, "b"]
 
 
 def test_the_gate_is_chosen_with_the_probability_on_held_out_images():
@@ -154,7 +158,7 @@ def test_without_the_gate_the_head_has_none(tmp_path, fitted):
     head = fit_type_head(
         model, rows, roots, TypeHeadConfig(grid=4, input_size=64, novelty_gate=False)
     )
-    assert head.gate is None and "max_novelty" not in head.meta["held_out_classes"]
+    assert head.gate is None and head.meta["held_out_classes_gated"] is None
 
 
 def test_one_type_gives_no_head_and_bad_levels_are_named(tmp_path, fitted):
