@@ -3,7 +3,8 @@ right while leaving types no training class has unnamed; docs/words.md, "The nov
 
 On a project where `kedro run` has run, the head is fitted as training fits it
 (``training.type_head.fit_type_head``, the model's tower, the training classes' true masks),
-with ``novelty_gate`` off and on. Reported for each: the choice on held-out training classes
+with ``novelty_gate`` off and on (on: its gated rule, as regions drawn against references are
+named). Reported for each: the choice on held-out training classes
 and types (what the thresholds were chosen on), the unseen classes' defects named from their
 true masks (accuracy with abstentions wrong, precision, share named) and the share of the
 transfer tree's defects (types no training class has; tests/helpers/transfer.py, true masks)
@@ -28,11 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def _named(head, model, images, masks) -> np.ndarray:
+    """The head's names for the regions, by its gated rule where it has a gate (as for regions
+    drawn against references)."""
     from vmad_pipeline.images import to_model_inputs
 
     size = model.config.vision.image_size
     x = torch.cat([to_model_inputs(images[s : s + 16], size)[0] for s in range(0, len(images), 16)])
-    names, _ = head.classify(head.descriptors(model.vision, x, (masks > 0).float()))
+    desc = head.descriptors(model.vision, x, (masks > 0).float())
+    names, _ = head.classify(desc, gated=[head.gate is not None] * len(desc))
     return np.array(names, object)
 
 
@@ -75,9 +79,11 @@ def measure(project: Path) -> dict:
         named = names != None  # noqa: E711 (an object array's element-wise test)
         right = names == truth
         out["gate" if gate else "probability alone"] = {
-            "min_probability": head.min_probability,
+            "min_probability": head.min_probability
+            if head.gate is None
+            else head.gate.min_probability,
             "max_novelty": None if head.gate is None else round(head.gate.max_novelty, 4),
-            "held_out": head.meta["held_out_classes"],
+            "held_out": head.meta["held_out_classes_gated"] or head.meta["held_out_classes"],
             "unseen_true_masks": {
                 "accuracy": round(float(right.mean()), 4),
                 "precision": round(float(right[named].mean()), 4) if named.any() else None,
