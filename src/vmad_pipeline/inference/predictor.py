@@ -7,7 +7,7 @@ an image is scored the same way everywhere: by the
 (``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
 P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 
-Over 400 lines (447): one class whose entry points (predict, follow-ups, references, answers,
+Over 400 lines (452): one class whose entry points (predict, follow-ups, references, answers,
 P(yes)) share the model, its tokenizer and placement and the one generation pass; splitting it
 would pass those internals between files for a few lines' gain. ``predict`` is over 60 lines
 for the same reason: one loop that reads the map, P(yes), the answer and its verdict of each
@@ -267,14 +267,16 @@ class Predictor:
         for s in self._batches(len(images), batch_size, "predict", progress):
             part = slice(s, s + batch_size)
             texts = [prompts.vqa_prompt(c) for c in categories[part]]
+            regions = None if region_masks is None else region_masks[part]
+            memories = None if references is None else references[part]
             pred = self._run(
                 images[part],
                 texts,
                 output_size=output_size,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
                 forced=self.yes_no.prefix,
-                regions=None if region_masks is None else region_masks[part],
-                references=None if references is None else references[part],
+                regions=regions,
+                references=memories,
             )
             if pred.significance is not None:
                 sig.append(pred.significance.float().cpu().numpy())
@@ -295,13 +297,12 @@ class Predictor:
                     texts,
                     output_size=output_size,
                     max_new_tokens=max_new_tokens or self.max_new_tokens,
-                    regions=None if region_masks is None else region_masks[part],
-                    references=None if references is None else references[part],
+                    regions=regions,
+                    references=memories,
                 )
             texts = self._text(ids)
             if self.ground:
-                compared = None if references is None else references[part]
-                places, names = self._slots(images[part], maps[-1], texts, compared)
+                places, names = self._slots(images[part], maps[-1], texts, memories)
                 where += places
                 what += names
                 ids, texts = self._grounded(ids, texts, list(zip(places, names, strict=True)))

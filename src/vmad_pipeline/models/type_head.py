@@ -6,8 +6,8 @@ linear probe's input, after the region features of Anomaly-OV and IAD-Unify) goe
 classifier over the training classes' defect types, fitted after training
 (``training.type_head``). Where its probability is below ``min_probability`` it abstains: the
 answer then says "an anomaly" rather than a wrong name. A region drawn against references is
-named at a lower probability unless it is far from every trained type (:class:`NoveltyGate`). Stored with the model as JSON (some 16,000 numbers),
-like the decision thresholds.
+named at a lower probability unless it is far from every trained type (:class:`NoveltyGate`).
+Stored with the model as JSON (some 16,000 numbers), like the decision thresholds.
 """
 
 from __future__ import annotations
