@@ -48,6 +48,8 @@ SMALL = {
                 "decoder_mlp_dim": 32,
                 "decoder_heads": 2,
             },
+            # a 32 px image: a grid of 8 patches, a radius of 1 leaves each patch the rest
+            "self_comparison": {"stride": 4, "radius": 1},
         },
     },
     "evaluate": {"eval_size": 32, "max_new_tokens": 3, "n_overlays": 1, "progress": False},

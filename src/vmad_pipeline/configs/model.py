@@ -4,7 +4,7 @@
 one summary of a model (preset, projector, LTC parts, DSSL) that MLflow tags and ablation tables
 both use.
 
-Over 400 lines (419): one frozen dataclass per component of one model, each with its checks,
+Over 400 lines (446): one frozen dataclass per component of one model, each with its checks,
 read together by ``from_dict`` from one ``train.model`` block and saved as one config.json;
 splitting them across files would separate a component's fields from the model they nest in.
 """
@@ -320,6 +320,25 @@ class ReferenceCueConfig:
 
 
 @dataclass(frozen=True)
+class SelfComparisonConfig:
+    """Zero-shot, each patch against the rest of its own image (``models/self_comparison.py``):
+    where an image has no references, the map is multiplied by min(1, distance / ``scale``).
+    Inference only (nothing is trained); off in a model saved before it existed."""
+
+    enabled: bool = False
+    levels: tuple[int, ...] = (1, 2)  # the vision tower's frozen native levels
+    stride: int = 8  # the patch grid: the tower's input side / stride
+    radius: int = 2  # a patch's own surroundings, left out: patches within this many of it
+    flips: bool = True  # the image's mirror images compared with too
+    scale: float = 0.55  # the distance kept whole (a typical defect's; docs/references.md)
+
+    def __post_init__(self) -> None:
+        check(len(self.levels) >= 1, "levels", "needs at least one level")
+        check(self.stride >= 1 and self.radius >= 0, "stride", "stride >= 1 and radius >= 0")
+        check(self.scale > 0, "scale", "must be > 0")
+
+
+@dataclass(frozen=True)
 class WeightsConfig:
     """Local weight files of the real preset (``weights:`` in conf/local/parameters_weights.yml)."""
 
@@ -353,6 +372,7 @@ class ModelConfig:
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     region_tokens: RegionConfig = field(default_factory=RegionConfig)
     references: ReferenceCueConfig = field(default_factory=ReferenceCueConfig)
+    self_comparison: SelfComparisonConfig = field(default_factory=SelfComparisonConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)  # set at build time (real preset)
 
     def __post_init__(self) -> None:
@@ -368,6 +388,13 @@ class ModelConfig:
             or self.expert.enabled,
             "region_tokens",
             "source 'expert' needs train.model.expert.name: anomaly_ov",
+        )
+        own = self.self_comparison
+        check(
+            not own.enabled or self.vision.image_size // own.stride >= 2 * own.radius + 2,
+            "self_comparison",
+            f"a {self.vision.image_size} px image at stride {own.stride} leaves a patch nothing "
+            f"outside its radius {own.radius}: lower the radius or the stride",
         )
         check(
             self.adapter in ADAPTERS,

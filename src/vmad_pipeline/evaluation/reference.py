@@ -21,14 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
 from vmad_pipeline.configs.evaluate import ReferenceConfig
 from vmad_pipeline.evaluation.report import IMAGE_METRICS, PIXEL_METRICS, map_metrics, nan_to_none
 from vmad_pipeline.evaluation.scores import map_max
-from vmad_pipeline.models.references import mutual_scores, patch_features
+from vmad_pipeline.models.references import mutual_scores, patch_features, smoothed
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +53,6 @@ def reference_maps(
         feats = patch_features(images[idx], backbone, cfg.levels)
         maps[idx] = smoothed(mutual_scores(feats, cfg.fraction), output_size, cfg.blur_sigma)
     return maps
-
-
-def smoothed(scores: torch.Tensor, size: int, sigma: float) -> np.ndarray:
-    """N x h x w patch scores -> N x size x size maps: bilinearly upsampled, then blurred by a
-    Gaussian of ``sigma`` pixels (+-4 sigma; none at 0). Both comparisons' maps (the
-    transductive reference and the k-shot baseline) are made so."""
-    up = F.interpolate(scores[:, None], (size, size), mode="bilinear", align_corners=False)
-    if sigma > 0:
-        kernel = 2 * int(4 * sigma + 0.5) + 1  # +-4 sigma
-        up = gaussian_blur(up, [kernel, kernel], [sigma, sigma])
-    return up[:, 0].numpy()
 
 
 def reference_report(

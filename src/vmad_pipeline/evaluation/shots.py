@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 
 from vmad_pipeline.configs.evaluate import ReferencesConfig
-from vmad_pipeline.evaluation.reference import reference_report, smoothed
+from vmad_pipeline.evaluation.reference import reference_report
 from vmad_pipeline.evaluation.scores import map_max
 from vmad_pipeline.evaluation.threshold_rules import decision_metrics, references_threshold
-from vmad_pipeline.models.references import NormalMemory, patch_features
+from vmad_pipeline.models.references import NormalMemory, patch_features, smoothed
 
 log = logging.getLogger(__name__)
 

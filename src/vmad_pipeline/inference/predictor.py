@@ -38,6 +38,7 @@ from vmad_pipeline.inference.grounding import (
     verdict_rows,
 )
 from vmad_pipeline.models.references import flipped, side_by_side, views
+from vmad_pipeline.models.self_comparison import self_factors
 from vmad_pipeline.models.type_head import TypeHead
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import autocast, to_device
@@ -136,6 +137,23 @@ class Predictor:
                 out.append(self.model.reference_features(clip.to(self.device)).float())
         return side_by_side(torch.cat(out), views(flips))
 
+    @torch.no_grad()
+    def _against_itself(self, images, memories, mask_logits) -> np.ndarray:
+        """The batch's anomaly maps (sigmoid of ``mask_logits``); with the model's
+        ``self_comparison`` on, each image without references (no memory) multiplied by its
+        comparison with itself (``models.self_comparison``)."""
+        maps = mask_logits.sigmoid().float().cpu().numpy()
+        cfg = self.model.config.self_comparison
+        rows = [i for i in range(len(maps)) if memories is None or memories[i] is None]
+        if not cfg.enabled or not rows:
+            return maps
+        views = flipped(images[rows]) if cfg.flips else images[rows]
+        clip, _ = to_model_inputs(views, self.model.config.vision.image_size)
+        with autocast(self.device, self.dtype):
+            factors = self_factors(self.model.vision, clip.to(self.device), cfg, maps.shape[-1])
+        maps[rows] *= factors
+        return maps
+
     def _generate(
         self,
         images,
@@ -230,7 +248,9 @@ class Predictor:
             found = pred.seg_found.cpu().numpy()
             for k, i in enumerate(part):
                 ids[i], texts[i], said[i] = part_ids[k], part_texts[k], found[k]
-            maps[part] = pred.mask_logits.sigmoid().float().cpu().numpy() * found[:, None, None]
+            memories = None if references is None else [references[i] for i in part]
+            drawn = self._against_itself(images[part], memories, pred.mask_logits)
+            maps[part] = drawn * found[:, None, None]
         return FollowUps(answer_ids=ids, texts=texts, seg_found=said, maps=maps)
 
     def predict(
@@ -283,7 +303,7 @@ class Predictor:
                 expert.append(pred.expert_score.float().cpu().numpy())
             pair = pred.free_logits[:, [self.yes_no.yes, self.yes_no.no]].float()
             p_yes.append(pair.softmax(-1)[:, 0].cpu().numpy())
-            maps.append(pred.mask_logits.sigmoid().float().cpu().numpy())
+            maps.append(self._against_itself(images[part], memories, pred.mask_logits))
             if references is not None and pred.reference_maps is not None:
                 far = pred.reference_maps.flatten(1).float().median(1).values
                 distance.append(far.cpu().numpy())

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
 
 from vmad_pipeline.models.efficientnet import to_grid
 
@@ -207,3 +209,14 @@ def mutual_scores(features: torch.Tensor, fraction: float) -> torch.Tensor:
         )  # (P, N - 1)
         scores[i] = nearest.sort(1).values[:, :keep].mean(1)
     return scores.view(n, h, w)
+
+
+def smoothed(scores: torch.Tensor, size: int, sigma: float) -> np.ndarray:
+    """N x h x w patch scores -> N x size x size maps: bilinearly upsampled, then blurred by a
+    Gaussian of ``sigma`` pixels (+-4 sigma; none at 0). The comparisons' maps (the transductive
+    reference, the k-shot baseline, the image against itself) are made so."""
+    up = F.interpolate(scores[:, None], (size, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = 2 * int(4 * sigma + 0.5) + 1  # +-4 sigma
+        up = gaussian_blur(up, [kernel, kernel], [sigma, sigma])
+    return up[:, 0].numpy()

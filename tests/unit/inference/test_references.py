@@ -373,3 +373,24 @@ def test_only_images_read_against_references_are_named_by_the_gated_rule(detecto
     assert seen["gated"] == [True, False]
     p.predict(images, ["screw"] * 2, output_size=16)
     assert seen["gated"] == [False, False]
+
+
+def test_only_images_without_references_are_compared_with_themselves(detector, monkeypatch):
+    """With the model's self-comparison on, a zero-shot map is the model's times its
+    comparison with itself (never above it; somewhere below it), and a map drawn against
+    references is the model's own; off, every map is the model's own."""
+    from vmad_pipeline.configs.model import SelfComparisonConfig
+
+    p = detector.predictor
+    images, cats = _images(3), ["screw"] * 3
+    memories = [None, p.reference_features(_images(2, seed=3)), None]
+    memories[1] = memories[1].permute(0, 2, 3, 1).reshape(-1, memories[1].shape[1])
+    off = p.predict(images, cats, output_size=16, references=memories)
+    own = SelfComparisonConfig(enabled=True, stride=8, radius=1)
+    monkeypatch.setattr(p.model, "config", dataclasses.replace(p.model.config, self_comparison=own))
+    on = p.predict(images, cats, output_size=16, references=memories)
+    np.testing.assert_allclose(on.maps[1], off.maps[1], rtol=1e-5)
+    for i in (0, 2):
+        assert np.all(on.maps[i] <= off.maps[i] + 1e-6)
+        assert np.abs(on.maps[i] - off.maps[i]).max() > 1e-3
+    np.testing.assert_allclose(on.map_max, on.maps.reshape(3, -1).max(1), rtol=1e-6)
