@@ -138,11 +138,11 @@ class Predictor:
         return side_by_side(torch.cat(out), views(flips))
 
     @torch.no_grad()
-    def _against_itself(self, images, memories, mask_logits) -> np.ndarray:
-        """The batch's anomaly maps (sigmoid of ``mask_logits``); with the model's
-        ``self_comparison`` on, each image without references (no memory) multiplied by its
-        comparison with itself (``models.self_comparison``)."""
-        maps = mask_logits.sigmoid().float().cpu().numpy()
+    def _against_itself(self, images, memories, own: np.ndarray) -> np.ndarray:
+        """The batch's anomaly maps from the model's own (``own``, the [SEG] masks' sigmoid):
+        with the model's ``self_comparison`` on, each image without references (no memory)
+        multiplied by its comparison with itself (``models.self_comparison``), else the same."""
+        maps = own.copy()
         cfg = self.model.config.self_comparison
         rows = [i for i in range(len(maps)) if memories is None or memories[i] is None]
         if not cfg.enabled or not rows:
@@ -249,7 +249,8 @@ class Predictor:
             for k, i in enumerate(part):
                 ids[i], texts[i], said[i] = part_ids[k], part_texts[k], found[k]
             memories = None if references is None else [references[i] for i in part]
-            drawn = self._against_itself(images[part], memories, pred.mask_logits)
+            own = pred.mask_logits.sigmoid().float().cpu().numpy()
+            drawn = self._against_itself(images[part], memories, own)
             maps[part] = drawn * found[:, None, None]
         return FollowUps(answer_ids=ids, texts=texts, seg_found=said, maps=maps)
 
@@ -303,7 +304,9 @@ class Predictor:
                 expert.append(pred.expert_score.float().cpu().numpy())
             pair = pred.free_logits[:, [self.yes_no.yes, self.yes_no.no]].float()
             p_yes.append(pair.softmax(-1)[:, 0].cpu().numpy())
-            maps.append(self._against_itself(images[part], memories, pred.mask_logits))
+            # the words read the mask the [SEG] drew, the map and score also the image itself
+            own = pred.mask_logits.sigmoid().float().cpu().numpy()
+            maps.append(self._against_itself(images[part], memories, own))
             if references is not None and pred.reference_maps is not None:
                 far = pred.reference_maps.flatten(1).float().median(1).values
                 distance.append(far.cpu().numpy())
@@ -322,7 +325,7 @@ class Predictor:
                 )
             texts = self._text(ids)
             if self.ground:
-                places, names = self._slots(images[part], maps[-1], texts, memories)
+                places, names = self._slots(images[part], own, texts, memories)
                 where += places
                 what += names
                 ids, texts = self._grounded(ids, texts, list(zip(places, names, strict=True)))

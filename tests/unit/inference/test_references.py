@@ -378,7 +378,7 @@ def test_only_images_read_against_references_are_named_by_the_gated_rule(detecto
 def test_only_images_without_references_are_compared_with_themselves(detector, monkeypatch):
     """With the model's self-comparison on, a zero-shot map is the model's times its
     comparison with itself (never above it; somewhere below it), and a map drawn against
-    references is the model's own; off, every map is the model's own."""
+    references is the model's own; the answers' words stay those of the model's own mask."""
     from vmad_pipeline.configs.model import SelfComparisonConfig
 
     p = detector.predictor
@@ -394,3 +394,5 @@ def test_only_images_without_references_are_compared_with_themselves(detector, m
         assert np.all(on.maps[i] <= off.maps[i] + 1e-6)
         assert np.abs(on.maps[i] - off.maps[i]).max() > 1e-3
     np.testing.assert_allclose(on.map_max, on.maps.reshape(3, -1).max(1), rtol=1e-6)
+    # the words read the mask the [SEG] drew, which the comparison does not change
+    assert on.drawn_locations == off.drawn_locations and on.answers == off.answers
