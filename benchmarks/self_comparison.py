@@ -33,6 +33,7 @@ VARIANTS = {
     "no flips": {"flips": False},
     "scale 0.3": {"scale": 0.3},
     "scale 1.0": {"scale": 1.0},
+    "the cue's features (levels 0-1, stride 4)": {"levels": (0, 1), "stride": 4},
 }
 
 

@@ -38,6 +38,13 @@ class Predictions:
     # no defect; the list is None without a head)
     drawn_locations: list[str] | None = None
     named_types: list[str | None] | None = None
+    # N x H x W: the maps the [SEG] drew, where ``maps`` are them re-weighted by the image
+    # against itself (models/self_comparison.py); None: ``maps`` are them
+    drawn_maps: np.ndarray | None = None
+
+    def seg_maps(self) -> np.ndarray:
+        """The maps the answers' [SEG] drew: what the words and the follow-ups read."""
+        return self.maps if self.drawn_maps is None else self.drawn_maps
 
     def slots(self) -> list[tuple] | None:
         """Each image's (drawn-mask location, type, whether its answer said "Yes") to ground

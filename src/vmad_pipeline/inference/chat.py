@@ -150,7 +150,7 @@ def ask_after_detection(
         images[picked],
         histories,
         [question] * len(picked),
-        earlier_maps=predictions.maps[picked],
+        earlier_maps=predictions.seg_maps()[picked],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,

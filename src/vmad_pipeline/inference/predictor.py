@@ -154,6 +154,13 @@ class Predictor:
         maps[rows] *= factors
         return maps
 
+    def _drawn_maps(self, drawn: list[np.ndarray], maps: np.ndarray) -> np.ndarray | None:
+        """The [SEG]'s own maps where the self-comparison re-weighted any (None: the same)."""
+        if not self.model.config.self_comparison.enabled or not drawn:
+            return None
+        own = np.concatenate(drawn).astype(np.float32)
+        return None if np.array_equal(own, maps) else own
+
     def _generate(
         self,
         images,
@@ -248,10 +255,7 @@ class Predictor:
             found = pred.seg_found.cpu().numpy()
             for k, i in enumerate(part):
                 ids[i], texts[i], said[i] = part_ids[k], part_texts[k], found[k]
-            memories = None if references is None else [references[i] for i in part]
-            own = pred.mask_logits.sigmoid().float().cpu().numpy()
-            drawn = self._against_itself(images[part], memories, own)
-            maps[part] = drawn * found[:, None, None]
+            maps[part] = pred.mask_logits.sigmoid().float().cpu().numpy() * found[:, None, None]
         return FollowUps(answer_ids=ids, texts=texts, seg_found=said, maps=maps)
 
     def predict(
@@ -283,6 +287,7 @@ class Predictor:
         if thresholds is not None and len(thresholds) != len(images):
             raise ValueError(f"{len(images)} images but {len(thresholds)} thresholds")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
+        drawn = []  # the [SEG]'s own maps, where the self-comparison re-weights ``maps``
         distance = []  # each image's median patch distance to its references
         where, what = [], []  # the grounding's slots (inference.grounding)
         for s in self._batches(len(images), batch_size, "predict", progress):
@@ -307,6 +312,7 @@ class Predictor:
             # the words read the mask the [SEG] drew, the map and score also the image itself
             own = pred.mask_logits.sigmoid().float().cpu().numpy()
             maps.append(self._against_itself(images[part], memories, own))
+            drawn.append(own)
             if references is not None and pred.reference_maps is not None:
                 far = pred.reference_maps.flatten(1).float().median(1).values
                 distance.append(far.cpu().numpy())
@@ -347,6 +353,7 @@ class Predictor:
             significance=np.concatenate(sig).astype(np.float32) if sig else None,
             expert_scores=np.concatenate(expert).astype(np.float64) if expert else None,
             reference_distance=np.concatenate(distance).astype(np.float64) if distance else None,
+            drawn_maps=self._drawn_maps(drawn, maps_arr),
             drawn_locations=where if self.ground else None,
             named_types=what if self.ground and self.type_head is not None else None,
         )

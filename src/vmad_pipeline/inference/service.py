@@ -33,7 +33,7 @@ class Inspection:
     mask: np.ndarray  # H x W uint8, 255 where the map >= the pixel threshold
     map: np.ndarray  # H x W uint8, the anomaly map x 255
     overlay: np.ndarray  # H x W x 3 uint8, the mask in red over the image
-    square_map: np.ndarray  # S x S float32: the map at the model's input size
+    square_map: np.ndarray  # S x S float32: the [SEG]'s map at the model's input size
     answer_ids: list[int]  # the generated tokens (a conversation's first turn)
     # Anomaly-OV's expert, when the model has one: its map x 255 at the image's size, its score
     significance: np.ndarray | None = None
@@ -222,7 +222,7 @@ class Detector:
                     mask=pics["masks"],
                     map=pics["maps"],
                     overlay=pics["overlays"],
-                    square_map=pred.maps[k],
+                    square_map=pred.seg_maps()[k],
                     answer_ids=list(pred.answer_ids[k]) if pred.answer_ids else [],
                     significance=expert,
                     expert_score=None

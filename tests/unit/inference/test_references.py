@@ -394,5 +394,11 @@ def test_only_images_without_references_are_compared_with_themselves(detector, m
         assert np.all(on.maps[i] <= off.maps[i] + 1e-6)
         assert np.abs(on.maps[i] - off.maps[i]).max() > 1e-3
     np.testing.assert_allclose(on.map_max, on.maps.reshape(3, -1).max(1), rtol=1e-6)
-    # the words read the mask the [SEG] drew, which the comparison does not change
+    # the words and the follow-ups read the mask the [SEG] drew, which the comparison leaves
     assert on.drawn_locations == off.drawn_locations and on.answers == off.answers
+    assert off.drawn_maps is None and off.seg_maps() is off.maps
+    np.testing.assert_allclose(on.seg_maps(), off.maps, rtol=1e-5)
+    inspection = detector.inspect([images[0].permute(1, 2, 0).numpy()], ["screw"])[0]
+    whole = p.predict(images[:1], cats[:1], output_size=p.image_size)
+    assert whole.drawn_maps is not None
+    np.testing.assert_allclose(inspection.square_map, whole.drawn_maps[0], rtol=1e-4, atol=1e-6)
