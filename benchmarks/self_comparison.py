@@ -75,19 +75,12 @@ def _distances(p, images, masks, labels) -> dict:
     """Quantiles of the shipped comparison's distance (before the scale) on normal images'
     pixels and on defect pixels: the scale is read from the training classes' defects."""
     from vmad_pipeline.images import to_model_inputs
-    from vmad_pipeline.models.references import flipped, side_by_side, smoothed
-    from vmad_pipeline.models.references import level_features as lf
-    from vmad_pipeline.models.self_comparison import self_distances
+    from vmad_pipeline.models.references import flipped
+    from vmad_pipeline.models.self_comparison import self_maps
 
     cfg = p.model.config.self_comparison
     clip, _ = to_model_inputs(flipped(images), p.model.config.vision.image_size)
-    grid = clip.shape[-1] // cfg.stride
-    feats = side_by_side(
-        lf(p.model.vision.native_levels(clip), cfg.levels, grid, normalise=True), 4
-    )
-    d = smoothed(
-        self_distances(feats, 4, cfg.radius), masks.shape[-1], 0.5 * masks.shape[-1] / grid
-    )
+    d = self_maps(p.model.vision, clip, cfg, masks.shape[-1])
     q = lambda x, qs: [round(float(v), 3) for v in np.quantile(x, qs)]  # noqa: E731
     return {
         "normal_pixels_q50_q99": q(d[labels == 0], [0.5, 0.99]),

@@ -7,7 +7,7 @@ an image is scored the same way everywhere: by the
 (``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
 P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 
-Over 400 lines (482): one class whose entry points (predict, follow-ups, references, the image
+Over 400 lines (484): one class whose entry points (predict, follow-ups, references, the image
 against itself, answers, P(yes)) share the model, its tokenizer and placement and the one
 generation pass; splitting it would pass those internals between files for a few lines' gain.
 ``predict`` is over 60 lines for the same reason: one loop that reads the map, P(yes), the
@@ -140,13 +140,14 @@ class Predictor:
     @torch.no_grad()
     def _against_itself(self, images, memories, own: np.ndarray) -> np.ndarray:
         """The batch's anomaly maps from the model's own (``own``, the [SEG] masks' sigmoid):
-        with the model's ``self_comparison`` on, each image without references (no memory)
-        multiplied by its comparison with itself (``models.self_comparison``), else the same."""
-        maps = own.copy()
+        with the model's ``self_comparison`` on, a new array whose images without references
+        (no memory) are multiplied by their comparison with themselves
+        (``models.self_comparison``); else ``own`` itself."""
         cfg = self.model.config.self_comparison
-        rows = [i for i in range(len(maps)) if memories is None or memories[i] is None]
+        rows = [i for i in range(len(own)) if memories is None or memories[i] is None]
         if not cfg.enabled or not rows:
-            return maps
+            return own
+        maps = own.copy()
         views = flipped(images[rows]) if cfg.flips else images[rows]
         clip, _ = to_model_inputs(views, self.model.config.vision.image_size)
         with autocast(self.device, self.dtype):
@@ -154,12 +155,13 @@ class Predictor:
         maps[rows] *= factors
         return maps
 
-    def _drawn_maps(self, drawn: list[np.ndarray], maps: np.ndarray) -> np.ndarray | None:
-        """The [SEG]'s own maps where the self-comparison re-weighted any (None: the same)."""
-        if not self.model.config.self_comparison.enabled or not drawn:
+    @staticmethod
+    def _drawn_maps(drawn: list[np.ndarray], maps: list[np.ndarray]) -> np.ndarray | None:
+        """The [SEG]'s own maps of the batches, where :meth:`_against_itself` re-weighted any
+        (None: ``maps`` are them)."""
+        if all(m is d for m, d in zip(maps, drawn, strict=True)):
             return None
-        own = np.concatenate(drawn).astype(np.float32)
-        return None if np.array_equal(own, maps) else own
+        return np.concatenate(drawn).astype(np.float32)
 
     def _generate(
         self,
@@ -353,7 +355,7 @@ class Predictor:
             significance=np.concatenate(sig).astype(np.float32) if sig else None,
             expert_scores=np.concatenate(expert).astype(np.float64) if expert else None,
             reference_distance=np.concatenate(distance).astype(np.float64) if distance else None,
-            drawn_maps=self._drawn_maps(drawn, maps_arr),
+            drawn_maps=self._drawn_maps(drawn, maps),
             drawn_locations=where if self.ground else None,
             named_types=what if self.ground and self.type_head is not None else None,
         )

@@ -9,9 +9,9 @@ are the vision tower's frozen levels, as the references' comparison reads them. 
 has no references, the model's anomaly map is multiplied by ``min(1, distance / scale)``: a place
 that the image repeats elsewhere is turned down, one unlike the rest of the image is kept.
 
-Measured in docs/references.md, "The image against itself". Ours; the idea of scoring a patch against the rest of its own image is that of
-self-similarity anomaly detection, and MuSc's mutual scoring (Li et al., ICLR 2024) does it
-across the images of a batch.
+Measured in docs/references.md, "The image against itself". Ours; the idea of scoring a patch
+against the rest of its own image is that of self-similarity anomaly detection, and MuSc's mutual
+scoring (Li et al., ICLR 2024) does it across the images of a batch.
 """
 
 from __future__ import annotations
@@ -56,14 +56,13 @@ def self_distances(features: torch.Tensor, n_views: int, radius: int) -> torch.T
     return torch.stack(out) if out else features.new_zeros(0, h, w)
 
 
-def self_factors(
+def self_maps(
     vision: torch.nn.Module, views: torch.Tensor, cfg: SelfComparisonConfig, size: int
 ) -> np.ndarray:
     """N images in their views as the vision tower reads them (V N x 3 x S x S in [0, 1], view
     after view: ``models.references.flipped``'s order, V = 4 with ``cfg.flips``, else 1) -> N x
-    size x size factors in [0, 1] that the model's maps are multiplied by: each patch's distance
-    (:func:`self_distances`) on the tower's native levels, over ``cfg.scale``, at most 1,
-    upsampled and blurred by half a patch."""
+    size x size maps of each patch's distance (:func:`self_distances`) on the tower's native
+    levels, upsampled and blurred by half a patch."""
     n_views = len(FLIPS) if cfg.flips else 1
     if len(views) % n_views:
         raise ValueError(f"{len(views)} images are not {n_views} views of the same images")
@@ -73,5 +72,12 @@ def self_factors(
     grid = max(1, views.shape[-1] // cfg.stride)
     feats = level_features(levels, cfg.levels, grid, normalise=True).float()
     distances = self_distances(side_by_side(feats, n_views), n_views, cfg.radius).cpu()
-    sigma = 0.5 * size / grid  # half a patch at the output size
-    return np.clip(smoothed(distances / cfg.scale, size, sigma), 0.0, 1.0)
+    return smoothed(distances, size, 0.5 * size / grid)  # sigma: half a patch at ``size``
+
+
+def self_factors(
+    vision: torch.nn.Module, views: torch.Tensor, cfg: SelfComparisonConfig, size: int
+) -> np.ndarray:
+    """The factors in [0, 1] that the model's maps are multiplied by: :func:`self_maps` over
+    ``cfg.scale``, at most 1."""
+    return np.clip(self_maps(vision, views, cfg, size) / cfg.scale, 0.0, 1.0)
