@@ -127,18 +127,23 @@ class FrozenEfficientNet(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images: B x 3 x H x W in [0, 1] -> one B x C_l x H/s_l x W/s_l map per level.
+    def forward(self, images: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """images: B x 3 x H x W in [0, 1] -> one B x C_l x H/s_l x W/s_l map per level
+        (``upto``: the first that many levels only, the deeper blocks not run).
 
         The LLM's tower and SAM's encoder share this backbone; when they are given the very same
         tensor (the preset feeds both at one size), the second call reuses the first's features
         (kept while that tensor lives, and only while it is unchanged)."""
+        upto = len(LEVELS) if upto is None else upto
         last = _LAST.get(id(self))
         if last is not None and last[0]() is images and last[1] == images._version:
-            return last[2]
+            return last[2] if upto == len(LEVELS) else last[2][:upto]
         x = (images - self.mean) / self.std
-        levels = self.net.forward_intermediates(x, indices=list(LEVELS), intermediates_only=True)
-        _LAST[id(self)] = (weakref.ref(images), images._version, levels)
+        levels = self.net.forward_intermediates(
+            x, indices=list(LEVELS[:upto]), intermediates_only=True, stop_early=True
+        )
+        if upto == len(LEVELS):  # only every level serves the next call
+            _LAST[id(self)] = (weakref.ref(images), images._version, levels)
         return levels
 
 

@@ -64,12 +64,15 @@ class VisionTower(nn.Module):
         return hidden, hidden
 
     @torch.no_grad()
-    def native_levels(self, images: torch.Tensor, frozen: tuple | None = None) -> list:
+    def native_levels(
+        self, images: torch.Tensor, frozen: tuple | None = None, upto: int | None = None
+    ) -> list:
         """The feature maps the reference comparison reads, no gradient: every hidden state as
-        B x C x grid x grid (``frozen``: :meth:`encode`'s second output, when computed)."""
+        B x C x grid x grid (``frozen``: :meth:`encode`'s second output, when computed; ``upto``:
+        the first that many only, though CLIP runs every layer)."""
         hidden = frozen if frozen is not None else self(images)
         b, g = len(images), self.grid
-        return [h.detach().transpose(1, 2).reshape(b, -1, g, g) for h in hidden]
+        return [h.detach().transpose(1, 2).reshape(b, -1, g, g) for h in hidden[:upto]]
 
     @property
     def expert_widths(self) -> tuple[int, ...]:
@@ -122,11 +125,14 @@ class EfficientNetTower(nn.Module):
         adapted = tuple(a(x) for a, x in zip(self.adaptors, raw, strict=True))
         return adapted, tuple(raw)
 
-    def native_levels(self, images: torch.Tensor, frozen: tuple | None = None) -> list:
+    def native_levels(
+        self, images: torch.Tensor, frozen: tuple | None = None, upto: int | None = None
+    ) -> list:
         """The backbone's own levels at their own resolutions (strides 4, 8, 16, 32), no
-        gradient: what the reference comparison reads. The backbone keeps its last call's
-        features, so right after :meth:`encode` of the same tensor this costs nothing."""
-        return self.backbone(images)
+        gradient: what the reference comparison reads (``upto``: the first that many, the deeper
+        blocks not run). The backbone keeps its last call's features, so right after
+        :meth:`encode` of the same tensor this costs nothing."""
+        return self.backbone(images, upto)
 
     @property
     def expert_widths(self) -> tuple[int, ...]:

@@ -124,3 +124,21 @@ def test_the_same_images_are_encoded_once(net, monkeypatch):
     assert not torch.equal(backbone(x)[0], first[0]) and len(calls) == 2
     backbone(x.clone())
     assert len(calls) == 3
+
+
+def test_the_first_levels_alone_run_fewer_blocks(net, monkeypatch):
+    """``upto`` levels are the full call's first ones, from the blocks up to them alone; such a
+    call is not kept for the next one, which needs every level."""
+    backbone = eff.FrozenEfficientNet(net)
+    ran = []
+    for i, block in enumerate(backbone.net.blocks):
+        block.register_forward_hook(lambda *_, i=i: ran.append(i))
+    x = torch.rand(2, 3, 64, 64)
+    first_two = backbone(x, 2)
+    deepest = max(ran)
+    assert len(first_two) == 2 and deepest < len(backbone.net.blocks) - 1
+    ran.clear()
+    every = backbone(x)
+    assert len(every) == 4 and max(ran) == len(backbone.net.blocks) - 1  # not the partial call's
+    assert all(torch.allclose(a, b) for a, b in zip(first_two, every[:2], strict=False))
+    assert backbone(x, 2)[1] is every[1]  # the full call serves a partial one
