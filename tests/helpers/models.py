@@ -97,3 +97,30 @@ def tiny_detector():
     tok = tiny_tokenizer()
     torch.manual_seed(0)
     return Detector.for_model(build_vmad(CFG, tok).eval(), tok, EvaluateConfig(max_new_tokens=6))
+
+
+def cue_detector():
+    """A small untrained model that reads references, with a cue that acts (its last layers
+    start at zero), as ``inference.service.Detector``: answers of at most 3 tokens, no
+    follow-ups, thresholds 0.5."""
+    from vmad_pipeline.configs.evaluate import parse_evaluate_params
+    from vmad_pipeline.configs.model import ReferenceCueConfig
+    from vmad_pipeline.inference.service import Detector
+    from vmad_pipeline.models.build import build_vmad
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))
+    model = build_vmad(cfg, tok, train_classes=["screw"]).eval()
+    with torch.no_grad():
+        for net in (model.cue.dense, model.cue.token):
+            net[-1].weight.normal_(0, 0.5)
+    evaluate = {"max_new_tokens": 3, "progress": False, "follow_ups": False}
+    params = parse_evaluate_params({**evaluate, "hierarchy": {"enabled": False}})
+    return Detector.for_model(model, tok, params, strict=False)
+
+
+def random_images(n: int, seed: int = 0, size: int = 32) -> torch.Tensor:
+    """n x 3 x size x size uint8 noise, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 255, (n, 3, size, size), generator=gen, dtype=torch.uint8)

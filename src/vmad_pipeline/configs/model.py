@@ -331,11 +331,15 @@ class SelfComparisonConfig:
     radius: int = 2  # a patch's own surroundings, left out: patches within this many of it
     flips: bool = True  # the image's mirror images compared with too
     scale: float = 0.55  # the distance kept whole (a typical defect's; docs/references.md)
+    # the image score's factor where no place of the image reaches ``scale`` (1: none; off in a
+    # model saved before it existed)
+    repeated_score: float = 1.0
 
     def __post_init__(self) -> None:
         check(len(self.levels) >= 1, "levels", "needs at least one level")
         check(self.stride >= 1 and self.radius >= 0, "stride", "stride >= 1 and radius >= 0")
         check(self.scale > 0, "scale", "must be > 0")
+        check(0 <= self.repeated_score <= 1, "repeated_score", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)

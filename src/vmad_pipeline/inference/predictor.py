@@ -38,7 +38,7 @@ from vmad_pipeline.inference.grounding import (
     verdict_rows,
 )
 from vmad_pipeline.models.references import flipped, side_by_side, views
-from vmad_pipeline.models.self_comparison import self_factors
+from vmad_pipeline.models.self_comparison import score_factors, self_factors, self_maps
 from vmad_pipeline.models.type_head import TypeHead
 from vmad_pipeline.models.vmad import VmadModel
 from vmad_pipeline.placement import autocast, to_device
@@ -138,22 +138,25 @@ class Predictor:
         return side_by_side(torch.cat(out), views(flips))
 
     @torch.no_grad()
-    def _against_itself(self, images, memories, own: np.ndarray) -> np.ndarray:
-        """The batch's anomaly maps from the model's own (``own``, the [SEG] masks' sigmoid):
-        with the model's ``self_comparison`` on, a new array whose images without references
-        (no memory) are multiplied by their comparison with themselves
-        (``models.self_comparison``); else ``own`` itself."""
+    def _against_itself(self, images, memories, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the batch's anomaly maps, what its image scores are multiplied by) from the model's
+        own maps (``own``, the [SEG] masks' sigmoid): with the model's ``self_comparison`` on,
+        the images without references (no memory) are compared with themselves
+        (``models.self_comparison``): a new array of maps multiplied by its factors, and each
+        image's score factor; else ``own`` itself and ones."""
         cfg = self.model.config.self_comparison
+        gate = np.ones(len(own))
         rows = [i for i in range(len(own)) if memories is None or memories[i] is None]
         if not cfg.enabled or not rows:
-            return own
+            return own, gate
         maps = own.copy()
         views = flipped(images[rows]) if cfg.flips else images[rows]
         clip, _ = to_model_inputs(views, self.model.config.vision.image_size)
         with autocast(self.device, self.dtype):
-            factors = self_factors(self.model.vision, clip.to(self.device), cfg, maps.shape[-1])
-        maps[rows] *= factors
-        return maps
+            distances = self_maps(self.model.vision, clip.to(self.device), cfg, maps.shape[-1])
+        maps[rows] *= self_factors(distances, cfg)
+        gate[rows] = score_factors(distances, cfg)
+        return maps, gate
 
     @staticmethod
     def _drawn_maps(drawn: list[np.ndarray], maps: list[np.ndarray]) -> np.ndarray | None:
@@ -289,6 +292,7 @@ class Predictor:
         if thresholds is not None and len(thresholds) != len(images):
             raise ValueError(f"{len(images)} images but {len(thresholds)} thresholds")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
+        gates = []  # each image's score factor (the image against itself)
         drawn = []  # the [SEG]'s own maps, where the self-comparison re-weights ``maps``
         distance = []  # each image's median patch distance to its references
         where, what = [], []  # the grounding's slots (inference.grounding)
@@ -313,7 +317,9 @@ class Predictor:
             p_yes.append(pair.softmax(-1)[:, 0].cpu().numpy())
             # the words read the mask the [SEG] drew, the map and score also the image itself
             own = pred.mask_logits.sigmoid().float().cpu().numpy()
-            maps.append(self._against_itself(images[part], memories, own))
+            weighted, gate = self._against_itself(images[part], memories, own)
+            maps.append(weighted)
+            gates.append(gate)
             drawn.append(own)
             if references is not None and pred.reference_maps is not None:
                 far = pred.reference_maps.flatten(1).float().median(1).values
@@ -322,7 +328,7 @@ class Predictor:
             if thresholds is not None:
                 self._say_verdicts(
                     ids,
-                    image_scores(map_max(maps[-1]), p_yes[-1].astype(np.float64), self.rule),
+                    gate * image_scores(map_max(weighted), p_yes[-1].astype(np.float64), self.rule),
                     thresholds[part],
                     images[part],
                     texts,
@@ -348,7 +354,7 @@ class Predictor:
             maps=maps_arr,
             map_max=maxima,
             p_yes=p,
-            scores=image_scores(maxima, p, self.rule),
+            scores=image_scores(maxima, p, self.rule) * (np.concatenate(gates) if gates else 1.0),
             answers=answers,
             seg_found=np.concatenate(found) if found else np.zeros(0, bool),
             answer_ids=raw,

@@ -180,7 +180,7 @@ class Detector:
         """Score, decide, answer and draw each image (H x W x 3 uint8, any size) in one batch.
         ``memories``: each image's normal references (``inference.references``; None: zero-shot);
         ``threshold``: the image threshold chosen from them (None: the detector's), which the
-        answer's Yes / No then follows;
+        answer's Yes / No follows (as the decision, zero-shot too);
         ``normal_distance``: their own median patch distance to each other (an image far beyond
         it is reported as unlike them)."""
         from vmad_pipeline.inference.references import unlike
@@ -192,14 +192,14 @@ class Detector:
             return []
         size = self.image_size
         batch = torch.stack([self.tensor(o) for o in originals])
-        pred = self.predictor.predict(  # the answer says the references' decision, if any
+        cut = self.image_threshold if threshold is None else float(threshold)
+        pred = self.predictor.predict(  # the answer says the decision
             batch,
             list(categories),
             output_size=size,
             references=memories,
-            thresholds=None if threshold is None else [float(threshold)] * len(originals),
+            thresholds=[cut] * len(originals),
         )
-        cut = self.image_threshold if threshold is None else float(threshold)
         found = pred.reference_distance
         distance = [None] * len(originals) if found is None else [float(d) for d in found]
         out = []

@@ -67,7 +67,8 @@ def self_maps(
     if len(views) % n_views:
         raise ValueError(f"{len(views)} images are not {n_views} views of the same images")
     # a view at a time: on 2 CPU cores the tower ran 2.5x slower on the 4 views at once
-    chunks = [vision.native_levels(v) for v in views.split(len(views) // n_views)]
+    upto = max(cfg.levels) + 1 if min(cfg.levels) >= 0 else None  # the deeper levels not run
+    chunks = [vision.native_levels(v, upto=upto) for v in views.split(len(views) // n_views)]
     levels = [torch.cat(level) for level in zip(*chunks, strict=True)]
     grid = max(1, views.shape[-1] // cfg.stride)
     feats = level_features(levels, cfg.levels, grid, normalise=True).float()
@@ -75,9 +76,19 @@ def self_maps(
     return smoothed(distances, size, 0.5 * size / grid)  # sigma: half a patch at ``size``
 
 
-def self_factors(
-    vision: torch.nn.Module, views: torch.Tensor, cfg: SelfComparisonConfig, size: int
-) -> np.ndarray:
-    """The factors in [0, 1] that the model's maps are multiplied by: :func:`self_maps` over
-    ``cfg.scale``, at most 1."""
-    return np.clip(self_maps(vision, views, cfg, size) / cfg.scale, 0.0, 1.0)
+def self_factors(distances: np.ndarray, cfg: SelfComparisonConfig) -> np.ndarray:
+    """The factors in [0, 1] that the model's maps are multiplied by: :func:`self_maps`'s
+    ``distances`` over ``cfg.scale``, at most 1."""
+    return np.clip(distances / cfg.scale, 0.0, 1.0)
+
+
+def score_factors(distances: np.ndarray, cfg: SelfComparisonConfig) -> np.ndarray:
+    """N: what each image's score is multiplied by: 1 where some place of it is unlike the rest
+    (its distance, :func:`self_maps`, reaches ``cfg.scale``: a factor of 1 keeps it whole), else
+    ``cfg.repeated_score``: an image that repeats itself everywhere is normal unless its score
+    says so ``1 / repeated_score`` times over. Zero-shot, the model's P(yes) and map rank a new
+    product's images well but read its normal structure as a defect (a nut's hole, a cap's
+    ring), above any threshold chosen on the training classes; the comparison with itself,
+    untrained, keeps one scale across products (docs/references.md)."""
+    unlike = distances.reshape(len(distances), -1).max(1) >= cfg.scale
+    return np.where(unlike, 1.0, cfg.repeated_score)

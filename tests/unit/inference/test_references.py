@@ -10,33 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers.models import SMALL_CFG, tiny_tokenizer
+from helpers.models import cue_detector, random_images
 
 from vmad_pipeline.configs.evaluate import parse_evaluate_params
-from vmad_pipeline.configs.model import ReferenceCueConfig
 from vmad_pipeline.inference.references import batch_references, reference_set, row_memories
-from vmad_pipeline.inference.service import Detector
-from vmad_pipeline.models.build import build_vmad
-
-CUE_CFG = dataclasses.replace(SMALL_CFG, references=ReferenceCueConfig(enabled=True))
-EVALUATE = {"max_new_tokens": 3, "progress": False, "follow_ups": False}
 
 
 @pytest.fixture(scope="module")
 def detector():
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    model = build_vmad(CUE_CFG, tok, train_classes=["screw"]).eval()
-    with torch.no_grad():  # a cue that acts (its last layers start at zero)
-        for net in (model.cue.dense, model.cue.token):
-            net[-1].weight.normal_(0, 0.5)
-    cfg = parse_evaluate_params({**EVALUATE, "hierarchy": {"enabled": False}})
-    return Detector.for_model(model, tok, cfg, strict=False)
+    return cue_detector()
 
 
-def _images(n, seed=0, size=32):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 255, (n, 3, size, size), generator=gen, dtype=torch.uint8)
+_images = random_images
 
 
 def test_the_three_modes_are_one_code_path(detector):
@@ -146,7 +131,9 @@ def test_the_model_is_evaluated_with_references(detector):
 
     cfg = parse_evaluate_params(
         {
-            **EVALUATE,
+            "max_new_tokens": 3,
+            "progress": False,
+            "follow_ups": False,
             "hierarchy": {"enabled": False},
             "shots": [0, 2, 4],
             "eval_size": 16,

@@ -12,7 +12,12 @@ import torch
 from vmad_pipeline.configs.base import ConfigError
 from vmad_pipeline.configs.model import ModelConfig, SelfComparisonConfig, VisionConfig
 from vmad_pipeline.models.references import FLIPS, side_by_side
-from vmad_pipeline.models.self_comparison import self_distances, self_factors
+from vmad_pipeline.models.self_comparison import (
+    score_factors,
+    self_distances,
+    self_factors,
+    self_maps,
+)
 
 
 def _views(features: torch.Tensor, n_views: int) -> torch.Tensor:
@@ -56,18 +61,32 @@ def test_a_radius_that_leaves_a_patch_nothing_is_refused():
 
 def test_the_factors_keep_a_defect_whole_and_turn_down_what_repeats():
     class Tower(torch.nn.Module):  # the image itself as its only level (stride 1)
-        def native_levels(self, images):
-            return [images]
+        def native_levels(self, images, upto=None):
+            return [images][:upto]
 
     images = torch.full((1, 3, 16, 16), 0.5)
     images[0, 0, 3:5, 3:5] = 1.0  # red: another direction (features are unit length)
     cfg = SelfComparisonConfig(enabled=True, levels=(0,), stride=1, radius=2, scale=0.2)
     views = torch.cat([images.flip(d) if d else images for d in FLIPS])
-    f = self_factors(Tower(), views, cfg, 16)
+    distances = self_maps(Tower(), views, cfg, 16)
+    f = self_factors(distances, cfg)
     assert f.shape == (1, 16, 16) and f.min() >= 0 and f.max() <= 1
     assert f[0, 3:5, 3:5].min() > 0.5 and f[0, 12, 12] < 0.05
-    off = self_factors(Tower(), images, dataclasses.replace(cfg, flips=False), 16)
+    no_flips = dataclasses.replace(cfg, flips=False)
+    off = self_factors(self_maps(Tower(), images, no_flips, 16), no_flips)
     assert np.allclose(f[0, 12, 12], off[0, 12, 12], atol=0.05)
+
+
+def test_only_an_image_with_a_place_unlike_the_rest_keeps_its_score():
+    """The score's factor is 1 where some place's distance reaches the scale (a factor of 1 on
+    the map), else repeated_score."""
+    cfg = SelfComparisonConfig(enabled=True, scale=0.5, repeated_score=0.1)
+    distances = np.zeros((3, 8, 8), np.float32)
+    distances[0, 2, 2] = 0.5  # reaches it
+    distances[1] = 0.49  # everywhere just below
+    np.testing.assert_array_equal(score_factors(distances, cfg), [1.0, 0.1, 0.1])
+    with pytest.raises(ConfigError, match="repeated_score"):
+        SelfComparisonConfig(repeated_score=1.5)
 
 
 def test_a_grid_too_small_for_the_radius_is_a_config_error():

@@ -50,7 +50,9 @@ def predict_eval_set(
     detector, eval_set: pd.DataFrame, roots: dict[str, str], params: dict[str, Any]
 ) -> dict[str, Any]:
     """Anomaly maps (at ``eval_size``) and their maxima, the answer
-    to the detection question and P(yes); ``scores``, the image scores of ``score_source``."""
+    to the detection question and P(yes); ``scores``, the image scores of ``score_source``. The
+    answers' Yes / No follow the decision at the model's calibrated threshold, as every entry
+    point's do (``inference.service.Detector.inspect``)."""
     from vmad_pipeline.datasets.manifest import row_files
     from vmad_pipeline.images import load_batch
     from vmad_pipeline.inference.chat import follow_up_answers
@@ -62,12 +64,14 @@ def predict_eval_set(
     images, truth = load_batch(
         files, mask_files if regions or probe else None, predictor.image_size, progress=cfg.progress
     )
+    cut = detector.image_threshold if detector.thresholds else None  # the answers follow it
     pred = predictor.predict(
         images,
         list(eval_set["category"]),
         output_size=cfg.eval_size,
         batch_size=cfg.batch_size,
         progress=cfg.progress,
+        thresholds=None if cut is None else [cut] * len(images),
     )
     if not pred.seg_found.all():
         log.warning(
