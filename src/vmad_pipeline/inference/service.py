@@ -180,7 +180,7 @@ class Detector:
         """Score, decide, answer and draw each image (H x W x 3 uint8, any size) in one batch.
         ``memories``: each image's normal references (``inference.references``; None: zero-shot);
         ``threshold``: the image threshold chosen from them (None: the detector's), which the
-        answer's Yes / No follows (as the decision, zero-shot too);
+        answer's Yes / No follows, as it follows the detector's zero-shot;
         ``normal_distance``: their own median patch distance to each other (an image far beyond
         it is reported as unlike them)."""
         from vmad_pipeline.inference.references import unlike
@@ -193,12 +193,16 @@ class Detector:
         size = self.image_size
         batch = torch.stack([self.tensor(o) for o in originals])
         cut = self.image_threshold if threshold is None else float(threshold)
-        pred = self.predictor.predict(  # the answer says the decision
+        # the answer says the decision: zero-shot, or at the references-only threshold (images
+        # with references but no such threshold, batch mode, keep the LLM's word, as evaluated)
+        zero_shot = [memories is None or memories[i] is None for i in range(len(originals))]
+        cuts = [cut if threshold is not None or z else None for z in zero_shot]
+        pred = self.predictor.predict(
             batch,
             list(categories),
             output_size=size,
             references=memories,
-            thresholds=[cut] * len(originals),
+            thresholds=cuts if any(c is not None for c in cuts) else None,
         )
         found = pred.reference_distance
         distance = [None] * len(originals) if found is None else [float(d) for d in found]

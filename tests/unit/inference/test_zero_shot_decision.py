@@ -56,3 +56,12 @@ def test_the_zero_shot_answer_says_the_decision(detector, monkeypatch):
         seen = detector.inspect(pictures, ["screw"] * 4)
         assert all(s.anomalous == (word == y.yes) for s in seen)
         assert [s.answer_ids[k] for s in seen] == [word] * 4
+    # with references but no references-only threshold (batch mode), the LLM's word stands
+    feats = p.reference_features(random_images(2, seed=3))
+    memory = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+    words = []
+    for cut in (0.0, 1.01):
+        monkeypatch.setattr(detector, "image_threshold", cut)
+        seen = detector.inspect(pictures, ["screw"] * 4, memories=[memory] * 4)
+        words.append([s.answer_ids[k] for s in seen])
+    assert words[0] == words[1]
