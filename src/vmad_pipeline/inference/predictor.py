@@ -7,7 +7,7 @@ an image is scored the same way everywhere: by the
 (``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
 P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 
-Over 400 lines (484): one class whose entry points (predict, follow-ups, references, the image
+Over 400 lines (491): one class whose entry points (predict, follow-ups, references, the image
 against itself, answers, P(yes)) share the model, its tokenizer and placement and the one
 generation pass; splitting it would pass those internals between files for a few lines' gain.
 ``predict`` is over 60 lines for the same reason: one loop that reads the map, P(yes), the
@@ -284,7 +284,8 @@ class Predictor:
         memory of normal patches per image (``inference.references``; None: zero-shot).
         ``max_new_tokens``: the answer's budget (default: the predictor's); the map and P(yes)
         come from the forced prefix and the first free step, so the scores do not depend on it.
-        ``thresholds``: each image's references-only image threshold (None: it has none); where
+        ``thresholds``: each image's decision threshold (the references-only one, zero-shot the
+        model's calibrated one; None: none); where
         given, the answer says "Yes" exactly when the score reaches it, as the decision does
         (``inference.grounding.verdict_rows``), the rest written after that word."""
         if references is not None and len(references) != len(images):
