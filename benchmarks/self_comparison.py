@@ -37,7 +37,8 @@ VARIANTS = {
 }
 
 
-def _rows(manifest, splits, side: str):
+def split_rows(manifest, splits, side: str):
+    """The test rows of the split's training classes (``side`` "training") or unseen ones."""
     classes = splits["test_classes" if side == "unseen" else "train_classes"]
     rows = manifest[(manifest.split == "test") & manifest.category.isin(classes)]
     return rows.reset_index(drop=True)
@@ -100,7 +101,7 @@ def measure(project: Path) -> dict:
     config, size = p.model.config, p.image_size
     out = {}
     for side in ("training", "unseen"):
-        rows = _rows(manifest, splits, side)
+        rows = split_rows(manifest, splits, side)
         files, mask_files = row_files(rows, roots)
         images = load_batch(files, None, size)[0]
         masks = np.stack([load_mask(m, size) > 0 for m in mask_files])

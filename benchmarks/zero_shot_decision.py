@@ -26,14 +26,9 @@ import numpy as np
 import torch
 from default_run import on_projects
 from references_far import trained_project
+from self_comparison import split_rows
 
 CUTS = (0.45, 0.5, 0.6)  # beside the shipped one, the scale
-
-
-def _rows(manifest, splits, side: str):
-    classes = splits["test_classes" if side == "unseen" else "train_classes"]
-    rows = manifest[(manifest.split == "test") & manifest.category.isin(classes)]
-    return rows.reset_index(drop=True)
 
 
 def _decision(said: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> dict:
@@ -96,7 +91,7 @@ def measure(project: Path) -> dict:
     factor = train["model"]["self_comparison"].get("repeated_score", 0.1)  # the shipped one
     out = {}
     for side in ("training", "unseen"):
-        out[side] = _side(detector, _rows(manifest, splits, side), roots, factor)
+        out[side] = _side(detector, split_rows(manifest, splits, side), roots, factor)
         print(project.name, side, out[side], flush=True)
     return out
 

@@ -159,10 +159,11 @@ def verdict_rows(
     """The rows whose answer's Yes / No word contradicts their decision, by the word they must
     say: ``{yes: rows, no: rows}``. A row's decision is its score >= its threshold (the
     references-only threshold, where the image has one, zero-shot the model's calibrated one;
-    None: none, and the row keeps its own word); its word is the token after the ``prefix`` tokens both answers share. With two
-    references or more the decision's threshold is chosen on the product's own normal images, the
-    answer's word at P(yes) = 0.5 is not (issue 25: at k = 4 they disagreed on 7 of 110 images,
-    the decision right on all 7; seed 0 at 4c73d5a, ``benchmarks/answer_decision.py``)."""
+    None: none, and the row keeps its own word); its word is the token after the ``prefix``
+    tokens both answers share. With two references or more the decision's threshold is chosen on
+    the product's own normal images, the answer's word at P(yes) = 0.5 is not (issue 25: at k = 4
+    they disagreed on 7 of 110 images, the decision right on all 7; seed 0 at 4c73d5a,
+    ``benchmarks/answer_decision.py``)."""
     out: dict[int, list[int]] = {yes: [], no: []}
     for i, (ids, score, cut) in enumerate(zip(answer_ids, scores, thresholds, strict=True)):
         if cut is None:

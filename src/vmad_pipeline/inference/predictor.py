@@ -285,9 +285,9 @@ class Predictor:
         ``max_new_tokens``: the answer's budget (default: the predictor's); the map and P(yes)
         come from the forced prefix and the first free step, so the scores do not depend on it.
         ``thresholds``: each image's decision threshold (the references-only one, zero-shot the
-        model's calibrated one; None: none); where
-        given, the answer says "Yes" exactly when the score reaches it, as the decision does
-        (``inference.grounding.verdict_rows``), the rest written after that word."""
+        model's calibrated one; None: none); where given, the answer says "Yes" exactly when the
+        score reaches it, as the decision does (``inference.grounding.verdict_rows``), the rest
+        written after that word."""
         if references is not None and len(references) != len(images):
             raise ValueError(f"{len(images)} images but {len(references)} reference memories")
         if thresholds is not None and len(thresholds) != len(images):

@@ -88,7 +88,8 @@ def score_factors(distances: np.ndarray, cfg: SelfComparisonConfig) -> np.ndarra
     ``cfg.repeated_score``: an image that repeats itself everywhere is normal unless its score
     says so ``1 / repeated_score`` times over. Zero-shot, the model's P(yes) and map rank a new
     product's images well but read its normal structure as a defect (a nut's hole, a cap's
-    ring), above any threshold chosen on the training classes; the comparison with itself,
-    untrained, keeps one scale across products (docs/references.md)."""
+    ring), above any threshold chosen on the training classes; the comparison with itself is
+    untrained, its distances not fitted to them (docs/references.md, "The zero-shot
+    decision")."""
     unlike = distances.reshape(len(distances), -1).max(1) >= cfg.scale
     return np.where(unlike, 1.0, cfg.repeated_score)
