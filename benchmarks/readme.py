@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from default_run import REPO, commit
-from readme_ablation import RESULTS, _load, _source, ablation, table_v, table_vi
+from readme_ablation import RESULTS, _load, _source, ablation, commits, table_v, table_vi
 from readme_costs import RENDER as COSTS
 from references import _stat, rules_table
 from references import table as references_table
@@ -64,7 +64,7 @@ HEADLINE = (
 
 
 def _headline_row(name: str, at: str, cells: list[str]) -> str:
-    return f"| {name} | `{at}` | " + " | ".join(cells) + " |"
+    return f"| {name} | {commits(at)} | " + " | ".join(cells) + " |"
 
 
 def _headline_head() -> list[str]:
@@ -99,7 +99,7 @@ def variants() -> str:
         part = [c for c in older["cells"] if c["variant"] == variant]
         rows.append(_headline_row(name, at, [_stat([c.get(m) for c in part]) for m, _ in HEADLINE]))
     return (
-        f"Measured at commit `{at}`: `{older['command']}`; "
+        f"Measured at commit {commits(at)}: `{older['command']}`; "
         "`benchmarks/results/vmad_vs_baseline.json`.\n\n" + "\n".join(rows) + "\n"
     )
 
@@ -180,7 +180,7 @@ def chat_example() -> str:
     info = _load("readme_examples.json")
     return (
         f"```\n$ vmad-pipeline chat {EXAMPLE}\n{info['chat']}```\n\n"
-        f"What the default model (trained at commit `{info['commit']}`, seed {info['seed']}) "
+        f"What the default model (trained at commit {commits(info['commit'])}, seed {info['seed']}) "
         "says of this normal board, zero-shot. With the board's own normal images "
         f"(`--references {EXAMPLE_REFERENCES}`) it opens with:\n\n"
         f"```\n{info['chat_references']}```\n"
@@ -193,7 +193,7 @@ def serve_answer() -> str:
     return (
         f'It answers `{{"predictions": [{{"score": {zero["score"]:.3f}, "anomalous": '
         f'{str(zero["anomalous"]).lower()}, "answer": "{zero["answer"]}", "mask_png": '
-        f'"iVBOR...", ...}}]}}` with the default model (trained at commit `{info["commit"]}`, '
+        f'"iVBOR...", ...}}]}}` with the default model (trained at commit {commits(info["commit"])}, '
         f"seed {info['seed']}); with four of the board's normal images as inline `references` "
         f"(or a `profile`): score {refs['score']:.3f}, anomalous {str(refs['anomalous']).lower()}, "
         f'"{refs["answer"]}".\n'
@@ -206,7 +206,7 @@ def default_run() -> str:
     total, loop = info["kedro_run_seconds"], info["train_seconds"]
     verdict = "within" if total <= 300 else f"{total - 300:.0f} s over"
     return (
-        f"`kedro run` with the default took **{total:.1f} s** at commit `{info['commit']}`, of "
+        f"`kedro run` with the default took **{total:.1f} s** at commit {commits(info['commit'])}, of "
         f"which the training loop took {loop:.0f} s and the rest {total - loop:.0f} s: "
         f"{verdict} the 5-minute target (`python benchmarks/default_run.py --total`, nothing "
         f"else running on the 2 cores, load average {info['load_average_at_start']} at the "

@@ -16,11 +16,17 @@ def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
 
+def commits(value) -> str:
+    """A results file's commit, or its commits ("a, b": HEAD moved between a benchmark's runs),
+    each in backticks and at 7 characters, as every measured block names them."""
+    return ", ".join(f"`{c.strip()[:7]}`" for c in str(value).split(","))
+
+
 def _source(info: dict, result: str) -> str:
     seeds = sorted({r["seed"] for r in info.get("runs", [])})
     over = f", seeds {', '.join(map(str, seeds))} (mean ± s.d.)" if seeds else ""
     return (
-        f"Measured at commit `{info['commit']}`: `{info['command']}`{over}; "
+        f"Measured at commit {commits(info['commit'])}: `{info['command']}`{over}; "
         f"`benchmarks/results/{result}`.\n\n"
     )
 

@@ -3,12 +3,12 @@ writes them), each from its benchmark's results and naming the commit it was mea
 
 from __future__ import annotations
 
-from readme_ablation import _load
+from readme_ablation import _load, commits
 from references import _stat
 
 
 def _at(info: dict) -> str:
-    return f"`{str(info['commit'])[:7]}`"
+    return commits(info["commit"])
 
 
 def costs() -> str:

@@ -144,6 +144,9 @@ def test_all_pipelines_end_to_end(tmp_path, monkeypatch, capsys):
     rel = image.relative_to(data / "01_raw" / "synthetic").as_posix()
     assert out["score"][0] == pytest.approx(evaluated[rel], abs=1e-5)
     fused = 0.5 * out["p_yes"][0] + 0.5 * map_max  # the fused rule (the map as 8-bit PNG)
+    own = json.loads((ckpt / "config.json").read_text())["model"]["self_comparison"]
+    if out["repeats_itself"][0]:  # zero-shot, nothing in the image unlike the rest of it
+        fused *= own["repeated_score"]
     assert out["score"][0] == pytest.approx(fused, abs=3e-3)
 
     # The decision thresholds: calibrated on held-out normal images of the training classes,
@@ -372,4 +375,7 @@ def test_walkthrough_notebook_runs_top_to_bottom(tmp_path, monkeypatch, capfd):
     assert printed[1] < 40 + 16, f"the run cell printed {printed[1]} lines"
     out, map_max = namespace["out"], np.asarray(namespace["amap"]).max() / 255
     fused = 0.5 * out["p_yes"][0] + 0.5 * map_max  # the fused rule (the map as 8-bit PNG)
+    config = json.loads((project / "data/06_models/vmad/config.json").read_text())
+    if out["repeats_itself"][0]:  # zero-shot, nothing in the image unlike the rest of it
+        fused *= config["model"]["self_comparison"]["repeated_score"]
     assert out["score"][0] == pytest.approx(fused, abs=3e-3)

@@ -41,6 +41,9 @@ class Predictions:
     # N x H x W: the maps the [SEG] drew, where ``maps`` are them re-weighted by the image
     # against itself (models/self_comparison.py); None: ``maps`` are them
     drawn_maps: np.ndarray | None = None
+    # N: what each score was multiplied by (models.self_comparison.score_factors: below 1 for a
+    # zero-shot image that repeats itself everywhere); None: nothing
+    score_factors: np.ndarray | None = None
 
     def seg_maps(self) -> np.ndarray:
         """The maps the answers' [SEG] drew: what the words and the follow-ups read."""

@@ -201,4 +201,5 @@ def _record(it: Item, seen, detector) -> dict:
         "location": seen.location,
         "answer": seen.answer,
         "seg_found": seen.seg_found,
+        "repeats_itself": seen.repeats_itself,  # zero-shot, its score was scaled down
     }

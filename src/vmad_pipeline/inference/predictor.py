@@ -351,11 +351,12 @@ class Predictor:
         maps_arr = np.concatenate(maps).astype(np.float32) if maps else empty
         p = np.concatenate(p_yes).astype(np.float64) if p_yes else np.zeros(0)
         maxima = map_max(maps_arr)
+        factors = np.concatenate(gates) if gates else None
         return Predictions(
             maps=maps_arr,
             map_max=maxima,
             p_yes=p,
-            scores=image_scores(maxima, p, self.rule) * (np.concatenate(gates) if gates else 1.0),
+            scores=image_scores(maxima, p, self.rule) * (factors if factors is not None else 1.0),
             answers=answers,
             seg_found=np.concatenate(found) if found else np.zeros(0, bool),
             answer_ids=raw,
@@ -363,6 +364,7 @@ class Predictor:
             expert_scores=np.concatenate(expert).astype(np.float64) if expert else None,
             reference_distance=np.concatenate(distance).astype(np.float64) if distance else None,
             drawn_maps=self._drawn_maps(drawn, maps),
+            score_factors=factors,
             drawn_locations=where if self.ground else None,
             named_types=what if self.ground and self.type_head is not None else None,
         )

@@ -46,6 +46,9 @@ class Inspection:
     # the type head's name for it (None: it abstains; False: no head)
     drawn_location: str | None = None
     named_type: str | None | bool = False
+    # zero-shot, no place of the image is unlike the rest of it, and its score was multiplied by
+    # the model's self_comparison.repeated_score (docs/references.md, "The zero-shot decision")
+    repeats_itself: bool = False
 
     @property
     def mask_fraction(self) -> float:
@@ -205,6 +208,7 @@ class Detector:
             thresholds=cuts if any(c is not None for c in cuts) else None,
         )
         found = pred.reference_distance
+        factors = pred.score_factors if pred.score_factors is not None else np.ones(len(originals))
         distance = [None] * len(originals) if found is None else [float(d) for d in found]
         out = []
         for k, original in enumerate(originals):
@@ -234,6 +238,7 @@ class Detector:
                     else float(pred.expert_scores[k]),
                     reference_distance=distance[k],
                     unlike_references=unlike(distance[k], normal_distance),
+                    repeats_itself=bool(factors[k] < 1.0),
                     drawn_location=None
                     if pred.drawn_locations is None
                     else pred.drawn_locations[k],

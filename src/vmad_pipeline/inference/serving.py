@@ -64,6 +64,9 @@ OUTPUTS = {
     # what the image was compared with: "profile:<name>", "inline:<n> images" or "" (none)
     "references": "string",
     "image_threshold": "double",  # the threshold it was decided at
+    # zero-shot, no place of the image unlike the rest of it: its score was multiplied by the
+    # model's self_comparison.repeated_score (docs/references.md, "The zero-shot decision")
+    "repeats_itself": "boolean",
 }
 
 
@@ -351,6 +354,7 @@ def response(inspections, references=None, thresholds=None) -> pd.DataFrame:
             ],
             "references": list(references or [""] * n),
             "image_threshold": [float(t) for t in (thresholds or [float("nan")] * n)],
+            "repeats_itself": [bool(x.repeats_itself) for x in inspections],
         }
     )
     return out[list(OUTPUTS)]

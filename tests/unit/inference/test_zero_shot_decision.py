@@ -11,6 +11,7 @@ import pytest
 from helpers.models import cue_detector, random_images
 
 from vmad_pipeline.configs.model import SelfComparisonConfig
+from vmad_pipeline.inference.serving import response
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,7 @@ def test_the_zero_shot_answer_says_the_decision(detector, monkeypatch):
         seen = detector.inspect(pictures, ["screw"] * 4)
         assert all(s.anomalous == (word == y.yes) for s in seen)
         assert [s.answer_ids[k] for s in seen] == [word] * 4
+        assert all(s.repeats_itself for s in seen)  # said where a score was scaled down
     # with references but no references-only threshold (batch mode), the LLM's word stands
     feats = p.reference_features(random_images(2, seed=3))
     memory = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
@@ -65,3 +67,8 @@ def test_the_zero_shot_answer_says_the_decision(detector, monkeypatch):
         seen = detector.inspect(pictures, ["screw"] * 4, memories=[memory] * 4)
         words.append([s.answer_ids[k] for s in seen])
     assert words[0] == words[1]
+    assert not any(s.repeats_itself for s in seen)  # with references, never
+    assert response(seen)["repeats_itself"].tolist() == [False] * 4
+    _comparing(detector, monkeypatch, scale=1e-6, repeated_score=0.5)
+    seen = detector.inspect(pictures, ["screw"] * 4)
+    assert response(seen)["repeats_itself"].tolist() == [False] * 4

@@ -40,6 +40,8 @@ def test_a_figure_typed_by_hand_is_caught_and_every_block_names_its_commit(readm
     assert edited != text and readme.rendered(edited) == text  # written back from the results
     for name, render in readme.RENDER.items():
         assert re.search(r"commit `[0-9a-f]{7,}`", render()), name
+    # a benchmark whose runs HEAD moved under names each commit, each in backticks
+    assert readme.commits("9ed29f8, b3766ab") == "`9ed29f8`, `b3766ab`"
 
 
 def test_the_examples_are_the_answers_stored_with_their_commit(readme):
