@@ -120,6 +120,7 @@ def chat(detector, image, args, stdin=None, stdout=None) -> int:
         "image_threshold": talk.image_threshold,
         **({} if references is None else {"references": references.label}),
         **({"warning": unlike_message()} if first.unlike_references else {}),
+        "repeats_itself": first.repeats_itself,  # zero-shot, its score was scaled down
         "location": first.location,
         "defect_type": first.defect_type,
         "mask_fraction": round(first.mask_fraction, 6),
@@ -162,6 +163,8 @@ def _say(turn, k: int, out: Path, stdout, as_json: bool, extra: dict) -> None:
                 f"{extra['image_threshold']:.3f}, mask {100 * extra['mask_fraction']:.1f}% of "
                 "the image)\n"
             )
+            if extra.get("repeats_itself"):
+                stdout.write("(nothing in the image is unlike the rest of it: score scaled down)\n")
         stdout.write(turn.answer + "\n")
         if files:
             stdout.write(f"  mask: {files['mask']}\n")

@@ -208,6 +208,7 @@ def test_the_chat_command_answers_questions_from_stdin_as_json_lines(detector, t
     assert [x.get("turn") for x in lines] == [0, 1, None, None, 2]
     assert lines[0]["question"] == "Is there any defect in the screw?"  # named by its folders
     assert {"score", "anomalous", "image_threshold", "mask_fraction"} <= set(lines[0])
+    assert lines[0]["repeats_itself"] is False  # this model does not compare an image with itself
     assert "may not contain" in lines[2]["error"] and "empty" in lines[3]["error"]
     stdin, stdout = io.StringIO("Where is it?\nquit\nWhat should be done?\n"), io.StringIO()
     assert chat(detector, image(), args, stdin=stdin, stdout=stdout) == 0
@@ -229,3 +230,29 @@ def test_two_images_with_one_file_name_get_their_own_chat_folders():
     assert a == "pcb__test__scratch__000" and b == "pcb__test__good__000"
     assert output_name(Path("000.png")) == "000"
     assert output_name(Path("/tmp/a b/x?.png")) == "tmp__a_b__x_"
+
+
+def test_the_chat_says_when_the_image_repeats_itself(detector, tmp_path, monkeypatch):
+    """Zero-shot, an image with no place unlike the rest of it: the opening says so, in text and
+    in its JSON line, beside the score it scaled down."""
+    real = detector.inspect
+    monkeypatch.setattr(
+        detector,
+        "inspect",
+        lambda *a, **k: [replace(x, repeats_itself=True) for x in real(*a, **k)],
+    )
+    path = tmp_path / "screw" / "test" / "good" / "000.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(image()).save(path)
+    for as_json in (False, True):
+        args = argparse.Namespace(
+            image=str(path), category=None, json=as_json, out=str(tmp_path), max_new_tokens=4
+        )
+        stdout, stdin = io.StringIO(), io.StringIO("")
+        stdin.isatty = lambda tty=not as_json: tty  # a person at a terminal reads text
+        assert chat(detector, image(), args, stdin=stdin, stdout=stdout) == 0
+        said = stdout.getvalue()
+        if as_json:
+            assert json.loads(said.splitlines()[0])["repeats_itself"] is True
+        else:
+            assert "nothing in the image is unlike the rest of it" in said
