@@ -14,6 +14,7 @@ import pandas as pd
 from vmad_pipeline.configs.evaluate import EvaluateConfig
 from vmad_pipeline.configs.train import CalibrationConfig
 from vmad_pipeline.datasets.manifest import row_files
+from vmad_pipeline.evaluation.scores import image_scores
 from vmad_pipeline.evaluation.threshold_rules import decision_metrics, pixel_threshold, threshold
 from vmad_pipeline.images import load_batch
 from vmad_pipeline.inference.service import Detector
@@ -39,7 +40,12 @@ def calibrate(
     images, masks = load_batch(*row_files(rows, roots), size)
     pred = predictor.predict(images, list(rows["category"]), output_size=size)
     labels = rows["label"].to_numpy().astype(int)
-    at = threshold(calibration.image, labels, pred.scores)
+    # chosen on the scores without the zero-shot factor (models.self_comparison.score_factors):
+    # the factor then acts above the threshold, and the threshold stays one that scores with
+    # references, which never carry it, can take as their floor (inference.references)
+    at = threshold(
+        calibration.image, labels, image_scores(pred.map_max, pred.p_yes, predictor.rule)
+    )
     out = {
         "image_threshold": at,
         "pixel_threshold": pixel_threshold(calibration.pixel, pred.maps, masks.numpy()),
