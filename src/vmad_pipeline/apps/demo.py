@@ -102,6 +102,8 @@ def decision_text(inspection: Inspection, detector, references=None) -> str:
     against = "" if references is None else f"\n\nCompared with {references.label}."
     if inspection.unlike_references:
         against += " **The image looks unlike them: are they of this product?**"
+    if inspection.repeats_itself:  # zero-shot: docs/references.md, "The zero-shot decision"
+        against += "\n\nNothing in the image is unlike the rest of it: its score was scaled down."
     return (
         f"## {verdict}\n\nScore **{inspection.score:.3f}** {sign} image threshold "
         f"{cut:.3f}{origin}{against}"
