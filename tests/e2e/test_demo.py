@@ -87,25 +87,6 @@ def not_an_image(path: Path) -> Path:
 # --- the callbacks, without a browser ---------------------------------------------------------
 
 
-def test_zero_shot_the_decision_says_when_the_image_repeats_itself(
-    cue_detector, tmp_path, monkeypatch
-):
-    """No place of the image unlike the rest of it (a scale nothing reaches): the decision
-    says its score was scaled down; with a scale every place reaches, it does not."""
-    import dataclasses
-
-    from vmad_pipeline.configs.model import SelfComparisonConfig
-
-    model, image = cue_detector.predictor.model, str(write_png(tmp_path / "part.png"))
-    for scale, said in ((1e6, True), (1e-6, False)):
-        own = SelfComparisonConfig(
-            enabled=True, stride=8, radius=1, scale=scale, repeated_score=0.5
-        )
-        monkeypatch.setattr(model, "config", dataclasses.replace(model.config, self_comparison=own))
-        _, decision, *_ = demo.on_inspect(cue_detector, image, "screw", None)
-        assert ("unlike the rest of it" in decision) is said, decision
-
-
 def test_uploaded_normal_references_are_read_and_decide(cue_detector, tmp_path):
     cue = cue_detector
     image = str(write_png(tmp_path / "part.png"))

@@ -4,7 +4,7 @@
 one summary of a model (preset, projector, LTC parts, DSSL) that MLflow tags and ablation tables
 both use.
 
-Over 400 lines (446): one frozen dataclass per component of one model, each with its checks,
+Over 400 lines (450): one frozen dataclass per component of one model, each with its checks,
 read together by ``from_dict`` from one ``train.model`` block and saved as one config.json;
 splitting them across files would separate a component's fields from the model they nest in.
 """

@@ -7,7 +7,7 @@ an image is scored the same way everywhere: by the
 (``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
 P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 
-Over 400 lines (491): one class whose entry points (predict, follow-ups, references, the image
+Over 400 lines (493): one class whose entry points (predict, follow-ups, references, the image
 against itself, answers, P(yes)) share the model, its tokenizer and placement and the one
 generation pass; splitting it would pass those internals between files for a few lines' gain.
 ``predict`` is over 60 lines for the same reason: one loop that reads the map, P(yes), the
