@@ -7,7 +7,7 @@ an image is scored the same way everywhere: by the
 (``models/generation.py``: one prefill) gives the anomaly map (drawn at [SEG]), the answer and
 P(yes); free-form (e.g. multiple-choice) questions are answered by the same decoding.
 
-Over 400 lines (493): one class whose entry points (predict, follow-ups, references, the image
+Over 400 lines (494): one class whose entry points (predict, follow-ups, references, the image
 against itself, answers, P(yes)) share the model, its tokenizer and placement and the one
 generation pass; splitting it would pass those internals between files for a few lines' gain.
 ``predict`` is over 60 lines for the same reason: one loop that reads the map, P(yes), the
@@ -293,7 +293,7 @@ class Predictor:
         if thresholds is not None and len(thresholds) != len(images):
             raise ValueError(f"{len(images)} images but {len(thresholds)} thresholds")
         maps, answers, found, p_yes, raw, sig, expert = [], [], [], [], [], [], []
-        gates = []  # each image's score factor (the image against itself)
+        gates, scores = [], []  # each image's score factor (the image against itself), score
         drawn = []  # the [SEG]'s own maps, where the self-comparison re-weights ``maps``
         distance = []  # each image's median patch distance to its references
         where, what = [], []  # the grounding's slots (inference.grounding)
@@ -322,6 +322,8 @@ class Predictor:
             maps.append(weighted)
             gates.append(gate)
             drawn.append(own)
+            rule = image_scores(map_max(weighted), p_yes[-1].astype(np.float64), self.rule)
+            scores.append(gate * rule)
             if references is not None and pred.reference_maps is not None:
                 far = pred.reference_maps.flatten(1).float().median(1).values
                 distance.append(far.cpu().numpy())
@@ -329,7 +331,7 @@ class Predictor:
             if thresholds is not None:
                 self._say_verdicts(
                     ids,
-                    gate * image_scores(map_max(weighted), p_yes[-1].astype(np.float64), self.rule),
+                    scores[-1],
                     thresholds[part],
                     images[part],
                     texts,
@@ -351,12 +353,11 @@ class Predictor:
         maps_arr = np.concatenate(maps).astype(np.float32) if maps else empty
         p = np.concatenate(p_yes).astype(np.float64) if p_yes else np.zeros(0)
         maxima = map_max(maps_arr)
-        factors = np.concatenate(gates) if gates else None
         return Predictions(
             maps=maps_arr,
             map_max=maxima,
             p_yes=p,
-            scores=image_scores(maxima, p, self.rule) * (factors if factors is not None else 1.0),
+            scores=np.concatenate(scores) if scores else np.zeros(0),
             answers=answers,
             seg_found=np.concatenate(found) if found else np.zeros(0, bool),
             answer_ids=raw,
@@ -364,7 +365,7 @@ class Predictor:
             expert_scores=np.concatenate(expert).astype(np.float64) if expert else None,
             reference_distance=np.concatenate(distance).astype(np.float64) if distance else None,
             drawn_maps=self._drawn_maps(drawn, maps),
-            score_factors=factors,
+            score_factors=np.concatenate(gates) if gates else None,
             drawn_locations=where if self.ground else None,
             named_types=what if self.ground and self.type_head is not None else None,
         )

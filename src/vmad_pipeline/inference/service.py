@@ -205,7 +205,7 @@ class Detector:
             list(categories),
             output_size=size,
             references=memories,
-            thresholds=cuts if any(c is not None for c in cuts) else None,
+            thresholds=cuts,
         )
         found = pred.reference_distance
         factors = pred.score_factors if pred.score_factors is not None else np.ones(len(originals))
