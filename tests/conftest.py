@@ -35,3 +35,11 @@ def _no_mlflow_run_left():
             mlflow.end_run()
         except Exception:  # noqa: BLE001 (the run is popped; its store may be gone)
             pass
+
+
+@pytest.fixture
+def gradio_cache(tmp_path, monkeypatch):
+    """Gradio's uploads and outputs in the test's folder, not the machine's /tmp/gradio, and no
+    analytics (the demo's tests: ``pytestmark = pytest.mark.usefixtures("gradio_cache")``)."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")

@@ -65,11 +65,7 @@ def cue_detector():
     return Detector.for_model(model, tok, EvaluateConfig(max_new_tokens=3), strict=False)
 
 
-@pytest.fixture(autouse=True)
-def _gradio_cache(tmp_path, monkeypatch):
-    """Gradio's uploads and outputs in the test's folder, not the machine's /tmp/gradio."""
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+pytestmark = pytest.mark.usefixtures("gradio_cache")
 
 
 def write_png(path: Path, h: int = H, w: int = W) -> Path:

@@ -23,11 +23,7 @@ from PIL import Image
 
 from vmad_pipeline.apps import demo
 
-
-@pytest.fixture(autouse=True)
-def _gradio_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+pytestmark = pytest.mark.usefixtures("gradio_cache")
 
 
 def png(path: Path, h: int = 40, w: int = 48, seed: int = 0) -> str:

@@ -14,12 +14,7 @@ from PIL import Image
 from vmad_pipeline.apps import demo
 from vmad_pipeline.configs.model import SelfComparisonConfig
 
-
-@pytest.fixture(autouse=True)
-def _gradio_cache(tmp_path, monkeypatch):
-    """Gradio's uploads and outputs in the test's folder, not the machine's /tmp/gradio."""
-    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+pytestmark = pytest.mark.usefixtures("gradio_cache")
 
 
 def test_zero_shot_the_decision_says_when_the_image_repeats_itself(tmp_path, monkeypatch):
